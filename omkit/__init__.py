@@ -1,0 +1,26 @@
+"""omkit: one-pass multi-task brain tumor segmentation (OM-Net + CGA, Zhou et al., TIP 2020)."""
+from .factory import (
+    count_parameters,
+    create_attention,
+    create_backbone,
+    create_model,
+    get_preset,
+    list_attention,
+    list_backbones,
+    list_models,
+    list_postprocessors,
+    list_presets,
+    list_samplers,
+)
+from .hookspecs import hookimpl
+from .plugin_manager import config, get_plugins, setup_plugins
+from .registry import PluginError, UnknownNameError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PluginError", "UnknownNameError", "config", "count_parameters", "create_attention",
+    "create_backbone", "create_model", "get_plugins", "get_preset", "hookimpl", "list_attention",
+    "list_backbones", "list_models", "list_postprocessors", "list_presets", "list_samplers",
+    "setup_plugins",
+]

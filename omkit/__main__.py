@@ -1,0 +1,3 @@
+from omkit.cli import main
+
+raise SystemExit(main())
