@@ -1,5 +1,5 @@
 """Build omkit: the Python package, its built-in plug-ins (plugins/ -> omkit.plugins)."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="omkit",
@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["omkit", "omkit.models", "omkit.cli", "omkit.plugins"],
+    packages=find_packages(include=["omkit", "omkit.*"]) + ["omkit.plugins"],
     package_dir={"omkit.plugins": "plugins"},
     install_requires=[
         "torch>=2.4,<3",

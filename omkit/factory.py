@@ -83,6 +83,7 @@ def create_model(preset_or_name: str, width: float = 1.0, **kw) -> nn.Module:
             f"unknown model {preset_or_name!r}; available: {', '.join(list_models())}"
         )
     model.width = width
+    model.model_kw = dict(kw)  # what load_model needs to rebuild it
     return model
 
 

@@ -1,0 +1,37 @@
+"""Shared fixtures. Real BraTS cases are read from ../shared/data (or
+$OMKIT_SAMPLE_DATA); tests that need them skip with a reason when absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = Path(os.environ.get("OMKIT_SAMPLE_DATA", REPO.parent / "shared" / "data" / "brats2018-sample"))
+SAMPLE_2023 = Path(os.environ.get("OMKIT_SAMPLE_DATA_2023", REPO.parent / "shared" / "data" / "brats2023-naming-sample"))
+
+# Tests use width-reduced models on tiny patches (spatial sizes divisible by 8).
+TINY_WIDTH = 0.125
+TINY_PATCH = (8, 16, 16)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def sample_data() -> Path:
+    if not SAMPLE_DATA.is_dir() or not any(SAMPLE_DATA.iterdir()):
+        pytest.skip(f"BraTS 2018 sample cases not found at {SAMPLE_DATA} (set OMKIT_SAMPLE_DATA)")
+    return SAMPLE_DATA
+
+
+@pytest.fixture
+def sample_2023() -> Path:
+    if not SAMPLE_2023.is_dir():
+        pytest.skip(f"BraTS 2023-naming sample not found at {SAMPLE_2023} (set OMKIT_SAMPLE_DATA_2023)")
+    return SAMPLE_2023
