@@ -1,0 +1,298 @@
+"""Reading and validating BraTS case folders (nibabel).
+
+Two file namings are understood; each implies a label convention
+(:mod:`omkit.labels`), which can be overridden:
+
+* 2018-2021: ``<id>_flair``, ``<id>_t1``, ``<id>_t1ce``, ``<id>_t2``, ``<id>_seg``
+  (labels 1 NCR/NET, 2 edema, 4 enhancing);
+* 2023+: ``<id>-t2f``, ``<id>-t1n``, ``<id>-t1c``, ``<id>-t2w``, ``<id>-seg``
+  (labels 1 NCR, 2 edema, 3 enhancing);
+
+each as ``.nii`` or ``.nii.gz``. Arrays are returned in omkit's axis order
+``(D, H, W)`` = NIfTI ``(Z, X, Y)`` (see docs/ARCHITECTURE.md).
+
+Every validation failure is a :class:`CaseError` whose message is one line
+naming the offending file and the problem.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from omkit.labels import get_convention
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("flair", "t1", "t1c", "t2")  # channel order inside omkit
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# naming name -> (separator, {modality or "seg": file suffix}); the naming's
+# label convention has the same name.
+NAMINGS = {
+    "2018": ("_", {"flair": "flair", "t1": "t1", "t1c": "t1ce", "t2": "t2", "seg": "seg"}),
+    "2023": ("-", {"flair": "t2f", "t1": "t1n", "t1c": "t1c", "t2": "t2w", "seg": "seg"}),
+}
+
+# Affines of the four modalities and the label may differ by rounding in the
+# header (BraTS files carry float32 affines); larger differences mean the
+# volumes are not co-registered.
+AFFINE_TOLERANCE = 1e-3
+
+
+class CaseError(ValueError):
+    """A case folder that cannot be used; the message is one line naming the file."""
+
+
+# nibabel's axis order (X, Y, Z) -> omkit's (D, H, W) = (Z, X, Y)
+TO_OMKIT_AXES = (2, 0, 1)
+TO_NIFTI_AXES = (1, 2, 0)
+
+
+def to_omkit_axes(array: np.ndarray) -> np.ndarray:
+    """A NIfTI-ordered ``(X, Y, Z)`` array in omkit's ``(D, H, W)`` order."""
+    return np.transpose(array, TO_OMKIT_AXES)
+
+
+def to_nifti_axes(array: np.ndarray) -> np.ndarray:
+    """An omkit-ordered ``(D, H, W)`` array back in NIfTI ``(X, Y, Z)`` order."""
+    return np.transpose(array, TO_NIFTI_AXES)
+
+
+@dataclass
+class Case:
+    """One BraTS case in omkit's axis order.
+
+    ``image`` float32 ``(4, D, H, W)`` in modality order FLAIR, T1, T1c, T2;
+    ``label`` uint8 internal classes ``(D, H, W)`` (``omkit.labels``) or None;
+    ``spacing`` voxel size in mm in ``(D, H, W)`` order; ``paths`` the files
+    read (``"flair"``, ``"t1"``, ``"t1c"``, ``"t2"``, and ``"seg"`` when read).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    header: object
+    spacing: tuple[float, float, float]
+    convention: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    naming: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape[1:])
+
+
+def _find_file(case_dir: Path, stem: str) -> Path | None:
+    found = [case_dir / f"{stem}{suffix}" for suffix in NIFTI_SUFFIXES if (case_dir / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise CaseError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+def _strip_nifti_suffix(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def detect_naming(case_dir: Path) -> tuple[str, str] | None:
+    """``(naming, case_id)`` of the BraTS files in ``case_dir``, or None when
+    it holds none. The case id is the folder name when files use it, else the
+    common prefix found in the file names."""
+    stems = [s for s in (_strip_nifti_suffix(p.name) for p in case_dir.iterdir() if p.is_file()) if s]
+    scores: dict[tuple[str, str], int] = {}
+    for naming, (sep, suffixes) in NAMINGS.items():
+        for stem in stems:
+            for suffix in suffixes.values():
+                tail = f"{sep}{suffix}"
+                if stem.endswith(tail) and len(stem) > len(tail):
+                    key = (naming, stem[: -len(tail)])
+                    scores[key] = scores.get(key, 0) + 1
+    if not scores:
+        return None
+    # prefer the folder's own name as the case id, then the most complete set
+    best = max(scores, key=lambda k: (k[1] == case_dir.name, scores[k]))
+    return best
+
+
+def is_case_dir(path: Path) -> bool:
+    return path.is_dir() and detect_naming(path) is not None
+
+
+def find_cases(path: str | os.PathLike) -> list[Path]:
+    """A BraTS case folder, or the sorted case folders directly inside ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a folder (expected a BraTS case folder or a folder of them)")
+    if is_case_dir(path):
+        return [path]
+    cases = sorted(p for p in path.iterdir() if is_case_dir(p))
+    if not cases:
+        raise FileNotFoundError(
+            f"{path}: no BraTS case folders found (expected files like <id>_flair.nii.gz or <id>-t2f.nii.gz)"
+        )
+    return cases
+
+
+def case_files(case_dir: str | os.PathLike, with_label: bool = True, naming: str | None = None) -> tuple[str, str, dict[str, Path]]:
+    """``(naming, case_id, {modality/"seg": path})`` for a case folder; a
+    missing file is a :class:`CaseError` naming the expected file."""
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise CaseError(f"{case_dir}: not a folder")
+    detected = detect_naming(case_dir)
+    if detected is None:
+        raise CaseError(f"{case_dir}: no BraTS image files (<id>_flair.nii.gz or <id>-t2f.nii.gz naming)")
+    found_naming, case_id = detected
+    naming = naming or found_naming
+    if naming not in NAMINGS:
+        raise CaseError(f"{case_dir}: unknown file naming {naming!r}; choose one of {sorted(NAMINGS)}")
+    sep, suffixes = NAMINGS[naming]
+    wanted = list(MODALITIES) + (["seg"] if with_label else [])
+    paths: dict[str, Path] = {}
+    for key in wanted:
+        stem = f"{case_id}{sep}{suffixes[key]}"
+        path = _find_file(case_dir, stem)
+        if path is None:
+            what = "segmentation" if key == "seg" else f"{key.upper()} modality"
+            raise CaseError(f"{case_dir / (stem + '.nii.gz')}: missing ({what} of case {case_id})")
+        paths[key] = path
+    return naming, case_id, paths
+
+
+def _load_nifti(path: Path):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many kinds for corrupt files
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaseError(f"{path}: unreadable NIfTI file ({message})") from None
+    return img, data
+
+
+def load_case(
+    case_dir: str | os.PathLike,
+    label_convention: str | None = None,
+    with_label: bool = True,
+    naming: str | None = None,
+    affine_tolerance: float = AFFINE_TOLERANCE,
+) -> Case:
+    """Read and validate one case folder.
+
+    ``label_convention`` ("2018"/"2023") overrides the convention implied by
+    the file naming; ``naming`` overrides the detected naming. Checks: four
+    modalities (and the label when ``with_label``) present, 3-D, one shape,
+    affines equal within ``affine_tolerance``, finite intensities, a non-empty
+    brain, label values inside the convention. Raises :class:`CaseError`.
+    """
+    naming, case_id, paths = case_files(case_dir, with_label=with_label, naming=naming)
+    convention = get_convention(label_convention or naming)
+    channels = []
+    ref_path = ref_img = None
+    for key in list(MODALITIES) + (["seg"] if with_label else []):
+        path = paths[key]
+        img, data = _load_nifti(path)
+        if data.ndim != 3:
+            raise CaseError(f"{path}: expected a 3-D volume, got {data.ndim}-D shape {tuple(data.shape)}")
+        if ref_img is None:
+            ref_path, ref_img = path, img
+        else:
+            if tuple(data.shape) != tuple(ref_img.shape):
+                raise CaseError(
+                    f"{path}: shape {tuple(data.shape)} differs from {ref_path.name} {tuple(ref_img.shape)}"
+                )
+            diff = float(np.max(np.abs(img.affine - ref_img.affine)))
+            if diff > affine_tolerance:
+                raise CaseError(
+                    f"{path}: affine differs from {ref_path.name} by {diff:.3g} (tolerance {affine_tolerance:g}); "
+                    "volumes are not co-registered"
+                )
+        if key == "seg":
+            seg = data
+            if not np.issubdtype(seg.dtype, np.integer):
+                if not np.all(np.isfinite(seg)):
+                    raise CaseError(f"{path}: label map has non-finite values")
+                if np.any(seg != np.round(seg)):
+                    raise CaseError(f"{path}: label map has non-integer values")
+            continue
+        volume = np.asarray(data, dtype=np.float32)
+        if not np.all(np.isfinite(volume)):
+            count = int(np.size(volume) - np.count_nonzero(np.isfinite(volume)))
+            raise CaseError(f"{path}: {count} non-finite (NaN/inf) intensities")
+        channels.append(to_omkit_axes(volume))
+    image = np.ascontiguousarray(np.stack(channels))
+    brain = np.any(image != 0, axis=0)
+    if not brain.any():
+        raise CaseError(f"{paths['flair']}: all four modalities are zero (no brain)")
+    label = None
+    if with_label:
+        seg = to_omkit_axes(np.asarray(seg).astype(np.int64))
+        try:
+            label = np.ascontiguousarray(convention.to_internal(seg, brain_mask=brain))
+        except ValueError as exc:
+            raise CaseError(f"{paths['seg']}: {exc} (override with label convention '2018' or '2023')") from None
+    zooms = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
+    spacing = (zooms[2], zooms[0], zooms[1])
+    return Case(
+        case_id=case_id,
+        image=image,
+        label=label,
+        affine=np.asarray(ref_img.affine, dtype=np.float64),
+        header=ref_img.header.copy(),
+        spacing=spacing,
+        convention=convention.name,
+        paths=paths,
+        naming=naming,
+    )
+
+
+def load_cases(
+    case_dirs: Iterable[str | os.PathLike],
+    skip_bad_cases: bool = False,
+    **kw,
+) -> list[Case]:
+    """Load several cases; with ``skip_bad_cases`` a :class:`CaseError` is a
+    warning and the case is left out (an error if none is left)."""
+    cases = []
+    for case_dir in case_dirs:
+        try:
+            cases.append(load_case(case_dir, **kw))
+        except CaseError as exc:
+            if not skip_bad_cases:
+                raise
+            warnings.warn(f"skipping case: {exc}", stacklevel=2)
+    if not cases:
+        raise CaseError("no usable cases left after skipping the bad ones")
+    return cases
+
+
+def validate_cases(
+    case_dirs: Sequence[str | os.PathLike], skip_bad_cases: bool = False, **kw
+) -> list[Path]:
+    """Validate every case before training starts; returns the good folders.
+    Without ``skip_bad_cases`` the first bad case raises its :class:`CaseError`."""
+    good = []
+    for case_dir in case_dirs:
+        try:
+            load_case(case_dir, **kw)
+        except CaseError as exc:
+            if not skip_bad_cases:
+                raise
+            warnings.warn(f"skipping case: {exc}", stacklevel=2)
+            continue
+        good.append(Path(case_dir))
+    if not good:
+        raise CaseError("no usable cases left after skipping the bad ones")
+    return good
