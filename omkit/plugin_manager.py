@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "omkit.plugins.backbones",
     "omkit.plugins.attention",
     "omkit.plugins.presets",
+    "omkit.plugins.postprocess",
 )
 
 # hook name -> registry kind
@@ -59,7 +60,12 @@ class OmkitPlugins:
     """One loaded set of plug-ins: the pluggy manager, the registries, and
     where every plug-in came from."""
 
-    def __init__(self, block: Iterable[str] | None = None, load_entry_points: bool = True):
+    def __init__(
+        self,
+        block: Iterable[str] | None = None,
+        load_entry_points: bool = True,
+        extra_plugins: dict[str, object] | None = None,
+    ):
         self.blocked = set(block or ()) | blocked_from_env()
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
@@ -74,6 +80,10 @@ class OmkitPlugins:
             self._register(module, short, "builtin")
         if load_entry_points:
             self._load_entry_points()
+        # plug-ins handed over in code (embedding pipelines, tests): same hooks, same checks
+        for name, plugin in (extra_plugins or {}).items():
+            if name not in self.blocked:
+                self._register(plugin, name, "registered in code")
         self._fill_registries()
         self.pm.hook.omkit_configure.call_historic(kwargs={"config": self.config})
 
@@ -111,8 +121,9 @@ class OmkitPlugins:
         for hook_name, kind in REGISTER_HOOKS.items():
             registry = self.registries[kind]
             hook = getattr(self.pm.hook, hook_name)
-            # pluggy returns LIFO order; register in load order (built-ins first)
-            for impl in reversed(hook.get_hookimpls()):
+            # get_hookimpls() is in registration order: built-ins first, then
+            # entry points, so a clash is blamed on the later plug-in
+            for impl in hook.get_hookimpls():
                 plugin_name = impl.plugin_name
                 before = set(registry.names())
                 try:
@@ -137,11 +148,20 @@ _lock = threading.Lock()
 _current: OmkitPlugins | None = None
 
 
-def setup_plugins(block: Iterable[str] | None = None, load_entry_points: bool = True) -> OmkitPlugins:
-    """(Re)load all plug-ins, blocking the named ones, and make them current."""
+def setup_plugins(
+    block: Iterable[str] | None = None,
+    load_entry_points: bool = True,
+    extra_plugins: dict[str, object] | None = None,
+) -> OmkitPlugins:
+    """(Re)load all plug-ins, blocking the named ones, and make them current.
+
+    ``extra_plugins`` maps names to plug-in objects (modules, classes or
+    instances with hook implementations) registered after the entry points.
+    On error the previously current plug-ins stay current.
+    """
     global _current
     with _lock:
-        _current = OmkitPlugins(block=block, load_entry_points=load_entry_points)
+        _current = OmkitPlugins(block=block, load_entry_points=load_entry_points, extra_plugins=extra_plugins)
         return _current
 
 
