@@ -1,0 +1,90 @@
+"""Fusing the three tasks into one internal class map, as the paper describes
+the MC cascade (Sec. III-A):
+
+1. task 1: the coarse whole-tumor mask is where the summed probability of the
+   tumor classes exceeds 0.5; it is dilated by ``dilation`` voxels (5 in the
+   paper, a Euclidean ball) to form the ROI of task 2;
+2. task 2 labels every voxel of that ROI (five classes): whole tumor and core;
+3. task 3 labels the core found by task 2: enhancing, else NCR/NET.
+
+Outside the ROI a voxel keeps task 1's label, which there is background or
+normal tissue. A model without task 3 (MC2) keeps task 2's core classes; one
+without task 2 (MC1) keeps task 1's labels everywhere.
+
+The per-voxel reductions below work on a batch of probabilities ``(B, K, ...)``
+on any device, so tiles are reduced to uint8 labels right where they were
+predicted.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from omkit.labels import BACKGROUND, CORE_CLASSES, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
+
+PAPER_DILATION = 5  # voxels
+NON_TUMOR_CLASSES = (BACKGROUND, NORMAL)
+
+
+def task1_labels(prob1: Tensor) -> tuple[Tensor, Tensor]:
+    """From task 1's probabilities ``(B, 5, ...)``: the coarse tumor mask
+    (summed tumor-class probability > 0.5) and task 1's label, chosen
+    hierarchically (the likeliest tumor class inside the coarse mask, the
+    likeliest non-tumor class outside), both uint8 ``(B, ...)``."""
+    tumor = prob1[:, list(TUMOR_CLASSES)]
+    coarse = tumor.sum(1) > 0.5
+    tumor_label = torch.tensor(TUMOR_CLASSES, device=prob1.device)[tumor.argmax(1)]
+    other_label = torch.tensor(NON_TUMOR_CLASSES, device=prob1.device)[prob1[:, list(NON_TUMOR_CLASSES)].argmax(1)]
+    return coarse.to(torch.uint8), torch.where(coarse, tumor_label, other_label).to(torch.uint8)
+
+
+def argmax_labels(prob: Tensor) -> Tensor:
+    """Class index per voxel, uint8 ``(B, ...)``."""
+    return prob.argmax(1).to(torch.uint8)
+
+
+def dilate(mask: Tensor, radius: float) -> Tensor:
+    """Binary dilation of ``mask (D, H, W)`` by a Euclidean ball of ``radius``
+    voxels. Computed on the mask's bounding box grown by the radius, so the
+    cost follows the tumor, not the volume."""
+    if radius <= 0 or not bool(mask.any()):
+        return mask.bool()
+    host = mask.detach().to("cpu", torch.bool).numpy()
+    r = int(np.ceil(radius))
+    box = tuple(
+        slice(max(int(idx.min()) - r, 0), min(int(idx.max()) + r + 1, n))
+        for idx, n in zip(np.nonzero(host), host.shape)
+    )
+    from scipy.ndimage import distance_transform_edt
+
+    grown = np.zeros_like(host)
+    grown[box] = distance_transform_edt(~host[box]) <= radius
+    return torch.from_numpy(grown).to(mask.device)
+
+
+def fuse(
+    task1_label: Tensor,
+    coarse: Tensor,
+    task2_label: Tensor | None = None,
+    task3_label: Tensor | None = None,
+    dilation: float = PAPER_DILATION,
+    roi: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Internal classes (uint8, same shape) from the per-task labels of one
+    volume; returns ``(labels, roi)`` with ``roi`` the dilated coarse mask
+    (pass it in when already computed)."""
+    if roi is None:
+        roi = dilate(coarse.bool(), dilation)
+    labels = task1_label.clone()
+    if task2_label is None:
+        return labels, roi
+    labels[roi] = task2_label[roi]
+    if task3_label is not None:
+        core = roi & core_mask(labels)
+        labels[core] = torch.where(task3_label[core] == 1, ENHANCING, NCR_NET).to(labels.dtype)
+    return labels, roi
+
+
+def core_mask(labels: Tensor) -> Tensor:
+    return torch.isin(labels, torch.tensor(CORE_CLASSES, dtype=labels.dtype, device=labels.device))

@@ -1,0 +1,229 @@
+"""Whole-volume prediction with one model or an ensemble: OM-Net in one pass,
+the MC baseline as a real cascade.
+
+* OM-Net (and any model whose ``forward`` returns all three tasks): every
+  tile that touches the brain is predicted once; each tile's three outputs
+  are reduced on the compute device to four uint8 maps (coarse tumor mask,
+  task-1 label, task-2 label, task-3 label), stitched, then fused.
+* MC (``MCNet``): network 1 on the brain tiles; network 2 only on the tiles
+  whose kept centre touches the dilated coarse mask; network 3 only on the
+  tiles touching the core that network 2 found.
+* Ensembles average the softmax probabilities of their members per task
+  before anything is reduced (the paper's OM-Net + CGA* averages ten).
+
+Full-volume float buffers (one channel per class and task) exist only when
+probabilities are asked for.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from omkit.labels import NUM_CLASSES_TASK
+from omkit.models.omnet import MCNet
+
+from .fusion import PAPER_DILATION, argmax_labels, core_mask, dilate, fuse, task1_labels
+from .sliding import overlap_tile_inference, tiles_touching
+from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, tile_origins
+
+
+class Prediction(NamedTuple):
+    """``labels``: internal classes uint8 ``(D, H, W)`` on the CPU; ``roi``: the
+    dilated coarse tumor mask (task 2's ROI); ``probabilities``: per task
+    (``"task1"``, ...) ``(K, D, H, W)`` float32 when asked for, else None (for
+    a cascade, zero where that task's network did not run); ``tiles``: tiles
+    computed per task."""
+
+    labels: Tensor
+    roi: Tensor
+    probabilities: dict[str, Tensor] | None
+    tiles: dict[str, int]
+
+
+@dataclass
+class TileSettings:
+    """Overlap-tile geometry and batching (defaults: the paper's)."""
+
+    roi_size: Sequence[int] = PAPER_ROI_SIZE
+    stride: Sequence[int] = PAPER_STRIDE
+    keep: Sequence[int] = PAPER_KEEP
+    sw_batch_size: int = 16
+
+    def __post_init__(self):
+        self.roi_size, self.stride, self.keep = check_geometry(self.roi_size, self.stride, self.keep)
+
+
+def _model_kind(model: nn.Module) -> tuple[str, int]:
+    if isinstance(model, MCNet):
+        return "cascade", model.num_tasks
+    return "onepass", int(getattr(model, "num_tasks", 3))
+
+
+@dataclass
+class SegmentationPredictor:
+    """Predict internal class maps of preprocessed (z-scored) images.
+
+    ``models``: one model or an ensemble of the same architecture (all OM-Net
+    like, or all MC with the same number of tasks). ``sw_device``: where the
+    networks run (default: where the first model's parameters are);
+    ``device``: where stitched maps live (default: ``sw_device``).
+    """
+
+    models: Sequence[nn.Module]
+    tiles: TileSettings = field(default_factory=TileSettings)
+    dilation: float = PAPER_DILATION
+    sw_device: torch.device | str | None = None
+    device: torch.device | str | None = None
+    progress: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.models, nn.Module):
+            self.models = [self.models]
+        self.models = list(self.models)
+        if not self.models:
+            raise ValueError("an ensemble needs at least one model")
+        kinds = {_model_kind(m) for m in self.models}
+        if len(kinds) != 1:
+            raise ValueError(f"ensemble members must share an architecture, got {sorted(kinds)}")
+        self.kind, self.num_tasks = kinds.pop()
+        if self.sw_device is None:
+            self.sw_device = next(self.models[0].parameters()).device
+        self.sw_device = torch.device(self.sw_device)
+        self.device = torch.device(self.device) if self.device is not None else self.sw_device
+        for model in self.models:
+            model.eval()
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
+                   expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
+        """Load the model files (``omkit.checkpoint``) of one model or an ensemble."""
+        from omkit.checkpoint import load_model
+
+        models, presets = [], set()
+        for path in paths:
+            model, meta = load_model(path, map_location=device, expect_preset=expect_preset)
+            models.append(model)
+            presets.add(meta.get("preset"))
+        predictor = cls(models, sw_device=device, **kw)
+        predictor.presets = sorted(map(str, presets))
+        return predictor
+
+    # -- per-tile networks -------------------------------------------------------
+    def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int]) -> list[Tensor]:
+        """Ensemble-mean softmax of the given tasks for one batch of tiles."""
+        sums: list[Tensor | None] = [None] * len(tasks)
+        for model in self.models:
+            if self.kind == "cascade":
+                logits = [model.networks[t](batch) for t in tasks]
+            else:
+                outputs = model(batch)
+                logits = [outputs[t] for t in tasks]
+            for i, lg in enumerate(logits):
+                p = torch.softmax(lg.float(), dim=1)
+                sums[i] = p if sums[i] is None else sums[i] + p
+        return [s / len(self.models) for s in sums]
+
+    def _run(self, image: Tensor, tasks: Sequence[int], reduce, out_channels: int, out_dtype,
+             mask: Tensor, tile_counts: dict[str, int]) -> Tensor:
+        """Tasks ``tasks`` on the tiles whose kept centre touches ``mask``,
+        reduced per batch by ``reduce`` to ``out_channels`` maps."""
+        t = self.tiles
+        origins = tiles_touching(mask, tile_origins(image.shape[1:], t.roi_size, t.stride, t.keep), t.roi_size, t.keep)
+        for task in tasks:
+            tile_counts[f"task{task + 1}"] = int(origins.shape[0])
+
+        def predictor(batch: Tensor) -> Tensor:
+            return reduce(self._mean_probabilities(batch, tasks))
+
+        return overlap_tile_inference(
+            image, predictor, out_channels, origins=origins,
+            roi_size=t.roi_size, stride=t.stride, keep=t.keep, sw_batch_size=t.sw_batch_size,
+            out_dtype=out_dtype, sw_device=self.sw_device, device=self.device, progress=self.progress,
+        )
+
+    # -- whole volume ------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, image: Tensor | np.ndarray, brain_mask: Tensor | np.ndarray | None = None,
+                return_probabilities: bool = False) -> Prediction:
+        """``image (4, D, H, W)`` z-scored; ``brain_mask (D, H, W)``: only tiles
+        touching it are computed (default: every tile of the volume)."""
+        image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
+        if image.dim() != 4:
+            raise ValueError(f"image must be (C, D, H, W), got shape {tuple(image.shape)}")
+        if brain_mask is None:
+            brain_mask = torch.ones(image.shape[1:], dtype=torch.bool)
+        brain_mask = torch.as_tensor(np.asarray(brain_mask, dtype=bool) if not isinstance(brain_mask, Tensor) else brain_mask).bool()
+        if self.kind == "onepass":
+            return self._predict_onepass(image, brain_mask, return_probabilities)
+        return self._predict_cascade(image, brain_mask, return_probabilities)
+
+    def _predict_onepass(self, image: Tensor, brain_mask: Tensor, with_probs: bool) -> Prediction:
+        tasks = list(range(self.num_tasks))
+        tiles: dict[str, int] = {}
+        if with_probs:
+            channels = [NUM_CLASSES_TASK[t] for t in tasks]
+            stacked = self._run(image, tasks, lambda probs: torch.cat(probs, 1), sum(channels), torch.float32,
+                                brain_mask, tiles)
+            probs = list(stacked.split(channels))
+            task_labels = self._reduce_volume(probs)
+            probabilities = {f"task{t + 1}": p for t, p in zip(tasks, probs)}
+        else:
+            def reduce(probs):
+                coarse, label1 = task1_labels(probs[0])
+                return torch.stack([coarse, label1] + [argmax_labels(p) for p in probs[1:]], 1)
+
+            compact = self._run(image, tasks, reduce, len(tasks) + 1, torch.uint8, brain_mask, tiles)
+            task_labels = [compact[0], compact[1]] + list(compact[2:])
+            probabilities = None
+        coarse, label1, *rest = task_labels
+        roi = self._task2_roi(coarse, brain_mask)
+        labels, _ = fuse(label1, coarse, *rest, roi=roi)
+        return Prediction(labels.cpu(), roi.cpu(), _cpu(probabilities), tiles)
+
+    def _task2_roi(self, coarse: Tensor, brain_mask: Tensor) -> Tensor:
+        """Task 2's ROI: the coarse mask dilated, within the brain (what lies
+        outside it is background whatever task 2 would say)."""
+        return dilate(coarse.bool(), self.dilation) & brain_mask.to(coarse.device)
+
+    @staticmethod
+    def _reduce_volume(probs: list[Tensor]) -> list[Tensor]:
+        """Per-task uint8 maps of whole-volume probabilities (K, D, H, W)."""
+        coarse, label1 = task1_labels(probs[0][None])
+        return [coarse[0], label1[0]] + [argmax_labels(p[None])[0] for p in probs[1:]]
+
+    def _predict_cascade(self, image: Tensor, brain_mask: Tensor, with_probs: bool) -> Prediction:
+        probabilities: dict[str, Tensor] | None = {} if with_probs else None
+        tiles: dict[str, int] = {}
+
+        def stage(task: int, mask: Tensor) -> list[Tensor]:
+            k = NUM_CLASSES_TASK[task]
+            if with_probs:
+                prob = self._run(image, [task], lambda p: p[0], k, torch.float32, mask, tiles)
+                probabilities[f"task{task + 1}"] = prob
+                return self._reduce_volume([prob]) if task == 0 else [argmax_labels(prob[None])[0]]
+            if task == 0:
+                out = self._run(image, [0], lambda p: torch.stack(task1_labels(p[0]), 1), 2, torch.uint8, mask, tiles)
+                return [out[0], out[1]]
+            return [self._run(image, [task], lambda p: argmax_labels(p[0])[:, None], 1, torch.uint8, mask, tiles)[0]]
+
+        coarse, label1 = stage(0, brain_mask)
+        roi = self._task2_roi(coarse, brain_mask)
+        labels, _ = fuse(label1, coarse, roi=roi)
+        if self.num_tasks >= 2 and bool(roi.any()):
+            (label2,) = stage(1, roi)
+            labels, _ = fuse(label1, coarse, label2, roi=roi)
+            core = roi & core_mask(labels)
+            if self.num_tasks >= 3 and bool(core.any()):
+                (label3,) = stage(2, core)
+                labels, _ = fuse(label1, coarse, label2, label3, roi=roi)
+        return Prediction(labels.cpu(), roi.cpu(), _cpu(probabilities), tiles)
+
+
+def _cpu(probabilities: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+    return None if probabilities is None else {k: v.cpu() for k, v in probabilities.items()}
+
