@@ -1,0 +1,129 @@
+"""The training configuration: defaults are the paper's (Sec. IV-C) and the
+released solver's; ``config.json`` in a run folder is the resolved copy."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PAPER_STAGE_EPOCHS = (1, 1, 18)
+PAPER_PATCHES_PER_EPOCH = (400_000, 400_000, 200_000)
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "omnet_cga"
+    data: str = ""
+    out: str = ""
+    device: str = "cpu"
+    width: float = 1.0
+    # curriculum: epochs of stage 1 (task 1), 2 (tasks 1-2), 3 (tasks 1-3); a
+    # preset without curriculum trains its tasks together for their sum
+    stage_epochs: tuple = PAPER_STAGE_EPOCHS
+    epochs: int | None = None  # total; overrides the last stage's length
+    plateau_tol: float | None = None  # end a stage early when its newest task's loss stalls
+    patches_per_epoch: tuple = PAPER_PATCHES_PER_EPOCH  # per task, over all processes
+    batch_per_task: int = 20  # per process
+    patch_size: tuple = (16, 32, 32)  # (D, H, W)
+    samplers: tuple = ("brain", "dilated_tumor", "core")
+    dilation: float = 5.0
+    tumor_threshold: float = 0.4
+    core_threshold: float = 0.5
+    lr: float = 1e-3
+    momentum: float = 0.99
+    weight_decay: float = 5e-4
+    lr_step_epochs: int = 4
+    lr_gamma: float = 0.5
+    amp: bool = False
+    seed: int = 0
+    folds: int | None = None
+    fold: int | None = None
+    label_convention: str | None = None
+    skip_bad_cases: bool = False
+    cache_dir: str | None = None
+    workers: int = 0
+    max_minutes: float | None = None
+    max_steps: int | None = None
+    checkpoint_every: int = 500  # steps; also at every epoch end
+    log_every: int = 10  # steps per metrics row
+    progress: bool = True
+    model_kw: dict = field(default_factory=dict)
+
+    # settings that may change when a run is resumed: they do not change what is computed
+    RESUMABLE_OVERRIDES = frozenset(
+        {"max_minutes", "max_steps", "workers", "progress", "checkpoint_every", "log_every", "device", "cache_dir", "data"}
+    )
+
+    def __post_init__(self):
+        self.stage_epochs = tuple(int(e) for e in self.stage_epochs)
+        self.patch_size = tuple(int(p) for p in self.patch_size)
+        self.samplers = tuple(self.samplers)
+        ppe = tuple(int(p) for p in (self.patches_per_epoch if isinstance(self.patches_per_epoch, (tuple, list)) else [self.patches_per_epoch]))
+        self.patches_per_epoch = ppe * 3 if len(ppe) == 1 else ppe
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise ValueError(f"--{name.replace('_', '-')}: {why}")
+
+        if len(self.stage_epochs) != 3 or min(self.stage_epochs) < 0 or sum(self.stage_epochs) < 1:
+            bad("stage_epochs", f"needs three non-negative epoch counts a,b,c with a positive sum, got {self.stage_epochs}")
+        if self.epochs is not None and self.epochs < 1:
+            bad("epochs", f"must be >= 1, got {self.epochs}")
+        if len(self.patches_per_epoch) != 3 or min(self.patches_per_epoch) < 1:
+            bad("patches_per_epoch", f"needs one or three positive counts, got {self.patches_per_epoch}")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            bad("patch_size", f"needs three positive sizes D,H,W, got {self.patch_size}")
+        if any(p % 8 for p in self.patch_size):
+            bad("patch_size", f"each size must be divisible by 8 (three 2x poolings), got {self.patch_size}")
+        if len(self.samplers) != 3:
+            bad("samplers", f"needs one sampler per task, got {self.samplers}")
+        if self.batch_per_task < 1:
+            bad("batch_per_task", f"must be >= 1, got {self.batch_per_task}")
+        if self.width <= 0:
+            bad("width", f"must be > 0, got {self.width}")
+        if self.lr <= 0:
+            bad("lr", f"must be > 0, got {self.lr}")
+        if self.lr_step_epochs < 1:
+            bad("lr_step_epochs", f"must be >= 1, got {self.lr_step_epochs}")
+        if (self.folds is None) != (self.fold is None):
+            bad("folds" if self.folds is None else "fold", "--folds K and --fold k go together")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            bad("max_minutes", f"must be > 0, got {self.max_minutes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            bad("max_steps", f"must be >= 1, got {self.max_steps}")
+        if self.workers < 0:
+            bad("workers", f"must be >= 0, got {self.workers}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            bad("checkpoint_every" if self.checkpoint_every < 1 else "log_every", "must be >= 1")
+        if self.device.startswith("cuda") is False and self.device != "cpu":
+            bad("device", f"must be cpu or cuda[:N], got {self.device!r}")
+        if self.amp and not self.device.startswith("cuda"):
+            bad("amp", "mixed precision needs --device cuda")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable omkit run configuration ({exc})") from None
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Names of the settings that differ and may not change on resume."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if a[k] != b[k] and k not in self.RESUMABLE_OVERRIDES and k != "out"]

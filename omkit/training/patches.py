@@ -1,0 +1,119 @@
+"""Per-task patch batches for training, reproducible from (seed, rank, epoch, step).
+
+Every epoch each task gets a fresh pool of patch centres from its sampler
+(``patches_per_epoch[t] / world_size`` per process); each step takes the next
+``batch_per_task`` centres of every active task's pool, cycling a smaller pool
+(the paper's 200k task-3 patches against 400k for tasks 1-2). Because a batch
+depends only on (seed, rank, epoch, step), the sampler's whole state is that
+position: resuming, or loading with worker processes, gives the same batches.
+Each process (DDP rank) draws from its own random stream.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from omkit.data.patches import extract_patches
+
+
+def region_indices(sampler, pre, cache=None, case_dir=None, cache_settings=None) -> np.ndarray:
+    """Flat indices of the sampler's region of one case (cached beside the case when possible)."""
+    compute = lambda: np.flatnonzero(sampler.region(pre)).astype(np.int64)  # noqa: E731
+    if cache is not None and case_dir is not None:
+        return cache.derived(case_dir, f"region-{sampler.key}", compute, **(cache_settings or {}))
+    return compute()
+
+
+class TaskPatches:
+    """The patch source of one training process."""
+
+    def __init__(
+        self,
+        cases: Sequence,
+        samplers: Sequence,
+        patch_size: Sequence[int],
+        patches_per_epoch: Sequence[int],
+        batch_per_task: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        tasks: Sequence[int] = (0, 1, 2),
+        regions: dict[int, list[np.ndarray]] | None = None,
+    ):
+        self.cases = list(cases)
+        self.samplers = list(samplers)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch = int(batch_per_task)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.pool_sizes = [max(1, math.ceil(int(n) / self.world_size)) for n in patches_per_epoch]
+        self.shapes = [tuple(pre.image.shape[1:]) for pre in self.cases]
+        self.regions = regions or {t: [region_indices(self.samplers[t], pre) for pre in self.cases] for t in tasks}
+        for t in tasks:
+            if not any(len(r) for r in self.regions[t]):
+                raise ValueError(
+                    f"task {t + 1} sampler {self.samplers[t].key!r}: no training case has voxels to sample "
+                    "(no tumor / core in the ground truth?)"
+                )
+        self._pool_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def steps_per_epoch(self, tasks: Sequence[int]) -> int:
+        return max(math.ceil(self.pool_sizes[t] / self.batch) for t in tasks)
+
+    def pool(self, epoch: int, task: int) -> np.ndarray:
+        """This process's centres ``(case, z, y, x)`` of ``task`` for ``epoch``."""
+        key = (epoch, task)
+        if key not in self._pool_cache:
+            rng = np.random.default_rng([self.seed, self.rank, epoch, task])
+            # keep only this epoch's pools: earlier ones are never asked for again
+            self._pool_cache = {k: v for k, v in self._pool_cache.items() if k[0] == epoch}
+            self._pool_cache[key] = self.samplers[task].draw(self.regions[task], self.shapes, self.pool_sizes[task], rng)
+        return self._pool_cache[key]
+
+    def centres(self, epoch: int, step: int, task: int) -> np.ndarray:
+        pool = self.pool(epoch, task)
+        return pool[(step * self.batch + np.arange(self.batch)) % len(pool)]
+
+    def batch_at(self, epoch: int, step: int, tasks: Sequence[int]):
+        """Per task (None when inactive): ``(images (B, 4, *P) float32, labels (B, *P) uint8)``."""
+        out = [None, None, None]
+        for t in tasks:
+            out[t] = extract_patches(self.cases, self.centres(epoch, step, t), self.patch_size)
+        return out
+
+
+class EpochSteps(torch.utils.data.Dataset):
+    """Map-style view of one epoch's steps (item = a step's batches), for DataLoader workers."""
+
+    def __init__(self, patches: TaskPatches, epoch: int, tasks: Sequence[int]):
+        self.patches, self.epoch, self.tasks = patches, epoch, tuple(tasks)
+
+    def __len__(self) -> int:
+        return self.patches.steps_per_epoch(self.tasks)
+
+    def __getitem__(self, step: int):
+        return self.patches.batch_at(self.epoch, step, self.tasks)
+
+
+def iterate_steps(patches: TaskPatches, epoch: int, tasks: Sequence[int], start: int, workers: int = 0):
+    """Yield ``(step, batches)`` from ``start`` to the end of the epoch; with
+    workers, batches are prepared in background processes (same content)."""
+    steps = patches.steps_per_epoch(tasks)
+    if workers <= 0:
+        for step in range(start, steps):
+            yield step, patches.batch_at(epoch, step, tasks)
+        return
+    loader = torch.utils.data.DataLoader(
+        EpochSteps(patches, epoch, tasks),
+        batch_size=None,
+        sampler=range(start, steps),
+        num_workers=workers,
+        # a private generator: creating the loader must not consume the global
+        # torch RNG (dropout), or a resumed run would diverge
+        generator=torch.Generator().manual_seed(0),
+        prefetch_factor=2,
+    )
+    yield from zip(range(start, steps), loader)
+

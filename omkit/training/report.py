@@ -1,0 +1,70 @@
+"""Run-folder outputs: metrics CSV/JSON and the loss-curve PNG (all atomic)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from omkit.fileio import atomic_path, atomic_write_text
+
+METRIC_FIELDS = (
+    "step", "epoch", "stage", "lr", "loss_task1", "loss_task2", "loss_task3", "loss_total",
+    "patches", "patches_per_s", "elapsed_s",
+)
+
+
+def _clean(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if _clean(row.get(k)) is None else row.get(k)) for k in METRIC_FIELDS})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_json(obj, path: Path) -> None:
+    def clean(o):
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return _clean(o)
+
+    atomic_write_text(path, json.dumps(clean(obj), indent=2) + "\n")
+
+
+def plot_losses(rows: Sequence[dict], stage_starts: Sequence[int], path: Path, title: str = "") -> None:
+    """Per-task and total training loss against the step; dashed lines where a
+    curriculum stage begins."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # no pyplot: no global state, thread-safe
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [r["step"] for r in rows]
+    for key, label in (("loss_task1", "task 1"), ("loss_task2", "task 2"), ("loss_task3", "task 3"), ("loss_total", "sum")):
+        values = [_clean(r.get(key)) for r in rows]
+        points = [(s, v) for s, v in zip(steps, values) if v is not None]
+        if points:
+            ax.plot(*zip(*points), label=label, linewidth=1.2 if key != "loss_total" else 0.8,
+                    linestyle="-" if key != "loss_total" else ":")
+    for start in stage_starts[1:]:
+        ax.axvline(start, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(title or "training loss")
+    if steps:
+        ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
