@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "omkit.plugins.attention",
     "omkit.plugins.presets",
     "omkit.plugins.postprocess",
+    "omkit.plugins.samplers",
 )
 
 # hook name -> registry kind
