@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from omkit.labels import NUM_CLASSES_TASK
+from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
 from .fusion import PAPER_DILATION, argmax_labels, core_mask, dilate, fuse, task1_labels
@@ -151,16 +151,19 @@ class SegmentationPredictor:
     def predict(self, image: Tensor | np.ndarray, brain_mask: Tensor | np.ndarray | None = None,
                 return_probabilities: bool = False) -> Prediction:
         """``image (4, D, H, W)`` z-scored; ``brain_mask (D, H, W)``: only tiles
-        touching it are computed (default: every tile of the volume)."""
+        touching it are computed and voxels outside it are background (default:
+        the whole volume)."""
         image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
         if image.dim() != 4:
             raise ValueError(f"image must be (C, D, H, W), got shape {tuple(image.shape)}")
         if brain_mask is None:
             brain_mask = torch.ones(image.shape[1:], dtype=torch.bool)
         brain_mask = torch.as_tensor(np.asarray(brain_mask, dtype=bool) if not isinstance(brain_mask, Tensor) else brain_mask).bool()
-        if self.kind == "onepass":
-            return self._predict_onepass(image, brain_mask, return_probabilities)
-        return self._predict_cascade(image, brain_mask, return_probabilities)
+        run = self._predict_onepass if self.kind == "onepass" else self._predict_cascade
+        result = run(image, brain_mask, return_probabilities)
+        # the volumes are skull-stripped: outside the brain is background by definition
+        result.labels[~brain_mask] = BACKGROUND
+        return result
 
     def _predict_onepass(self, image: Tensor, brain_mask: Tensor, with_probs: bool) -> Prediction:
         tasks = list(range(self.num_tasks))

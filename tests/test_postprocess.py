@@ -1,0 +1,124 @@
+"""Post-processing steps (paper Sec. III-D) on constructed volumes, and the
+plug-in mechanism that runs them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import omkit
+from omkit.inference import build_postprocessors, postprocess
+from omkit.labels import EDEMA, ENHANCING, NCR_NET, NORMAL
+from omkit.plugins.postprocess import KMeansEdemaToNecrosis, RemoveSmallComponents
+
+
+def brain(shape=(40, 60, 60)):
+    return np.full(shape, NORMAL, dtype=np.uint8)
+
+
+def test_small_components_below_a_tenth_of_the_largest_are_removed():
+    labels = brain()
+    labels[0:10, 0:20, 0:15] = EDEMA        # 3000 voxels: V_max, tau = min(2000, 300) = 300
+    labels[20:25, 30:40, 30:35] = EDEMA     # 250 voxels: removed
+    labels[20:25, 50:60, 50:58] = ENHANCING  # 400 voxels: kept
+    labels[30, 0, 0] = NCR_NET               # 1 voxel: removed
+    out = RemoveSmallComponents()(labels)
+    assert (out[20:25, 30:40, 30:35] == NORMAL).all() and out[30, 0, 0] == NORMAL
+    assert (out[0:10, 0:20, 0:15] == EDEMA).all() and (out[20:25, 50:60, 50:58] == ENHANCING).all()
+    assert (labels[20:25, 30:40, 30:35] == EDEMA).all()  # the input is not modified
+
+
+def test_threshold_is_capped_at_2000_voxels():
+    labels = brain((60, 80, 80))
+    labels[0:30, 0:40, 0:30] = EDEMA       # 36000 voxels: 0.1 V_max = 3600, tau = 2000
+    labels[40:50, 50:70, 50:59] = EDEMA    # 1800 voxels: removed
+    labels[40:50, 50:70, 65:76] = EDEMA    # 2200 voxels: kept
+    out = RemoveSmallComponents()(labels)
+    assert (out[40:50, 50:70, 50:59] == NORMAL).all()
+    assert (out[40:50, 50:70, 65:76] == EDEMA).all()
+    # configurable: a higher cap removes the 2200-voxel component too
+    assert (RemoveSmallComponents(max_voxels=3000)(labels)[40:50, 50:70, 65:76] == NORMAL).all()
+
+
+def test_components_touching_diagonally_are_one_component():
+    labels = brain((10, 10, 10))
+    labels[0:3, 0:3, 0:3] = EDEMA
+    labels[3, 3, 3] = EDEMA  # touches the cube's corner only
+    assert RemoveSmallComponents()(labels)[3, 3, 3] == EDEMA
+    assert RemoveSmallComponents(connectivity=6)(labels)[3, 3, 3] == NORMAL
+
+
+def kmeans_case(enhancing_voxels: int):
+    """One tumor component: an edema block whose half has a dark T1c (necrosis
+    mislabelled as edema), a few enhancing voxels."""
+    rng = np.random.default_rng(0)
+    labels = brain((20, 40, 40))
+    labels[5:15, 10:30, 10:30] = EDEMA
+    image = rng.normal(0, 0.1, (4, 20, 40, 40)).astype(np.float32)
+    image[2, 5:15, 10:20, 10:30] -= 2.0  # dark T1c half
+    image[2, 5:15, 20:30, 10:30] += 1.0
+    flat = np.flatnonzero(labels == EDEMA)[:enhancing_voxels]
+    labels.flat[flat] = ENHANCING
+    return labels, image
+
+
+def test_kmeans_turns_the_dark_t1c_edema_cluster_into_necrosis():
+    labels, image = kmeans_case(enhancing_voxels=20)  # 20 / 4000 < 0.05
+    out = KMeansEdemaToNecrosis()(labels, image)
+    changed = out != labels
+    assert changed.any()
+    assert (labels[changed] == EDEMA).all() and (out[changed] == NCR_NET).all()  # only edema changes
+    dark = np.zeros_like(changed)
+    dark[5:15, 10:20, 10:30] = True
+    assert (out[dark & (labels == EDEMA)] == NCR_NET).all()
+    assert (out[~dark & (labels == EDEMA)] == EDEMA).all()
+
+
+@pytest.mark.parametrize("enhancing_voxels", [300, 0])
+def test_kmeans_conditions(enhancing_voxels):
+    labels, image = kmeans_case(enhancing_voxels)
+    if enhancing_voxels == 0:
+        # no enhancing voxel: ratios are 0, the step applies
+        assert (KMeansEdemaToNecrosis()(labels, image) != labels).any()
+        # ... unless the per-component enhancing volume limit forbids it
+        assert (KMeansEdemaToNecrosis(max_enhancing=0)(labels, image) == labels).all()
+    else:
+        # 300 / 4000 = 0.075 >= 0.05: component left alone
+        assert (KMeansEdemaToNecrosis()(labels, image) == labels).all()
+        assert (KMeansEdemaToNecrosis(component_ratio=0.1)(labels, image) != labels).any()
+
+
+def test_registry_order_switches_and_third_party_steps():
+    assert {"remove_small_components", "kmeans_edema_to_necrosis"} <= set(omkit.list_postprocessors())
+    steps = build_postprocessors()
+    assert [name for name, _ in steps] == ["remove_small_components", "kmeans_edema_to_necrosis"]
+    assert [n for n, _ in build_postprocessors(disable=["kmeans_edema_to_necrosis"])] == ["remove_small_components"]
+    assert build_postprocessors(enable=[]) == []
+    step = dict(build_postprocessors(options={"remove_small_components": {"max_voxels": 5}}))["remove_small_components"]
+    assert step.max_voxels == 5
+    with pytest.raises(omkit.UnknownNameError, match="no_such_step"):
+        build_postprocessors(disable=["no_such_step"])
+
+    class EverythingEdema:
+        order, default_enabled = 15, True
+
+        def __init__(self, value=EDEMA):
+            self.value = value
+
+        def __call__(self, labels, image):
+            return np.where(labels >= NCR_NET, self.value, labels).astype(np.uint8)
+
+    class ThirdParty:
+        @omkit.hookimpl
+        def omkit_register_postprocessors(self, registry):
+            registry.add("everything_edema", EverythingEdema)
+
+    try:
+        omkit.setup_plugins(extra_plugins={"third_party": ThirdParty()})
+        names = [n for n, _ in build_postprocessors()]
+        assert names == ["remove_small_components", "everything_edema", "kmeans_edema_to_necrosis"]
+        labels = brain((4, 4, 4))
+        labels[0, 0, 0] = ENHANCING
+        out = postprocess(labels, np.zeros((4, 4, 4, 4), np.float32), build_postprocessors(enable=["everything_edema"]))
+        assert out[0, 0, 0] == EDEMA
+    finally:
+        omkit.setup_plugins()
