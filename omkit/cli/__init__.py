@@ -1,10 +1,11 @@
-"""The ``omkit`` command line. Each subcommand lives in its own module
+"""The ``omkit`` command line. Set OMKIT_DEBUG=1 for tracebacks. Each subcommand lives in its own module
 ``omkit.cli.<name>`` with ``add_arguments(parser)`` and ``run(args) -> int``
 (and a module docstring whose first line is the command's help)."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand name -> module under omkit.cli
@@ -37,7 +38,11 @@ def _available_commands():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="omkit",
+        description="One-pass multi-task brain tumor segmentation (OM-Net + CGA). "
+        "Set OMKIT_DEBUG=1 for full tracebacks.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in _available_commands():
         doc = (module.__doc__ or name).strip().splitlines()[0]
@@ -53,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (CLIError, PluginError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (CLIError, PluginError, UnknownNameError, OSError, ValueError) as exc:
+        if os.environ.get("OMKIT_DEBUG"):
+            raise  # full traceback for developers
         print(f"omkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
