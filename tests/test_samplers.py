@@ -1,0 +1,222 @@
+"""Patch samplers (plug-ins), patch extraction with padding, online data transfer."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import omkit
+from omkit.data import find_cases, load_case, preprocess_case, synthetic
+from omkit.data.patches import extract_patch, extract_patches
+from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
+from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, dilate
+from omkit.training import TaskPatches, TransferRule, class_fraction, task3_target, task_targets
+
+TINY_PATCH = (8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Two tumor cases and one without a tumor."""
+    out = [preprocess_case(synthetic.make_case((24, 40, 40), seed=s)) for s in (0, 1)]
+    out.append(preprocess_case(synthetic.make_case((24, 40, 40), seed=2, tumor=False)))
+    return out
+
+
+def _draw(sampler, cases, count, seed=0):
+    regions = [np.flatnonzero(sampler.region(pre)) for pre in cases]
+    shapes = [pre.shape for pre in cases]
+    return sampler.draw(regions, shapes, count, np.random.default_rng(seed))
+
+
+def test_registered_as_plugins():
+    assert {"brain", "dilated_tumor", "core"} <= set(omkit.list_samplers())
+    registry = omkit.get_plugins().registry("sampler")
+    assert registry.get("dilated_tumor") is DilatedTumorSampler
+    assert registry.entry("core").plugin == "samplers"
+
+
+def test_task1_centres_inside_brain(cases):
+    centres = _draw(BrainSampler(), cases, 3000)
+    assert centres.shape == (3000, 4) and centres.dtype == np.int64
+    for c, pre in enumerate(cases):
+        mine = centres[centres[:, 0] == c]
+        assert len(mine) > 800  # cases are picked uniformly
+        assert pre.brain_mask[mine[:, 1], mine[:, 2], mine[:, 3]].all()
+
+
+def test_task2_centres_inside_tumor_dilated_by_5(cases):
+    centres = _draw(DilatedTumorSampler(), cases, 3000)
+    assert 2 not in centres[:, 0]  # the case without a tumor has no task-2 region
+    outside_tumor = 0
+    for c in (0, 1):
+        pre = cases[c]
+        mine = centres[centres[:, 0] == c][:, 1:]
+        tumor = np.argwhere(np.isin(pre.label, TUMOR_CLASSES))
+        # brute-force distance of every centre to the nearest tumor voxel
+        dist = np.sqrt(((mine[:, None, :] - tumor[None, :, :]) ** 2).sum(-1)).min(axis=1)
+        assert dist.max() <= 5.0
+        outside_tumor += int((dist > 0).sum())
+    assert outside_tumor > 0  # the dilation is used, not just the tumor itself
+
+
+def test_task3_centres_inside_core(cases):
+    centres = _draw(CoreSampler(), cases, 2000)
+    assert 2 not in centres[:, 0]
+    for c in (0, 1):
+        mine = centres[centres[:, 0] == c]
+        assert np.isin(cases[c].label[mine[:, 1], mine[:, 2], mine[:, 3]], CORE_CLASSES).all()
+
+
+def test_dilation_is_a_euclidean_ball():
+    mask = np.zeros((21, 21, 21), dtype=bool)
+    mask[10, 10, 10] = True
+    ball = dilate(mask, 5)
+    grid = np.indices(mask.shape) - 10
+    np.testing.assert_array_equal(ball, (grid ** 2).sum(0) <= 25)
+    assert dilate(mask, 0).sum() == 1
+
+
+def test_seeded_reproducible_and_uniform(cases):
+    sampler = BrainSampler()
+    a, b = _draw(sampler, cases, 500, seed=7), _draw(sampler, cases, 500, seed=7)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, _draw(sampler, cases, 500, seed=8))
+    # uniform inside one case: half of the region's voxels get about half the centres
+    region = np.flatnonzero(cases[0].brain_mask)
+    many = sampler.draw([region], [cases[0].shape], 40000, np.random.default_rng(0))
+    flat = np.ravel_multi_index(tuple(many[:, 1:].T), cases[0].shape)
+    below = (flat < region[len(region) // 2]).mean()
+    assert abs(below - 0.5) < 0.015
+
+
+def test_no_region_anywhere_is_an_error(cases):
+    with pytest.raises(ValueError, match="no case has a non-empty sampling region"):
+        _draw(CoreSampler(), cases[2:], 5)
+
+
+def test_draw_is_vectorised():
+    # 400k centres (a paper epoch of task 1) from 12 brain-sized regions quickly
+    shapes = [(140, 170, 140)] * 12
+    regions = [np.arange(0, 140 * 170 * 140, 3)] * 12
+    start = time.perf_counter()
+    centres = BrainSampler().draw(regions, shapes, 400_000, np.random.default_rng(0))
+    assert time.perf_counter() - start < 3.0
+    assert centres.shape == (400_000, 4)
+
+
+# -- patches -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("centre", [(0, 0, 0), (5, 10, 3), (11, 19, 19), (6, 2, 17)])
+def test_extract_patch_pads_at_borders(centre):
+    volume = np.random.default_rng(0).random((2, 12, 20, 20)).astype(np.float32) + 1
+    patch = extract_patch(volume, centre, TINY_PATCH)
+    assert patch.shape == (2,) + TINY_PATCH
+    half = np.array(TINY_PATCH) // 2
+    padded = np.pad(volume, [(0, 0)] + [(int(h), int(h)) for h in half])
+    start = np.array(centre)  # in padded coordinates: centre - half + half
+    expected = padded[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, TINY_PATCH))]
+    np.testing.assert_array_equal(patch, expected)
+
+
+def test_extract_patches_images_and_labels(cases):
+    centres = np.array([[0, 12, 20, 20], [1, 0, 0, 0]])
+    images, labels = extract_patches(cases, centres, TINY_PATCH)
+    assert images.shape == (2, 4) + TINY_PATCH and labels.shape == (2,) + TINY_PATCH
+    np.testing.assert_array_equal(labels[0], cases[0].label[8:16, 12:28, 12:28])
+    assert (labels[1][:4, :8, :8] == 0).all()  # padding is background
+
+
+# -- online data transfer --------------------------------------------------------------
+
+def _batch_with_fractions(fractions, cls, fill=NORMAL, voxels=100):
+    """Label patches of 100 voxels with exactly the given fractions of class ``cls``."""
+    out = np.full((len(fractions), voxels), fill, dtype=np.uint8)
+    for i, f in enumerate(fractions):
+        out[i, : int(round(f * voxels))] = cls
+    return out.reshape(len(fractions), 4, 5, 5)
+
+
+def test_transfer_selects_exactly_by_threshold():
+    rule = TransferRule()  # 0.4 tumor -> task 2, 0.5 core -> task 3
+    task1 = _batch_with_fractions([0.39, 0.40, 0.41, 0.0, 0.8], EDEMA)
+    task1[4].reshape(-1)[:50] = NCR_NET  # patch 4: 80 % tumor, 50 % core
+    task2 = _batch_with_fractions([0.49, 0.50, 1.0], ENHANCING)
+    transfers = rule.select([task1, task2, None], active={0, 1, 2})
+    np.testing.assert_array_equal(transfers[1][0][1], [1, 2, 4])
+    assert transfers[1][0][0] == 0
+    assert [src for src, _ in transfers[2]] == [0, 1]
+    np.testing.assert_array_equal(transfers[2][0][1], [4])
+    np.testing.assert_array_equal(transfers[2][1][1], [1, 2])
+    # inactive destination tasks get nothing
+    assert rule.select([task1, task2, None], active={0, 1}).keys() == {1}
+    assert rule.select([task1, None, None], active={0}) == {}
+    # thresholds are configurable
+    strict = TransferRule(tumor_threshold=0.41, core_threshold=1.0)
+    transfers = strict.select([task1, task2, None], active={0, 1, 2})
+    np.testing.assert_array_equal(transfers[1][0][1], [2, 4])
+    assert [src for src, _ in transfers[2]] == [1] and list(transfers[2][0][1]) == [2]
+    with pytest.raises(ValueError, match="tumor_threshold"):
+        TransferRule(tumor_threshold=1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0, 1), st.floats(0, 1))
+def test_transfer_matches_definition(seed, tumor_t, core_t):
+    rng = np.random.default_rng(seed)
+    labels = [rng.choice(5, size=(6, 2, 3, 4), p=rng.dirichlet(np.ones(5))).astype(np.uint8) for _ in range(3)]
+    transfers = TransferRule(tumor_t, core_t).select(labels, active={0, 1, 2})
+    expected_2 = [i for i in range(6) if np.isin(labels[0][i], TUMOR_CLASSES).sum() / 24 >= tumor_t]
+    assert list(transfers.get(1, [(0, [])])[0][1]) == expected_2
+    got_3 = {src: list(idx) for src, idx in transfers.get(2, [])}
+    for src in (0, 1):
+        expected = [i for i in range(6) if np.isin(labels[src][i], CORE_CLASSES).sum() / 24 >= core_t]
+        assert got_3.get(src, []) == expected
+
+
+def test_task_targets_order_and_task3_relabel():
+    task1 = _batch_with_fractions([0.6, 0.0], ENHANCING)
+    task2 = _batch_with_fractions([0.2], EDEMA)
+    task3 = _batch_with_fractions([0.7], NCR_NET)
+    task3[0].reshape(-1)[-10:] = ENHANCING
+    transfers = {1: [(0, np.array([0]))], 2: [(0, np.array([0]))]}
+    targets = task_targets([task1, task2, task3], transfers)
+    np.testing.assert_array_equal(targets[0], task1)
+    np.testing.assert_array_equal(targets[1], np.concatenate([task2, task1[:1]]))
+    assert targets[2].shape[0] == 2 and set(np.unique(targets[2]).tolist()) <= {0, 1}
+    np.testing.assert_array_equal(targets[2][0], task3[0] == ENHANCING)  # NCR -> 0, enhancing -> 1
+    np.testing.assert_array_equal(targets[2][1], task3_target(task1[0]))
+    assert class_fraction(task1, (ENHANCING,)).tolist() == [0.6, 0.0]
+
+
+# -- the per-process patch source --------------------------------------------------------
+
+def test_task_patches_reproducible_per_rank(cases):
+    samplers = [BrainSampler(), DilatedTumorSampler(), CoreSampler()]
+    make = lambda rank: TaskPatches(cases, samplers, TINY_PATCH, (40, 40, 20), 4, seed=3, rank=rank, world_size=2)  # noqa: E731
+    a, b, other = make(0), make(0), make(1)
+    assert a.pool_sizes == [20, 20, 10] and a.steps_per_epoch((0, 1, 2)) == 5 and a.steps_per_epoch((0,)) == 5
+    first = a.batch_at(epoch=1, step=2, tasks=(0, 1, 2))
+    again = b.batch_at(epoch=1, step=2, tasks=(0, 1, 2))
+    for x, y in zip(first, again):
+        np.testing.assert_array_equal(x[0], y[0])
+        np.testing.assert_array_equal(x[1], y[1])
+    assert not np.array_equal(a.pool(1, 0), other.pool(1, 0))  # each rank its own patches
+    assert not np.array_equal(a.pool(1, 0), a.pool(2, 0))  # each epoch fresh centres
+    # the smaller task-3 pool is cycled: steps 0 and 2.5 * batch apart coincide
+    np.testing.assert_array_equal(a.centres(0, 0, 2)[:2], a.centres(0, 2, 2)[2:])
+    assert a.batch_at(0, 0, (0,))[1] is None
+
+
+def test_real_case_sampler_regions(sample_data):
+    pre = preprocess_case(load_case(find_cases(sample_data)[0]))
+    for sampler in (BrainSampler(), DilatedTumorSampler(), CoreSampler()):
+        region = sampler.region(pre)
+        centres = sampler.draw([np.flatnonzero(region)], [pre.shape], 500, np.random.default_rng(0))
+        assert region[centres[:, 1], centres[:, 2], centres[:, 3]].all()
+    wt = np.isin(pre.label, TUMOR_CLASSES)
+    dilated = DilatedTumorSampler().region(pre)
+    assert (dilated >= wt).all() and dilated.sum() > wt.sum()
