@@ -107,6 +107,11 @@ class SegmentationPredictor:
         models, presets = [], set()
         for path in paths:
             model, meta = load_model(path, map_location=device, expect_preset=expect_preset)
+            if models and _model_kind(model) != _model_kind(models[0]):
+                raise ValueError(
+                    f"{path}: preset {meta.get('preset')!r} cannot join an ensemble with {paths[0]} "
+                    f"(members must share an architecture: {_model_kind(models[0])} vs {_model_kind(model)})"
+                )
             models.append(model)
             presets.add(meta.get("preset"))
         predictor = cls(models, sw_device=device, **kw)

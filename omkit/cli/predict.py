@@ -1,0 +1,140 @@
+"""Segment BraTS cases with a trained model (or an ensemble): label maps in the input's space.
+
+Examples::
+
+    omkit predict -i BraTS2018/Brats18_CBICA_ABM_1 -o preds/ -m runs/cga/model.pt
+    omkit predict -i BraTS2018/ -o preds/ -m fold0/model.pt -m fold1/model.pt --overlay
+    torchrun --nproc_per_node=2 -m omkit predict -i BraTS2018/ -o preds/ -m runs/cga/model.pt --device cuda
+
+Writes ``OUT/<case-id>.nii.gz`` (uint8 labels in the chosen BraTS convention,
+the input's affine and header), and on request ``OUT/<case-id>_probabilities.npz``
+(per-task probabilities) and ``OUT/<case-id>_overlay.png`` (paper Fig. 7 style).
+Under torchrun the cases are split between the processes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omkit.cli import CLIError
+from omkit.cli.train import _ints
+
+
+def add_tile_arguments(parser) -> None:
+    """Overlap-tile options (shared with ``omkit demo`` and ``omkit explain``)."""
+    g = parser.add_argument_group("overlap-tile inference (sizes in D,H,W = axial,X,Y order)")
+    g.add_argument("--roi-size", type=lambda t: _ints(t, "--roi-size", (3,)), default=(16, 32, 32), metavar="D,H,W",
+                   help="tile size; each side divisible by 8 (default 16,32,32 = the paper's 32x32x16)")
+    g.add_argument("--keep", type=lambda t: _ints(t, "--keep", (3,)), default=(5, 20, 20), metavar="D,H,W",
+                   help="kept centre of each tile (default 5,20,20)")
+    g.add_argument("--stride", type=lambda t: _ints(t, "--stride", (3,)), metavar="D,H,W",
+                   help="tile stride, at most --keep (default: --keep, every voxel predicted once)")
+    g.add_argument("--sw-batch-size", type=int, default=16, help="tiles per network call (default 16)")
+    g.add_argument("--dilation", type=float, default=5.0,
+                   help="voxels by which task 1's coarse tumor mask is dilated to form task 2's ROI (default 5)")
+
+
+def tile_settings(args):
+    from omkit.inference import TileSettings
+
+    if any(s % 8 for s in args.roi_size):
+        raise CLIError(f"--roi-size: each side must be divisible by 8 (three 2x poolings), got {','.join(map(str, args.roi_size))}")
+    try:
+        return TileSettings(args.roi_size, args.stride or args.keep, args.keep, args.sw_batch_size)
+    except ValueError as exc:
+        raise CLIError(f"--roi-size/--stride/--keep: {exc}") from None
+
+
+def add_arguments(parser):
+    parser.add_argument("-i", "--input", required=True, metavar="IN", help="a BraTS case folder or a folder of them")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    parser.add_argument("-m", "--model", required=True, action="append", metavar="MODEL",
+                        help="model file (RUN/model.pt); repeat for an ensemble (probabilities are averaged)")
+    parser.add_argument("--preset", help="refuse model files that do not hold this preset")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    parser.add_argument("--label-convention", choices=("2018", "2023"),
+                        help="labels of the written maps: 2018 (4 = enhancing) or 2023 (3 = enhancing); "
+                             "default: the convention of the input's file naming")
+    parser.add_argument("--save-probabilities", action="store_true", help="also write OUT/<case-id>_probabilities.npz")
+    parser.add_argument("--no-postprocess", action="store_true", help="skip every post-processing step")
+    parser.add_argument("--disable-step", action="append", default=[], metavar="NAME",
+                        help="skip one post-processing step (omkit plugins lists them); repeatable")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write OUT/<case-id>_overlay.png (FLAIR, ground truth when present, prediction)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tile_arguments(parser)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {name}: CUDA is not available on this machine")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"  # one GPU per torchrun process
+    elif name != "cpu":
+        raise CLIError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return name
+
+
+def shard(items: list, rank: int | None = None, world: int | None = None) -> list:
+    """This process's share of ``items`` under torchrun (RANK / WORLD_SIZE)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    return items[rank::world]
+
+
+def output_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
+    return {
+        "labels": out_dir / f"{case_id}.nii.gz",
+        "probabilities": out_dir / f"{case_id}_probabilities.npz",
+        "overlay": out_dir / f"{case_id}_overlay.png",
+    }
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from omkit.data import find_cases
+    from omkit.fileio import OutputExistsError
+    from omkit.inference import SegmentationPredictor, build_postprocessors
+    from omkit.inference.pipeline import case_id_of, load_for_prediction, predict_case, write_label_map, write_probabilities
+    from omkit.viz import save_overlay
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CLIError(f"{out_dir}: exists and is not a folder")
+    tiles = tile_settings(args)
+    cases = shard(find_cases(args.input))
+    wanted = ["labels"] + (["probabilities"] if args.save_probabilities else []) + (["overlay"] if args.overlay else [])
+    jobs = []
+    for case_dir in cases:
+        paths = output_paths(out_dir, case_id_of(case_dir))
+        if not args.force:
+            for key in wanted:
+                if paths[key].exists():
+                    raise OutputExistsError(None, None, str(paths[key]))
+        jobs.append((case_dir, paths))
+    steps = [] if args.no_postprocess else build_postprocessors(disable=args.disable_step)
+    device = resolve_device(args.device)
+    predictor = SegmentationPredictor.from_files(args.model, device=device, expect_preset=args.preset,
+                                                 tiles=tiles, dilation=args.dilation)
+    main_process = int(os.environ.get("RANK", 0)) == 0
+    progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
+    for case_dir, paths in progress:
+        case = load_for_prediction(case_dir, with_label=None if args.overlay else False)
+        result = predict_case(case, predictor, steps, return_probabilities=args.save_probabilities)
+        convention = args.label_convention or case.convention
+        write_label_map(result.labels, case, paths["labels"], convention, force=args.force)
+        if args.save_probabilities:
+            write_probabilities(result.probabilities, paths["probabilities"], force=args.force)
+        if args.overlay:
+            save_overlay(paths["overlay"], case.image[0], result.labels, case.label, title=case.case_id, force=args.force)
+    if main_process:
+        print(f"wrote {len(jobs)} label map(s) to {out_dir}")
+    return 0

@@ -1,0 +1,87 @@
+"""From a BraTS case folder to a label map on disk: load and validate
+(``omkit.data``), preprocess, predict, post-process, put back into the input's
+space, write with the input's affine and header (atomically)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from omkit.data import Case, CaseError, Preprocessed, case_files, load_case, preprocess_case, to_nifti_axes, uncrop
+from omkit.fileio import atomic_path
+from omkit.labels import BACKGROUND, get_convention
+
+from .postprocess import Step, postprocess
+from .predictor import SegmentationPredictor
+
+
+@dataclass
+class CaseResult:
+    """``labels``: internal classes of the full input volume ``(D, H, W)``;
+    ``probabilities``: per task ``(K, D, H, W)`` float32 or None."""
+
+    case: Case
+    preprocessed: Preprocessed
+    labels: np.ndarray
+    probabilities: dict[str, np.ndarray] | None
+    tiles: dict[str, int]
+
+
+def case_id_of(case_dir: str | os.PathLike) -> str:
+    """The case id of a case folder (without reading its volumes)."""
+    return case_files(case_dir, with_label=False)[1]
+
+
+def load_for_prediction(case_dir: str | os.PathLike, label_convention: str | None = None,
+                        with_label: bool | None = False) -> Case:
+    """Load a case; ``with_label=None`` reads the segmentation when the folder has one."""
+    if with_label is None:
+        try:
+            case_files(case_dir, with_label=True)
+            with_label = True
+        except CaseError:
+            with_label = False
+    return load_case(case_dir, label_convention=label_convention, with_label=with_label)
+
+
+def predict_case(case: Case, predictor: SegmentationPredictor, steps: Sequence[tuple[str, Step]] = (),
+                 return_probabilities: bool = False) -> CaseResult:
+    pre = preprocess_case(case)
+    result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=return_probabilities)
+    labels = postprocess(result.labels.numpy(), pre.image, steps) if steps else result.labels.numpy()
+    full = uncrop(labels, pre.bbox, pre.full_shape, fill=BACKGROUND)
+    probabilities = None
+    if result.probabilities is not None:
+        probabilities = {k: uncrop(v.numpy(), pre.bbox, pre.full_shape) for k, v in result.probabilities.items()}
+    return CaseResult(case, pre, full, probabilities, result.tiles)
+
+
+def write_label_map(labels: np.ndarray, case: Case, target: str | os.PathLike, label_convention: str,
+                    force: bool = False) -> Path:
+    """Write internal classes ``(D, H, W)`` as a BraTS label map in
+    ``label_convention``, in the input's space with its affine and header."""
+    import nibabel as nib
+
+    seg = to_nifti_axes(get_convention(label_convention).from_internal(labels))
+    header = case.header.copy()
+    header.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(np.ascontiguousarray(seg, dtype=np.uint8), case.affine, header)
+    # scaling stored in the input's header would turn labels into floats
+    image.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(target, force=force) as tmp:
+        nib.save(image, str(tmp))
+    return Path(target)
+
+
+def write_probabilities(probabilities: dict[str, np.ndarray], target: str | os.PathLike, force: bool = False) -> Path:
+    """Per-task probabilities as a compressed ``.npz`` (arrays ``task1``, ...;
+    ``(K, X, Y, Z)`` in the input's NIfTI axis order, float32)."""
+    # (K, D, H, W) = (K, Z, X, Y) -> (K, X, Y, Z), as to_nifti_axes does for one channel
+    arrays = {k: np.ascontiguousarray(np.transpose(v, (0, 2, 3, 1)), dtype=np.float32) for k, v in probabilities.items()}
+    with atomic_path(target, force=force) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return Path(target)
