@@ -54,7 +54,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable omkit model file ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run over many lines
+        raise ModelFileError(f"{path}: not a readable omkit model file ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an omkit model file (no '{FORMAT}' metadata)")
     meta = payload["meta"]
