@@ -1,5 +1,107 @@
-"""Build omkit: the Python package, its built-in plug-ins (plugins/ -> omkit.plugins)."""
+"""Build omkit: the Python package, its built-in plug-ins (plugins/ -> omkit.plugins)
+and, when a compiler is there, the fused torch ops in csrc/ as omkit._C.
+
+The extension never stands in the way of an install: without torch at build
+time, without a working compiler, or with OMKIT_NO_EXTENSION=1, omkit installs
+as pure Python and every op runs its PyTorch reference (see ``omkit info``).
+
+Environment switches (install with ``pip install --no-build-isolation``, as
+this file imports the torch it builds against):
+
+* ``OMKIT_NO_EXTENSION=1``   skip the extension entirely
+* ``FORCE_CUDA=1``           build the CUDA kernels even where no GPU is visible
+                             (needs nvcc: CUDA_HOME); otherwise CUDA is built when
+                             torch sees a GPU and a toolkit is found
+* ``DEBUG=1``                -O0 -g (and -lineinfo for the CUDA kernels)
+* ``OMKIT_REQUIRE_EXTENSION=1``  a failed extension build fails the install
+                             (CI uses it so a broken kernel cannot pass unnoticed)
+* ``TORCH_CUDA_ARCH_LIST``, ``MAX_JOBS``: as for any torch extension
+"""
+import glob
+import os
+import sys
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _report(message: str) -> None:
+    print(f"omkit setup: {message}", file=sys.stderr)
+
+
+def _sources(pattern: str) -> list:
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def extension_config():
+    """(ext_modules, cmdclass) for the fused ops, or ([], {}) for a pure-Python build."""
+    if _flag("OMKIT_NO_EXTENSION"):
+        _report("OMKIT_NO_EXTENSION=1: skipping the C++/CUDA ops (pure-Python install)")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except Exception as exc:  # no torch in the build environment: nothing to build against
+        _report(f"torch not importable at build time ({exc}); pure-Python install")
+        return [], {}
+
+    debug = _flag("DEBUG")
+    with_cuda = _flag("FORCE_CUDA") or (torch.cuda.is_available() and CUDA_HOME is not None)
+    sources = ["csrc/ops.cpp", "csrc/cga_common.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
+    # OpenMP: at::parallel_for compiles its parallel region into this library, and
+    # `omp simd` marks the vectorisable loops.
+    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_flags += ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    extra = {"cxx": cxx_flags}
+    if with_cuda:
+        sources += _sources("csrc/cuda/*.cu")
+        extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["-DWITH_CUDA"]
+        extra["cxx"] = extra["cxx"] + ["-DWITH_CUDA"]
+        extension_cls, kind = CUDAExtension, "CUDA + CPU"
+    else:
+        extension_cls, kind = CppExtension, "CPU (OpenMP)"
+    extension = extension_cls(
+        name="omkit._C",
+        sources=sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+    )
+    require = _flag("OMKIT_REQUIRE_EXTENSION")
+
+    class OptionalBuildExtension(BuildExtension):
+        """Builds omkit._C, but a failed build leaves a working pure-Python install
+        (unless OMKIT_REQUIRE_EXTENSION=1)."""
+
+        def run(self):
+            _report(
+                f"building omkit._C: {kind} kernels, {'debug -O0 -g' if debug else 'release -O3'}, "
+                f"torch {torch.__version__}" + (f", CUDA_HOME={CUDA_HOME}" if with_cuda else "")
+            )
+            try:
+                super().run()
+            except Exception as exc:
+                if require:
+                    raise
+                _report(f"WARNING: building omkit._C failed ({exc}); installing without it, "
+                        "the ops fall back to their pure-PyTorch reference")
+                self.extensions = []
+                return
+            for path in self.get_outputs():
+                _report(f"built {path}")
+
+        def get_outputs(self):
+            return [p for p in super().get_outputs() if os.path.exists(p)]
+
+    return [extension], {"build_ext": OptionalBuildExtension}
+
+
+ext_modules, cmdclass = extension_config()
 
 setup(
     name="omkit",
@@ -24,4 +126,6 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["omkit = omkit.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

@@ -4,6 +4,13 @@ Explicit weights, no modules: for embedding in other code and as the oracle in
 tests. The CGA plug-in modules call these functions; ``omkit.ops`` may swap in
 fused kernels without changing what they compute.
 
+:func:`category_importance` and :func:`cga` run the fused ops of
+``omkit.ops`` (one pass over F for the pooling, one for recalibration +
+CompSeg, no U/S maps in memory) when the compiled extension is loaded and has
+a kernel for the tensors' device and dtype, and the pure-PyTorch references
+:func:`category_importance_reference` / :func:`cga_reference` otherwise (see
+``omkit.ops`` for forcing either). The references are the test oracle.
+
 Shapes: features ``F`` (B, C, D, H, W); guidance ``Pt`` (B, 1, D, H, W) is the
 preceding task's probability of the positive category (tumor for CGA-tumor,
 core for CGA-core), and ``Pn = 1 - Pt``.
@@ -12,6 +19,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from omkit.ops import _library as _ops
 
 CGA_VARIANTS = ("full", "minus", "pos", "neg")
 DEFAULT_EPS = 1e-12
@@ -30,6 +39,18 @@ def _check_inputs(features: Tensor, guidance: Tensor) -> None:
 
 def category_importance(features: Tensor, guidance: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """CSCI block: category-specific channel importance, Eq. (4)-(5).
+
+    Returns ``m`` of shape (B, 2, C): row 0 is ``m_t = L1norm(F^T Pt)``, row 1 is
+    ``m_n = L1norm(F^T Pn)``; each row is divided by ``max(||z||_1, eps)``.
+    """
+    _check_inputs(features, guidance)
+    if _ops.use_kernel("cga_pool", features, dtypes=True):
+        return torch.ops.omkit.cga_pool(features, guidance.detach(), eps)[0]
+    return category_importance_reference(features, guidance, eps)
+
+
+def category_importance_reference(features: Tensor, guidance: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Pure-PyTorch :func:`category_importance` (the oracle of the fused ``cga_pool`` op).
 
     Returns ``m`` of shape (B, 2, C): row 0 is ``m_t = L1norm(F^T Pt)``, row 1 is
     ``m_n = L1norm(F^T Pn)``; each row is divided by ``max(||z||_1, eps)``.
@@ -74,8 +95,53 @@ def cga(
     if variant not in CGA_VARIANTS:
         raise ValueError(f"unknown CGA variant {variant!r}; choose one of {CGA_VARIANTS}")
     _check_inputs(features, guidance)
+    if _ops.use_kernel("cga_recalibrate", features, dtypes=True):
+        guidance = guidance.detach()
+        m = torch.ops.omkit.cga_pool(features, guidance, eps)[0]
+        return torch.ops.omkit.cga_recalibrate(
+            features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant
+        )
+    return cga_reference(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps)
+
+
+def cga_reference(
+    features: Tensor,
+    guidance: Tensor,
+    w_pos: Tensor,
+    b_pos: Tensor,
+    w_neg: Tensor,
+    b_neg: Tensor,
+    w_out: Tensor | None = None,
+    b_out: Tensor | None = None,
+    variant: str = "full",
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
+    """Pure-PyTorch :func:`cga` (the oracle of the fused ops): the CSCI pooling, then
+    :func:`recalibrate_reference`."""
+    if variant not in CGA_VARIANTS:
+        raise ValueError(f"unknown CGA variant {variant!r}; choose one of {CGA_VARIANTS}")
+    _check_inputs(features, guidance)
     guidance = guidance.detach()
-    m = category_importance(features, guidance, eps)
+    m = category_importance_reference(features, guidance, eps)
+    return recalibrate_reference(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant)
+
+
+def recalibrate_reference(
+    features: Tensor,
+    guidance: Tensor,
+    m: Tensor,
+    w_pos: Tensor | None,
+    b_pos: Tensor | None,
+    w_neg: Tensor | None,
+    b_neg: Tensor | None,
+    w_out: Tensor | None = None,
+    b_out: Tensor | None = None,
+    variant: str = "full",
+) -> Tensor:
+    """Recalibration + CompSeg (+ final conv) of :func:`cga` for given importance
+    vectors ``m`` (B, 2, C): the oracle of the fused ``cga_recalibrate`` op."""
+    if variant not in CGA_VARIANTS:
+        raise ValueError(f"unknown CGA variant {variant!r}; choose one of {CGA_VARIANTS}")
     pt = guidance.to(features.dtype)
     # (m * F) then a 1x1x1 conv equals F convolved with per-sample weights W * m:
     # fold the recalibration into the weights instead of materialising U_t, U_n.

@@ -1,0 +1,67 @@
+// Device-independent part of the CGA ops: argument checks, folding the
+// per-sample importance vectors m into per-sample 1x1x1 weights, and the
+// chain rule back through that folding. All of it works on tensors of size
+// O(B * K * C) and runs as ordinary ATen calls; the passes over the feature
+// map (size B * C * voxels) are the backend kernels in CgaKernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <tuple>
+
+namespace omkit {
+
+using at::Tensor;
+
+// The passes over the feature map that each backend implements.
+// Shapes: F (B, C, N) contiguous, P (B, N) contiguous in F's dtype.
+struct CgaKernels {
+  // z (B, 2, C) in the accumulation dtype: z[:, 0] = F^T Pt, z[:, 1] = F^T (1 - Pt).
+  Tensor (*pool_reduce)(const Tensor& F, const Tensor& P);
+  // dF (B, C, N) in F's dtype: dF[b, c, n] = base[b, c] + slope[b, c] * P[b, n].
+  Tensor (*pool_expand)(const Tensor& base, const Tensor& slope, const Tensor& P, at::ScalarType dtype);
+  // out (B, K, N) = M0[b] F[b] + c0 + P * (M1[b] F[b] + c1); M1/c1 undefined = no guided term.
+  Tensor (*mix_forward)(const Tensor& F, const Tensor& P, const Tensor& M0, const Tensor& M1,
+                        const Tensor& c0, const Tensor& c1);
+  // Given G = d loss / d out (B, K, N): dF = M0^T G + P * M1^T G, and the per-sample
+  // reductions dM0 = sum_n G F^T, dM1 = sum_n P G F^T (B, K, C), dc0 = sum G, dc1 = sum P G (B, K).
+  // dM1/dc1 are returned undefined when M1 is undefined.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> (*mix_backward)(
+      const Tensor& G, const Tensor& F, const Tensor& P, const Tensor& M0, const Tensor& M1);
+};
+
+// How a variant merges the two branches: out = alpha(P) S_t + beta(P) S_n with
+// alpha = a0 + a1 P and beta = b0 + b1 P. has_pos/has_neg say which branches exist.
+struct VariantCoefficients {
+  double a0, a1, b0, b1;
+  bool has_pos, has_neg;
+  bool guided() const { return a1 != 0.0 || b1 != 0.0; }
+};
+VariantCoefficients variant_coefficients(const std::string& variant);
+
+// Accumulation dtype of the kernels: float for half/bfloat16, else the dtype itself.
+at::ScalarType accumulate_type(at::ScalarType dtype);
+
+// Validates features/guidance and returns F (B, C, N) and P (B, N), contiguous, in F's dtype.
+std::tuple<Tensor, Tensor> flatten_features_guidance(const Tensor& features, const Tensor& guidance,
+                                                     const char* op);
+
+std::tuple<Tensor, Tensor> cga_pool_impl(const Tensor& features, const Tensor& guidance, double eps,
+                                         const CgaKernels& kernels);
+Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm,
+                              const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps,
+                              const CgaKernels& kernels);
+Tensor cga_recalibrate_impl(const Tensor& features, const Tensor& guidance, const Tensor& m,
+                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                            const std::string& variant, const CgaKernels& kernels);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_impl(
+    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+    const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+    const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
+    const CgaKernels& kernels);
+
+}  // namespace omkit

@@ -1,0 +1,359 @@
+// CPU kernels of the CGA ops (OpenMP through at::parallel_for).
+//
+// Every kernel streams the feature map F (B, C, N) row by row: a row is one
+// channel of one sample, N voxels contiguous. The per-sample 1x1x1 weights
+// (K x C, with m already folded in) are tiny and stay in L1, so each pass
+// costs one read of F (and one write of dF in the backward) plus K-channel
+// maps: the memory floor of the op, with no U_t/U_n/S_t/S_n intermediates.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../cga_common.h"
+#include "cpu_simd.h"
+
+namespace omkit {
+namespace {
+
+// Voxels per work item: the K accumulator rows of that many voxels (2 x K x 256
+// values) stay in L1 while the C feature rows stream past them.
+constexpr int64_t kVoxelBlock = 256;
+// Voxels summed in the native dtype before the partial sum is added in double:
+// keeps float32 pooling accurate over whole volumes without slowing the SIMD loop.
+constexpr int64_t kPoolBlock = 2048;
+
+void check_cpu_dtype(const Tensor& t, const char* op) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel supports float32 and float64, got ", t.scalar_type());
+}
+
+// ---- pooling: z_t = F^T Pt, z_n = F^T (1 - Pt) -------------------------------------------
+
+template <typename T>
+OMKIT_ALWAYS_INLINE void pool_rows_impl(const T* F, const T* P, T* z, int64_t C, int64_t N, int64_t row_begin,
+                                        int64_t row_end) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t b = row / C, c = row % C;
+    const T* f = F + row * N;
+    const T* p = P + b * N;
+    double z_t = 0.0, z_n = 0.0;
+    for (int64_t n0 = 0; n0 < N; n0 += kPoolBlock) {
+      const int64_t n1 = std::min(N, n0 + kPoolBlock);
+      T s_t = 0, s_n = 0;
+      // Both categories from the same load of f: F is read exactly once.
+      OMKIT_SIMD_REDUCTION2(s_t, s_n)
+      for (int64_t n = n0; n < n1; ++n) {
+        s_t += f[n] * p[n];
+        s_n += f[n] * (T(1) - p[n]);
+      }
+      z_t += s_t;
+      z_n += s_n;
+    }
+    z[(b * 2 + 0) * C + c] = static_cast<T>(z_t);
+    z[(b * 2 + 1) * C + c] = static_cast<T>(z_n);
+  }
+}
+
+OMKIT_CPU_CLONES void pool_rows(const float* F, const float* P, float* z, int64_t C, int64_t N, int64_t r0,
+                                int64_t r1) {
+  pool_rows_impl(F, P, z, C, N, r0, r1);
+}
+OMKIT_CPU_CLONES void pool_rows(const double* F, const double* P, double* z, int64_t C, int64_t N, int64_t r0,
+                                int64_t r1) {
+  pool_rows_impl(F, P, z, C, N, r0, r1);
+}
+
+Tensor pool_reduce_cpu(const Tensor& F, const Tensor& P) {
+  check_cpu_dtype(F, "cga_pool");
+  const int64_t B = F.size(0), C = F.size(1), N = F.size(2);
+  Tensor z = at::empty({B, 2, C}, F.options());
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
+  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "omkit_pool_reduce_cpu", [&] {
+    const scalar_t* f = F.const_data_ptr<scalar_t>();
+    const scalar_t* p = P.const_data_ptr<scalar_t>();
+    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, grain, [&](int64_t r0, int64_t r1) { pool_rows(f, p, zp, C, N, r0, r1); });
+  });
+  return z;
+}
+
+// ---- pooling backward: dF = base + slope * Pt ---------------------------------------------
+
+template <typename T>
+OMKIT_ALWAYS_INLINE void expand_rows_impl(const T* base, const T* slope, const T* P, T* dF, int64_t C, int64_t N,
+                                          int64_t row_begin, int64_t row_end) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const T a = base[row], s = slope[row];
+    const T* p = P + (row / C) * N;
+    T* d = dF + row * N;
+    OMKIT_SIMD
+    for (int64_t n = 0; n < N; ++n) d[n] = a + s * p[n];
+  }
+}
+
+OMKIT_CPU_CLONES void expand_rows(const float* a, const float* s, const float* P, float* d, int64_t C, int64_t N,
+                                  int64_t r0, int64_t r1) {
+  expand_rows_impl(a, s, P, d, C, N, r0, r1);
+}
+OMKIT_CPU_CLONES void expand_rows(const double* a, const double* s, const double* P, double* d, int64_t C,
+                                  int64_t N, int64_t r0, int64_t r1) {
+  expand_rows_impl(a, s, P, d, C, N, r0, r1);
+}
+
+Tensor pool_expand_cpu(const Tensor& base, const Tensor& slope, const Tensor& P, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
+                   "cga_pool_backward: the CPU kernel supports float32 and float64, got ", dtype);
+  const int64_t B = base.size(0), C = base.size(1), N = P.size(1);
+  Tensor dF = at::empty({B, C, N}, P.options().dtype(dtype));
+  Tensor a = base.to(dtype).contiguous(), s = slope.to(dtype).contiguous();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "omkit_pool_expand_cpu", [&] {
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    const scalar_t* pp = P.const_data_ptr<scalar_t>();
+    scalar_t* dp = dF.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, grain, [&](int64_t r0, int64_t r1) { expand_rows(ap, sp, pp, dp, C, N, r0, r1); });
+  });
+  return dF;
+}
+
+// ---- recalibrate + CompSeg forward: out = M0 F + c0 + Pt (M1 F + c1) ------------------------
+
+// One block of `len` voxels of one sample. acc0/acc1 are K x kVoxelBlock scratch rows.
+template <typename T, bool kGuided>
+OMKIT_ALWAYS_INLINE void mix_forward_block_impl(const T* f, const T* p, T* out, const T* M0, const T* M1,
+                                                const T* c0, const T* c1, int64_t C, int64_t K, int64_t N,
+                                                int64_t len, T* acc0, T* acc1) {
+  for (int64_t k = 0; k < K; ++k) {
+    T* a0 = acc0 + k * kVoxelBlock;
+    T* a1 = acc1 + k * kVoxelBlock;
+    OMKIT_SIMD
+    for (int64_t n = 0; n < len; ++n) {
+      a0[n] = c0[k];
+      if (kGuided) a1[n] = c1[k];
+    }
+  }
+  // Each feature row is loaded once and applied to all K outputs while it is in L1.
+  for (int64_t c = 0; c < C; ++c) {
+    const T* fr = f + c * N;
+    for (int64_t k = 0; k < K; ++k) {
+      const T w0 = M0[k * C + c];
+      T* a0 = acc0 + k * kVoxelBlock;
+      if (kGuided) {
+        const T w1 = M1[k * C + c];
+        T* a1 = acc1 + k * kVoxelBlock;
+        OMKIT_SIMD
+        for (int64_t n = 0; n < len; ++n) {
+          a0[n] += w0 * fr[n];
+          a1[n] += w1 * fr[n];
+        }
+      } else {
+        OMKIT_SIMD
+        for (int64_t n = 0; n < len; ++n) a0[n] += w0 * fr[n];
+      }
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const T* a0 = acc0 + k * kVoxelBlock;
+    const T* a1 = acc1 + k * kVoxelBlock;
+    T* o = out + k * N;
+    if (kGuided) {
+      OMKIT_SIMD
+      for (int64_t n = 0; n < len; ++n) o[n] = a0[n] + p[n] * a1[n];
+    } else {
+      OMKIT_SIMD
+      for (int64_t n = 0; n < len; ++n) o[n] = a0[n];
+    }
+  }
+}
+
+#define OMKIT_MIX_FORWARD_CLONE(T)                                                                              \
+  OMKIT_CPU_CLONES void mix_forward_block(const T* f, const T* p, T* out, const T* M0, const T* M1, const T* c0, \
+                                          const T* c1, int64_t C, int64_t K, int64_t N, int64_t len, T* acc0,   \
+                                          T* acc1) {                                                            \
+    if (M1 != nullptr)                                                                                          \
+      mix_forward_block_impl<T, true>(f, p, out, M0, M1, c0, c1, C, K, N, len, acc0, acc1);                     \
+    else                                                                                                        \
+      mix_forward_block_impl<T, false>(f, p, out, M0, M1, c0, c1, C, K, N, len, acc0, acc1);                    \
+  }
+OMKIT_MIX_FORWARD_CLONE(float)
+OMKIT_MIX_FORWARD_CLONE(double)
+#undef OMKIT_MIX_FORWARD_CLONE
+
+Tensor mix_forward_cpu(const Tensor& F, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
+                       const Tensor& c1) {
+  check_cpu_dtype(F, "cga_recalibrate");
+  const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
+  const int64_t blocks = (N + kVoxelBlock - 1) / kVoxelBlock;
+  Tensor out = at::empty({B, K, N}, F.options());
+  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "omkit_mix_forward_cpu", [&] {
+    const scalar_t* f = F.const_data_ptr<scalar_t>();
+    const scalar_t* p = P.const_data_ptr<scalar_t>();
+    const scalar_t* m0 = M0.const_data_ptr<scalar_t>();
+    const scalar_t* m1 = M1.defined() ? M1.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* b0 = c0.const_data_ptr<scalar_t>();
+    const scalar_t* b1 = c1.defined() ? c1.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<scalar_t> acc(2 * K * kVoxelBlock);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / blocks, n0 = (i % blocks) * kVoxelBlock;
+        const int64_t len = std::min(kVoxelBlock, N - n0);
+        mix_forward_block(f + b * C * N + n0, p + b * N + n0, o + b * K * N + n0, m0 + b * K * C,
+                          m1 ? m1 + b * K * C : nullptr, b0, b1, C, K, N, len, acc.data(),
+                          acc.data() + K * kVoxelBlock);
+      }
+    });
+  });
+  return out;
+}
+
+// ---- recalibrate + CompSeg backward ----------------------------------------------------------
+// One pass over (F, G, Pt) per block: writes dF and the block's partial reductions
+// dM0 = G F^T, dM1 = (Pt G) F^T (K x C), dc0 = sum G, dc1 = sum Pt G (K).
+
+template <typename T, bool kGuided>
+OMKIT_ALWAYS_INLINE void mix_backward_block_impl(const T* g, const T* f, const T* p, T* dF, const T* M0,
+                                                 const T* M1, int64_t C, int64_t K, int64_t N, int64_t len,
+                                                 T* dM0, T* dM1, T* dc0, T* dc1, T* pg) {
+  // Pt * G once per block, reused by all C channels.
+  for (int64_t k = 0; k < K; ++k) {
+    const T* gk = g + k * N;
+    T* pgk = pg + k * kVoxelBlock;
+    T s0 = 0, s1 = 0;
+    OMKIT_SIMD_REDUCTION2(s0, s1)
+    for (int64_t n = 0; n < len; ++n) {
+      const T v = kGuided ? p[n] * gk[n] : T(0);
+      if (kGuided) pgk[n] = v;
+      s0 += gk[n];
+      s1 += v;
+    }
+    dc0[k] = s0;
+    if (kGuided) dc1[k] = s1;
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const T* fr = f + c * N;
+    T* d = dF + c * N;
+    OMKIT_SIMD
+    for (int64_t n = 0; n < len; ++n) d[n] = T(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const T* gk = g + k * N;
+      const T w0 = M0[k * C + c];
+      T s0 = 0, s1 = 0;
+      if (kGuided) {
+        const T* pgk = pg + k * kVoxelBlock;
+        const T w1 = M1[k * C + c];
+        // The reduction (weight gradient) and the input gradient share the loads of g and f.
+        OMKIT_SIMD_REDUCTION2(s0, s1)
+        for (int64_t n = 0; n < len; ++n) {
+          s0 += gk[n] * fr[n];
+          s1 += pgk[n] * fr[n];
+          d[n] += w0 * gk[n] + w1 * pgk[n];
+        }
+        dM1[k * C + c] = s1;
+      } else {
+        OMKIT_SIMD_REDUCTION2(s0, s1)
+        for (int64_t n = 0; n < len; ++n) {
+          s0 += gk[n] * fr[n];
+          d[n] += w0 * gk[n];
+        }
+      }
+      dM0[k * C + c] = s0;
+    }
+  }
+}
+
+#define OMKIT_MIX_BACKWARD_CLONE(T)                                                                              \
+  OMKIT_CPU_CLONES void mix_backward_block(const T* g, const T* f, const T* p, T* dF, const T* M0, const T* M1, \
+                                           int64_t C, int64_t K, int64_t N, int64_t len, T* dM0, T* dM1,       \
+                                           T* dc0, T* dc1, T* pg) {                                            \
+    if (M1 != nullptr)                                                                                           \
+      mix_backward_block_impl<T, true>(g, f, p, dF, M0, M1, C, K, N, len, dM0, dM1, dc0, dc1, pg);               \
+    else                                                                                                         \
+      mix_backward_block_impl<T, false>(g, f, p, dF, M0, M1, C, K, N, len, dM0, dM1, dc0, dc1, pg);              \
+  }
+OMKIT_MIX_BACKWARD_CLONE(float)
+OMKIT_MIX_BACKWARD_CLONE(double)
+#undef OMKIT_MIX_BACKWARD_CLONE
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_cpu(const Tensor& G, const Tensor& F,
+                                                                    const Tensor& P, const Tensor& M0,
+                                                                    const Tensor& M1) {
+  check_cpu_dtype(F, "cga_recalibrate_backward");
+  const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
+  const int64_t blocks = std::max<int64_t>(1, (N + kVoxelBlock - 1) / kVoxelBlock);
+  const bool guided = M1.defined();
+  Tensor dF = at::empty_like(F);
+  // Per-block partial reductions, summed per sample below (deterministic, no atomics).
+  Tensor dM0p = at::zeros({B, blocks, K, C}, F.options());
+  Tensor dc0p = at::zeros({B, blocks, K}, F.options());
+  Tensor dM1p = guided ? at::zeros({B, blocks, K, C}, F.options()) : Tensor();
+  Tensor dc1p = guided ? at::zeros({B, blocks, K}, F.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "omkit_mix_backward_cpu", [&] {
+    const scalar_t* g = G.const_data_ptr<scalar_t>();
+    const scalar_t* f = F.const_data_ptr<scalar_t>();
+    const scalar_t* p = P.const_data_ptr<scalar_t>();
+    const scalar_t* m0 = M0.const_data_ptr<scalar_t>();
+    const scalar_t* m1 = guided ? M1.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* d = dF.mutable_data_ptr<scalar_t>();
+    scalar_t* dm0 = dM0p.mutable_data_ptr<scalar_t>();
+    scalar_t* dc0 = dc0p.mutable_data_ptr<scalar_t>();
+    scalar_t* dm1 = guided ? dM1p.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dc1 = guided ? dc1p.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<scalar_t> pg(guided ? K * kVoxelBlock : 0);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / blocks, n0 = (i % blocks) * kVoxelBlock;
+        const int64_t len = std::max<int64_t>(0, std::min(kVoxelBlock, N - n0));
+        mix_backward_block(g + b * K * N + n0, f + b * C * N + n0, p + b * N + n0, d + b * C * N + n0,
+                           m0 + b * K * C, m1 ? m1 + b * K * C : nullptr, C, K, N, len, dm0 + i * K * C,
+                           guided ? dm1 + i * K * C : nullptr, dc0 + i * K, guided ? dc1 + i * K : nullptr,
+                           pg.data());
+      }
+    });
+  });
+  return {dF, dM0p.sum(1), guided ? dM1p.sum(1) : Tensor(), dc0p.sum(1), guided ? dc1p.sum(1) : Tensor()};
+}
+
+const CgaKernels kCpuKernels{pool_reduce_cpu, pool_expand_cpu, mix_forward_cpu, mix_backward_cpu};
+
+std::tuple<Tensor, Tensor> cga_pool_cpu(const Tensor& features, const Tensor& guidance, double eps) {
+  return cga_pool_impl(features, guidance, eps, kCpuKernels);
+}
+
+Tensor cga_pool_backward_cpu(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm, const Tensor& m,
+                             const Tensor& l1_norm, const Tensor& guidance, double eps) {
+  return cga_pool_backward_impl(grad_m, grad_l1_norm, m, l1_norm, guidance, eps, kCpuKernels);
+}
+
+Tensor cga_recalibrate_cpu(const Tensor& features, const Tensor& guidance, const Tensor& m,
+                           const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                           const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                           const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                           c10::string_view variant) {
+  return cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
+                              std::string(variant), kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_cpu(
+    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+    c10::string_view variant) {
+  return cga_recalibrate_backward_impl(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
+                                       std::string(variant), kCpuKernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(omkit, CPU, m) {
+  m.impl("cga_pool", &cga_pool_cpu);
+  m.impl("cga_pool_backward", &cga_pool_backward_cpu);
+  m.impl("cga_recalibrate", &cga_recalibrate_cpu);
+  m.impl("cga_recalibrate_backward", &cga_recalibrate_backward_cpu);
+}
+
+}  // namespace omkit

@@ -1,0 +1,74 @@
+// Argument checks shared by the CPU and CUDA tile kernels. The contract is the
+// reference in omkit.inference.tiling: volumes (C, D, H, W), tiles
+// (T, C, d, h, w), origins int64 (T, 3) in (D, H, W) order, possibly negative
+// or running past the end; what lies outside the volume reads as zero and is
+// never written.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+
+namespace omkit {
+
+using at::Tensor;
+
+inline std::array<int64_t, 3> as_triple(c10::IntArrayRef v, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(v.size() == 3, op, ": ", name, " needs three sizes (D, H, W), got ", v);
+  return {v[0], v[1], v[2]};
+}
+
+// origins (T, 3) of any integer dtype -> int64 contiguous on `device`.
+inline Tensor checked_origins(const Tensor& origins, int64_t num_tiles, at::Device device, const char* op) {
+  TORCH_CHECK_TYPE(!at::isFloatingType(origins.scalar_type()) && !at::isComplexType(origins.scalar_type()) &&
+                       origins.scalar_type() != at::kBool,
+                   op, ": origins must be an integer tensor (int64), got ", origins.scalar_type());
+  TORCH_CHECK_VALUE(origins.dim() == 2 && origins.size(1) == 3, op, ": origins must be (T, 3), got ",
+                    origins.sizes());
+  TORCH_CHECK_VALUE(num_tiles < 0 || origins.size(0) == num_tiles, op, ": origins has ", origins.size(0),
+                    " rows but there are ", num_tiles, " tiles");
+  return origins.to(device, at::kLong).contiguous();
+}
+
+inline std::array<int64_t, 3> checked_roi(c10::IntArrayRef roi_size, const char* op) {
+  auto roi = as_triple(roi_size, op, "roi_size");
+  for (int64_t r : roi) TORCH_CHECK_VALUE(r >= 1, op, ": roi_size must be positive, got ", roi_size);
+  return roi;
+}
+
+inline void check_gather_args(const Tensor& volume, const char* op) {
+  TORCH_CHECK_VALUE(volume.dim() == 4, op, ": volume must be (C, D, H, W), got shape ", volume.sizes());
+}
+
+// Checks out/tiles/keep for the stitch ops; `channels_out` < 0 skips the channel check
+// (the argmax variant reduces over the channels).
+inline void check_stitch_args(const Tensor& out, int64_t out_dims, const Tensor& tiles, int64_t channels_out,
+                              c10::IntArrayRef keep_offset, c10::IntArrayRef keep_size, const char* op) {
+  TORCH_CHECK_VALUE(out.dim() == out_dims, op, ": the output must have ", out_dims, " dimensions, got shape ",
+                    out.sizes());
+  TORCH_CHECK_VALUE(tiles.dim() == 5, op, ": tiles must be (T, K, d, h, w), got shape ", tiles.sizes());
+  TORCH_CHECK_VALUE(channels_out < 0 || tiles.size(1) == channels_out, op,
+                    ": out (K, D, H, W) and tiles (T, K, d, h, w) need the same K, got ", out.sizes(), " and ",
+                    tiles.sizes());
+  TORCH_CHECK(out.device() == tiles.device(), op, ": out is on ", out.device(), " but tiles are on ",
+              tiles.device());
+  auto ko = as_triple(keep_offset, op, "keep_offset");
+  auto ks = as_triple(keep_size, op, "keep_size");
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK_VALUE(ko[a] >= 0 && ks[a] >= 0 && ko[a] + ks[a] <= tiles.size(2 + a), op,
+                      ": the kept region (offset ", keep_offset, ", size ", keep_size,
+                      ") must lie inside the tile ", tiles.sizes().slice(2));
+  }
+}
+
+// Half-open range [lo, hi) of positions p in [start, start + size) with 0 <= p < limit.
+struct Span {
+  int64_t lo, hi;
+  bool empty() const { return lo >= hi; }
+};
+inline Span clip_span(int64_t start, int64_t size, int64_t limit) {
+  Span s{std::max<int64_t>(start, 0), std::min<int64_t>(start + size, limit)};
+  return s;
+}
+
+}  // namespace omkit

@@ -1,0 +1,134 @@
+"""Fake (shape-only) kernels and autograd formulas of the omkit ops.
+
+The schemas live in ``csrc/ops.cpp``; this module is named there
+(``set_python_module``), so torch imports it whenever it needs a fake kernel.
+The fake kernels repeat the C++ argument checks that concern shapes, so a
+wrong call fails the same way eagerly and under ``torch.compile``. The
+backward formulas call the backward ops, which are ops themselves (with fake
+kernels), so AOTAutograd can trace them.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _library
+
+if not _library.extension_loaded():  # imported by torch for a library that failed to load
+    raise ImportError(f"omkit.ops._meta needs the compiled ops: {_library.load_error()}")
+
+_VARIANTS = ("full", "minus", "pos", "neg")
+
+
+def _spatial_check(op: str, features: torch.Tensor, guidance: torch.Tensor) -> None:
+    if features.dim() < 3:
+        raise ValueError(f"{op}: features must be (B, C, *spatial), got shape {tuple(features.shape)}")
+    want = (features.shape[0], 1, *features.shape[2:])
+    if tuple(guidance.shape) != want:
+        raise ValueError(f"{op}: guidance must be (B, 1, *spatial) = {want}, got shape {tuple(guidance.shape)}")
+
+
+def _branches(variant: str) -> tuple[bool, bool]:
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown CGA variant '{variant}'; choose one of full, minus, pos, neg")
+    return variant != "neg", variant != "pos"
+
+
+def _num_outputs(variant, w_pos, w_neg, w_out) -> int:
+    has_pos, has_neg = _branches(variant)
+    weight = w_pos if has_pos else w_neg
+    if weight is None:
+        raise ValueError(f"cga_recalibrate: variant '{variant}' needs {'w_pos' if has_pos else 'w_neg'} (K, C)")
+    return w_out.shape[0] if w_out is not None else weight.shape[0]
+
+
+@torch.library.register_fake("omkit::cga_pool")
+def _cga_pool_fake(features, guidance, eps):
+    _spatial_check("cga_pool", features, guidance)
+    b, c = features.shape[:2]
+    return features.new_empty((b, 2, c)), features.new_empty((b, 2))
+
+
+@torch.library.register_fake("omkit::cga_pool_backward")
+def _cga_pool_backward_fake(grad_m, grad_l1_norm, m, l1_norm, guidance, eps):
+    return m.new_empty((m.shape[0], m.shape[2], *guidance.shape[2:]))
+
+
+@torch.library.register_fake("omkit::cga_recalibrate")
+def _cga_recalibrate_fake(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant):
+    _spatial_check("cga_recalibrate", features, guidance)
+    k = _num_outputs(variant, w_pos, w_neg, w_out)
+    return features.new_empty((features.shape[0], k, *features.shape[2:]))
+
+
+@torch.library.register_fake("omkit::cga_recalibrate_backward")
+def _cga_recalibrate_backward_fake(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant):
+    has_pos, has_neg = _branches(variant)
+
+    def like(t, used=True):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if (t is not None and used) else features.new_empty((0,))
+
+    return (
+        features.new_empty(features.shape),
+        torch.empty_like(m, memory_format=torch.contiguous_format),
+        like(w_pos, has_pos), like(b_pos, has_pos),
+        like(w_neg, has_neg), like(b_neg, has_neg),
+        like(w_out), like(b_out, w_out is not None),
+    )
+
+
+@torch.library.register_fake("omkit::gather_tiles")
+def _gather_tiles_fake(volume, origins, roi_size):
+    if volume.dim() != 4:
+        raise ValueError(f"gather_tiles: volume must be (C, D, H, W), got shape {tuple(volume.shape)}")
+    if origins.dim() != 2 or origins.shape[1] != 3:
+        raise ValueError(f"gather_tiles: origins must be (T, 3), got shape {tuple(origins.shape)}")
+    return volume.new_empty((origins.shape[0], volume.shape[0], *roi_size))
+
+
+@torch.library.register_fake("omkit::stitch_tiles_")
+def _stitch_tiles_fake(out, tiles, origins, keep_offset, keep_size):
+    return None
+
+
+@torch.library.register_fake("omkit::stitch_tiles_argmax_")
+def _stitch_tiles_argmax_fake(labels, tiles, origins, keep_offset, keep_size, label_map):
+    return None
+
+
+# ---- autograd ---------------------------------------------------------------------------------
+
+def _pool_setup_context(ctx, inputs, output):
+    _features, guidance, eps = inputs
+    m, l1_norm = output
+    ctx.save_for_backward(m, l1_norm, guidance)
+    ctx.eps = eps
+
+
+def _pool_backward(ctx, grad_m, grad_l1_norm):
+    m, l1_norm, guidance = ctx.saved_tensors
+    grad_features = torch.ops.omkit.cga_pool_backward(grad_m, grad_l1_norm, m, l1_norm, guidance, ctx.eps)
+    return grad_features, None, None  # the guidance is a constant (forward-only cross-task guidance)
+
+
+torch.library.register_autograd("omkit::cga_pool", _pool_backward, setup_context=_pool_setup_context)
+
+
+def _recalibrate_setup_context(ctx, inputs, output):
+    features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant = inputs
+    ctx.present = tuple(t is not None for t in (w_pos, b_pos, w_neg, b_neg, w_out, b_out))
+    ctx.save_for_backward(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out)
+    ctx.variant = variant
+
+
+def _recalibrate_backward(ctx, grad_out):
+    features, guidance, m, *params = ctx.saved_tensors
+    grads = torch.ops.omkit.cga_recalibrate_backward(grad_out, features, guidance, m, *params, ctx.variant)
+    grad_features, grad_m, *param_grads = grads
+    # The op returns an empty tensor for a parameter that was None or that the variant does not use.
+    param_grads = [g if (present and g.numel() > 0) else None for g, present in zip(param_grads, ctx.present)]
+    return (grad_features, None, grad_m, *param_grads, None)
+
+
+torch.library.register_autograd(
+    "omkit::cga_recalibrate", _recalibrate_backward, setup_context=_recalibrate_setup_context
+)
