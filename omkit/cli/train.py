@@ -75,6 +75,7 @@ def add_arguments(parser):
                    help="warn about and leave out cases that fail validation instead of stopping")
     g.add_argument("--cache-dir", help="preprocessed-case cache (default $OMKIT_CACHE_DIR or ~/.cache/omkit/preprocessed)")
     g.add_argument("--workers", type=int, help="background processes preparing batches (default 0)")
+    g.add_argument("--threads", type=int, help="CPU threads per process for torch (default: torch's choice)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500; also every epoch end)")
     g.add_argument("--log-every", type=int, help="steps per metrics row (default 10)")
 

@@ -44,6 +44,7 @@ class TrainConfig:
     skip_bad_cases: bool = False
     cache_dir: str | None = None
     workers: int = 0
+    threads: int | None = None  # torch intra-op threads per process (default: torch's)
     max_minutes: float | None = None
     max_steps: int | None = None
     checkpoint_every: int = 500  # steps; also at every epoch end
@@ -53,7 +54,7 @@ class TrainConfig:
 
     # settings that may change when a run is resumed: they do not change what is computed
     RESUMABLE_OVERRIDES = frozenset(
-        {"max_minutes", "max_steps", "workers", "progress", "checkpoint_every", "log_every", "device", "cache_dir", "data"}
+        {"max_minutes", "max_steps", "workers", "threads", "progress", "checkpoint_every", "log_every", "device", "cache_dir", "data"}
     )
 
     def __post_init__(self):
@@ -94,6 +95,8 @@ class TrainConfig:
             bad("max_minutes", f"must be > 0, got {self.max_minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             bad("max_steps", f"must be >= 1, got {self.max_steps}")
+        if self.threads is not None and self.threads < 1:
+            bad("threads", f"must be >= 1, got {self.threads}")
         if self.workers < 0:
             bad("workers", f"must be >= 0, got {self.workers}")
         if self.checkpoint_every < 1 or self.log_every < 1:

@@ -259,6 +259,8 @@ class Trainer:
         import omkit
 
         cfg = self.config
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         self.model = omkit.create_model(cfg.preset, width=cfg.width, **cfg.model_kw).to(self.device)
         self.optimizer = torch.optim.SGD(
@@ -570,12 +572,24 @@ class Trainer:
             return False
         return (prev - cur) / prev < tol
 
+    def _sync_buffers(self) -> None:
+        """DDP copies rank 0's buffers (BatchNorm running statistics) to every
+        process at the start of each forward, so after the last step they
+        differ by one local update; copy them once more so that every process
+        ends with the model rank 0 saves."""
+        if self.world_size > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
     def _consistency_report(self) -> dict:
-        """Per-process weight digests (identical under DDP) and each process's first patch-pool digest."""
+        """Per-process digests of the final weights (identical under DDP) and of
+        each process's first patch pool (different: each samples its own)."""
+        self._sync_buffers()
+        params = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in self.model.parameters())).hexdigest()
         digest = weights_digest(self.model)
         pool = self.patches.pool(0, self.stages[0].tasks[0])
         patch_digest = hashlib.sha256(np.ascontiguousarray(pool).tobytes()).hexdigest()[:16]
-        local = {"weights_sha256": digest, "patch_pool_sha256": patch_digest}
+        local = {"weights_sha256": digest, "parameters_sha256": params, "patch_pool_sha256": patch_digest}
         if self.world_size > 1:
             gathered = [None] * self.world_size
             torch.distributed.all_gather_object(gathered, local)

@@ -1,0 +1,233 @@
+"""Training: curriculum plans, run folder, bit-exact resume, budgets, presets, k-fold, CLI."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import omkit
+from omkit.checkpoint import load_model
+from omkit.cli import main as cli_main
+from omkit.data import CaseError, synthetic
+from omkit.training import TrainConfig, Trainer, plan_stages, train
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids
+    spin-wait contention that makes multi-threaded CPU steps ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = dict(width=0.125, patch_size=(8, 16, 16), batch_per_task=2, patches_per_epoch=(4, 4, 2), log_every=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.make_dataset(root / "data", num_cases=3, shape=(16, 32, 32), seed=10)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def config(data_dir, cache_dir, out, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "preset": "omnet_cga", "data": str(data_dir), "out": str(out),
+                          "cache_dir": str(cache_dir), "stage_epochs": (1, 1, 1), **kw})
+
+
+def _state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+
+
+# -- curriculum plans ------------------------------------------------------------------
+
+def test_plan_stages_follow_presets():
+    plan = lambda name, *a: [(s.tasks, s.epochs) for s in plan_stages(omkit.get_preset(name), *a)]  # noqa: E731
+    assert plan("omnet_cga", (1, 1, 18)) == [((0,), 1), ((0, 1), 1), ((0, 1, 2), 18)]
+    assert plan("omnet", (1, 1, 18), 30) == [((0,), 1), ((0, 1), 1), ((0, 1, 2), 28)]
+    assert plan("omnet0", (1, 1, 18)) == [((0, 1, 2), 20)]
+    assert plan("omnetd", (1, 1, 18)) == [((0, 1, 2), 20)]
+    assert plan("mc1", (1, 1, 18)) == [((0,), 20)]
+    assert plan("mc2", (1, 1, 18)) == [((0, 1), 20)]
+    assert plan("omnet_cga", (0, 2, 3)) == [((0, 1), 2), ((0, 1, 2), 3)]
+    with pytest.raises(ValueError, match="--epochs 2 leaves no epoch for stage 3"):
+        plan_stages(omkit.get_preset("omnet"), (1, 1, 18), 2)
+
+
+def test_config_validation_names_the_option():
+    with pytest.raises(ValueError, match="--stage-epochs"):
+        TrainConfig(stage_epochs=(1, 2))
+    with pytest.raises(ValueError, match="--patch-size: each size must be divisible by 8"):
+        TrainConfig(patch_size=(12, 16, 16))
+    with pytest.raises(ValueError, match="--amp: mixed precision needs --device cuda"):
+        TrainConfig(amp=True)
+    with pytest.raises(ValueError, match="--fold"):
+        TrainConfig(folds=5)
+    assert TrainConfig(patches_per_epoch=7).patches_per_epoch == (7, 7, 7)
+    assert TrainConfig().patches_per_epoch == (400_000, 400_000, 200_000)
+
+
+def test_paper_optimiser_defaults(data_dir, cache_dir, tmp_path):
+    trainer = Trainer(config(data_dir, cache_dir, tmp_path / "run"))
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.99, 5e-4)
+    assert (trainer.scheduler.step_size, trainer.scheduler.gamma) == (4, 0.5)
+    assert trainer.transfer is not None and trainer.transfer.tumor_threshold == 0.4
+    trainer.close()
+    assert Trainer(config(data_dir, cache_dir, tmp_path / "r0", preset="omnet0")).transfer is None
+    assert Trainer(config(data_dir, cache_dir, tmp_path / "rd", preset="omnetd")).transfer is not None
+
+
+# -- a whole run ---------------------------------------------------------------------------
+
+def test_run_folder_contents(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run"))
+    # 3 stages x 1 epoch x 2 steps
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["steps"] == 6 and metrics["epochs"] == 3
+    assert [e["stage"] for e in metrics["per_epoch"]] == [1, 2, 3]
+    assert metrics["per_epoch"][0]["loss_task2"] is None and metrics["per_epoch"][2]["loss_task3"] > 0
+    assert metrics["patches_per_s"] > 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,stage,lr,loss_task1") and len(rows) == 7
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["config"]["width"] == 0.125 and resolved["stages"][2]["tasks"] == [1, 2, 3]
+    assert resolved["cases"] == ["Synth18_000", "Synth18_001", "Synth18_002"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "stage1.pt", "stage2.pt", "stage3.pt"]
+    ckpt = _state(run)
+    assert {"model", "optimizer", "scheduler", "scaler", "sampler", "rng", "state", "config"} <= set(ckpt)
+    assert ckpt["state"]["finished"] and ckpt["state"]["stage"] == 3
+    model, meta = load_model(run / "model.pt", expect_preset="omnet_cga")
+    assert meta["label_convention"] == "2018" and meta["patch_size"] == [8, 16, 16]
+    assert meta["preprocessing"]["normalization"] == "zscore-nonzero" and meta["width"] == 0.125
+    assert meta["training"]["steps"] == 6
+    torch.testing.assert_close(model.state_dict(), ckpt["model"], rtol=0, atol=0)
+    # an existing run folder is never overwritten silently
+    with pytest.raises(FileExistsError, match="pass --force"):
+        train(config(data_dir, cache_dir, run))
+    train(config(data_dir, cache_dir, run, max_steps=1), force=True)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 1
+    other = tmp_path / "not_a_run"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not an omkit run folder"):
+        train(config(data_dir, cache_dir, other), force=True)
+    assert (other / "keep.txt").exists()
+
+
+def test_resume_is_bit_exact(data_dir, cache_dir, tmp_path):
+    straight = train(config(data_dir, cache_dir, tmp_path / "straight"))
+    # stop after 3 steps: inside stage 2, mid-epoch state, dropout RNG in flight
+    split = train(config(data_dir, cache_dir, tmp_path / "split", max_steps=3))
+    stopped = _state(split)
+    assert stopped["state"]["global_step"] == 3 and not stopped["state"]["finished"]
+    assert stopped["state"]["stage"] == 1 and stopped["state"]["step"] == 1
+    assert json.loads((split / "metrics.json").read_text())["stopped_by"] == "max_steps"
+    train(config(data_dir, cache_dir, tmp_path / "split"), resume=True)
+    a, b = _state(straight), _state(split)
+    assert a["state"]["global_step"] == b["state"]["global_step"] == 6
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+    # the logged losses are the same too (timings aside)
+    keys = ("step", "stage", "lr", "loss_task1", "loss_task2", "loss_task3", "loss_total", "patches")
+    table = lambda ckpt: np.array([[row[k] for k in keys] for row in ckpt["state"]["rows"]], dtype=float)  # noqa: E731
+    np.testing.assert_array_equal(table(a), table(b))
+    # resuming a run with different training settings is refused, naming the option
+    with pytest.raises(ValueError, match="--width: the run .* used 0.125, not 0.25"):
+        train(config(data_dir, cache_dir, tmp_path / "split", width=0.25), resume=True)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(config(data_dir, cache_dir, tmp_path / "none"), resume=True)
+
+
+def test_workers_give_the_same_batches(data_dir, cache_dir, tmp_path):
+    a = train(config(data_dir, cache_dir, tmp_path / "w0", max_steps=2))
+    b = train(config(data_dir, cache_dir, tmp_path / "w1", max_steps=2, workers=1))
+    for key, value in _state(a)["model"].items():
+        assert torch.equal(value, _state(b)["model"][key]), key
+
+
+def test_losses_fall(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", preset="omnet0", stage_epochs=(0, 0, 6),
+                       patches_per_epoch=(40, 40, 40), batch_per_task=4, lr=0.01, momentum=0.9, log_every=5))
+    rows = json.loads((run / "metrics.json").read_text())["per_epoch"]
+    for task in (1, 2, 3):
+        assert rows[-1][f"loss_task{task}"] < rows[0][f"loss_task{task}"], task
+
+
+def test_time_budget_stops_with_a_model(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", max_minutes=1e-4))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "max_minutes" and not metrics["finished"] and metrics["steps"] == 1
+    assert load_model(run / "model.pt")[1]["training"]["stopped_by"] == "max_minutes"
+
+
+def test_plateau_rule_ends_stages_early(data_dir, cache_dir, tmp_path):
+    # tolerance 1.0: any epoch that does not halve... improves by < 100 %: a plateau
+    run = train(config(data_dir, cache_dir, tmp_path / "run", stage_epochs=(3, 3, 1), plateau_tol=1.0))
+    per_epoch = json.loads((run / "metrics.json").read_text())["per_epoch"]
+    assert [e["stage"] for e in per_epoch] == [1, 1, 2, 2, 3]
+
+
+def test_mc_preset_trains_independent_networks(data_dir, cache_dir, tmp_path):
+    torch.manual_seed(0)
+    initial = omkit.create_model("mc2", width=0.125).state_dict()
+    run = train(config(data_dir, cache_dir, tmp_path / "run", preset="mc2", stage_epochs=(0, 0, 1)))
+    model, _ = load_model(run / "model.pt")
+    for t in (0, 1):
+        key = f"networks.{t}.head.classifier.weight"
+        if key not in initial:
+            key = next(k for k in initial if k.startswith(f"networks.{t}.") and k.endswith("weight"))
+        assert not torch.equal(model.state_dict()[key], initial[key])
+    per_epoch = json.loads((run / "metrics.json").read_text())["per_epoch"]
+    assert per_epoch[0]["loss_task3"] is None and per_epoch[0]["loss_task2"] > 0
+
+
+def test_folds_hold_out_cases(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", folds=3, fold=1, max_steps=1))
+    resolved = json.loads((run / "config.json").read_text())
+    assert len(resolved["cases"]) == 2 and len(resolved["held_out"]) == 1
+    assert set(resolved["cases"]).isdisjoint(resolved["held_out"])
+
+
+def test_bad_case_stops_or_is_skipped(tmp_path, cache_dir):
+    good, bad = synthetic.make_dataset(tmp_path / "data", num_cases=2, shape=(16, 32, 32), seed=30)
+    next(bad.glob("*_t2.nii.gz")).unlink()
+    with pytest.raises(CaseError, match=r"_t2\.nii\.gz: missing"):
+        train(config(tmp_path / "data", cache_dir, tmp_path / "run"))
+    with pytest.warns(UserWarning, match=r"skipping case: .*_t2\.nii\.gz"):
+        run = train(config(tmp_path / "data", cache_dir, tmp_path / "run2", skip_bad_cases=True, max_steps=1))
+    assert json.loads((run / "config.json").read_text())["cases"] == [good.name]
+
+
+# -- command line ----------------------------------------------------------------------------
+
+def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
+    synthetic.make_dataset(tmp_path / "data", num_cases=2, naming="2023", shape=(16, 32, 32), seed=40)
+    args = ["train", "--preset", "omnet_cga", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+            "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "1,1,1", "--patches-per-epoch", "2",
+            "--batch-per-task", "2", "--cache-dir", str(cache_dir), "--seed", "3", "--no-progress"]
+    assert cli_main(args) == 0
+    model, meta = load_model(tmp_path / "run" / "model.pt")
+    assert meta["label_convention"] == "2023" and meta["training"]["seed"] == 3
+    assert cli_main(args) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert cli_main(args + ["--resume", "--max-steps", "5"]) == 0  # already finished: nothing to do
+    assert cli_main(args + ["--resume", "--width", "0.5"]) == 2
+    assert "--width" in capsys.readouterr().err
+    assert cli_main(args[:-1] + ["--force", "--amp"]) == 2
+    assert "--amp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(args + ["--stage-epochs", "1,2"])

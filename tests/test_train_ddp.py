@@ -1,0 +1,45 @@
+"""DDP: ``torchrun --nproc_per_node=2 -m omkit train`` on CPU (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from omkit.checkpoint import load_model
+from omkit.data import synthetic
+from omkit.training import weights_digest
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with the gloo backend is not available")
+def test_two_process_training_keeps_weights_identical(tmp_path):
+    synthetic.make_dataset(tmp_path / "data", num_cases=2, shape=(16, 32, 32), seed=50)
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "omkit", "train", "--preset", "omnet_cga", "--data", str(tmp_path / "data"), "--out", str(run),
+        "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "1,1,1", "--patches-per-epoch", "8",
+        "--batch-per-task", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--threads", "1",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["finished"]
+    # 8 patches per task and epoch over 2 processes x 2 per step: 2 steps per epoch
+    assert metrics["steps"] == 6
+    ranks = metrics["processes"]
+    assert len(ranks) == 2
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"] and metrics["weights_identical"]
+    assert ranks[0]["patch_pool_sha256"] != ranks[1]["patch_pool_sha256"]  # each rank its own patches
+    model, meta = load_model(run / "model.pt")
+    assert weights_digest(model) == ranks[0]["weights_sha256"]
+    # only rank 0 wrote: one set of outputs, no temporary files left behind
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints", "config.json", "loss_curve.png", "metrics.csv", "metrics.json", "model.pt"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert len(torch.load(run / "checkpoints" / "last.pt", weights_only=False)["rng"]["per_rank"]) == 2
