@@ -43,8 +43,16 @@ __all__ = [
     "use_backend",
 ]
 
-category_importance = _functional.category_importance
-cga = _functional.cga
+
+
+def category_importance(features: Tensor, guidance: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """``omkit.functional.category_importance``: m (B, 2, C), fused when compiled."""
+    return _functional.category_importance(features, guidance, eps)
+
+
+def cga(features: Tensor, guidance: Tensor, *args, **kwargs) -> Tensor:
+    """``omkit.functional.cga``: the CGA head's scores, fused when compiled."""
+    return _functional.cga(features, guidance, *args, **kwargs)
 
 
 def _as_list3(name: str, value) -> list[int]:
