@@ -114,17 +114,20 @@ def save_channel_importance(
     importance in ``m_t`` and ``m_n`` (``importance (2, C)``)."""
     channels = features_slice.shape[0]
     count = min(count, channels)
-    rows = [("input", [("FLAIR", _grey(flair_slice), "gray"), ("P (guidance)", guidance_slice, "viridis")])]
+    # panels: (title, 2-D map, colour map, value range or None for auto)
+    rows = [("input", [("FLAIR", _grey(flair_slice), "gray", (0, 1)), ("P (guidance)", guidance_slice, "viridis", (0, 1))])]
     for row, name in enumerate(category_names):
         order = np.argsort(importance[row])
         for which, picked in (("largest", order[::-1][:count]), ("smallest", order[:count])):
-            rows.append((f"m_{name[0]} {which}", [(f"ch {c}: {importance[row, c]:.3f}", features_slice[c], "magma") for c in picked]))
+            rows.append((f"m_{name[0]} {which}",
+                         [(f"ch {c}: {importance[row, c]:.3f}", features_slice[c], "magma", None) for c in picked]))
     ncols = max(len(r[1]) for r in rows)
     plt, fig = _figure(figsize=(2.0 * ncols, 2.1 * len(rows)), dpi=100)
     for r, (row_name, panels) in enumerate(rows):
-        for c, (name, data, cmap) in enumerate(panels):
+        for c, (name, data, cmap, value_range) in enumerate(panels):
             ax = fig.add_subplot(len(rows), ncols, r * ncols + c + 1)
-            ax.imshow(np.asarray(data).T, origin="lower", cmap=cmap, interpolation="nearest")
+            vmin, vmax = value_range or (None, None)
+            ax.imshow(np.asarray(data).T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_title(name, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
