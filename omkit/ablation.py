@@ -1,0 +1,321 @@
+"""The paper's Table I ablation on any BraTS-layout dataset.
+
+Every requested row (a preset) is trained with the same split, seeds and
+budget, its held-out cases are predicted (with and, if asked, without the
+two-step post-processing), scored with :mod:`omkit.metrics`, and the results
+are tabulated in the layout of Table I (parameters, Dice WT/TC/ET, HD95).
+
+Two protocols:
+
+* hold-out (default, the paper's): ``val_cases`` cases (25 in the paper) are
+  held out; every row trains on the rest. ``ensemble=K`` adds the paper's
+  OM-Net + CGA* row: K models of ``omnet_cga`` trained on the K folds of the
+  training cases, predicting with the average of their probabilities.
+* cross-validation (``folds=K``): every case is held out exactly once.
+
+Work is saved per row and fold (a ``scores.json`` next to the run's
+``model.pt``): an interrupted study resumes where it stopped, and training
+itself resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .fileio import atomic_write_text
+from .labels import REGIONS
+
+DEFAULT_ROWS = ("mc1", "mc2", "mc3", "omnet0", "omnetd", "omnet", "omnet_se", "omnet_cga",
+                "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n")
+ENSEMBLE_ROW = "omnet_cga*"
+PAPER_VAL_CASES = 25
+
+
+@dataclass
+class AblationConfig:
+    data: str
+    out: str
+    rows: Sequence[str] = DEFAULT_ROWS
+    folds: int | None = None  # cross-validation; None: hold-out of val_cases
+    val_cases: int = PAPER_VAL_CASES
+    ensemble: int | None = None  # K-fold ensemble row of omnet_cga (hold-out only)
+    postprocess: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    # the training budget, the same for every row (omkit.training.TrainConfig fields)
+    train: dict = field(default_factory=dict)
+    # overlap-tile settings (omkit.inference.TileSettings fields)
+    tiles: dict = field(default_factory=dict)
+    label_convention: str | None = None
+
+    def __post_init__(self):
+        import omkit
+
+        self.rows = tuple(self.rows)
+        unknown = [r for r in self.rows if r not in omkit.list_presets()]
+        if unknown:
+            raise ValueError(f"--rows: unknown preset(s) {', '.join(unknown)}; available: {', '.join(omkit.list_presets())}")
+        if self.folds is not None and self.folds < 2:
+            raise ValueError(f"--folds must be at least 2, got {self.folds}")
+        if self.ensemble is not None:
+            if self.folds is not None:
+                raise ValueError("--ensemble needs the hold-out protocol: drop --folds")
+            if self.ensemble < 2:
+                raise ValueError(f"--ensemble must be at least 2 folds, got {self.ensemble}")
+        if self.folds is None and self.val_cases < 1:
+            raise ValueError(f"--val-cases must be >= 1, got {self.val_cases}")
+
+
+@dataclass
+class Split:
+    name: str  # "fold0", ... or "holdout"
+    train: list[Path]
+    held_out: list[Path]
+    train_data: str  # what TrainConfig.data gets
+    train_folds: tuple[int, int] | None  # (K, k) handed to TrainConfig, or None
+
+
+def plan_splits(config: AblationConfig) -> list[Split]:
+    """The same splits for every row: k-fold over all cases, or one hold-out
+    whose training cases are linked into ``OUT/splits/train`` so that training
+    reads exactly them."""
+    from .data import find_cases
+    from .data.splits import kfold_split
+
+    cases = sorted(find_cases(config.data), key=str)
+    if config.folds is not None:
+        splits = []
+        for k in range(config.folds):
+            train, held = kfold_split(cases, config.folds, k, seed=0)
+            splits.append(Split(f"fold{k}", train, held, config.data, (config.folds, k)))
+        return splits
+    if len(cases) <= config.val_cases:
+        raise ValueError(
+            f"--val-cases {config.val_cases} leaves no training case among the {len(cases)} in {config.data}; "
+            "lower it or use --folds"
+        )
+    order = list(range(len(cases)))
+    random.Random(config.seed).shuffle(order)
+    held = sorted((cases[i] for i in order[: config.val_cases]), key=str)
+    train = sorted((cases[i] for i in order[config.val_cases:]), key=str)
+    train_dir = Path(config.out) / "splits" / "train"
+    _link_cases(train, train_dir)
+    return [Split("holdout", train, held, str(train_dir), None)]
+
+
+def _link_cases(cases: Sequence[Path], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {c.name: c.resolve() for c in cases}
+    for entry in folder.iterdir():
+        if entry.name not in wanted or not entry.is_symlink() or entry.resolve() != wanted[entry.name]:
+            entry.unlink()
+    for name, target in wanted.items():
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+
+
+# -- one row on one split -------------------------------------------------------------
+
+def _train_config(config: AblationConfig, preset: str, data: str, run_dir: Path, folds) -> dict:
+    settings = {
+        "seed": config.seed, "device": config.device, "label_convention": config.label_convention,
+        **config.train, "preset": preset, "data": data, "out": str(run_dir),
+    }
+    if folds is not None:
+        settings["folds"], settings["fold"] = folds
+    return settings
+
+
+def _train(settings: dict, log: Callable[[str], None]) -> Path:
+    """Train (or resume, or reuse a finished run) and return its model file."""
+    from .training import train
+
+    run_dir = Path(settings["out"])
+    model = run_dir / "model.pt"
+    if model.exists():
+        return model
+    resume = (run_dir / "config.json").exists()
+    log(f"  training {settings['preset']} -> {run_dir}" + (" (resuming)" if resume else ""))
+    train(settings, resume=resume, force=not resume)
+    return model
+
+
+def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: AblationConfig,
+                 pred_dir: Path, log: Callable[[str], None]) -> list[dict]:
+    """Predict ``cases`` once; score the raw and (optionally) post-processed maps."""
+    from .data import uncrop
+    from .inference import SegmentationPredictor, TileSettings, build_postprocessors, postprocess
+    from .inference.pipeline import load_for_prediction, predict_case, write_label_map
+    from .labels import BACKGROUND
+    from .metrics import case_metrics_internal
+
+    predictor = SegmentationPredictor.from_files([str(m) for m in models], device=config.device,
+                                                 tiles=TileSettings(**config.tiles))
+    steps = build_postprocessors() if config.postprocess else []
+    rows = []
+    for case_dir in cases:
+        case = load_for_prediction(case_dir, label_convention=config.label_convention, with_label=True)
+        started = time.perf_counter()
+        result = predict_case(case, predictor)
+        variants = {"raw": result.labels}
+        if steps:
+            pre = result.preprocessed
+            cropped = postprocess(result.labels[pre.bbox], pre.image, steps)
+            variants["post"] = uncrop(cropped, pre.bbox, pre.full_shape, fill=BACKGROUND)
+        seconds = time.perf_counter() - started
+        for variant, labels in variants.items():
+            write_label_map(labels, case, pred_dir / variant / f"{case.case_id}.nii.gz", case.convention, force=True)
+            scores = case_metrics_internal(labels, case.label, case.spacing)
+            for region in REGIONS:
+                rows.append({"case": case.case_id, "variant": variant, "region": region, "seconds": seconds,
+                             **scores[region]})
+        wt = {v: case_metrics_internal(l, case.label, case.spacing)["WT"]["dice"] for v, l in variants.items()}
+        log(f"    {case.case_id}: Dice WT " + ", ".join(f"{v} {d:.3f}" for v, d in wt.items()))
+    return rows
+
+
+def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str], None] = print) -> dict:
+    """Train ``row`` on ``split`` (or an ensemble of fold models for
+    :data:`ENSEMBLE_ROW`), score the held-out cases; cached in ``scores.json``."""
+    import omkit
+
+    from .checkpoint import load_model
+    from .data.splits import kfold_split
+
+    out = Path(config.out)
+    row_dir = out / "runs" / row.replace("*", "_ensemble") / split.name
+    done = row_dir / "scores.json"
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    if row == ENSEMBLE_ROW:
+        preset = "omnet_cga"
+        models = []
+        for k in range(config.ensemble):
+            kfold_split(split.train, config.ensemble, k, seed=0)  # fails early on too few cases
+            settings = _train_config(config, preset, split.train_data, row_dir / f"member{k}", (config.ensemble, k))
+            models.append(_train(settings, log))
+    else:
+        preset = row
+        models = [_train(_train_config(config, row, split.train_data, row_dir, split.train_folds), log)]
+    model, _ = load_model(models[0])
+    result = {
+        "row": row, "preset": preset, "split": split.name,
+        "title": omkit.get_preset(preset).title + ("*" if row == ENSEMBLE_ROW else ""),
+        "parameters": omkit.count_parameters(model), "width": getattr(model, "width", None),
+        "held_out": [c.name for c in split.held_out],
+        "cases": _score_cases(models, split.held_out, config, out / "predictions" / row_dir.relative_to(out / "runs"), log),
+        "seconds": time.perf_counter() - started,
+    }
+    atomic_write_text(done, json.dumps(result, indent=1))
+    return result
+
+
+# -- tables ----------------------------------------------------------------------------
+
+TABLE_METRICS = ("dice", "hd95")
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarize_results(results: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """Per (row, variant): the Table I line over all held-out cases, and the
+    per-split mean Dice lines."""
+    table, per_split = [], []
+    keys = []
+    for res in results:
+        for variant in sorted({c["variant"] for c in res["cases"]}, key=lambda v: v != "raw"):
+            if (res["row"], variant) not in keys:
+                keys.append((res["row"], variant))
+    for row, variant in keys:
+        mine = [r for r in results if r["row"] == row]
+        cases = [c for r in mine for c in r["cases"] if c["variant"] == variant]
+        line = {"row": row + ("+p" if variant == "post" else ""),
+                "method": mine[0]["title"] + (" + p" if variant == "post" else ""),
+                "params_M": round(mine[0]["parameters"] / 1e6, 3), "cases": len({c["case"] for c in cases})}
+        for region in REGIONS:
+            region_cases = [c for c in cases if c["region"] == region]
+            line[f"dice_{region}"] = _mean(c["dice"] for c in region_cases)
+        for region in REGIONS:
+            values = [c["hd95"] for c in cases if c["region"] == region]
+            line[f"hd95_{region}"] = _mean(values)
+            line[f"hd95_median_{region}"] = float(np.median(values)) if values else float("nan")
+        table.append(line)
+        for res in mine:
+            split_cases = [c for c in res["cases"] if c["variant"] == variant]
+            per_split.append({"row": line["row"], "split": res["split"],
+                              **{f"dice_{reg}": _mean(c["dice"] for c in split_cases if c["region"] == reg) for reg in REGIONS}})
+    return table, per_split
+
+
+def _csv(rows: Sequence[dict]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: AblationConfig) -> str:
+    def f(v, digits=3):
+        return "n/a" if v != v else f"{v:.{digits}f}"
+
+    lines = [
+        "| Method | Params (M) | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for t in table:
+        lines.append(f"| {t['method']} | {t['params_M']:.3f} | {f(t['dice_WT'])} | {f(t['dice_TC'])} | {f(t['dice_ET'])} | "
+                     f"{f(t['hd95_WT'], 1)} | {f(t['hd95_TC'], 1)} | {f(t['hd95_ET'], 1)} |")
+    splits = sorted({p["split"] for p in per_split})
+    per = ["", "Mean Dice per split (WT / TC / ET):", "",
+           "| Row | " + " | ".join(splits) + " |", "| --- |" + " ---: |" * len(splits)]
+    for row in dict.fromkeys(p["row"] for p in per_split):
+        cells = []
+        for s in splits:
+            match = [p for p in per_split if p["row"] == row and p["split"] == s]
+            cells.append(" / ".join(f(match[0][f"dice_{r}"], 2) for r in REGIONS) if match else "")
+        per.append(f"| {row} | " + " | ".join(cells) + " |")
+    protocol = (f"{config.folds}-fold cross-validation" if config.folds
+                else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
+    head = [f"Protocol: {protocol}; HD95 in mm (mean over held-out cases); budget: {json.dumps(config.train)}.", ""]
+    return "\n".join(head + lines + per) + "\n"
+
+
+def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the whole study; returns the paths of the tables."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "ablation_config.json", json.dumps(asdict(config), indent=1, default=str))
+    splits = plan_splits(config)
+    rows = list(config.rows) + ([ENSEMBLE_ROW] if config.ensemble else [])
+    results = []
+    for row in rows:
+        for split in splits:
+            log(f"[{row}] {split.name}: {len(split.train)} training / {len(split.held_out)} held-out cases")
+            results.append(run_row(config, row, split, log))
+    table, per_split = summarize_results(results)
+    paths = {"markdown": out / "ablation.md", "csv": out / "ablation.csv", "per_split_csv": out / "ablation_per_split.csv",
+             "per_case_csv": out / "ablation_per_case.csv"}
+    atomic_write_text(paths["markdown"], markdown_table(table, per_split, config))
+    atomic_write_text(paths["csv"], _csv(table))
+    atomic_write_text(paths["per_split_csv"], _csv(per_split))
+    per_case = [{"row": r["row"], "split": r["split"], **c} for r in results for c in r["cases"]]
+    atomic_write_text(paths["per_case_csv"], _csv(per_case))
+    return {k: str(v) for k, v in paths.items()}

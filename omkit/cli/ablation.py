@@ -1,0 +1,85 @@
+"""Reproduce the paper's Table I ablation: train, predict and score each row on the same split and budget."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omkit.cli import CLIError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CLIError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser):
+    from omkit.ablation import DEFAULT_ROWS, PAPER_VAL_CASES
+
+    parser.add_argument("--data", required=True, help="folder of BraTS case folders")
+    parser.add_argument("--out", required=True, help="study folder (resumes when it exists)")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated presets (default: all of Table I)")
+    parser.add_argument("--folds", type=int, default=None, help="K-fold cross-validation over all cases")
+    parser.add_argument("--val-cases", type=int, default=PAPER_VAL_CASES,
+                        help=f"hold-out protocol: cases held out (default {PAPER_VAL_CASES}, the paper's)")
+    parser.add_argument("--ensemble", type=int, default=None, metavar="K",
+                        help="also the OM-Net + CGA* row: K fold models of omnet_cga, probabilities averaged")
+    parser.add_argument("--postprocess", dest="postprocess", action="store_true", default=True,
+                        help="also score the post-processed maps (+p rows; default)")
+    parser.add_argument("--no-postprocess", dest="postprocess", action="store_false")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-convention", choices=["2018", "2023"], default=None)
+    budget = parser.add_argument_group("training budget (the same for every row; defaults: the paper's)")
+    budget.add_argument("--width", type=float, default=None, help="width multiplier (1.0 = the paper's)")
+    budget.add_argument("--stage-epochs", default=None, help="curriculum epochs a,b,c")
+    budget.add_argument("--epochs", type=int, default=None, help="total epochs (overrides the last stage's length)")
+    budget.add_argument("--patches-per-epoch", default=None, help="per task: N or n1,n2,n3")
+    budget.add_argument("--batch-per-task", type=int, default=None)
+    budget.add_argument("--patch-size", default=None, help="D,H,W (default 16,32,32)")
+    budget.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget per row and split")
+    budget.add_argument("--max-steps", type=int, default=None, help="optimiser steps per row and split (for smoke runs)")
+    budget.add_argument("--cache-dir", default=None, help="preprocessed-case cache shared by every row")
+    tiles = parser.add_argument_group("inference tiles (default: the paper's)")
+    tiles.add_argument("--roi-size", default=None, help="D,H,W")
+    tiles.add_argument("--stride", default=None, help="D,H,W")
+    tiles.add_argument("--keep", default=None, help="D,H,W")
+    tiles.add_argument("--sw-batch-size", type=int, default=None)
+
+
+def run(args) -> int:
+    from omkit.ablation import AblationConfig, run_ablation
+
+    train = {"progress": False}
+    if args.width is not None:
+        train["width"] = args.width
+    if args.stage_epochs is not None:
+        train["stage_epochs"] = _ints(args.stage_epochs)
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.patches_per_epoch is not None:
+        train["patches_per_epoch"] = _ints(args.patches_per_epoch)
+    if args.batch_per_task is not None:
+        train["batch_per_task"] = args.batch_per_task
+    if args.patch_size is not None:
+        train["patch_size"] = _ints(args.patch_size)
+    if args.max_minutes is not None:
+        train["max_minutes"] = args.max_minutes
+    if args.max_steps is not None:
+        train["max_steps"] = args.max_steps
+    train["cache_dir"] = args.cache_dir or str(Path(args.out) / "cache")
+    tiles = {}
+    for name in ("roi_size", "stride", "keep"):
+        if getattr(args, name) is not None:
+            tiles[name] = _ints(getattr(args, name))
+    if args.sw_batch_size is not None:
+        tiles["sw_batch_size"] = args.sw_batch_size
+    config = AblationConfig(
+        data=args.data, out=args.out, rows=[r.strip() for r in args.rows.split(",") if r.strip()],
+        folds=args.folds, val_cases=args.val_cases, ensemble=args.ensemble, postprocess=args.postprocess,
+        seed=args.seed, device=args.device, train=train, tiles=tiles, label_convention=args.label_convention,
+    )
+    paths = run_ablation(config)
+    print(Path(paths["markdown"]).read_text(encoding="utf-8"))
+    print(f"tables: {paths['markdown']}, {paths['csv']}, {paths['per_split_csv']}, {paths['per_case_csv']}")
+    return 0
