@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "omkit.plugins.presets",
     "omkit.plugins.postprocess",
     "omkit.plugins.samplers",
+    "omkit.plugins.monai_peers",  # registers only when MONAI is installed
 )
 
 # hook name -> registry kind
