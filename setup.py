@@ -15,6 +15,9 @@ this file imports the torch it builds against):
 * ``DEBUG=1``                -O0 -g (and -lineinfo for the CUDA kernels)
 * ``OMKIT_REQUIRE_EXTENSION=1``  a failed extension build fails the install
                              (CI uses it so a broken kernel cannot pass unnoticed)
+* ``OMKIT_EXTRA_INCLUDE_DIRS``  extra header directories (os.pathsep-separated), e.g.
+                             the CUDA library headers that a pip-installed toolkit
+                             keeps beside torch
 * ``TORCH_CUDA_ARCH_LIST``, ``MAX_JOBS``: as for any torch extension
 """
 import glob
@@ -68,7 +71,8 @@ def extension_config():
     extension = extension_cls(
         name="omkit._C",
         sources=sources,
-        include_dirs=[os.path.join(HERE, "csrc")],
+        include_dirs=[os.path.join(HERE, "csrc")]
+        + [p for p in os.environ.get("OMKIT_EXTRA_INCLUDE_DIRS", "").split(os.pathsep) if p],
         extra_compile_args=extra,
         extra_link_args=["-fopenmp"],
     )

@@ -9,6 +9,12 @@
 
 #include <array>
 
+#if defined(__CUDACC__)
+#define OMKIT_HOST_DEVICE __host__ __device__
+#else
+#define OMKIT_HOST_DEVICE
+#endif
+
 namespace omkit {
 
 using at::Tensor;
@@ -62,13 +68,14 @@ inline void check_stitch_args(const Tensor& out, int64_t out_dims, const Tensor&
 }
 
 // Half-open range [lo, hi) of positions p in [start, start + size) with 0 <= p < limit.
+// Used by the host and the device code alike.
 struct Span {
   int64_t lo, hi;
-  bool empty() const { return lo >= hi; }
+  OMKIT_HOST_DEVICE bool empty() const { return lo >= hi; }
 };
-inline Span clip_span(int64_t start, int64_t size, int64_t limit) {
-  Span s{std::max<int64_t>(start, 0), std::min<int64_t>(start + size, limit)};
-  return s;
+OMKIT_HOST_DEVICE inline Span clip_span(int64_t start, int64_t size, int64_t limit) {
+  const int64_t end = start + size;
+  return Span{start > 0 ? start : 0, end < limit ? end : limit};
 }
 
 }  // namespace omkit

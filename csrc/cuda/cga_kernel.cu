@@ -1,0 +1,286 @@
+// CUDA kernels of the CGA ops. Memory-bound by design: each kernel touches the
+// feature map once (coalesced along the voxel axis, one thread per voxel or a
+// block per channel row) and keeps the folded per-sample weights, read
+// uniformly by every thread of a block, in the L1/read-only cache.
+// Half and bfloat16 inputs are accumulated in float (at::opmath_type).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "../cga_common.h"
+#include "cuda_utils.cuh"
+
+namespace omkit {
+namespace {
+
+using cuda::kThreads;
+
+// Output channels held in registers per thread; larger K is processed in groups of this many.
+constexpr int kMaxK = 8;
+
+// ---- pooling -----------------------------------------------------------------------------
+
+// Block (split, row): partial sums of F[row] * Pt and F[row] * (1 - Pt) over one slice
+// of the voxels. Rows are on grid.x (no 65535 limit), slices on grid.y.
+template <typename scalar_t, typename acc_t>
+__global__ void pool_reduce_kernel(const scalar_t* __restrict__ F, const scalar_t* __restrict__ P,
+                                   acc_t* __restrict__ partial, int64_t C, int64_t N, int64_t slice) {
+  const int64_t row = blockIdx.x, b = row / C;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * slice, n1 = min(N, n0 + slice);
+  const scalar_t* f = F + row * N;
+  const scalar_t* p = P + b * N;
+  acc_t s_t = 0, s_n = 0;
+  for (int64_t n = n0 + threadIdx.x; n < n1; n += blockDim.x) {
+    const acc_t fv = static_cast<acc_t>(f[n]), pv = static_cast<acc_t>(p[n]);
+    s_t += fv * pv;
+    s_n += fv * (acc_t(1) - pv);
+  }
+  cuda::block_sum2(s_t, s_n);
+  if (threadIdx.x == 0) {
+    partial[(row * gridDim.y + blockIdx.y) * 2 + 0] = s_t;
+    partial[(row * gridDim.y + blockIdx.y) * 2 + 1] = s_n;
+  }
+}
+
+Tensor pool_reduce_cuda(const Tensor& F, const Tensor& P) {
+  const int64_t B = F.size(0), C = F.size(1), N = F.size(2);
+  const auto acc = accumulate_type(F.scalar_type());
+  // Split long rows so that small B * C still fills the device; partial sums are
+  // added afterwards (deterministic, unlike atomics).
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t rows = std::max<int64_t>(B * C, 1);
+  const int64_t splits = std::max<int64_t>(
+      1, std::min<int64_t>({cuda::ceil_div(sms * 4, rows), cuda::ceil_div(N, kThreads * 8), 65535}));
+  const int64_t slice = std::max<int64_t>(1, cuda::ceil_div(N, splits));
+  Tensor partial = at::zeros({B, C, splits, 2}, F.options().dtype(acc));
+  if (B * C > 0 && N > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "omkit_pool_reduce_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      pool_reduce_kernel<scalar_t, acc_t>
+          <<<dim3(static_cast<unsigned int>(B * C), static_cast<unsigned int>(splits)), kThreads, 0,
+             at::cuda::getCurrentCUDAStream()>>>(F.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(),
+                                                 partial.mutable_data_ptr<acc_t>(), C, N, slice);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return partial.sum(2).permute({0, 2, 1}).contiguous();  // (B, 2, C)
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void pool_expand_kernel(const acc_t* __restrict__ base, const acc_t* __restrict__ slope,
+                                   const scalar_t* __restrict__ P, scalar_t* __restrict__ dF, int64_t C, int64_t N,
+                                   int64_t total) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t row = i / N, n = i - row * N, b = row / C;
+    dF[i] = static_cast<scalar_t>(base[row] + slope[row] * static_cast<acc_t>(P[b * N + n]));
+  }
+}
+
+Tensor pool_expand_cuda(const Tensor& base, const Tensor& slope, const Tensor& P, at::ScalarType dtype) {
+  const int64_t B = base.size(0), C = base.size(1), N = P.size(1);
+  Tensor dF = at::empty({B, C, N}, P.options().dtype(dtype));
+  const int64_t total = B * C * N;
+  if (total == 0) return dF;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "omkit_pool_expand_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    Tensor a = base.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    Tensor s = slope.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    pool_expand_kernel<scalar_t, acc_t><<<cuda::stride_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        a.const_data_ptr<acc_t>(), s.const_data_ptr<acc_t>(), P.const_data_ptr<scalar_t>(),
+        dF.mutable_data_ptr<scalar_t>(), C, N, total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dF;
+}
+
+// ---- recalibrate + CompSeg -------------------------------------------------------------------
+
+// Thread per voxel (grid.x over voxels, grid.y over samples): up to kMaxK outputs in
+// registers, the C feature values of the voxel read once each (coalesced across the warp).
+template <typename scalar_t, typename acc_t, bool kGuided>
+__global__ void mix_forward_kernel(const scalar_t* __restrict__ F, const scalar_t* __restrict__ P,
+                                   const acc_t* __restrict__ M0, const acc_t* __restrict__ M1,
+                                   const acc_t* __restrict__ c0, const acc_t* __restrict__ c1,
+                                   scalar_t* __restrict__ out, int64_t C, int64_t K, int64_t N) {
+  const int64_t b = blockIdx.y;
+  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  const scalar_t* f = F + b * C * N + n;
+  const acc_t p = static_cast<acc_t>(P[b * N + n]);
+  const acc_t* m0 = M0 + b * K * C;
+  const acc_t* m1 = kGuided ? M1 + b * K * C : nullptr;
+  for (int64_t k0 = 0; k0 < K; k0 += kMaxK) {
+    const int kc = static_cast<int>(min<int64_t>(kMaxK, K - k0));
+    acc_t a0[kMaxK], a1[kMaxK];
+#pragma unroll
+    for (int j = 0; j < kMaxK; ++j) {
+      a0[j] = j < kc ? c0[k0 + j] : acc_t(0);
+      a1[j] = (kGuided && j < kc) ? c1[k0 + j] : acc_t(0);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t fv = static_cast<acc_t>(f[c * N]);
+#pragma unroll
+      for (int j = 0; j < kMaxK; ++j) {
+        if (j < kc) {
+          a0[j] += __ldg(m0 + (k0 + j) * C + c) * fv;
+          if (kGuided) a1[j] += __ldg(m1 + (k0 + j) * C + c) * fv;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxK; ++j) {
+      if (j < kc) out[(b * K + k0 + j) * N + n] = static_cast<scalar_t>(kGuided ? a0[j] + p * a1[j] : a0[j]);
+    }
+  }
+}
+
+Tensor mix_forward_cuda(const Tensor& F, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
+                        const Tensor& c1) {
+  const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
+  Tensor out = at::empty({B, K, N}, F.options());
+  if (B == 0 || N == 0) return out;
+  TORCH_CHECK(B <= 65535, "cga_recalibrate: the CUDA kernel supports at most 65535 samples per call, got ", B);
+  const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "omkit_mix_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    if (M1.defined()) {
+      mix_forward_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
+          F.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
+          M1.const_data_ptr<acc_t>(), c0.const_data_ptr<acc_t>(), c1.const_data_ptr<acc_t>(),
+          out.mutable_data_ptr<scalar_t>(), C, K, N);
+    } else {
+      mix_forward_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
+          F.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(), nullptr,
+          c0.const_data_ptr<acc_t>(), nullptr, out.mutable_data_ptr<scalar_t>(), C, K, N);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// dF[c, n] = sum_k (M0[k, c] + Pt[n] M1[k, c]) G[k, n]: thread per voxel, G cached in
+// registers (groups of kMaxK channels), one coalesced write per feature channel.
+template <typename scalar_t, typename acc_t, bool kGuided>
+__global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const scalar_t* __restrict__ P,
+                                          const acc_t* __restrict__ M0, const acc_t* __restrict__ M1,
+                                          scalar_t* __restrict__ dF, int64_t C, int64_t K, int64_t N) {
+  const int64_t b = blockIdx.y;
+  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  const acc_t p = static_cast<acc_t>(P[b * N + n]);
+  const scalar_t* g = G + b * K * N + n;
+  const acc_t* m0 = M0 + b * K * C;
+  const acc_t* m1 = kGuided ? M1 + b * K * C : nullptr;
+  scalar_t* d = dF + b * C * N + n;
+  if (K <= kMaxK) {
+    acc_t gv[kMaxK];
+#pragma unroll
+    for (int j = 0; j < kMaxK; ++j) gv[j] = j < K ? static_cast<acc_t>(g[j * N]) : acc_t(0);
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t s = 0;
+#pragma unroll
+      for (int j = 0; j < kMaxK; ++j) {
+        if (j < K) {
+          const acc_t w = kGuided ? __ldg(m0 + j * C + c) + p * __ldg(m1 + j * C + c) : __ldg(m0 + j * C + c);
+          s += w * gv[j];
+        }
+      }
+      d[c * N] = static_cast<scalar_t>(s);
+    }
+  } else {  // many output channels: re-read G from cache rather than spill registers
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t s = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const acc_t w = kGuided ? __ldg(m0 + k * C + c) + p * __ldg(m1 + k * C + c) : __ldg(m0 + k * C + c);
+        s += w * static_cast<acc_t>(g[k * N]);
+      }
+      d[c * N] = static_cast<scalar_t>(s);
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_cuda(const Tensor& G, const Tensor& F,
+                                                                     const Tensor& P, const Tensor& M0,
+                                                                     const Tensor& M1) {
+  const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
+  const bool guided = M1.defined();
+  const auto acc = accumulate_type(F.scalar_type());
+  Tensor dF = at::empty_like(F);
+  if (B > 0 && N > 0) {
+    TORCH_CHECK(B <= 65535, "cga_recalibrate_backward: the CUDA kernel supports at most 65535 samples, got ", B);
+    const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "omkit_mix_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      auto stream = at::cuda::getCurrentCUDAStream();
+      if (guided) {
+        mix_backward_input_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
+            G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
+            M1.const_data_ptr<acc_t>(), dF.mutable_data_ptr<scalar_t>(), C, K, N);
+      } else {
+        mix_backward_input_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
+            G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(), nullptr,
+            dF.mutable_data_ptr<scalar_t>(), C, K, N);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  // The weight-side reductions are a batched (2K x N) @ (N x C) product: cuBLAS reads F
+  // once for both the plain and the Pt-weighted gradient. Accumulated in float/double.
+  Tensor Gc = G.to(acc), Fc = F.to(acc);
+  Tensor PG = guided ? P.to(acc).unsqueeze(1) * Gc : Tensor();
+  Tensor stacked = guided ? at::cat({Gc, PG}, 1) : Gc;
+  Tensor dM = at::bmm(stacked, Fc.transpose(1, 2));  // (B, K or 2K, C)
+  Tensor dc = stacked.sum(-1);                        // (B, K or 2K)
+  if (guided) {
+    return {dF, dM.narrow(1, 0, K).contiguous(), dM.narrow(1, K, K).contiguous(), dc.narrow(1, 0, K).contiguous(),
+            dc.narrow(1, K, K).contiguous()};
+  }
+  return {dF, dM, Tensor(), dc, Tensor()};
+}
+
+const CgaKernels kCudaKernels{pool_reduce_cuda, pool_expand_cuda, mix_forward_cuda, mix_backward_cuda};
+
+std::tuple<Tensor, Tensor> cga_pool_cuda(const Tensor& features, const Tensor& guidance, double eps) {
+  c10::cuda::CUDAGuard guard(features.device());
+  return cga_pool_impl(features, guidance, eps, kCudaKernels);
+}
+
+Tensor cga_pool_backward_cuda(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm, const Tensor& m,
+                              const Tensor& l1_norm, const Tensor& guidance, double eps) {
+  c10::cuda::CUDAGuard guard(m.device());
+  return cga_pool_backward_impl(grad_m, grad_l1_norm, m, l1_norm, guidance, eps, kCudaKernels);
+}
+
+Tensor cga_recalibrate_cuda(const Tensor& features, const Tensor& guidance, const Tensor& m,
+                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                            c10::string_view variant) {
+  c10::cuda::CUDAGuard guard(features.device());
+  return cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant),
+                              kCudaKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_cuda(
+    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+    c10::string_view variant) {
+  c10::cuda::CUDAGuard guard(features.device());
+  return cga_recalibrate_backward_impl(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
+                                       std::string(variant), kCudaKernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(omkit, CUDA, m) {
+  m.impl("cga_pool", &cga_pool_cuda);
+  m.impl("cga_pool_backward", &cga_pool_backward_cuda);
+  m.impl("cga_recalibrate", &cga_recalibrate_cuda);
+  m.impl("cga_recalibrate_backward", &cga_recalibrate_backward_cuda);
+}
+
+}  // namespace omkit
