@@ -6,14 +6,21 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.omkit-installed
 PYTEST_ARGS ?=
+# The install builds the fused ops (omkit._C); here a failed build is an error,
+# while a plain `pip install .` falls back to pure Python.
+OMKIT_REQUIRE_EXTENSION ?= 1
+MAX_JOBS ?= 2
+OP_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+CMAKE_BUILD_DIR ?= build-cmake
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-smoke cuda-build cmake-test clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(OP_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=23" setuptools wheel
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	OMKIT_REQUIRE_EXTENSION=$(OMKIT_REQUIRE_EXTENSION) MAX_JOBS=$(MAX_JOBS) $(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PY) -c "import omkit.ops as o; print('omkit ops:', o.backend_report())"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,5 +31,23 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m omkit demo --out demo_out
 
+# CPU benchmarks of the fused ops (pytest-benchmark); RESULTS.md has the last run.
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks -q -p no:randomly --benchmark-columns=mean,stddev,rounds
+
+# Every benchmark once at toy sizes, as a test.
+bench-smoke: $(STAMP)
+	OMKIT_BENCH_SMOKE=1 $(PY) -m pytest benchmarks -q --benchmark-disable
+
+# Compile and link the CUDA kernels against torch 2.14.1+cu130 in a separate venv (no GPU needed).
+cuda-build:
+	MAX_JOBS=$(MAX_JOBS) bash scripts/check_cuda_build.sh
+
+# The libtorch (CMake) build of the ops and its C++ test.
+cmake-test: $(STAMP)
+	cmake -S . -B $(CMAKE_BUILD_DIR) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > $(CMAKE_BUILD_DIR).log 2>&1 || { cat $(CMAKE_BUILD_DIR).log; exit 1; }
+	cmake --build $(CMAKE_BUILD_DIR) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure
+
 clean:
-	rm -rf build *.egg-info demo_out .pytest_cache
+	rm -rf build *.egg-info demo_out .pytest_cache $(CMAKE_BUILD_DIR) omkit/_C*.so

@@ -1,0 +1,72 @@
+"""Shared benchmark machinery (pytest-benchmark).
+
+* ``OMKIT_BENCH_SMOKE=1`` shrinks every size so the suites run once, quickly,
+  as tests (CI: ``make bench-smoke`` with ``--benchmark-disable``).
+* On a GPU the timed function synchronises CUDA before it returns, so a round
+  measures the kernels, not their launch.
+* ``record_bandwidth`` puts bytes moved and the achieved GB/s in
+  ``extra_info`` (after the run, from the mean time).
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+import torch
+
+SMOKE = os.environ.get("OMKIT_BENCH_SMOKE", "0") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_report_header(config):
+    threads = torch.get_num_threads()
+    return (f"omkit benchmarks: device={DEVICE} torch={torch.__version__} threads={threads} "
+            f"cpu={platform.processor() or platform.machine()} smoke={SMOKE}")
+
+
+def synchronized(fn):
+    """fn, followed by a CUDA synchronisation when running on a GPU."""
+    if DEVICE != "cuda":
+        return fn
+
+    def run():
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+@pytest.fixture
+def run_benchmark(benchmark):
+    """run_benchmark(fn, rounds, group=..., **extra): time fn (with a warm-up round),
+    record the peak CUDA memory and anything in extra."""
+
+    def run(fn, rounds=5, group=None, **extra):
+        if group:
+            benchmark.group = group
+        benchmark.extra_info.update(extra)
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = benchmark.pedantic(synchronized(fn), rounds=1 if SMOKE else rounds, warmup_rounds=0 if SMOKE else 1,
+                                    iterations=1)
+        if DEVICE == "cuda":
+            benchmark.extra_info["peak_cuda_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return result
+
+    return run
+
+
+def record_bandwidth(benchmark, nbytes: int) -> None:
+    """Store bytes moved and GB/s (from the mean time) in extra_info."""
+    benchmark.extra_info["bytes_moved"] = int(nbytes)
+    stats = getattr(benchmark, "stats", None)
+    mean = getattr(getattr(stats, "stats", None), "mean", None) if stats is not None else None
+    if mean:
+        benchmark.extra_info["gb_per_s"] = round(nbytes / mean / 1e9, 2)
