@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "omkit-train-checkpoint"
 CHECKPOINT_VERSION = 1
-TASK_NAMES = ("task1", "task2", "task3")
+# what a run folder holds; --force deletes a folder only when it holds nothing else
+RUN_OUTPUTS = frozenset({"checkpoints", "config.json", "metrics.csv", "metrics.json", "loss_curve.png", "model.pt"})
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Trainer:
         if not config.out:
             raise ValueError("--out: a run folder is required")
         self.run_dir = Path(config.out)
+        self._resuming = resume
         if resume:
             config = self._resumed_config(config)
         self.config = config
@@ -168,9 +170,11 @@ class Trainer:
         self.model_tasks = sorted({t for s in self.stages for t in s.tasks})
         self.transfer = TransferRule(config.tumor_threshold, config.core_threshold) if self.preset.transfer else None
         if self.is_main and not resume:
-            self._prepare_run_dir(force)
+            self._clear_run_dir(force)  # before the (slow) data preparation: fail fast
         self._barrier()
         self._prepare_data()
+        if self.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         self._build(resume)
 
     # -- setup ------------------------------------------------------------------------
@@ -189,15 +193,19 @@ class Trainer:
             )
         return given
 
-    def _prepare_run_dir(self, force: bool) -> None:
+    def _clear_run_dir(self, force: bool) -> None:
         run = self.run_dir
+        if run.exists() and not run.is_dir():
+            raise FileExistsError(f"{run}: exists and is not a folder")
         if run.exists() and any(run.iterdir()):
             if not force:
                 raise FileExistsError(f"{run}: run folder exists; pass --force to start over or --resume to continue")
-            if not (run / "config.json").is_file():
-                raise FileExistsError(f"{run}: not an omkit run folder (no config.json); refusing to delete it")
+            foreign = [p.name for p in run.iterdir() if p.name not in RUN_OUTPUTS and not p.name.startswith(".")]
+            if foreign:
+                raise FileExistsError(
+                    f"{run}: not an omkit run folder (holds {foreign[0]!r}); refusing to delete it"
+                )
             shutil.rmtree(run)
-        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     def _barrier(self) -> None:
         if self.world_size > 1:
@@ -248,6 +256,16 @@ class Trainer:
         if not self.is_main:
             cases, dirs, regions = load_all()
         self.cases, self.case_dirs, self.held_out = cases, dirs, held_out
+        if self._resuming:
+            import json
+
+            before = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8")).get("cases")
+            now = [pre.case_id for pre in cases]
+            if before is not None and before != now:
+                raise ValueError(
+                    f"--data: {cfg.data} gives other training cases ({len(now)}) than the run in "
+                    f"{self.run_dir} used ({len(before)}); resume with the same cases or start a new run"
+                )
         self.patches = TaskPatches(
             cases, samplers, cfg.patch_size, cfg.patches_per_epoch, cfg.batch_per_task,
             seed=cfg.seed, rank=self.rank, world_size=self.world_size, tasks=self.model_tasks, regions=regions,
