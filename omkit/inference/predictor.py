@@ -104,7 +104,7 @@ class SegmentationPredictor:
         """Load the model files (``omkit.checkpoint``) of one model or an ensemble."""
         from omkit.checkpoint import load_model
 
-        models, presets = [], set()
+        models = []
         for path in paths:
             model, meta = load_model(path, map_location=device, expect_preset=expect_preset)
             if models and _model_kind(model) != _model_kind(models[0]):
@@ -113,10 +113,7 @@ class SegmentationPredictor:
                     f"(members must share an architecture: {_model_kind(models[0])} vs {_model_kind(model)})"
                 )
             models.append(model)
-            presets.add(meta.get("preset"))
-        predictor = cls(models, sw_device=device, **kw)
-        predictor.presets = sorted(map(str, presets))
-        return predictor
+        return cls(models, sw_device=device, **kw)
 
     # -- per-tile networks -------------------------------------------------------
     def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int]) -> list[Tensor]:
