@@ -183,26 +183,12 @@ std::tuple<Tensor, Tensor> cga_pool_impl(const Tensor& features, const Tensor& g
   return {m.to(features.scalar_type()), l1_norm.to(features.scalar_type())};
 }
 
-Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm,
-                              const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps,
-                              const CgaKernels& kernels) {
-  const char* op = "cga_pool_backward";
-  TORCH_CHECK_VALUE(m.dim() == 3 && m.size(1) == 2, op, ": m must be (B, 2, C), got ", m.sizes());
-  TORCH_CHECK_VALUE(grad_m.sizes() == m.sizes(), op, ": grad_m must have m's shape ", m.sizes(), ", got ",
-                    grad_m.sizes());
-  TORCH_CHECK_VALUE(l1_norm.dim() == 2 && l1_norm.size(0) == m.size(0) && l1_norm.size(1) == 2, op,
-                    ": l1_norm must be (B, 2), got ", l1_norm.sizes());
-  TORCH_CHECK_VALUE(guidance.dim() >= 3 && guidance.size(0) == m.size(0) && guidance.size(1) == 1, op,
-                    ": guidance must be (B, 1, *spatial) with B = ", m.size(0), ", got ", guidance.sizes());
-  TORCH_CHECK(grad_m.device() == m.device() && guidance.device() == m.device() && l1_norm.device() == m.device(),
-              op, ": all tensors must be on one device");
-  const auto dtype = m.scalar_type();
-  const auto acc = accumulate_type(dtype);
-  const int64_t B = m.size(0), C = m.size(2);
-  const int64_t N = guidance.numel() / B;
-
-  // d m / d z for m = z / max(||z||_1, eps): (g - sign(z) <g, m>) / ||z||_1 while the
-  // norm is above eps, g / eps where the clamp holds it (sign(z) = sign(m) as the denominator is > 0).
+// d loss / d z (B, 2, C) of the pooling, in the accumulation dtype. For m = z / max(||z||_1, eps):
+// (g - sign(z) <g, m>) / ||z||_1 while the norm is above eps, g / eps where the clamp holds it
+// (sign(z) = sign(m) as the denominator is > 0); plus grad_l1_norm * sign(z).
+static Tensor pool_grad_z(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm, const Tensor& m,
+                          const Tensor& l1_norm, double eps, const char* op) {
+  const auto acc = accumulate_type(m.scalar_type());
   Tensor g = grad_m.to(acc);
   Tensor mm = m.to(acc);
   Tensor norm = l1_norm.to(acc).unsqueeze(-1);
@@ -215,6 +201,31 @@ Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>&
                       grad_l1_norm->sizes());
     dz = dz + grad_l1_norm->to(acc).unsqueeze(-1) * sign;
   }
+  return dz;
+}
+
+static void check_pool_state(const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, const char* op) {
+  TORCH_CHECK_VALUE(m.dim() == 3 && m.size(1) == 2, op, ": m must be (B, 2, C), got ", m.sizes());
+  TORCH_CHECK_VALUE(l1_norm.dim() == 2 && l1_norm.size(0) == m.size(0) && l1_norm.size(1) == 2, op,
+                    ": l1_norm must be (B, 2), got ", l1_norm.sizes());
+  TORCH_CHECK_VALUE(guidance.dim() >= 3 && guidance.size(0) == m.size(0) && guidance.size(1) == 1, op,
+                    ": guidance must be (B, 1, *spatial) with B = ", m.size(0), ", got ", guidance.sizes());
+  TORCH_CHECK(guidance.device() == m.device() && l1_norm.device() == m.device(), op,
+              ": all tensors must be on one device");
+}
+
+Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm,
+                              const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps,
+                              const CgaKernels& kernels) {
+  const char* op = "cga_pool_backward";
+  check_pool_state(m, l1_norm, guidance, op);
+  TORCH_CHECK_VALUE(grad_m.sizes() == m.sizes(), op, ": grad_m must have m's shape ", m.sizes(), ", got ",
+                    grad_m.sizes());
+  TORCH_CHECK(grad_m.device() == m.device(), op, ": all tensors must be on one device");
+  const auto dtype = m.scalar_type();
+  const int64_t B = m.size(0), C = m.size(2);
+  const int64_t N = guidance.numel() / B;
+  Tensor dz = pool_grad_z(grad_m, grad_l1_norm, m, l1_norm, eps, op);
   // dF = dz_t Pt + dz_n (1 - Pt) = dz_n + (dz_t - dz_n) Pt: one write pass, F itself is not read.
   Tensor base = dz.select(1, 1).contiguous();
   Tensor slope = (dz.select(1, 0) - dz.select(1, 1)).contiguous();
@@ -240,41 +251,31 @@ Tensor cga_recalibrate_impl(const Tensor& features, const Tensor& guidance, cons
   return out.view(shape);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_impl(
-    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-    const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-    const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
-    const CgaKernels& kernels) {
-  const char* op = "cga_recalibrate_backward";
-  auto [F, P] = flatten_features_guidance(features, guidance, op);
-  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
-  const int64_t B = F.size(0), N = F.size(2), K2 = params.num_outputs;
-  std::vector<int64_t> out_shape(features.sizes().begin(), features.sizes().end());
-  out_shape[1] = K2;
-  TORCH_CHECK_VALUE(grad_out.sizes() == c10::IntArrayRef(out_shape), op, ": grad_out must have shape ",
-                    c10::IntArrayRef(out_shape), ", got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.device() == features.device(), op, ": grad_out is on ", grad_out.device(),
-              " but features are on ", features.device());
-  const auto acc = accumulate_type(features.scalar_type());
-  Tensor G = grad_out.reshape({B, K2, N}).to(features.scalar_type()).contiguous();
-  Folded f = fold(params, m, acc);
+namespace {
 
-  auto [dF, dM0, dM1, dc0_b, dc1_b] = kernels.mix_backward(G, F, P, f.M0, f.M1);
+// Gradients of m and of the parameters from the per-sample reductions of the
+// folded weights (dM0, dM1 (B, K2, C); dc0, dc1 summed over samples (K2)).
+struct ParamGrads {
+  Tensor m;  // (B, 2, C), accumulation dtype
+  Tensor w_pos, b_pos, w_neg, b_neg, w_out, b_out;  // empty tensors where absent
+};
+
+ParamGrads param_grads(const CgaParams& params, const Folded& f, const Tensor& m, const Tensor& dM0,
+                       const Tensor& dM1, const Tensor& dc0, const Tensor& dc1, const Tensor& like) {
+  const auto acc = accumulate_type(like.scalar_type());
+  const int64_t B = m.size(0), K2 = params.num_outputs;
   const auto& c = params.coef;
-  Tensor dc0 = dc0_b.sum(0);
-  Tensor dc1 = dc1_b.defined() ? dc1_b.sum(0) : Tensor();
-
-  Tensor grad_w_out = params.w_out.defined() ? at::zeros({K2, params.num_scores}, F.options().dtype(acc)) : Tensor();
-  Tensor grad_m = at::zeros({B, 2, params.num_channels}, F.options().dtype(acc));
+  ParamGrads out;
+  Tensor grad_w_out = params.w_out.defined() ? at::zeros({K2, params.num_scores}, like.options().dtype(acc)) : Tensor();
+  out.m = at::zeros({B, 2, params.num_channels}, like.options().dtype(acc));
   // Chain rule back through A = W_out (W * m_row), c = W_out b for one branch whose
   // merge coefficient is (k0 + k1 Pt): dA = k0 dM0 + k1 dM1, dc = k0 dc0 + k1 dc1.
-  auto branch_grads = [&](const FoldedBranch& fb, const Tensor& w, const Tensor& b, double k0, double k1,
-                          int64_t row) -> std::pair<Tensor, Tensor> {
+  auto branch = [&](const FoldedBranch& fb, const Tensor& w, const Tensor& b, double k0, double k1,
+                    int64_t row) -> std::pair<Tensor, Tensor> {
     Tensor dA = combine(k0, dM0, k1, dM1);
     Tensor dc = combine(k0, dc0, k1, dc1);
     if (!dA.defined()) dA = at::zeros_like(fb.A);
-    if (!dc.defined()) dc = at::zeros({K2}, F.options().dtype(acc));
+    if (!dc.defined()) dc = at::zeros({K2}, like.options().dtype(acc));
     Tensor dWm, db;
     if (params.w_out.defined()) {
       Tensor wo = params.w_out.to(acc);
@@ -288,17 +289,84 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_r
       dWm = dA;
       if (b.defined()) db = dc;
     }
-    grad_m.select(1, row).copy_((dWm * w.to(acc).unsqueeze(0)).sum(1));
+    out.m.select(1, row).copy_((dWm * w.to(acc).unsqueeze(0)).sum(1));
     Tensor dW = (dWm * m.select(1, row).to(acc).unsqueeze(1)).sum(0);
-    return {dW.to(w.scalar_type()), db.defined() ? db.to(b.scalar_type()) : empty_grad(features)};
+    return {dW.to(w.scalar_type()), db.defined() ? db.to(b.scalar_type()) : empty_grad(like)};
   };
-  Tensor gw_pos = empty_grad(features), gb_pos = empty_grad(features);
-  Tensor gw_neg = empty_grad(features), gb_neg = empty_grad(features);
-  if (c.has_pos) std::tie(gw_pos, gb_pos) = branch_grads(f.pos, params.w_pos, params.b_pos, c.a0, c.a1, 0);
-  if (c.has_neg) std::tie(gw_neg, gb_neg) = branch_grads(f.neg, params.w_neg, params.b_neg, c.b0, c.b1, 1);
-  Tensor gw_out = grad_w_out.defined() ? grad_w_out.to(features.scalar_type()) : empty_grad(features);
-  Tensor gb_out = params.b_out.defined() ? dc0.to(features.scalar_type()) : empty_grad(features);
-  return {dF.view(features.sizes()), grad_m.to(m.scalar_type()), gw_pos, gb_pos, gw_neg, gb_neg, gw_out, gb_out};
+  out.w_pos = out.b_pos = out.w_neg = out.b_neg = empty_grad(like);
+  if (c.has_pos) std::tie(out.w_pos, out.b_pos) = branch(f.pos, params.w_pos, params.b_pos, c.a0, c.a1, 0);
+  if (c.has_neg) std::tie(out.w_neg, out.b_neg) = branch(f.neg, params.w_neg, params.b_neg, c.b0, c.b1, 1);
+  out.w_out = grad_w_out.defined() ? grad_w_out.to(like.scalar_type()) : empty_grad(like);
+  out.b_out = params.b_out.defined() ? dc0.to(like.scalar_type()) : empty_grad(like);
+  return out;
+}
+
+Tensor checked_grad_out(const Tensor& grad_out, const Tensor& features, const CgaParams& params, const char* op) {
+  std::vector<int64_t> out_shape(features.sizes().begin(), features.sizes().end());
+  out_shape[1] = params.num_outputs;
+  TORCH_CHECK_VALUE(grad_out.sizes() == c10::IntArrayRef(out_shape), op, ": grad_out must have shape ",
+                    c10::IntArrayRef(out_shape), ", got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.device() == features.device(), op, ": grad_out is on ", grad_out.device(),
+              " but features are on ", features.device());
+  return grad_out.reshape({features.size(0), params.num_outputs, -1}).to(features.scalar_type()).contiguous();
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_impl(
+    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+    const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+    const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
+    const CgaKernels& kernels) {
+  const char* op = "cga_recalibrate_backward";
+  auto [F, P] = flatten_features_guidance(features, guidance, op);
+  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
+  Tensor G = checked_grad_out(grad_out, features, params, op);
+  Folded f = fold(params, m, accumulate_type(features.scalar_type()));
+  auto [dF, dM0, dM1, dc0_b, dc1_b] = kernels.mix_backward(G, F, P, f.M0, f.M1);
+  ParamGrads g = param_grads(params, f, m, dM0, dM1, dc0_b.sum(0), dc1_b.defined() ? dc1_b.sum(0) : Tensor(), F);
+  return {dF.view(features.sizes()), g.m.to(m.scalar_type()), g.w_pos, g.b_pos, g.w_neg, g.b_neg, g.w_out, g.b_out};
+}
+
+std::tuple<Tensor, Tensor, Tensor> cga_fused_impl(const Tensor& features, const Tensor& guidance,
+                                                  const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                                                  const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                                                  const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                                                  const std::string& variant, double eps, const CgaKernels& kernels) {
+  auto [m, l1_norm] = cga_pool_impl(features, guidance, eps, kernels);
+  Tensor out = cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, kernels);
+  return {out, m, l1_norm};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_fused_backward_impl(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
+    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+    const std::string& variant, double eps, const CgaKernels& kernels) {
+  const char* op = "cga_fused_backward";
+  auto [F, P] = flatten_features_guidance(features, guidance, op);
+  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
+  check_pool_state(m, l1_norm, guidance, op);
+  Tensor G = checked_grad_out(grad_out, features, params, op);
+  Folded f = fold(params, m, accumulate_type(features.scalar_type()));
+  // Pass 1 (reads F, G, Pt): the per-sample weight-side reductions.
+  auto [dM0, dM1, dc0_b, dc1_b] = kernels.mix_reduce(G, F, P, f.M0, f.M1);
+  ParamGrads g = param_grads(params, f, m, dM0, dM1, dc0_b.sum(0), dc1_b.defined() ? dc1_b.sum(0) : Tensor(), F);
+  Tensor dm = g.m;
+  if (present(grad_m)) {
+    TORCH_CHECK_VALUE(grad_m->sizes() == m.sizes(), op, ": grad_m must have m's shape ", m.sizes());
+    dm = dm + grad_m->to(dm.scalar_type());
+  }
+  // The pooling's gradient is dz_n + (dz_t - dz_n) Pt per channel: two (B, C) coefficient
+  // maps that pass 2 adds while it writes dF.
+  Tensor dz = pool_grad_z(dm, grad_l1_norm, m, l1_norm, eps, op);
+  Tensor base = dz.select(1, 1).contiguous();
+  Tensor slope = (dz.select(1, 0) - dz.select(1, 1)).contiguous();
+  // Pass 2 (reads G, Pt; writes dF).
+  Tensor dF = kernels.mix_input_grad(G, P, f.M0, f.M1, base, slope);
+  return {dF.view(features.sizes()), g.w_pos, g.b_pos, g.w_neg, g.b_neg, g.w_out, g.b_out};
 }
 
 }  // namespace omkit

@@ -29,6 +29,13 @@ struct CgaKernels {
   // dM1/dc1 are returned undefined when M1 is undefined.
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> (*mix_backward)(
       const Tensor& G, const Tensor& F, const Tensor& P, const Tensor& M0, const Tensor& M1);
+  // The reductions of mix_backward alone (F is read, dF not written): (dM0, dM1, dc0, dc1).
+  std::tuple<Tensor, Tensor, Tensor, Tensor> (*mix_reduce)(const Tensor& G, const Tensor& F, const Tensor& P,
+                                                           const Tensor& M0, const Tensor& M1);
+  // The input gradient of mix_backward plus the pooling gradient, without reading F:
+  // dF = M0^T G + P * M1^T G + base + slope * P (base/slope (B, C) in the accumulation dtype).
+  Tensor (*mix_input_grad)(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base,
+                           const Tensor& slope);
 };
 
 // How a variant merges the two branches: out = alpha(P) S_t + beta(P) S_n with
@@ -63,5 +70,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_r
     const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
     const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
     const CgaKernels& kernels);
+
+// The whole CGA head in one op pair: forward = pooling + recalibration (two reads of F);
+// backward = one pass reading F and G for the weight-side reductions, then one pass
+// writing dF that folds in the pooling's gradient (F is not read again, and no second
+// dF map is summed by autograd).
+std::tuple<Tensor, Tensor, Tensor> cga_fused_impl(const Tensor& features, const Tensor& guidance,
+                                                  const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                                                  const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                                                  const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                                                  const std::string& variant, double eps, const CgaKernels& kernels);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_fused_backward_impl(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
+    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+    const std::string& variant, double eps, const CgaKernels& kernels);
 
 }  // namespace omkit

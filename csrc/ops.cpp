@@ -34,6 +34,20 @@ TORCH_LIBRARY(omkit, m) {
       "Tensor? w_pos, Tensor? b_pos, Tensor? w_neg, Tensor? b_neg, Tensor? w_out, Tensor? b_out, "
       "str variant) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // The whole CGA head (pooling + recalibration + CompSeg + final conv) as one
+  // autograd node: what omkit.functional.cga runs. Forward: two passes over F.
+  // Backward: one pass reading F for the weight-side reductions, one pass writing
+  // dF with the pooling's gradient folded in. m and l1_norm are returned for the
+  // backward (and for inspection); gradients reaching them are honoured.
+  m.def(
+      "cga(Tensor features, Tensor guidance, Tensor? w_pos, Tensor? b_pos, Tensor? w_neg, Tensor? b_neg, "
+      "Tensor? w_out, Tensor? b_out, str variant, float eps) -> (Tensor out, Tensor m, Tensor l1_norm)");
+  // Gradients for (features, w_pos, b_pos, w_neg, b_neg, w_out, b_out); empty where absent.
+  m.def(
+      "cga_backward(Tensor grad_out, Tensor? grad_m, Tensor? grad_l1_norm, Tensor features, Tensor guidance, "
+      "Tensor m, Tensor l1_norm, Tensor? w_pos, Tensor? b_pos, Tensor? w_neg, Tensor? b_neg, Tensor? w_out, "
+      "Tensor? b_out, str variant, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
   // Overlap-tile inference. Contract: omkit.inference.tiling.
   // volume (C, D, H, W), origins int64 (T, 3) -> tiles (T, C, d, h, w), zero outside.
   m.def("gather_tiles(Tensor volume, Tensor origins, int[] roi_size) -> Tensor");

@@ -95,12 +95,11 @@ def cga(
     if variant not in CGA_VARIANTS:
         raise ValueError(f"unknown CGA variant {variant!r}; choose one of {CGA_VARIANTS}")
     _check_inputs(features, guidance)
-    if _ops.use_kernel("cga_recalibrate", features, dtypes=True):
-        guidance = guidance.detach()
-        m = torch.ops.omkit.cga_pool(features, guidance, eps)[0]
-        return torch.ops.omkit.cga_recalibrate(
-            features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant
-        )
+    if _ops.use_kernel("cga", features, dtypes=True):
+        # One autograd node for the whole head: its backward reads F once and writes dF once.
+        return torch.ops.omkit.cga(
+            features, guidance.detach(), w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps
+        )[0]
     return cga_reference(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps)
 
 

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-OPS = ("cga_pool", "cga_pool_backward", "cga_recalibrate", "cga_recalibrate_backward", "gather_tiles",
+OPS = ("cga", "cga_backward", "cga_pool", "cga_pool_backward", "cga_recalibrate", "cga_recalibrate_backward", "gather_tiles",
        "stitch_tiles_", "stitch_tiles_argmax_")
 
 

@@ -14,7 +14,7 @@ from omkit import functional as OF
 from omkit import ops
 from omkit.ops import _library
 
-OP_NAMES = {"cga_pool", "cga_pool_backward", "cga_recalibrate", "cga_recalibrate_backward", "gather_tiles",
+OP_NAMES = {"cga", "cga_backward", "cga_pool", "cga_pool_backward", "cga_recalibrate", "cga_recalibrate_backward", "gather_tiles",
             "stitch_tiles", "stitch_tiles_argmax"}
 
 

@@ -120,6 +120,18 @@ def test_gradcheck_cga(variant):
     assert torch.autograd.gradcheck(fn, (features, *[params[n] for n in names]))
 
 
+@pytest.mark.parametrize("variant", ["full", "neg"])
+def test_gradcheck_whole_head_op_all_outputs(variant):
+    """omkit::cga returns (out, m, l1_norm); gradients arriving through m and l1_norm are honoured."""
+    features, guidance, params = make_inputs(2, 3, 2, (2, 2, 3), requires_grad=True)
+    names = [n for n, t in params.items() if t is not None]
+
+    def fn(features, *tensors):
+        return torch.ops.omkit.cga(features, guidance, *tensors, variant, 1e-12)
+
+    assert torch.autograd.gradcheck(fn, (features, *[params[n] for n in names]))
+
+
 @pytest.mark.parametrize("eps", [1e-12, 1e3])  # 1e3: the L1 norm is clamped, the gradient skips the norm
 def test_gradcheck_pool_both_outputs(eps):
     features, guidance, _ = make_inputs(2, 4, 1, (3, 2, 3), requires_grad=True)
@@ -159,6 +171,13 @@ def test_opcheck_cga_recalibrate(requires_grad, variant):
     torch.library.opcheck(torch.ops.omkit.cga_recalibrate.default, (f, guidance, mm, *p.values(), variant))
 
 
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_cga_whole_head(requires_grad):
+    features, guidance, params, features_g, params_g, _ = _opcheck_samples()
+    f, p = (features_g, params_g) if requires_grad else (features, params)
+    torch.library.opcheck(torch.ops.omkit.cga.default, (f, guidance, *p.values(), "full", 1e-12))
+
+
 def test_opcheck_backward_ops():
     features, guidance, params, _, _, m = _opcheck_samples()
     _, norm = torch.ops.omkit.cga_pool(features, guidance, 1e-12)
@@ -167,6 +186,8 @@ def test_opcheck_backward_ops():
     grad_out = torch.randn(2, 3, 2, 3, 3, dtype=torch.float64)
     torch.library.opcheck(torch.ops.omkit.cga_recalibrate_backward.default,
                           (grad_out, features, guidance, m, *params.values(), "minus"))
+    torch.library.opcheck(torch.ops.omkit.cga_backward.default,
+                          (grad_out, torch.randn_like(m), None, features, guidance, m, norm, *params.values(), "full", 1e-12))
 
 
 @settings(max_examples=20, deadline=None)

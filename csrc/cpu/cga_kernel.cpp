@@ -212,13 +212,17 @@ Tensor mix_forward_cpu(const Tensor& F, const Tensor& P, const Tensor& M0, const
 }
 
 // ---- recalibrate + CompSeg backward ----------------------------------------------------------
-// One pass over (F, G, Pt) per block: writes dF and the block's partial reductions
-// dM0 = G F^T, dM1 = (Pt G) F^T (K x C), dc0 = sum G, dc1 = sum Pt G (K).
+// Per block of voxels of one sample, reading (G, Pt) and, for the reductions, F:
+//   kReduce:    dM0 = G F^T, dM1 = (Pt G) F^T (K x C), dc0 = sum G, dc1 = sum Pt G (K)
+//   kInputGrad: dF = M0^T G + Pt M1^T G (+ base + slope Pt when the pooling's gradient is folded in)
+// Both together are the backward of cga_recalibrate alone (one pass: F read, dF written);
+// the whole-head backward runs them as two passes so dF can include the pooling term
+// that depends on the reductions.
 
-template <typename T, bool kGuided>
+template <typename T, bool kGuided, bool kReduce, bool kInputGrad>
 OMKIT_ALWAYS_INLINE void mix_backward_block_impl(const T* g, const T* f, const T* p, T* dF, const T* M0,
-                                                 const T* M1, int64_t C, int64_t K, int64_t N, int64_t len,
-                                                 T* dM0, T* dM1, T* dc0, T* dc1, T* pg) {
+                                                 const T* M1, const T* base, const T* slope, int64_t C, int64_t K,
+                                                 int64_t N, int64_t len, T* dM0, T* dM1, T* dc0, T* dc1, T* pg) {
   // Pt * G once per block, reused by all C channels.
   for (int64_t k = 0; k < K; ++k) {
     const T* gk = g + k * N;
@@ -231,94 +235,154 @@ OMKIT_ALWAYS_INLINE void mix_backward_block_impl(const T* g, const T* f, const T
       s0 += gk[n];
       s1 += v;
     }
-    dc0[k] = s0;
-    if (kGuided) dc1[k] = s1;
+    if (kReduce) {
+      dc0[k] = s0;
+      if (kGuided) dc1[k] = s1;
+    }
   }
   for (int64_t c = 0; c < C; ++c) {
     const T* fr = f + c * N;
     T* d = dF + c * N;
-    OMKIT_SIMD
-    for (int64_t n = 0; n < len; ++n) d[n] = T(0);
+    if (kInputGrad) {
+      const T a = base ? base[c] : T(0), s = slope ? slope[c] : T(0);
+      OMKIT_SIMD
+      for (int64_t n = 0; n < len; ++n) d[n] = a + s * p[n];
+    }
     for (int64_t k = 0; k < K; ++k) {
       const T* gk = g + k * N;
+      const T* pgk = pg + k * kVoxelBlock;
       const T w0 = M0[k * C + c];
+      const T w1 = kGuided ? M1[k * C + c] : T(0);
       T s0 = 0, s1 = 0;
-      if (kGuided) {
-        const T* pgk = pg + k * kVoxelBlock;
-        const T w1 = M1[k * C + c];
+      if (kReduce && kInputGrad) {
         // The reduction (weight gradient) and the input gradient share the loads of g and f.
         OMKIT_SIMD_REDUCTION2(s0, s1)
         for (int64_t n = 0; n < len; ++n) {
           s0 += gk[n] * fr[n];
-          s1 += pgk[n] * fr[n];
-          d[n] += w0 * gk[n] + w1 * pgk[n];
+          if (kGuided) s1 += pgk[n] * fr[n];
+          d[n] += kGuided ? w0 * gk[n] + w1 * pgk[n] : w0 * gk[n];
         }
-        dM1[k * C + c] = s1;
-      } else {
+      } else if (kReduce) {
         OMKIT_SIMD_REDUCTION2(s0, s1)
         for (int64_t n = 0; n < len; ++n) {
           s0 += gk[n] * fr[n];
-          d[n] += w0 * gk[n];
+          if (kGuided) s1 += pgk[n] * fr[n];
         }
+      } else {
+        OMKIT_SIMD
+        for (int64_t n = 0; n < len; ++n) d[n] += kGuided ? w0 * gk[n] + w1 * pgk[n] : w0 * gk[n];
       }
-      dM0[k * C + c] = s0;
+      if (kReduce) {
+        dM0[k * C + c] = s0;
+        if (kGuided) dM1[k * C + c] = s1;
+      }
     }
   }
 }
 
-#define OMKIT_MIX_BACKWARD_CLONE(T)                                                                              \
-  OMKIT_CPU_CLONES void mix_backward_block(const T* g, const T* f, const T* p, T* dF, const T* M0, const T* M1, \
-                                           int64_t C, int64_t K, int64_t N, int64_t len, T* dM0, T* dM1,       \
-                                           T* dc0, T* dc1, T* pg) {                                            \
-    if (M1 != nullptr)                                                                                           \
-      mix_backward_block_impl<T, true>(g, f, p, dF, M0, M1, C, K, N, len, dM0, dM1, dc0, dc1, pg);               \
-    else                                                                                                         \
-      mix_backward_block_impl<T, false>(g, f, p, dF, M0, M1, C, K, N, len, dM0, dM1, dc0, dc1, pg);              \
+// Which passes a call runs.
+enum class BackwardPass { kBoth, kReduceOnly, kInputGradOnly };
+
+#define OMKIT_MIX_BACKWARD_CLONE(T)                                                                               \
+  OMKIT_CPU_CLONES void mix_backward_block(BackwardPass pass, const T* g, const T* f, const T* p, T* dF,           \
+                                           const T* M0, const T* M1, const T* base, const T* slope, int64_t C,    \
+                                           int64_t K, int64_t N, int64_t len, T* dM0, T* dM1, T* dc0, T* dc1,     \
+                                           T* pg) {                                                               \
+    const bool guided = M1 != nullptr;                                                                            \
+    if (pass == BackwardPass::kBoth) {                                                                            \
+      if (guided)                                                                                                 \
+        mix_backward_block_impl<T, true, true, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,   \
+                                                     dc0, dc1, pg);                                               \
+      else                                                                                                        \
+        mix_backward_block_impl<T, false, true, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,  \
+                                                      dc0, dc1, pg);                                              \
+    } else if (pass == BackwardPass::kReduceOnly) {                                                               \
+      if (guided)                                                                                                 \
+        mix_backward_block_impl<T, true, true, false>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,  \
+                                                      dc0, dc1, pg);                                              \
+      else                                                                                                        \
+        mix_backward_block_impl<T, false, true, false>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0,     \
+                                                       dM1, dc0, dc1, pg);                                        \
+    } else {                                                                                                      \
+      if (guided)                                                                                                 \
+        mix_backward_block_impl<T, true, false, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,  \
+                                                      dc0, dc1, pg);                                              \
+      else                                                                                                        \
+        mix_backward_block_impl<T, false, false, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0,     \
+                                                       dM1, dc0, dc1, pg);                                        \
+    }                                                                                                             \
   }
 OMKIT_MIX_BACKWARD_CLONE(float)
 OMKIT_MIX_BACKWARD_CLONE(double)
 #undef OMKIT_MIX_BACKWARD_CLONE
 
+// Runs the requested passes over all blocks. Returns (dF, dM0, dM1, dc0, dc1); tensors
+// of a pass not run are undefined.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_passes(BackwardPass pass, const Tensor& G,
+                                                                       const Tensor& F_or_undefined, const Tensor& P,
+                                                                       const Tensor& M0, const Tensor& M1,
+                                                                       const Tensor& base_in, const Tensor& slope_in,
+                                                                       int64_t C, at::ScalarType dtype) {
+  const int64_t B = G.size(0), N = G.size(2), K = M0.size(1);
+  const int64_t blocks = std::max<int64_t>(1, (N + kVoxelBlock - 1) / kVoxelBlock);
+  const bool guided = M1.defined();
+  const bool reduce = pass != BackwardPass::kInputGradOnly, input_grad = pass != BackwardPass::kReduceOnly;
+  auto options = G.options().dtype(dtype);
+  Tensor dF = input_grad ? at::empty({B, C, N}, options) : Tensor();
+  // Per-block partial reductions, summed per sample below (deterministic, no atomics).
+  Tensor dM0p = reduce ? at::empty({B, blocks, K, C}, options) : Tensor();
+  Tensor dc0p = reduce ? at::empty({B, blocks, K}, options) : Tensor();
+  Tensor dM1p = reduce && guided ? at::empty({B, blocks, K, C}, options) : Tensor();
+  Tensor dc1p = reduce && guided ? at::empty({B, blocks, K}, options) : Tensor();
+  Tensor base = base_in.defined() ? base_in.to(dtype).contiguous() : Tensor();
+  Tensor slope = slope_in.defined() ? slope_in.to(dtype).contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "omkit_mix_backward_cpu", [&] {
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+    auto mut = [](Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
+    const scalar_t *g = ptr(G), *f = ptr(F_or_undefined), *p = ptr(P), *m0 = ptr(M0), *m1 = ptr(M1);
+    const scalar_t *a = ptr(base), *s = ptr(slope);
+    scalar_t *d = mut(dF), *dm0 = mut(dM0p), *dc0 = mut(dc0p), *dm1 = mut(dM1p), *dc1 = mut(dc1p);
+    at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<scalar_t> pg(K * kVoxelBlock);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / blocks, n0 = (i % blocks) * kVoxelBlock;
+        const int64_t len = std::max<int64_t>(0, std::min(kVoxelBlock, N - n0));
+        mix_backward_block(pass, g + b * K * N + n0, f ? f + b * C * N + n0 : nullptr, p + b * N + n0,
+                           d ? d + b * C * N + n0 : nullptr, m0 + b * K * C, m1 ? m1 + b * K * C : nullptr,
+                           a ? a + b * C : nullptr, s ? s + b * C : nullptr, C, K, N, len,
+                           dm0 ? dm0 + i * K * C : nullptr, dm1 ? dm1 + i * K * C : nullptr,
+                           dc0 ? dc0 + i * K : nullptr, dc1 ? dc1 + i * K : nullptr, pg.data());
+      }
+    });
+  });
+  auto per_sample = [](const Tensor& t) { return t.defined() ? t.sum(1) : Tensor(); };
+  return {dF, per_sample(dM0p), per_sample(dM1p), per_sample(dc0p), per_sample(dc1p)};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_cpu(const Tensor& G, const Tensor& F,
                                                                     const Tensor& P, const Tensor& M0,
                                                                     const Tensor& M1) {
   check_cpu_dtype(F, "cga_recalibrate_backward");
-  const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
-  const int64_t blocks = std::max<int64_t>(1, (N + kVoxelBlock - 1) / kVoxelBlock);
-  const bool guided = M1.defined();
-  Tensor dF = at::empty_like(F);
-  // Per-block partial reductions, summed per sample below (deterministic, no atomics).
-  Tensor dM0p = at::zeros({B, blocks, K, C}, F.options());
-  Tensor dc0p = at::zeros({B, blocks, K}, F.options());
-  Tensor dM1p = guided ? at::zeros({B, blocks, K, C}, F.options()) : Tensor();
-  Tensor dc1p = guided ? at::zeros({B, blocks, K}, F.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "omkit_mix_backward_cpu", [&] {
-    const scalar_t* g = G.const_data_ptr<scalar_t>();
-    const scalar_t* f = F.const_data_ptr<scalar_t>();
-    const scalar_t* p = P.const_data_ptr<scalar_t>();
-    const scalar_t* m0 = M0.const_data_ptr<scalar_t>();
-    const scalar_t* m1 = guided ? M1.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* d = dF.mutable_data_ptr<scalar_t>();
-    scalar_t* dm0 = dM0p.mutable_data_ptr<scalar_t>();
-    scalar_t* dc0 = dc0p.mutable_data_ptr<scalar_t>();
-    scalar_t* dm1 = guided ? dM1p.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* dc1 = guided ? dc1p.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<scalar_t> pg(guided ? K * kVoxelBlock : 0);
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / blocks, n0 = (i % blocks) * kVoxelBlock;
-        const int64_t len = std::max<int64_t>(0, std::min(kVoxelBlock, N - n0));
-        mix_backward_block(g + b * K * N + n0, f + b * C * N + n0, p + b * N + n0, d + b * C * N + n0,
-                           m0 + b * K * C, m1 ? m1 + b * K * C : nullptr, C, K, N, len, dm0 + i * K * C,
-                           guided ? dm1 + i * K * C : nullptr, dc0 + i * K, guided ? dc1 + i * K : nullptr,
-                           pg.data());
-      }
-    });
-  });
-  return {dF, dM0p.sum(1), guided ? dM1p.sum(1) : Tensor(), dc0p.sum(1), guided ? dc1p.sum(1) : Tensor()};
+  return mix_backward_passes(BackwardPass::kBoth, G, F, P, M0, M1, Tensor(), Tensor(), F.size(1), F.scalar_type());
 }
 
-const CgaKernels kCpuKernels{pool_reduce_cpu, pool_expand_cpu, mix_forward_cpu, mix_backward_cpu};
+std::tuple<Tensor, Tensor, Tensor, Tensor> mix_reduce_cpu(const Tensor& G, const Tensor& F, const Tensor& P,
+                                                          const Tensor& M0, const Tensor& M1) {
+  check_cpu_dtype(F, "cga_backward");
+  auto [dF, dM0, dM1, dc0, dc1] =
+      mix_backward_passes(BackwardPass::kReduceOnly, G, F, P, M0, M1, Tensor(), Tensor(), F.size(1), F.scalar_type());
+  return {dM0, dM1, dc0, dc1};
+}
+
+Tensor mix_input_grad_cpu(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base,
+                          const Tensor& slope) {
+  check_cpu_dtype(G, "cga_backward");
+  return std::get<0>(mix_backward_passes(BackwardPass::kInputGradOnly, G, Tensor(), P, M0, M1, base, slope,
+                                         M0.size(2), G.scalar_type()));
+}
+
+const CgaKernels kCpuKernels{pool_reduce_cpu, pool_expand_cpu, mix_forward_cpu, mix_backward_cpu, mix_reduce_cpu,
+                             mix_input_grad_cpu};
 
 std::tuple<Tensor, Tensor> cga_pool_cpu(const Tensor& features, const Tensor& guidance, double eps) {
   return cga_pool_impl(features, guidance, eps, kCpuKernels);
@@ -347,9 +411,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_r
                                        std::string(variant), kCpuKernels);
 }
 
+std::tuple<Tensor, Tensor, Tensor> cga_cpu(const Tensor& features, const Tensor& guidance,
+                                           const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                                           const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                                           const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                                           c10::string_view variant, double eps) {
+  return cga_fused_impl(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), eps,
+                        kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_backward_cpu(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
+    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+    c10::string_view variant, double eps) {
+  return cga_fused_backward_impl(grad_out, grad_m, grad_l1_norm, features, guidance, m, l1_norm, w_pos, b_pos, w_neg,
+                                 b_neg, w_out, b_out, std::string(variant), eps, kCpuKernels);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(omkit, CPU, m) {
+  m.impl("cga", &cga_cpu);
+  m.impl("cga_backward", &cga_backward_cpu);
   m.impl("cga_pool", &cga_pool_cpu);
   m.impl("cga_pool_backward", &cga_pool_backward_cpu);
   m.impl("cga_recalibrate", &cga_recalibrate_cpu);

@@ -27,7 +27,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void pool_reduce_kernel(const scalar_t* __restrict__ F, const scalar_t* __restrict__ P,
                                    acc_t* __restrict__ partial, int64_t C, int64_t N, int64_t slice) {
   const int64_t row = blockIdx.x, b = row / C;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * slice, n1 = min(N, n0 + slice);
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * slice, n1 = (n0 + slice < N) ? n0 + slice : N;
   const scalar_t* f = F + row * N;
   const scalar_t* p = P + b * N;
   acc_t s_t = 0, s_n = 0;
@@ -112,7 +112,7 @@ __global__ void mix_forward_kernel(const scalar_t* __restrict__ F, const scalar_
   const acc_t* m0 = M0 + b * K * C;
   const acc_t* m1 = kGuided ? M1 + b * K * C : nullptr;
   for (int64_t k0 = 0; k0 < K; k0 += kMaxK) {
-    const int kc = static_cast<int>(min<int64_t>(kMaxK, K - k0));
+    const int kc = static_cast<int>(K - k0 < kMaxK ? K - k0 : kMaxK);
     acc_t a0[kMaxK], a1[kMaxK];
 #pragma unroll
     for (int j = 0; j < kMaxK; ++j) {
@@ -161,11 +161,13 @@ Tensor mix_forward_cuda(const Tensor& F, const Tensor& P, const Tensor& M0, cons
   return out;
 }
 
-// dF[c, n] = sum_k (M0[k, c] + Pt[n] M1[k, c]) G[k, n]: thread per voxel, G cached in
-// registers (groups of kMaxK channels), one coalesced write per feature channel.
+// dF[c, n] = sum_k (M0[k, c] + Pt[n] M1[k, c]) G[k, n] (+ base[c] + slope[c] Pt[n], the
+// pooling's gradient, when given): thread per voxel, G cached in registers, one coalesced
+// write per feature channel, F never read.
 template <typename scalar_t, typename acc_t, bool kGuided>
 __global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const scalar_t* __restrict__ P,
                                           const acc_t* __restrict__ M0, const acc_t* __restrict__ M1,
+                                          const acc_t* __restrict__ base, const acc_t* __restrict__ slope,
                                           scalar_t* __restrict__ dF, int64_t C, int64_t K, int64_t N) {
   const int64_t b = blockIdx.y;
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -180,7 +182,7 @@ __global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const 
 #pragma unroll
     for (int j = 0; j < kMaxK; ++j) gv[j] = j < K ? static_cast<acc_t>(g[j * N]) : acc_t(0);
     for (int64_t c = 0; c < C; ++c) {
-      acc_t s = 0;
+      acc_t s = base ? base[b * C + c] + slope[b * C + c] * p : acc_t(0);
 #pragma unroll
       for (int j = 0; j < kMaxK; ++j) {
         if (j < K) {
@@ -192,7 +194,7 @@ __global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const 
     }
   } else {  // many output channels: re-read G from cache rather than spill registers
     for (int64_t c = 0; c < C; ++c) {
-      acc_t s = 0;
+      acc_t s = base ? base[b * C + c] + slope[b * C + c] * p : acc_t(0);
       for (int64_t k = 0; k < K; ++k) {
         const acc_t w = kGuided ? __ldg(m0 + k * C + c) + p * __ldg(m1 + k * C + c) : __ldg(m0 + k * C + c);
         s += w * static_cast<acc_t>(g[k * N]);
@@ -202,46 +204,69 @@ __global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const 
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_cuda(const Tensor& G, const Tensor& F,
-                                                                     const Tensor& P, const Tensor& M0,
-                                                                     const Tensor& M1) {
-  const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
+Tensor input_grad_cuda(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base_in,
+                       const Tensor& slope_in, int64_t C) {
+  const int64_t B = G.size(0), N = G.size(2), K = M0.size(1);
+  const bool guided = M1.defined();
+  Tensor dF = at::empty({B, C, N}, G.options());
+  if (B == 0 || N == 0 || C == 0) return dF;
+  TORCH_CHECK(B <= 65535, "cga backward: the CUDA kernel supports at most 65535 samples, got ", B);
+  const auto acc = accumulate_type(G.scalar_type());
+  Tensor base = base_in.defined() ? base_in.to(acc).contiguous() : Tensor();
+  Tensor slope = slope_in.defined() ? slope_in.to(acc).contiguous() : Tensor();
+  const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "omkit_mix_input_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    const acc_t* a = base.defined() ? base.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* s = slope.defined() ? slope.const_data_ptr<acc_t>() : nullptr;
+    if (guided) {
+      mix_backward_input_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
+          G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
+          M1.const_data_ptr<acc_t>(), a, s, dF.mutable_data_ptr<scalar_t>(), C, K, N);
+    } else {
+      mix_backward_input_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
+          G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(), nullptr, a, s,
+          dF.mutable_data_ptr<scalar_t>(), C, K, N);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dF;
+}
+
+// The weight-side reductions are a batched (2K x N) @ (N x C) product: cuBLAS reads F
+// once for both the plain and the Pt-weighted gradient. Accumulated in float/double.
+std::tuple<Tensor, Tensor, Tensor, Tensor> mix_reduce_cuda(const Tensor& G, const Tensor& F, const Tensor& P,
+                                                           const Tensor& M0, const Tensor& M1) {
+  const int64_t K = M0.size(1);
   const bool guided = M1.defined();
   const auto acc = accumulate_type(F.scalar_type());
-  Tensor dF = at::empty_like(F);
-  if (B > 0 && N > 0) {
-    TORCH_CHECK(B <= 65535, "cga_recalibrate_backward: the CUDA kernel supports at most 65535 samples, got ", B);
-    const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "omkit_mix_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      auto stream = at::cuda::getCurrentCUDAStream();
-      if (guided) {
-        mix_backward_input_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
-            G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
-            M1.const_data_ptr<acc_t>(), dF.mutable_data_ptr<scalar_t>(), C, K, N);
-      } else {
-        mix_backward_input_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
-            G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(), nullptr,
-            dF.mutable_data_ptr<scalar_t>(), C, K, N);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  // The weight-side reductions are a batched (2K x N) @ (N x C) product: cuBLAS reads F
-  // once for both the plain and the Pt-weighted gradient. Accumulated in float/double.
   Tensor Gc = G.to(acc), Fc = F.to(acc);
-  Tensor PG = guided ? P.to(acc).unsqueeze(1) * Gc : Tensor();
-  Tensor stacked = guided ? at::cat({Gc, PG}, 1) : Gc;
+  Tensor stacked = guided ? at::cat({Gc, P.to(acc).unsqueeze(1) * Gc}, 1) : Gc;
   Tensor dM = at::bmm(stacked, Fc.transpose(1, 2));  // (B, K or 2K, C)
   Tensor dc = stacked.sum(-1);                        // (B, K or 2K)
   if (guided) {
-    return {dF, dM.narrow(1, 0, K).contiguous(), dM.narrow(1, K, K).contiguous(), dc.narrow(1, 0, K).contiguous(),
+    return {dM.narrow(1, 0, K).contiguous(), dM.narrow(1, K, K).contiguous(), dc.narrow(1, 0, K).contiguous(),
             dc.narrow(1, K, K).contiguous()};
   }
-  return {dF, dM, Tensor(), dc, Tensor()};
+  return {dM, Tensor(), dc, Tensor()};
 }
 
-const CgaKernels kCudaKernels{pool_reduce_cuda, pool_expand_cuda, mix_forward_cuda, mix_backward_cuda};
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_cuda(const Tensor& G, const Tensor& F,
+                                                                     const Tensor& P, const Tensor& M0,
+                                                                     const Tensor& M1) {
+  Tensor dF = input_grad_cuda(G, P, M0, M1, Tensor(), Tensor(), F.size(1));
+  auto [dM0, dM1, dc0, dc1] = mix_reduce_cuda(G, F, P, M0, M1);
+  return {dF, dM0, dM1, dc0, dc1};
+}
+
+Tensor mix_input_grad_cuda(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base,
+                           const Tensor& slope) {
+  return input_grad_cuda(G, P, M0, M1, base, slope, M0.size(2));
+}
+
+const CgaKernels kCudaKernels{pool_reduce_cuda, pool_expand_cuda, mix_forward_cuda, mix_backward_cuda, mix_reduce_cuda,
+                              mix_input_grad_cuda};
 
 std::tuple<Tensor, Tensor> cga_pool_cuda(const Tensor& features, const Tensor& guidance, double eps) {
   c10::cuda::CUDAGuard guard(features.device());
@@ -274,9 +299,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_r
                                        std::string(variant), kCudaKernels);
 }
 
+std::tuple<Tensor, Tensor, Tensor> cga_cuda(const Tensor& features, const Tensor& guidance,
+                                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
+                                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
+                                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+                                            c10::string_view variant, double eps) {
+  c10::cuda::CUDAGuard guard(features.device());
+  return cga_fused_impl(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), eps,
+                        kCudaKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_backward_cuda(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
+    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
+    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
+    c10::string_view variant, double eps) {
+  c10::cuda::CUDAGuard guard(features.device());
+  return cga_fused_backward_impl(grad_out, grad_m, grad_l1_norm, features, guidance, m, l1_norm, w_pos, b_pos, w_neg,
+                                 b_neg, w_out, b_out, std::string(variant), eps, kCudaKernels);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(omkit, CUDA, m) {
+  m.impl("cga", &cga_cuda);
+  m.impl("cga_backward", &cga_backward_cuda);
   m.impl("cga_pool", &cga_pool_cuda);
   m.impl("cga_pool_backward", &cga_pool_backward_cuda);
   m.impl("cga_recalibrate", &cga_recalibrate_cuda);

@@ -25,6 +25,8 @@ ENV_VAR = "OMKIT_OPS_BACKEND"
 
 # Public op name -> schema name in torch.ops.omkit.
 OPS = {
+    "cga": "cga",
+    "cga_backward": "cga_backward",
     "cga_pool": "cga_pool",
     "cga_pool_backward": "cga_pool_backward",
     "cga_recalibrate": "cga_recalibrate",

@@ -76,6 +76,23 @@ def _cga_recalibrate_backward_fake(grad_out, features, guidance, m, w_pos, b_pos
     )
 
 
+@torch.library.register_fake("omkit::cga")
+def _cga_fake(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps):
+    _spatial_check("cga", features, guidance)
+    k = _num_outputs(variant, w_pos, w_neg, w_out)
+    b, c = features.shape[:2]
+    return (features.new_empty((b, k, *features.shape[2:])), features.new_empty((b, 2, c)),
+            features.new_empty((b, 2)))
+
+
+@torch.library.register_fake("omkit::cga_backward")
+def _cga_backward_fake(grad_out, grad_m, grad_l1_norm, features, guidance, m, l1_norm, w_pos, b_pos, w_neg, b_neg,
+                       w_out, b_out, variant, eps):
+    grads = _cga_recalibrate_backward_fake(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
+                                           variant)
+    return (grads[0], *grads[2:])
+
+
 @torch.library.register_fake("omkit::gather_tiles")
 def _gather_tiles_fake(volume, origins, roi_size):
     if volume.dim() != 4:
@@ -111,6 +128,26 @@ def _pool_backward(ctx, grad_m, grad_l1_norm):
 
 
 torch.library.register_autograd("omkit::cga_pool", _pool_backward, setup_context=_pool_setup_context)
+
+
+def _cga_setup_context(ctx, inputs, output):
+    features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps = inputs
+    _out, m, l1_norm = output
+    ctx.present = tuple(t is not None for t in (w_pos, b_pos, w_neg, b_neg, w_out, b_out))
+    ctx.save_for_backward(features, guidance, m, l1_norm, w_pos, b_pos, w_neg, b_neg, w_out, b_out)
+    ctx.variant, ctx.eps = variant, eps
+
+
+def _cga_backward(ctx, grad_out, grad_m, grad_l1_norm):
+    features, guidance, m, l1_norm, *params = ctx.saved_tensors
+    grad_features, *param_grads = torch.ops.omkit.cga_backward(
+        grad_out, grad_m, grad_l1_norm, features, guidance, m, l1_norm, *params, ctx.variant, ctx.eps
+    )
+    param_grads = [g if (present and g.numel() > 0) else None for g, present in zip(param_grads, ctx.present)]
+    return (grad_features, None, *param_grads, None, None)
+
+
+torch.library.register_autograd("omkit::cga", _cga_backward, setup_context=_cga_setup_context)
 
 
 def _recalibrate_setup_context(ctx, inputs, output):
