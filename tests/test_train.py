@@ -234,3 +234,18 @@ def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
     assert "--amp" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(args + ["--stage-epochs", "1,2"])
+
+
+def test_progress_bar_shows_stage_epoch_losses_rate(data_dir, cache_dir, tmp_path, capsys):
+    train(config(data_dir, cache_dir, tmp_path / "run", max_steps=3, progress=True))
+    err = capsys.readouterr().err
+    assert "stage 1/3 epoch 1/3" in err and "stage 2/3 epoch 2/3" in err
+    assert "loss t1=" in err and "t2=" in err and "patches/s" in err and "step" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision needs a CUDA device")
+def test_amp_on_gpu(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", device="cuda", amp=True))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] and all(np.isfinite(e["loss_total"]) for e in metrics["per_epoch"])
+    assert _state(run)["scaler"]["scale"] > 0
