@@ -183,7 +183,7 @@ class SegmentationPredictor:
                 return torch.stack([coarse, label1] + [argmax_labels(p) for p in probs[1:]], 1)
 
             compact = self._run(image, tasks, reduce, len(tasks) + 1, torch.uint8, brain_mask, tiles)
-            task_labels = [compact[0], compact[1]] + list(compact[2:])
+            task_labels = list(compact)  # coarse, task-1 label, task-2 label, task-3 label
             probabilities = None
         coarse, label1, *rest = task_labels
         roi = self._task2_roi(coarse, brain_mask)

@@ -14,7 +14,19 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, gather_tiles, keep_offset, stitch_tiles, tile_origins
+from . import tiling
+from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_offset, tile_origins
+
+
+def tile_ops():
+    """``(gather_tiles, stitch_tiles)``: the fused ops of ``omkit.ops`` (compiled
+    kernels when built, their reference otherwise), or this package's reference
+    functions when ``omkit.ops`` is not part of the build. Same contract."""
+    try:
+        from omkit import ops
+    except ImportError:
+        return tiling.gather_tiles, tiling.stitch_tiles
+    return ops.gather_tiles, ops.stitch_tiles
 
 
 def tiles_touching(mask: Tensor, origins: Tensor, roi_size: Sequence[int], keep: Sequence[int]) -> Tensor:
@@ -58,7 +70,8 @@ def overlap_tile_inference(
     given, else those covering ``bbox`` (default: the whole volume), restricted
     to the ones whose kept centre touches ``roi_mask`` when given. Voxels no
     computed tile covers stay zero. Returns ``(out_channels, D, H, W)`` of
-    ``out_dtype`` on ``device`` (default: the inputs' device).
+    ``out_dtype`` on ``device`` (default: the inputs' device). The inputs move
+    to ``sw_device`` once; tiles are cut there.
     """
     if inputs.dim() != 4:
         raise ValueError(f"inputs must be (C, D, H, W), got shape {tuple(inputs.shape)}")
@@ -72,6 +85,8 @@ def overlap_tile_inference(
         origins = tile_origins(spatial, roi_size, stride, keep, bbox)
         if roi_mask is not None:
             origins = tiles_touching(roi_mask, origins, roi_size, keep)
+    gather, stitch = tile_ops()
+    inputs = inputs.to(sw_device)
     out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=device)
     offset = keep_offset(roi_size, keep)
     centre = tuple(slice(o, o + k) for o, k in zip(offset, keep))
@@ -83,14 +98,14 @@ def overlap_tile_inference(
         starts = tqdm(starts, desc="tiles", unit="batch", leave=False)
     for start in starts:
         batch_origins = origins[start : start + sw_batch_size]
-        batch = gather_tiles(inputs, batch_origins, roi_size).to(sw_device, non_blocking=True)
+        batch = gather(inputs, batch_origins.to(sw_device), roi_size)
         pred = predictor(batch)
         if pred.shape[:2] != (batch.shape[0], out_channels) or tuple(pred.shape[2:]) != roi_size:
             raise ValueError(
                 f"predictor returned shape {tuple(pred.shape)}, expected "
                 f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, roi_size))})"
             )
-        kept = pred[(slice(None), slice(None)) + centre].to(device)
+        kept = pred[(slice(None), slice(None)) + centre].to(device, out_dtype)
         # the cropped centres are tiles of size keep starting at origin + offset
-        stitch_tiles(out, kept, batch_origins + offset_t, (0, 0, 0), keep)
+        stitch(out, kept.contiguous(), (batch_origins + offset_t).to(device), (0, 0, 0), keep)
     return out
