@@ -1,0 +1,63 @@
+"""One training step per preset at the paper's batch (20 patches per task,
+16 x 32 x 32, full width): forward of the three tasks through
+``forward_tasks`` (with online data transfer for OM-Net presets), the summed
+per-task cross-entropy, backward and the SGD step, as the trainer does.
+
+``extra_info``: patches/s and peak memory (host RSS; CUDA allocator peak on a
+GPU). Group ``train``; the baseline of the group is ``omnet``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import omkit
+
+from .conftest import SMOKE
+from .memory import PeakMemory
+
+PRESETS = ("omnet", "omnet_cga", "mc3")
+WIDTH = 0.125 if SMOKE else 1.0
+PATCH = (8, 16, 16) if SMOKE else (16, 32, 32)
+BATCH_PER_TASK = 2 if SMOKE else 20
+CLASSES = (5, 5, 2)
+
+
+def make_step(preset: str, device: str):
+    torch.manual_seed(0)
+    model = omkit.create_model(preset, width=WIDTH).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, weight_decay=5e-4)
+    inputs = [torch.randn(BATCH_PER_TASK, 4, *PATCH, device=device) for _ in range(3)]
+    labels = [torch.randint(0, k, (BATCH_PER_TASK, *PATCH), device=device) for k in CLASSES]
+    transfers = None
+    if omkit.get_preset(preset).transfer:
+        # a quarter of the task-1 patches also train task 2 (and task 3), as transfer would pick
+        picked = torch.arange(0, BATCH_PER_TASK, 4, device=device)
+        transfers = {1: [(0, picked)], 2: [(0, picked)]}
+        labels[1] = torch.cat([labels[1], labels[0][picked]])
+        labels[2] = torch.cat([labels[2], labels[0][picked] % 2])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        outputs = model.forward_tasks(inputs, transfers)
+        loss = sum(F.cross_entropy(out, target) for out, target in zip(outputs, labels))
+        loss.backward()
+        opt.step()
+        return loss
+
+    patches = sum(t.shape[0] for t in labels)
+    return step, patches
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_train_step(benchmark, run_benchmark, device, preset):
+    step, patches = make_step(preset, device)
+    step()  # first step allocates optimiser state
+    with PeakMemory() as peak:
+        run_benchmark(step, rounds=3, group="train", preset=preset, width=WIDTH, patches_per_step=patches,
+                      batch_per_task=BATCH_PER_TASK, patch=list(PATCH))
+    benchmark.extra_info.update(peak.as_extra_info())
+    mean = benchmark.stats.stats.mean if benchmark.stats else None
+    if mean:
+        benchmark.extra_info["patches_per_s"] = round(patches / mean, 2)
