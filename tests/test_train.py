@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
-import warnings
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -134,11 +137,22 @@ def test_resume_is_bit_exact(data_dir, cache_dir, tmp_path):
     assert stopped["state"]["global_step"] == 3 and not stopped["state"]["finished"]
     assert stopped["state"]["stage"] == 1 and stopped["state"]["step"] == 1
     assert json.loads((split / "metrics.json").read_text())["stopped_by"] == "max_steps"
+    restarted = tmp_path / "restarted"
+    shutil.copytree(split, restarted)
     train(config(data_dir, cache_dir, tmp_path / "split"), resume=True)
     a, b = _state(straight), _state(split)
     assert a["state"]["global_step"] == b["state"]["global_step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    # the same from a fresh process: everything comes from the checkpoint
+    result = subprocess.run(
+        [sys.executable, "-m", "omkit", "train", "--resume", "--data", str(data_dir), "--out", str(restarted),
+         "--threads", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for key, value in a["model"].items():
+        assert torch.equal(value, _state(restarted)["model"][key]), key
     for key, value in a["optimizer"]["state"].items():
         assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
     # the logged losses are the same too (timings aside)

@@ -40,8 +40,11 @@ def add_arguments(parser):
     g.add_argument("--device", help="cpu (default) or cuda; under torchrun each process uses its local GPU")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision (float16 autocast; CUDA only)")
     g.add_argument("--seed", type=int, help="seed of weights and patch sampling (default 0)")
-    g.add_argument("--max-minutes", type=float, help="stop (with a checkpoint and model.pt) after this much training time")
-    g.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    g.add_argument("--max-minutes", type=float,
+                   help="stop (with a checkpoint and model.pt) once the run's total training time reaches this "
+                        "(data preparation not counted); not carried over by --resume")
+    g.add_argument("--max-steps", type=int,
+                   help="stop once the run has made this many steps in total; not carried over by --resume")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     g = parser.add_argument_group("model and curriculum")
@@ -102,6 +105,9 @@ def config_from_args(args):
         if saved is None:
             raise FileNotFoundError(f"{args.out}: nothing to resume (no config.json)")
         merged = saved.to_dict()
+        # budgets limit one invocation's reach; a resumed run trains to the end
+        # of its schedule unless given a new (total) budget
+        merged.update(max_steps=None, max_minutes=None)
         merged.update(given)
         merged["progress"] = given.get("progress", True)
         return TrainConfig.from_dict(merged)

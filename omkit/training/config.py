@@ -45,7 +45,8 @@ class TrainConfig:
     cache_dir: str | None = None
     workers: int = 0
     threads: int | None = None  # torch intra-op threads per process (default: torch's)
-    max_minutes: float | None = None
+    # budgets, totals over the run (all sessions); the CLI does not carry them over on --resume
+    max_minutes: float | None = None  # training time, data preparation not counted
     max_steps: int | None = None
     checkpoint_every: int = 500  # steps; also at every epoch end
     log_every: int = 10  # steps per metrics row

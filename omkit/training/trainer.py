@@ -449,9 +449,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         reported = torch.tensor([float(v) for v in values] + [float(total.detach())], dtype=torch.float64)
-        if self.world_size > 1:  # report the mean over processes
+        if self.world_size > 1:  # report the mean over processes (NCCL needs the tensor on the GPU)
+            reported = reported.to(self.device)
             torch.distributed.all_reduce(reported)
-            reported /= self.world_size
+            reported = reported.cpu() / self.world_size
         own = sum(int(b[0].shape[0]) for b in batches if b is not None) * self.world_size
         return reported.tolist(), own
 
@@ -464,7 +465,7 @@ class Trainer:
             reason = "max_minutes"
         if self.world_size > 1 and cfg.max_minutes is not None:
             # wall clocks differ between processes: the main process decides for all
-            flag = torch.tensor([1 if reason == "max_minutes" else 0])
+            flag = torch.tensor([1 if reason == "max_minutes" else 0], device=self.device)
             torch.distributed.broadcast(flag, 0)
             if flag.item() and not reason:
                 reason = "max_minutes"
@@ -480,7 +481,7 @@ class Trainer:
             self._write_config()
         if state.finished:
             if self.is_main:
-                log.info("%s: training already finished", self.run_dir)
+                print(f"omkit train: {self.run_dir} has finished training; nothing to resume", flush=True)
             return self.run_dir
         session_start, base_elapsed = time.perf_counter(), state.elapsed_s
         window_start = time.perf_counter()
