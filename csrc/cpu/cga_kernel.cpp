@@ -241,8 +241,9 @@ OMKIT_ALWAYS_INLINE void mix_backward_block_impl(const T* g, const T* f, const T
     }
   }
   for (int64_t c = 0; c < C; ++c) {
-    const T* fr = f + c * N;
-    T* d = dF + c * N;
+    // Only the pointers of the pass being run exist (the other is null).
+    const T* fr = kReduce ? f + c * N : nullptr;
+    T* d = kInputGrad ? dF + c * N : nullptr;
     if (kInputGrad) {
       const T a = base ? base[c] : T(0), s = slope ? slope[c] : T(0);
       OMKIT_SIMD
