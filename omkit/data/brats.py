@@ -16,7 +16,6 @@ naming the offending file and the problem.
 """
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from omkit.labels import get_convention
-
-log = logging.getLogger(__name__)
 
 MODALITIES = ("flair", "t1", "t1c", "t2")  # channel order inside omkit
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -17,7 +17,7 @@ and the curriculum stage, and a batch depends only on (seed, rank, epoch, step).
 from __future__ import annotations
 
 import hashlib
-import logging
+import json
 import math
 import os
 import random
@@ -41,8 +41,6 @@ from .config import TrainConfig
 from .patches import TaskPatches, iterate_steps, region_indices
 from .report import plot_losses, write_json, write_metrics_csv
 from .transfer import TransferRule, task_targets
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "omkit-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -257,8 +255,6 @@ class Trainer:
             cases, dirs, regions = load_all()
         self.cases, self.case_dirs, self.held_out = cases, dirs, held_out
         if self._resuming:
-            import json
-
             before = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8")).get("cases")
             now = [pre.case_id for pre in cases]
             if before is not None and before != now:
