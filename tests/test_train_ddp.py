@@ -24,6 +24,7 @@ def test_two_process_training_keeps_weights_identical(tmp_path):
         "-m", "omkit", "train", "--preset", "omnet_cga", "--data", str(tmp_path / "data"), "--out", str(run),
         "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "1,1,1", "--patches-per-epoch", "8",
         "--batch-per-task", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--threads", "1",
+        "--max-minutes", "30",  # exercises the main process's stop decision shared with the other
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

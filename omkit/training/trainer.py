@@ -289,15 +289,22 @@ class Trainer:
         self.state = TrainState()
         if resume:
             self._load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
-        net = _TaskForward(self.model)
-        if self.world_size > 1:
-            net = nn.parallel.DistributedDataParallel(
-                net,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                # heads of tasks not yet in the curriculum get no gradient
-                find_unused_parameters=True,
-            )
-        self.net = net
+        self.net, self._net_tasks = None, None
+
+    def _net_for(self, tasks: tuple[int, ...]) -> nn.Module:
+        """The training pass for a stage; under DDP wrapped once per stage, so
+        that only stages that leave heads unused pay for finding them."""
+        if self.net is None or self._net_tasks != tasks:
+            net = _TaskForward(self.model)
+            if self.world_size > 1:
+                net = nn.parallel.DistributedDataParallel(
+                    net,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    # heads of tasks not yet in the curriculum get no gradient
+                    find_unused_parameters=set(tasks) != set(self.model_tasks),
+                )
+            self.net, self._net_tasks = net, tasks
+        return self.net
 
     # -- checkpoints ------------------------------------------------------------------
     def _rng_states(self) -> dict:
@@ -491,7 +498,7 @@ class Trainer:
                     desc=f"stage {state.stage + 1}/{len(self.stages)} epoch {state.epoch + 1}/{self._total_epochs()}",
                     unit="step", leave=True, mininterval=0.5,
                 )
-                self.net.train()
+                self._net_for(stage.tasks).train()
                 for step, batches in iterate_steps(self.patches, state.epoch, stage.tasks, state.step, cfg.workers):
                     values, own = self._step(batches, stage.tasks)
                     state.step = step + 1
