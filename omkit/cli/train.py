@@ -37,7 +37,7 @@ def add_arguments(parser):
     g.add_argument("--out", required=True, metavar="RUN", help="run folder: config, metrics, checkpoints, model.pt")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN from checkpoints/last.pt")
     g.add_argument("--force", action="store_true", help="start over in an existing run folder (deletes its contents)")
-    g.add_argument("--device", help="cpu (default) or cuda; under torchrun each process uses its local GPU")
+    g.add_argument("--device", help="cpu (default), cuda[:N] or auto; under torchrun each process uses its local GPU")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision (float16 autocast; CUDA only)")
     g.add_argument("--seed", type=int, help="seed of weights and patch sampling (default 0)")
     g.add_argument("--max-minutes", type=float,

@@ -102,9 +102,9 @@ class TrainConfig:
             bad("workers", f"must be >= 0, got {self.workers}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             bad("checkpoint_every" if self.checkpoint_every < 1 else "log_every", "must be >= 1")
-        if self.device.startswith("cuda") is False and self.device != "cpu":
-            bad("device", f"must be cpu or cuda[:N], got {self.device!r}")
-        if self.amp and not self.device.startswith("cuda"):
+        if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
+            bad("device", f"must be cpu, cuda[:N] or auto, got {self.device!r}")
+        if self.amp and self.device == "cpu":
             bad("amp", "mixed precision needs --device cuda")
 
     def to_dict(self) -> dict[str, Any]:

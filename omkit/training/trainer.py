@@ -147,8 +147,9 @@ class Trainer:
         self.rank, self.world_size, self.local_rank = _distributed()
         self._owns_process_group = False
         if self.world_size > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if config.device.startswith("cuda") else "gloo"
-            if config.device.startswith("cuda"):
+            on_gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+            backend = "nccl" if on_gpu else "gloo"
+            if on_gpu:
                 torch.cuda.set_device(self.local_rank)
             torch.distributed.init_process_group(backend=backend)
             self._owns_process_group = True
@@ -160,9 +161,7 @@ class Trainer:
         if resume:
             config = self._resumed_config(config)
         self.config = config
-        self.device = torch.device(config.device if not (config.device == "cuda" and self.world_size > 1) else f"cuda:{self.local_rank}")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: CUDA is not available on this machine")
+        self.device = self._resolve_device(config.device)
         self.preset = omkit.get_preset(config.preset)
         self.stages = plan_stages(self.preset, config.stage_epochs, config.epochs)
         self.model_tasks = sorted({t for s in self.stages for t in s.tasks})
@@ -176,6 +175,17 @@ class Trainer:
         self._build(resume)
 
     # -- setup ------------------------------------------------------------------------
+    def _resolve_device(self, name: str) -> torch.device:
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if self.config.amp and name == "cpu":
+            raise ValueError("--amp: mixed precision needs a CUDA device")
+        if name == "cuda" and self.world_size > 1:
+            name = f"cuda:{self.local_rank}"  # one GPU per process under torchrun
+        return torch.device(name)
+
     def _resumed_config(self, given: TrainConfig) -> TrainConfig:
         config_path = self.run_dir / "config.json"
         if not (self.run_dir / "checkpoints" / "last.pt").is_file():
