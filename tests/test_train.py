@@ -263,3 +263,20 @@ def test_amp_on_gpu(data_dir, cache_dir, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished"] and all(np.isfinite(e["loss_total"]) for e in metrics["per_epoch"])
     assert _state(run)["scaler"]["scale"] > 0
+
+
+def test_cli_options_map_to_config(tmp_path):
+    import argparse
+
+    from omkit.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--transfer-thresholds", "0.3,0.6",
+                              "--patches-per-epoch", "400,400,200", "--stage-epochs", "2,1,5", "--folds", "10",
+                              "--fold", "3", "--no-progress", "--lr", "0.01", "--preset", "omnetd"])
+    cfg = train_cli.config_from_args(args)
+    assert (cfg.tumor_threshold, cfg.core_threshold) == (0.3, 0.6)
+    assert cfg.patches_per_epoch == (400, 400, 200) and cfg.stage_epochs == (2, 1, 5)
+    assert (cfg.folds, cfg.fold, cfg.progress, cfg.lr, cfg.preset) == (10, 3, False, 0.01, "omnetd")
+    assert cfg.momentum == 0.99 and cfg.batch_per_task == 20 and cfg.patch_size == (16, 32, 32)  # paper defaults
