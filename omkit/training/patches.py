@@ -21,7 +21,11 @@ from omkit.data.patches import extract_patches
 
 def region_indices(sampler, pre, cache=None, case_dir=None, cache_settings=None) -> np.ndarray:
     """Flat indices of the sampler's region of one case (cached beside the case when possible)."""
-    compute = lambda: np.flatnonzero(sampler.region(pre)).astype(np.int64)  # noqa: E731
+    def compute():
+        region = sampler.region(pre)
+        # int32 halves the cache for any volume under 2**31 voxels
+        return np.flatnonzero(region).astype(np.int32 if region.size < 2**31 else np.int64)
+
     if cache is not None and case_dir is not None:
         return cache.derived(case_dir, f"region-{sampler.key}", compute, **(cache_settings or {}))
     return compute()
