@@ -51,22 +51,12 @@ def run(args) -> int:
     from omkit.ablation import AblationConfig, run_ablation
 
     train = {"progress": False}
-    if args.width is not None:
-        train["width"] = args.width
-    if args.stage_epochs is not None:
-        train["stage_epochs"] = _ints(args.stage_epochs)
-    if args.epochs is not None:
-        train["epochs"] = args.epochs
-    if args.patches_per_epoch is not None:
-        train["patches_per_epoch"] = _ints(args.patches_per_epoch)
-    if args.batch_per_task is not None:
-        train["batch_per_task"] = args.batch_per_task
-    if args.patch_size is not None:
-        train["patch_size"] = _ints(args.patch_size)
-    if args.max_minutes is not None:
-        train["max_minutes"] = args.max_minutes
-    if args.max_steps is not None:
-        train["max_steps"] = args.max_steps
+    # budget options are TrainConfig fields of the same name; comma lists become integer lists
+    for name, as_ints in (("width", False), ("stage_epochs", True), ("epochs", False), ("patches_per_epoch", True),
+                          ("batch_per_task", False), ("patch_size", True), ("max_minutes", False), ("max_steps", False)):
+        value = getattr(args, name)
+        if value is not None:
+            train[name] = _ints(value) if as_ints else value
     train["cache_dir"] = args.cache_dir or str(Path(args.out) / "cache")
     tiles = {}
     for name in ("roi_size", "stride", "keep"):
