@@ -285,3 +285,14 @@ def test_real_2023_naming(sample_2023):
     assert case.case_id == folder.name and case.image.shape == (4, 155, 240, 240)
     assert set(case.paths) == {"flair", "t1", "t1c", "t2"}
     assert case.paths["flair"].name.endswith("-t2f.nii.gz")
+
+
+def test_cache_does_not_skip_a_stricter_validation(tmp_path, case_dir):
+    path = _file(case_dir, "_t2.nii.gz")
+    affine = nib.load(str(path)).affine.copy()
+    affine[1, 3] += 1e-4  # inside the default tolerance, outside a strict one
+    _rewrite(path, affine=affine)
+    cache = PreprocessedCache(tmp_path / "cache")
+    cache.load(case_dir)
+    with pytest.raises(CaseError, match="affine differs"):
+        cache.load(case_dir, affine_tolerance=1e-6)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .brats import case_files, load_case
+from .brats import AFFINE_TOLERANCE, case_files, load_case
 from .preprocess import PREPROCESSING, Preprocessed, preprocess_case
 
 CACHE_VERSION = 1
@@ -40,7 +40,7 @@ def _file_fingerprint(path: Path) -> list:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def cache_key(case_dir, label_convention=None, with_label=True, naming=None) -> tuple[str, str]:
+def cache_key(case_dir, label_convention=None, with_label=True, naming=None, affine_tolerance=None) -> tuple[str, str]:
     """``(case_id, key)`` for a case folder under the given settings."""
     naming, case_id, paths = case_files(case_dir, with_label=with_label, naming=naming)
     record = {
@@ -49,6 +49,8 @@ def cache_key(case_dir, label_convention=None, with_label=True, naming=None) -> 
         "naming": naming,
         "label_convention": label_convention or naming,
         "with_label": with_label,
+        # validation settings too: a stricter check must not be skipped by a cache hit
+        "affine_tolerance": AFFINE_TOLERANCE if affine_tolerance is None else float(affine_tolerance),
         "files": {k: _file_fingerprint(p) for k, p in sorted(paths.items())},
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
@@ -68,11 +70,13 @@ class PreprocessedCache:
         return self.root / f"{case_id}-{key}"
 
     def load(self, case_dir, label_convention=None, with_label=True, naming=None, affine_tolerance=None) -> Preprocessed:
-        settings = dict(label_convention=label_convention, with_label=with_label, naming=naming)
+        """The preprocessed case; on a miss it is read, validated (``load_case``)
+        and preprocessed first, so a cache hit is a case that passed validation."""
+        settings = dict(label_convention=label_convention, with_label=with_label, naming=naming,
+                        affine_tolerance=AFFINE_TOLERANCE if affine_tolerance is None else affine_tolerance)
         entry = self.entry_dir(case_dir, **settings)
         if not (entry / "meta.json").is_file():
-            kw = {} if affine_tolerance is None else {"affine_tolerance": affine_tolerance}
-            pre = preprocess_case(load_case(case_dir, **settings, **kw))
+            pre = preprocess_case(load_case(case_dir, **settings))
             self._write(entry, pre)
         return self._read(entry)
 
