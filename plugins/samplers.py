@@ -10,7 +10,8 @@ The sampler interface (what a third-party sampler registered through
 ``omkit_register_samplers`` implements):
 
 * built as ``cls(**options)``; attribute ``task`` (0-based task it serves by
-  default) and ``key`` (a string naming its settings, used to cache regions);
+  default) and ``key`` (a string naming the sampler and its settings, used to
+  cache regions; subclass :class:`RegionSampler` to get ``draw`` and a default);
 * ``region(pre) -> bool (d, h, w)``: allowed centres of a preprocessed case;
 * ``draw(regions, shapes, count, rng) -> int64 (count, 4)`` rows ``(case, z, y, x)``:
   a case is picked uniformly among the cases whose region is non-empty, then a
@@ -32,10 +33,14 @@ class RegionSampler:
     """Uniform centres inside a per-case region; subclasses define the region."""
 
     task = 0
-    key = "region"
+    key = ""  # subclasses name their settings here; empty: the class's import path
 
     def region(self, pre) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define region(pre)")
+
+    @property
+    def cache_key(self) -> str:
+        return self.key or f"{type(self).__module__}.{type(self).__qualname__}"
 
     def draw(self, regions, shapes, count: int, rng: np.random.Generator) -> np.ndarray:
         sizes = np.array([len(r) for r in regions], dtype=np.int64)

@@ -27,7 +27,8 @@ def region_indices(sampler, pre, cache=None, case_dir=None, cache_settings=None)
         return np.flatnonzero(region).astype(np.int32 if region.size < 2**31 else np.int64)
 
     if cache is not None and case_dir is not None:
-        return cache.derived(case_dir, f"region-{sampler.key}", compute, **(cache_settings or {}))
+        name = getattr(sampler, "cache_key", "") or f"{type(sampler).__module__}.{type(sampler).__qualname__}"
+        return cache.derived(case_dir, f"region-{name}", compute, **(cache_settings or {}))
     return compute()
 
 
@@ -58,7 +59,7 @@ class TaskPatches:
         for t in tasks:
             if not any(len(r) for r in self.regions[t]):
                 raise ValueError(
-                    f"task {t + 1} sampler {self.samplers[t].key!r}: no training case has voxels to sample "
+                    f"task {t + 1} sampler {type(self.samplers[t]).__name__}: no training case has voxels to sample "
                     "(no tumor / core in the ground truth?)"
                 )
         self._pool_cache: dict[tuple[int, int], np.ndarray] = {}
