@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = Path(os.environ.get("OMKIT_SAMPLE_DATA", REPO.parent / "shared" / "data" / "brats2018-sample"))
 SAMPLE_2023 = Path(os.environ.get("OMKIT_SAMPLE_DATA_2023", REPO.parent / "shared" / "data" / "brats2023-naming-sample"))
 
+# Tiny tensors: thread start-up costs more than it saves, and on a loaded
+# machine extra threads make it much worse (OMKIT_TEST_THREADS overrides).
+torch.set_num_threads(int(os.environ.get("OMKIT_TEST_THREADS", "1")))
+
 # Tests use width-reduced models on tiny patches (spatial sizes divisible by 8).
 TINY_WIDTH = 0.125
 TINY_PATCH = (8, 16, 16)
