@@ -139,8 +139,8 @@ def run(args) -> int:
         final[pre.bbox] = cropped
         write_label_map(final, case, pred_dir / f"{case.case_id}.nii.gz", case.convention, force=True)
         save_overlay(overlay_dir / f"{case.case_id}.png", case.image[0], final, case.label, title=case.case_id)
-        print(f"omkit demo: predicted {case.case_id} in {time.perf_counter() - t0:.1f} s "
-              f"({sum(raw.tiles.values())} tiles)")
+        per_task = ", ".join(f"{task} {count}" for task, count in raw.tiles.items())
+        print(f"omkit demo: predicted {case.case_id} in {time.perf_counter() - t0:.1f} s (tiles per task: {per_task})")
 
     # -- evaluate
     tables = []
