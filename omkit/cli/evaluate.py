@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from omkit.cli import CLIError
+from omkit.data.brats import AFFINE_TOLERANCE, NIFTI_SUFFIXES
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 COLUMNS = ("case", "region", "dice", "ppv", "sensitivity", "hd95")
-AFFINE_TOLERANCE = 1e-3
 
 
 def add_arguments(parser):
