@@ -15,6 +15,12 @@ class OutputExistsError(FileExistsError):
         return f"{self.filename}: exists; pass --force to overwrite"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it to
@@ -31,6 +37,8 @@ def atomic_path(target: str | os.PathLike, force: bool = True) -> Iterator[Path]
     suffix = "".join(target.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); outputs get the usual permissions
+    os.chmod(tmp, 0o666 & ~_current_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path
