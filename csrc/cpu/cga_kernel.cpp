@@ -12,6 +12,10 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "../cga_common.h"
 #include "cpu_simd.h"
 
@@ -24,6 +28,23 @@ constexpr int64_t kVoxelBlock = 256;
 // Voxels summed in the native dtype before the partial sum is added in double:
 // keeps float32 pooling accurate over whole volumes without slowing the SIMD loop.
 constexpr int64_t kPoolBlock = 2048;
+
+// A fresh output of feature-map size (e.g. dF, 126 MB at 60 patches) is mostly
+// page faults on its first write: 4 KiB pages cost about as much as the whole
+// kernel. Where transparent huge pages are on "madvise", ask for them on the
+// 2 MiB-aligned interior of large outputs before any page is touched (a hint:
+// it changes nothing where THP is off or the range is already backed).
+Tensor empty_output(c10::IntArrayRef sizes, const at::TensorOptions& options) {
+  Tensor out = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t end = begin + out.nbytes();
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);
+  if (last > first + kHugePage) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return out;
+}
 
 void check_cpu_dtype(const Tensor& t, const char* op) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
@@ -107,7 +128,7 @@ Tensor pool_expand_cpu(const Tensor& base, const Tensor& slope, const Tensor& P,
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
                    "cga_pool_backward: the CPU kernel supports float32 and float64, got ", dtype);
   const int64_t B = base.size(0), C = base.size(1), N = P.size(1);
-  Tensor dF = at::empty({B, C, N}, P.options().dtype(dtype));
+  Tensor dF = empty_output({B, C, N}, P.options().dtype(dtype));
   Tensor a = base.to(dtype).contiguous(), s = slope.to(dtype).contiguous();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
   AT_DISPATCH_FLOATING_TYPES(dtype, "omkit_pool_expand_cpu", [&] {
@@ -188,7 +209,7 @@ Tensor mix_forward_cpu(const Tensor& F, const Tensor& P, const Tensor& M0, const
   check_cpu_dtype(F, "cga_recalibrate");
   const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
   const int64_t blocks = (N + kVoxelBlock - 1) / kVoxelBlock;
-  Tensor out = at::empty({B, K, N}, F.options());
+  Tensor out = empty_output({B, K, N}, F.options());
   AT_DISPATCH_FLOATING_TYPES(F.scalar_type(), "omkit_mix_forward_cpu", [&] {
     const scalar_t* f = F.const_data_ptr<scalar_t>();
     const scalar_t* p = P.const_data_ptr<scalar_t>();
@@ -329,7 +350,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_passes(BackwardP
   const bool guided = M1.defined();
   const bool reduce = pass != BackwardPass::kInputGradOnly, input_grad = pass != BackwardPass::kReduceOnly;
   auto options = G.options().dtype(dtype);
-  Tensor dF = input_grad ? at::empty({B, C, N}, options) : Tensor();
+  Tensor dF = input_grad ? empty_output({B, C, N}, options) : Tensor();
   // Per-block partial reductions, summed per sample below (deterministic, no atomics).
   Tensor dM0p = reduce ? at::empty({B, blocks, K, C}, options) : Tensor();
   Tensor dc0p = reduce ? at::empty({B, blocks, K}, options) : Tensor();
