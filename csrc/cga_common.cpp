@@ -1,5 +1,6 @@
 #include "cga_common.h"
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/irange.h>
 
 namespace omkit {
@@ -175,6 +176,10 @@ std::tuple<Tensor, Tensor> flatten_features_guidance(const Tensor& features, con
 
 std::tuple<Tensor, Tensor> cga_pool_impl(const Tensor& features, const Tensor& guidance, double eps,
                                          const CgaKernels& kernels) {
+  // The ATen calls below are implementation details of this kernel: keep them out of
+  // autograd (its formula is registered for the op as a whole), also when a caller runs
+  // the op with grad mode on and parameters that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(eps >= 0.0, "cga_pool: eps must be >= 0, got ", eps);
   auto [F, P] = flatten_features_guidance(features, guidance, "cga_pool");
   Tensor z = kernels.pool_reduce(F, P);  // (B, 2, C), accumulation dtype
@@ -217,6 +222,10 @@ static void check_pool_state(const Tensor& m, const Tensor& l1_norm, const Tenso
 Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm,
                               const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps,
                               const CgaKernels& kernels) {
+  // The ATen calls below are implementation details of this kernel: keep them out of
+  // autograd (its formula is registered for the op as a whole), also when a caller runs
+  // the op with grad mode on and parameters that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cga_pool_backward";
   check_pool_state(m, l1_norm, guidance, op);
   TORCH_CHECK_VALUE(grad_m.sizes() == m.sizes(), op, ": grad_m must have m's shape ", m.sizes(), ", got ",
@@ -241,6 +250,10 @@ Tensor cga_recalibrate_impl(const Tensor& features, const Tensor& guidance, cons
                             const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
                             const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
                             const std::string& variant, const CgaKernels& kernels) {
+  // The ATen calls below are implementation details of this kernel: keep them out of
+  // autograd (its formula is registered for the op as a whole), also when a caller runs
+  // the op with grad mode on and parameters that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cga_recalibrate";
   auto [F, P] = flatten_features_guidance(features, guidance, op);
   CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
@@ -319,6 +332,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_r
     const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
     const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
     const CgaKernels& kernels) {
+  // The ATen calls below are implementation details of this kernel: keep them out of
+  // autograd (its formula is registered for the op as a whole), also when a caller runs
+  // the op with grad mode on and parameters that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cga_recalibrate_backward";
   auto [F, P] = flatten_features_guidance(features, guidance, op);
   CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
@@ -334,6 +351,10 @@ std::tuple<Tensor, Tensor, Tensor> cga_fused_impl(const Tensor& features, const 
                                                   const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
                                                   const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
                                                   const std::string& variant, double eps, const CgaKernels& kernels) {
+  // The ATen calls below are implementation details of this kernel: keep them out of
+  // autograd (its formula is registered for the op as a whole), also when a caller runs
+  // the op with grad mode on and parameters that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto [m, l1_norm] = cga_pool_impl(features, guidance, eps, kernels);
   Tensor out = cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, kernels);
   return {out, m, l1_norm};
@@ -345,6 +366,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_fused_bac
     const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
     const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
     const std::string& variant, double eps, const CgaKernels& kernels) {
+  // The ATen calls below are implementation details of this kernel: keep them out of
+  // autograd (its formula is registered for the op as a whole), also when a caller runs
+  // the op with grad mode on and parameters that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cga_fused_backward";
   auto [F, P] = flatten_features_guidance(features, guidance, op);
   CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
