@@ -1,4 +1,5 @@
-"""Markdown tables (with speed-up ratios) from a pytest-benchmark JSON file.
+"""Markdown tables (speed-up ratios of medians: robust to rounds disturbed by
+other jobs on a shared machine) from a pytest-benchmark JSON file.
 
     python -m pytest benchmarks --benchmark-json=bench.json
     python benchmarks/summarize.py bench.json
@@ -9,7 +10,12 @@ import json
 import sys
 from collections import defaultdict
 
-BASELINES = {"cga": ("eager", "compiled", "folded"), "tiles": ("reference", "reference-labels")}
+BASELINES = {"cga": ("eager", "compiled", "folded"), "tiles": ("reference",)}
+
+
+def baseline_for(kind: str, base: str, impl: str) -> str:
+    """Tile rows compare like with like: label-stitching rows against the label reference."""
+    return f"{base}-labels" if kind == "tiles" and impl.endswith("-labels") else base
 
 
 def main(path: str) -> int:
@@ -23,17 +29,20 @@ def main(path: str) -> int:
     for group, rows in groups.items():
         kind = "tiles" if group.startswith("tiles") else "cga"
         print(f"### {group}\n")
-        header = "| implementation | mean (ms) | stddev (ms) | rounds | effective GB/s |"
+        header = "| implementation | median (ms) | mean (ms) | stddev (ms) | rounds | effective GB/s (median) |"
         ratios = [b for b in BASELINES[kind] if b in rows]
         header += "".join(f" speed-up vs {b} |" for b in ratios)
         print(header)
-        print("|" + "---|" * (5 + len(ratios)))
+        print("|" + "---|" * (6 + len(ratios)))
         for impl, bench in rows.items():
             stats = bench["stats"]
-            line = (f"| {impl} | {stats['mean'] * 1e3:.1f} | {stats['stddev'] * 1e3:.1f} | {stats['rounds']} | "
-                    f"{bench['extra_info'].get('gb_per_s', '')} |")
+            nbytes = bench["extra_info"].get("bytes_moved")
+            gbps = f"{nbytes / stats['median'] / 1e9:.2f}" if nbytes else ""
+            line = (f"| {impl} | {stats['median'] * 1e3:.1f} | {stats['mean'] * 1e3:.1f} | {stats['stddev'] * 1e3:.1f} | "
+                    f"{stats['rounds']} | {gbps} |")
             for base in ratios:
-                line += f" {rows[base]['stats']['mean'] / stats['mean']:.2f}x |"
+                other = rows.get(baseline_for(kind, base, impl))
+                line += f" {other['stats']['median'] / stats['median']:.2f}x |" if other else " |"
             print(line)
         print()
     return 0

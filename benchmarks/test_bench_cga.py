@@ -98,7 +98,7 @@ def test_cga_forward(benchmark, run_benchmark, device, shape_name, impl):
         def step():
             return fn(features, guidance, *params)
 
-        run_benchmark(step, rounds=10, group=f"cga forward {shape_name}", impl=impl, shape=shape_name)
+        run_benchmark(step, rounds=15, group=f"cga forward {shape_name}", impl=impl, shape=shape_name)
     record_bandwidth(benchmark, traffic(shape_name, backward=False))
 
 
@@ -119,5 +119,5 @@ def test_cga_forward_backward(benchmark, run_benchmark, device, shape_name, impl
     expected = torch.autograd.grad(OF.cga_reference(features, guidance, *params), leaves, grad_out)
     for got, want in zip(step(), expected):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
-    run_benchmark(step, rounds=5, group=f"cga forward+backward {shape_name}", impl=impl, shape=shape_name)
+    run_benchmark(step, rounds=9, group=f"cga forward+backward {shape_name}", impl=impl, shape=shape_name)
     record_bandwidth(benchmark, traffic(shape_name, backward=True))
