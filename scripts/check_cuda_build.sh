@@ -75,10 +75,12 @@ if [ ! -d "$WHEEL_INCLUDE" ]; then
 fi
 
 rm -rf "$BUILD_DIR"
+mkdir -p "$BUILD_DIR"
+BUILD_LOG="$BUILD_DIR/build.log"
 say "building omkit._C with CUDA for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (MAX_JOBS=$MAX_JOBS)"
 FORCE_CUDA=1 OMKIT_REQUIRE_EXTENSION=1 OMKIT_EXTRA_INCLUDE_DIRS="$WHEEL_INCLUDE" \
     "$VPY" setup.py -q build_ext --build-lib "$BUILD_DIR/lib" --build-temp "$BUILD_DIR/temp" \
-    > "$BUILD_DIR.log" 2>&1 || { tail -n 60 "$BUILD_DIR.log" >&2; say "CUDA build failed (full log: $BUILD_DIR.log)" >&2; exit 1; }
+    > "$BUILD_LOG" 2>&1 || { tail -n 60 "$BUILD_LOG" >&2; say "CUDA build failed (full log: $BUILD_LOG)" >&2; exit 1; }
 after_build=$(date +%s)
 
 # Load the library into the CUDA torch (no GPU needed) and check the registrations;
