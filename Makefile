@@ -31,9 +31,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m omkit demo --out demo_out
 
-# CPU benchmarks of the fused ops (pytest-benchmark); RESULTS.md has the last run.
+# All benchmark suites at full size (pytest-benchmark), saved under .benchmarks/ for
+# `pytest-benchmark compare`; benchmarks/RESULTS.md has the recorded figures.
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks -q -p no:randomly --benchmark-columns=mean,stddev,rounds
+	$(PY) -m pytest benchmarks -q -p no:randomly --benchmark-autosave --benchmark-columns=median,mean,stddev,rounds $(BENCH_ARGS)
 
 # Every benchmark once at toy sizes, as a test.
 bench-smoke: $(STAMP)

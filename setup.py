@@ -127,7 +127,8 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
+        # MONAI: independent metric implementation for agreement tests, and the peer baselines
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "monai>=1.3"],
     },
     entry_points={"console_scripts": ["omkit = omkit.cli:main"]},
     ext_modules=ext_modules,
