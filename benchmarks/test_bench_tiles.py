@@ -16,14 +16,10 @@ import pytest
 import torch
 
 from omkit import ops
-from omkit.ops import reference as local_reference
+from omkit.ops import reference as oracle
 
 from .conftest import SMOKE, record_bandwidth
 
-try:
-    from omkit.inference import tiling as oracle
-except ImportError:  # pragma: no cover
-    oracle = local_reference
 
 SHAPE = (20, 40, 40) if SMOKE else (155, 240, 240)
 CHANNELS = 4

@@ -1,5 +1,5 @@
-"""Fused tile gather / stitch ops against the reference contract
-(omkit.inference.tiling when present, else omkit.ops.reference)."""
+"""Fused tile gather / stitch ops against their pure-PyTorch reference
+(omkit.ops.reference, which omkit.inference.tiling re-exports)."""
 from __future__ import annotations
 
 import pytest
@@ -8,12 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omkit import ops
-from omkit.ops import reference as local_reference
-
-try:  # the inference module owns the contract; omkit.ops.reference mirrors it
-    from omkit.inference import tiling as oracle
-except ImportError:  # pragma: no cover - only while the inference package is absent
-    oracle = local_reference
+from omkit.inference import tiling
+from omkit.ops import reference as oracle
 
 pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason=f"compiled ops not built: {ops.load_error()}")
 
@@ -50,27 +46,14 @@ def test_gather_matches_reference(device, dtype, noncontiguous):
     assert torch.equal(tiles.cpu(), expected)
 
 
-def test_local_reference_agrees_with_inference_contract():
-    g = torch.Generator().manual_seed(5)
-    volume = torch.randn(2, 6, 7, 8, generator=g)
-    origins = random_origins(25, (3, 4, 5), (6, 7, 8), g)
-    assert torch.equal(local_reference.gather_tiles(volume, origins, (3, 4, 5)), oracle.gather_tiles(volume, origins, (3, 4, 5)))
-    tiles = torch.randn(25, 2, 3, 4, 5, generator=g)
-    a = local_reference.stitch_tiles(torch.zeros(2, 6, 7, 8), tiles, origins, (1, 1, 1), (1, 2, 3))
-    b = oracle.stitch_tiles(torch.zeros(2, 6, 7, 8), tiles, origins, (1, 1, 1), (1, 2, 3))
-    assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])
 def test_stitch_paper_layout_covers_exactly_once(device, dtype):
     """Tiles from the inference geometry (stride == keep): stitching gathered tiles rebuilds the volume."""
-    if not hasattr(oracle, "tile_origins"):
-        pytest.skip("omkit.inference.tiling not available")
     g = torch.Generator().manual_seed(7)
     shape, roi, keep = (11, 23, 17), (8, 12, 12), (3, 6, 6)
-    offset = oracle.keep_offset(roi, keep)
-    origins = oracle.tile_origins(shape, roi, keep, keep)
+    offset = tiling.keep_offset(roi, keep)
+    origins = tiling.tile_origins(shape, roi, keep, keep)
     volume = random_volume(2, shape, dtype, g, device)
     tiles = ops.gather_tiles(volume, origins, roi)
     out = torch.zeros_like(volume)
@@ -118,7 +101,7 @@ def test_stitch_argmax_matches_reference(device, dtype, with_map):
     label_map = torch.tensor([0, 1, 2, 3, 4], dtype=torch.uint8) * 10 if with_map else None
     labels = torch.full(shape, 255, dtype=torch.uint8, device=device)
     returned = ops.stitch_tiles_argmax(labels, tiles, origins, offset, keep, label_map)
-    expected = local_reference.stitch_tiles_argmax(torch.full(shape, 255, dtype=torch.uint8), tiles.cpu(), origins,
+    expected = oracle.stitch_tiles_argmax(torch.full(shape, 255, dtype=torch.uint8), tiles.cpu(), origins,
                                                    offset, keep, label_map)
     assert returned is labels
     assert torch.equal(labels.cpu(), expected)

@@ -14,18 +14,14 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from . import tiling
 from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_offset, tile_origins
 
 
 def tile_ops():
-    """``(gather_tiles, stitch_tiles)``: the fused ops of ``omkit.ops`` (compiled
-    kernels when built, their reference otherwise), or this package's reference
-    functions when ``omkit.ops`` is not part of the build. Same contract."""
-    try:
-        from omkit import ops
-    except ImportError:
-        return tiling.gather_tiles, tiling.stitch_tiles
+    """``(gather_tiles, stitch_tiles)`` of ``omkit.ops``: the compiled kernels
+    when built, their reference otherwise."""
+    from omkit import ops
+
     return ops.gather_tiles, ops.stitch_tiles
 
 

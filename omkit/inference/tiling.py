@@ -2,8 +2,9 @@
 strategy): where the tiles go, cutting them out of a volume, and stitching the
 kept centre of each tile's prediction back.
 
-These are the pure-PyTorch reference functions; fused ops (``omkit.ops``)
-follow exactly this contract and are tested against it.
+Cutting and stitching (``gather_tiles``, ``stitch_tiles``) are ops of
+``omkit.ops``; their pure-PyTorch references, re-exported here, are the oracle
+the fused kernels are tested against.
 
 Geometry, per axis (``(D, H, W)`` order, D axial): a tile of ``roi_size``
 voxels starts at its *origin*; only its centre of ``keep`` voxels, starting
@@ -19,6 +20,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from omkit.ops.reference import gather_tiles, stitch_tiles  # noqa: F401  (the contract's reference)
 
 # The paper's patch 32 x 32 x 16, stride 20 x 20 x 5, kept centre 20 x 20 x 5,
 # in omkit's (D, H, W) order.
@@ -81,58 +84,3 @@ def tile_origins(
         return torch.empty(0, 3, dtype=torch.long)
     grid = torch.meshgrid(*axes, indexing="ij")
     return torch.stack([g.reshape(-1) for g in grid], dim=1)
-
-
-def _clipped(origin: Sequence[int], size: Sequence[int], shape: Sequence[int]):
-    """Slices into the volume and into the tile for the part of a box
-    (``origin``, ``size``) that lies inside ``shape``; None when nothing does."""
-    vol, tile = [], []
-    for o, s, n in zip(origin, size, shape):
-        lo, hi = max(o, 0), min(o + s, n)
-        if lo >= hi:
-            return None
-        vol.append(slice(lo, hi))
-        tile.append(slice(lo - o, hi - o))
-    return tuple(vol), tuple(tile)
-
-
-def gather_tiles(volume: Tensor, origins: Tensor, roi_size: Sequence[int]) -> Tensor:
-    """Cut tiles ``(T, C, d, h, w)`` out of ``volume (C, D, H, W)`` at ``origins``;
-    voxels outside the volume are zero."""
-    if volume.dim() != 4:
-        raise ValueError(f"volume must be (C, D, H, W), got shape {tuple(volume.shape)}")
-    roi_size = _triple("roi_size", roi_size)
-    tiles = volume.new_zeros((origins.shape[0], volume.shape[0], *roi_size))
-    for t, origin in enumerate(origins.tolist()):
-        box = _clipped(origin, roi_size, volume.shape[1:])
-        if box is not None:
-            vol, tile = box
-            tiles[(t, slice(None)) + tile] = volume[(slice(None),) + vol]
-    return tiles
-
-
-def stitch_tiles(
-    out: Tensor,
-    tiles: Tensor,
-    origins: Tensor,
-    keep_offset: Sequence[int] | Tensor,
-    keep_size: Sequence[int] | Tensor,
-) -> Tensor:
-    """Write the kept centre of each tile ``(T, K, d, h, w)`` into ``out (K, D, H, W)``
-    at ``origin + keep_offset``, clipped to the volume; in place, returns ``out``.
-    Where kept centres overlap (stride < keep) later tiles win."""
-    if out.dim() != 4 or tiles.dim() != 5 or tiles.shape[1] != out.shape[0]:
-        raise ValueError(
-            f"stitch_tiles needs out (K, D, H, W) and tiles (T, K, d, h, w) with the same K, "
-            f"got {tuple(out.shape)} and {tuple(tiles.shape)}"
-        )
-    offset = [int(v) for v in (keep_offset.tolist() if isinstance(keep_offset, Tensor) else keep_offset)]
-    size = [int(v) for v in (keep_size.tolist() if isinstance(keep_size, Tensor) else keep_size)]
-    for t, origin in enumerate(origins.tolist()):
-        start = [o + k for o, k in zip(origin, offset)]
-        box = _clipped(start, size, out.shape[1:])
-        if box is not None:
-            vol, kept = box
-            tile_index = tuple(slice(k + s.start, k + s.stop) for k, s in zip(offset, kept))
-            out[(slice(None),) + vol] = tiles[(t, slice(None)) + tile_index].to(out.dtype)
-    return out
