@@ -21,22 +21,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from omkit.ops.reference import gather_tiles, stitch_tiles  # noqa: F401  (the contract's reference)
+from omkit.ops.reference import _triple, gather_tiles, stitch_tiles  # noqa: F401  (the contract's reference)
 
 # The paper's patch 32 x 32 x 16, stride 20 x 20 x 5, kept centre 20 x 20 x 5,
 # in omkit's (D, H, W) order.
 PAPER_ROI_SIZE = (16, 32, 32)
 PAPER_STRIDE = (5, 20, 20)
 PAPER_KEEP = (5, 20, 20)
-
-
-def _triple(name: str, value: Sequence[int] | int) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        value = (value,) * 3
-    value = tuple(int(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"{name} needs three sizes (D, H, W), got {list(value)}")
-    return value  # type: ignore[return-value]
 
 
 def keep_offset(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[int, int, int]:
