@@ -12,7 +12,7 @@ import omkit
 from omkit.data import find_cases, load_case, preprocess_case, synthetic
 from omkit.data.patches import extract_patch, extract_patches
 from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
-from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, dilate
+from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, MixtureSampler, dilate, parse_sampler_spec
 from omkit.training import TaskPatches, TransferRule, class_fraction, task3_target, task_targets
 
 TINY_PATCH = (8, 16, 16)
@@ -96,6 +96,50 @@ def test_seeded_reproducible_and_uniform(cases):
 def test_no_region_anywhere_is_an_error(cases):
     with pytest.raises(ValueError, match="no case has a non-empty sampling region"):
         _draw(CoreSampler(), cases[2:], 5)
+
+
+def test_mixture_draws_each_part_in_proportion(cases):
+    registry = omkit.get_plugins().registry("sampler")
+    mixture = parse_sampler_spec("brain:3+dilated_tumor:1", registry, dilation=0)
+    assert isinstance(mixture, MixtureSampler) and mixture.task == 0
+    assert mixture.cache_key == "brain:3+dilated_tumor_r0:1"
+    regions = [tuple(np.flatnonzero(r) for r in mixture.region(pre)) for pre in cases]
+    centres = mixture.draw(regions, [pre.shape for pre in cases], 8000, np.random.default_rng(0))
+    assert centres.shape == (8000, 4)
+    in_brain = np.array([cases[c].brain_mask[z, y, x] for c, z, y, x in centres])
+    in_tumor = np.array([np.isin(cases[c].label[z, y, x], TUMOR_CLASSES) for c, z, y, x in centres])
+    assert in_brain.all()
+    brain_tumor_share = np.mean([np.isin(pre.label[pre.brain_mask], TUMOR_CLASSES).mean() for pre in cases])
+    # a quarter from the tumor part plus the brain part's natural share of tumor
+    expected = 0.25 + 0.75 * brain_tumor_share
+    assert abs(in_tumor.mean() - expected) < 0.03, (in_tumor.mean(), expected)
+    # the parts are shuffled together, not concatenated in order
+    assert in_tumor[:1000].mean() > 0.15
+    again = mixture.draw(regions, [pre.shape for pre in cases], 8000, np.random.default_rng(0))
+    np.testing.assert_array_equal(centres, again)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("brain:x+core:1", "is not a weight"),
+    ("brain:0+core:1", "weights must be > 0"),
+    ("brain:1", "at least two parts"),
+    ("nowhere:1+core:1", "unknown sampler 'nowhere'"),
+])
+def test_mixture_spec_errors(spec, message):
+    with pytest.raises(Exception, match=message):
+        parse_sampler_spec(spec, omkit.get_plugins().registry("sampler"))
+
+
+def test_task_patches_with_a_mixture(cases):
+    registry = omkit.get_plugins().registry("sampler")
+    samplers = [parse_sampler_spec("brain:1+core:1", registry), DilatedTumorSampler(), CoreSampler()]
+    patches = TaskPatches(cases, samplers, TINY_PATCH, (40, 40, 20), 4, seed=3)
+    images, labels = patches.batch_at(epoch=0, step=1, tasks=(0, 1, 2))[0]
+    assert images.shape == (4, 4, *TINY_PATCH) and labels.shape == (4, *TINY_PATCH)
+    # a mixture with an empty part everywhere is refused like a plain sampler
+    with pytest.raises(ValueError, match="no case has a non-empty sampling region"):
+        TaskPatches(cases[2:], [parse_sampler_spec("brain:1+core:1", registry), BrainSampler(), BrainSampler()],
+                    TINY_PATCH, (8, 8, 8), 4, tasks=(0,)).pool(0, 0)
 
 
 def test_draw_is_vectorised():

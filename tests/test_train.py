@@ -91,6 +91,21 @@ def test_paper_optimiser_defaults(data_dir, cache_dir, tmp_path):
     assert Trainer(config(data_dir, cache_dir, tmp_path / "rd", preset="omnetd")).transfer is not None
 
 
+def test_short_budget_options_adam_and_sampler_mixture(data_dir, cache_dir, tmp_path):
+    from omkit.plugins.samplers import MixtureSampler
+
+    trainer = Trainer(config(data_dir, cache_dir, tmp_path / "run", optimizer="adam", lr=2e-3,
+                             samplers=("brain:1+dilated_tumor:1", "dilated_tumor", "core")))
+    assert isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer.param_groups[0]["lr"] == 2e-3
+    assert isinstance(trainer.samplers[0], MixtureSampler)
+    trainer.close()
+    run = train(config(data_dir, cache_dir, tmp_path / "run2", optimizer="adam",
+                       samplers=("brain:1+dilated_tumor:1", "dilated_tumor", "core")))
+    assert (run / "model.pt").is_file()
+    with pytest.raises(ValueError, match="--optimizer: must be sgd or adam"):
+        config(data_dir, cache_dir, tmp_path / "bad", optimizer="rmsprop")
+
+
 # -- a whole run ---------------------------------------------------------------------------
 
 def test_run_folder_contents(data_dir, cache_dir, tmp_path):
@@ -284,9 +299,11 @@ def test_cli_options_map_to_config(tmp_path):
     train_cli.add_arguments(parser)
     args = parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--transfer-thresholds", "0.3,0.6",
                               "--patches-per-epoch", "400,400,200", "--stage-epochs", "2,1,5", "--folds", "10",
-                              "--fold", "3", "--no-progress", "--lr", "0.01", "--preset", "omnetd"])
+                              "--fold", "3", "--no-progress", "--lr", "0.01", "--preset", "omnetd",
+                              "--optimizer", "adam", "--samplers", "brain:1+dilated_tumor:1,dilated_tumor,core"])
     cfg = train_cli.config_from_args(args)
     assert (cfg.tumor_threshold, cfg.core_threshold) == (0.3, 0.6)
     assert cfg.patches_per_epoch == (400, 400, 200) and cfg.stage_epochs == (2, 1, 5)
     assert (cfg.folds, cfg.fold, cfg.progress, cfg.lr, cfg.preset) == (10, 3, False, 0.01, "omnetd")
+    assert cfg.optimizer == "adam" and cfg.samplers == ("brain:1+dilated_tumor:1", "dilated_tumor", "core")
     assert cfg.momentum == 0.99 and cfg.batch_per_task == 20 and cfg.patch_size == (16, 32, 32)  # paper defaults

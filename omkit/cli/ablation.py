@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omkit.cli import CLIError
+from omkit.cli.train import sampler_specs
 
 
 def _ints(text: str) -> list[int]:
@@ -37,6 +38,14 @@ def add_arguments(parser):
     budget.add_argument("--patches-per-epoch", default=None, help="per task: N or n1,n2,n3")
     budget.add_argument("--batch-per-task", type=int, default=None)
     budget.add_argument("--patch-size", default=None, help="D,H,W (default 16,32,32)")
+    budget.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                        help="sgd (the paper's) or adam (for budgets of minutes)")
+    budget.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-3)")
+    budget.add_argument("--lr-step-epochs", type=int, default=None,
+                        help="halve the learning rate every this many epochs (default 4, the paper's)")
+    budget.add_argument("--samplers", type=sampler_specs, default=None, metavar="S1,S2,S3",
+                        help="patch sampler per task, e.g. brain:1+dilated_tumor:1,dilated_tumor,core "
+                             "(half of task 1's patches around the tumor; see omkit train --help)")
     budget.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget per row and split")
     budget.add_argument("--max-steps", type=int, default=None, help="optimiser steps per row and split (for smoke runs)")
     budget.add_argument("--cache-dir", default=None, help="preprocessed-case cache shared by every row")
@@ -53,10 +62,13 @@ def run(args) -> int:
     train = {"progress": False}
     # budget options are TrainConfig fields of the same name; comma lists become integer lists
     for name, as_ints in (("width", False), ("stage_epochs", True), ("epochs", False), ("patches_per_epoch", True),
-                          ("batch_per_task", False), ("patch_size", True), ("max_minutes", False), ("max_steps", False)):
+                          ("batch_per_task", False), ("patch_size", True), ("max_minutes", False), ("max_steps", False),
+                          ("optimizer", False), ("lr", False), ("lr_step_epochs", False)):
         value = getattr(args, name)
         if value is not None:
             train[name] = _ints(value) if as_ints else value
+    if args.samplers is not None:
+        train["samplers"] = list(args.samplers)
     train["cache_dir"] = args.cache_dir or str(Path(args.out) / "cache")
     tiles = {}
     for name in ("roi_size", "stride", "keep"):

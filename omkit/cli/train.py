@@ -63,10 +63,15 @@ def add_arguments(parser):
     g.add_argument("--patches-per-epoch", type=lambda t: _ints(t, "--patches-per-epoch", (1, 3)), metavar="N[,N2,N3]",
                    help="patches per epoch, one count for all tasks or one per task (default 400000,400000,200000)")
     g.add_argument("--batch-per-task", type=int, help="patches per task per step and process (default 20)")
+    g.add_argument("--optimizer", choices=("sgd", "adam"),
+                   help="sgd (default, the paper's) or adam (converges in fewer steps: for budgets of minutes)")
     g.add_argument("--lr", type=float, help="initial learning rate (default 1e-3)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.99)")
     g.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4)")
     g.add_argument("--lr-step-epochs", type=int, help="halve the learning rate every this many epochs (default 4)")
+    g.add_argument("--samplers", type=sampler_specs, metavar="S1,S2,S3",
+                   help="patch sampler per task (default brain,dilated_tumor,core); a weighted mixture is written "
+                        "NAME:W+NAME:W, e.g. brain:1+dilated_tumor:1 draws half of task 1's patches around the tumor")
     g.add_argument("--dilation", type=float, help="task-2 sampling: whole tumor dilated by this many voxels (default 5)")
 
     g = parser.add_argument_group("data")
@@ -81,6 +86,12 @@ def add_arguments(parser):
     g.add_argument("--threads", type=int, help="CPU threads per process for torch (default: torch's choice)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500; also every epoch end)")
     g.add_argument("--log-every", type=int, help="steps per metrics row (default 10)")
+
+def sampler_specs(text: str) -> tuple[str, str, str]:
+    specs = tuple(t.strip() for t in text.split(","))
+    if len(specs) != 3 or not all(specs):
+        raise argparse.ArgumentTypeError(f"--samplers expects three sampler specs S1,S2,S3, got {text!r}")
+    return specs
 
 
 # argument name -> TrainConfig field, where they differ

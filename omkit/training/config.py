@@ -31,6 +31,7 @@ class TrainConfig:
     dilation: float = 5.0
     tumor_threshold: float = 0.4
     core_threshold: float = 0.5
+    optimizer: str = "sgd"  # sgd (the paper's) or adam
     lr: float = 1e-3
     momentum: float = 0.99
     weight_decay: float = 5e-4
@@ -86,6 +87,8 @@ class TrainConfig:
             bad("batch_per_task", f"must be >= 1, got {self.batch_per_task}")
         if self.width <= 0:
             bad("width", f"must be > 0, got {self.width}")
+        if self.optimizer not in ("sgd", "adam"):
+            bad("optimizer", f"must be sgd or adam, got {self.optimizer!r}")
         if self.lr <= 0:
             bad("lr", f"must be > 0, got {self.lr}")
         if self.lr_step_epochs < 1:

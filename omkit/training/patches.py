@@ -21,6 +21,9 @@ from omkit.data.patches import extract_patches
 
 def region_indices(sampler, pre, cache=None, case_dir=None, cache_settings=None) -> np.ndarray:
     """Flat indices of the sampler's region of one case (cached beside the case when possible)."""
+    if hasattr(sampler, "parts"):  # a mixture: one cached region per part
+        return tuple(region_indices(part, pre, cache, case_dir, cache_settings) for part, _ in sampler.parts)
+
     def compute():
         region = sampler.region(pre)
         # int32 halves the cache for any volume under 2**31 voxels
@@ -30,6 +33,11 @@ def region_indices(sampler, pre, cache=None, case_dir=None, cache_settings=None)
         name = getattr(sampler, "cache_key", "") or f"{type(sampler).__module__}.{type(sampler).__qualname__}"
         return cache.derived(case_dir, f"region-{name}", compute, **(cache_settings or {}))
     return compute()
+
+
+def region_size(region) -> int:
+    """Voxels a case offers a sampler (summed over a mixture's parts)."""
+    return sum(len(r) for r in region) if isinstance(region, tuple) else len(region)
 
 
 class TaskPatches:
@@ -57,7 +65,7 @@ class TaskPatches:
         self.shapes = [tuple(pre.image.shape[1:]) for pre in self.cases]
         self.regions = regions or {t: [region_indices(self.samplers[t], pre) for pre in self.cases] for t in tasks}
         for t in tasks:
-            if not any(len(r) for r in self.regions[t]):
+            if not any(region_size(r) for r in self.regions[t]):
                 raise ValueError(
                     f"task {t + 1} sampler {type(self.samplers[t]).__name__}: no training case has voxels to sample "
                     "(no tumor / core in the ground truth?)"

@@ -231,10 +231,10 @@ class Trainer:
         settings = dict(label_convention=cfg.label_convention, with_label=True)
         import omkit
 
-        samplers = []
-        for t, name in enumerate(cfg.samplers):
-            cls = omkit.get_plugins().registry("sampler").get(name)
-            samplers.append(cls(dilation=cfg.dilation) if name == "dilated_tumor" else cls())
+        from omkit.plugins.samplers import parse_sampler_spec
+
+        registry = omkit.get_plugins().registry("sampler")
+        samplers = [parse_sampler_spec(spec, registry, cfg.dilation) for spec in cfg.samplers]
         self.samplers = samplers
 
         def load_all():
@@ -287,9 +287,12 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         self.model = omkit.create_model(cfg.preset, width=cfg.width, **cfg.model_kw).to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        if cfg.optimizer == "sgd":  # the paper's (Caffe) solver
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        else:  # converges in far fewer steps: for budgets of minutes, not epochs
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
         # each process its own dropout stream (and numpy / python streams, for plug-ins)
