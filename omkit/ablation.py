@@ -277,12 +277,14 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
         return "n/a" if v != v else f"{v:.{digits}f}"
 
     lines = [
-        "| Method | Params (M) | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Method | Params (M) | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET "
+        "| median HD95 WT | median HD95 TC | median HD95 ET |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for t in table:
         lines.append(f"| {t['method']} | {t['params_M']:.3f} | {f(t['dice_WT'])} | {f(t['dice_TC'])} | {f(t['dice_ET'])} | "
-                     f"{f(t['hd95_WT'], 1)} | {f(t['hd95_TC'], 1)} | {f(t['hd95_ET'], 1)} |")
+                     f"{f(t['hd95_WT'], 1)} | {f(t['hd95_TC'], 1)} | {f(t['hd95_ET'], 1)} | "
+                     f"{f(t['hd95_median_WT'], 1)} | {f(t['hd95_median_TC'], 1)} | {f(t['hd95_median_ET'], 1)} |")
     splits = sorted({p["split"] for p in per_split})
     per = ["", "Mean Dice per split (WT / TC / ET):", "",
            "| Row | " + " | ".join(splits) + " |", "| --- |" + " ---: |" * len(splits)]
@@ -294,7 +296,7 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
         per.append(f"| {row} | " + " | ".join(cells) + " |")
     protocol = (f"{config.folds}-fold cross-validation" if config.folds
                 else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
-    head = [f"Protocol: {protocol}; HD95 in mm (mean over held-out cases); budget: {json.dumps(config.train)}.", ""]
+    head = [f"Protocol: {protocol}; HD95 in mm (mean and median over held-out cases); budget: {json.dumps(config.train)}.", ""]
     return "\n".join(head + lines + per) + "\n"
 
 

@@ -1,0 +1,65 @@
+"""benchmarks/summarize.py: the tables and the ratio plot of RESULTS.md, from pytest-benchmark JSON."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SUMMARIZE = Path(__file__).resolve().parents[1] / "benchmarks" / "summarize.py"
+
+
+@pytest.fixture(scope="module")
+def summarize():
+    spec = importlib.util.spec_from_file_location("bench_summarize", SUMMARIZE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(group, median, name, params=None, **info):
+    return {"group": group, "name": name, "params": params, "extra_info": info,
+            "stats": {"median": median, "mean": median, "stddev": 0.0, "rounds": 3}}
+
+
+@pytest.fixture
+def bench_json(tmp_path):
+    data = {"datetime": "2026-11-27T00:00:00", "machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "benchmarks": [
+        _bench("cga forward paper-20", 0.100, "t_eager", impl="eager"),
+        _bench("cga forward paper-20", 0.020, "t_fused", impl="fused", bytes_moved=2e8),
+        _bench("case", 40.0, "t[omnet_cga-paper]", {"variant": "omnet_cga-paper"}, tiles={"onepass": 900}, peak_rss_mb=900.0),
+        _bench("case", 100.0, "t[mc3-paper]", {"variant": "mc3-paper"}, tiles={"task1": 900, "task2": 90}, peak_rss_mb=1500.0),
+        _bench("case", 20.0, "t[omnet_cga-large]", {"variant": "omnet_cga-large"},
+               dice_vs_paper_tiles={"WT": 0.99, "TC": 0.98, "ET": 0.97}, peak_rss_mb=1000.0),
+        _bench("train", 2.0, "t[omnet]", {"preset": "omnet"}, preset="omnet", patches_per_step=70, peak_cuda_mb=3000.0),
+        _bench("train", 4.0, "t[mc3]", {"preset": "mc3"}, preset="mc3", patches_per_step=60, peak_cuda_mb=3500.0),
+    ]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_tables_show_ratios_to_each_groups_baseline(summarize, bench_json, capsys, tmp_path):
+    png = tmp_path / "ratios.png"
+    assert summarize.main([str(bench_json), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "Test CPU" in out
+    assert "| fused | 20.0 | 20.0 | 0.0 | 3 | 10.00 | 5.00x |" in out
+    # whole-case rows: seconds, ratio to the paper-tile one-pass run, memory, tiles, tiling Dice
+    assert "| mc3-paper | 100.00 | 0.40x | 1500 (RSS) | task1 900, task2 90 |  |" in out
+    assert "| omnet_cga-large | 20.00 | 2.00x | 1000 (RSS) |  | 0.990 / 0.980 / 0.970 |" in out
+    # training rows: patches/s and the speed relative to omnet
+    assert "| mc3 | 4.00 | 60 | 15.0 | 0.50x | 3500 (CUDA) |" in out
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_main_ratios_pair_each_row_with_its_baseline(summarize, bench_json):
+    groups = summarize.group_rows(json.loads(bench_json.read_text()))
+    ratios = dict(summarize.main_ratios(groups))
+    assert ratios == {
+        "cga forward paper-20: fused vs eager": pytest.approx(5.0),
+        "case: mc3-paper vs omnet_cga-paper": pytest.approx(0.4),
+        "case: omnet_cga-large vs omnet_cga-paper": pytest.approx(2.0),
+        "train: mc3 vs omnet": pytest.approx(0.5),
+    }
