@@ -16,7 +16,7 @@ import json
 import sys
 from collections import defaultdict
 
-BASELINES = {"cga": ("eager", "compiled", "folded"), "tiles": ("reference",), "case": ("omnet_cga-paper",),
+BASELINES = {"cga": ("eager", "compiled", "folded"), "tiles": ("reference", "monai"), "case": ("omnet_cga-paper",),
              "train": ("omnet",)}
 
 
@@ -42,15 +42,17 @@ def baseline_for(kind: str, base: str, impl: str) -> str:
 
 
 def _ratio_table(rows: dict, ratios: list[str], kind: str) -> list[str]:
-    header = "| implementation | median (ms) | mean (ms) | stddev (ms) | rounds | effective GB/s (median) |"
+    header = ("| implementation | median (ms) | mean (ms) | stddev (ms) | rounds | effective GB/s (median) "
+              "| % of copy bandwidth |")
     header += "".join(f" speed-up vs {b} |" for b in ratios)
-    lines = [header, "|" + "---|" * (6 + len(ratios))]
+    lines = [header, "|" + "---|" * (7 + len(ratios))]
     for impl, bench in rows.items():
-        stats = bench["stats"]
-        nbytes = bench["extra_info"].get("bytes_moved")
+        stats, info = bench["stats"], bench["extra_info"]
+        nbytes = info.get("bytes_moved")
         gbps = f"{nbytes / stats['median'] / 1e9:.2f}" if nbytes else ""
+        share = f"{100 * nbytes / stats['median'] / 1e9 / info['copy_gb_per_s']:.1f}" if nbytes and info.get("copy_gb_per_s") else ""
         line = (f"| {impl} | {stats['median'] * 1e3:.1f} | {stats['mean'] * 1e3:.1f} | {stats['stddev'] * 1e3:.1f} | "
-                f"{stats['rounds']} | {gbps} |")
+                f"{stats['rounds']} | {gbps} | {share} |")
         for base in ratios:
             other = rows.get(baseline_for(kind, base, impl))
             line += f" {other['stats']['median'] / stats['median']:.2f}x |" if other else " |"

@@ -7,8 +7,9 @@
   (``omkit.functional.cga_reference``);
 * ``fused``: the omkit ops (``omkit.functional.cga`` with the compiled kernels).
 
-At the paper's training shapes: 20 and 60 patches x 32 channels x 16 x 32 x 32,
-K = 5 classes. ``bytes_moved`` is the traffic of the fused ops (the floor all
+At the paper's training shapes, 20 and 60 patches x 32 channels x 16 x 32 x 32
+(forward and forward + backward), and an inference batch of 4 tiles x 32
+channels x 32 x 64 x 64 (forward); K = 5 classes. ``bytes_moved`` is the traffic of the fused ops (the floor all
 four formulations are compared against): forward = 2 reads of F and Pt + the
 output; forward + backward adds a read of F, the output gradient and Pt, and
 two writes plus one re-read of dF (the pooling and recalibration gradients are
@@ -25,9 +26,13 @@ from omkit import ops
 
 from .conftest import SMOKE, record_bandwidth
 
-SHAPES = {"paper-20": (20, 32, (16, 32, 32)), "paper-60": (60, 32, (16, 32, 32))}
+# (batch, channels, spatial): training batches (forward and forward+backward) ...
+TRAIN_SHAPES = {"paper-20": (20, 32, (16, 32, 32)), "paper-60": (60, 32, (16, 32, 32))}
+# ... and an inference batch (forward only): 4 large tiles as a CPU run would use
+INFERENCE_SHAPES = {"inference-4": (4, 32, (32, 64, 64))}
 if SMOKE:
-    SHAPES = {"smoke": (2, 8, (4, 8, 8))}
+    TRAIN_SHAPES, INFERENCE_SHAPES = {"smoke": (2, 8, (4, 8, 8))}, {"smoke-inference": (1, 8, (8, 16, 16))}
+SHAPES = {**TRAIN_SHAPES, **INFERENCE_SHAPES}
 NUM_CLASSES = 5
 
 
@@ -84,13 +89,17 @@ def traffic(shape_name, backward: bool) -> int:
     return forward + (f + out + p + 3 * f if backward else 0)
 
 
+def prepare(impl, shape_name, device, requires_grad):
+    """The implementation under test and its inputs; skips the fused one without the compiled ops."""
+    if impl == "fused" and not ops.extension_loaded():
+        pytest.skip(f"compiled ops not built: {ops.load_error()}")
+    return IMPLEMENTATIONS[impl], *make_inputs(shape_name, device, requires_grad)
+
+
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 def test_cga_forward(benchmark, run_benchmark, device, shape_name, impl):
-    if impl == "fused" and not ops.extension_loaded():
-        pytest.skip(f"compiled ops not built: {ops.load_error()}")
-    features, guidance, params = make_inputs(shape_name, device, requires_grad=False)
-    fn = IMPLEMENTATIONS[impl]
+    fn, features, guidance, params = prepare(impl, shape_name, device, requires_grad=False)
     with torch.no_grad():
         reference = OF.cga_reference(features, guidance, *params)
         torch.testing.assert_close(fn(features, guidance, *params), reference, rtol=1e-4, atol=1e-4)
@@ -102,13 +111,10 @@ def test_cga_forward(benchmark, run_benchmark, device, shape_name, impl):
     record_bandwidth(benchmark, traffic(shape_name, backward=False))
 
 
-@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("shape_name", list(TRAIN_SHAPES))
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 def test_cga_forward_backward(benchmark, run_benchmark, device, shape_name, impl):
-    if impl == "fused" and not ops.extension_loaded():
-        pytest.skip(f"compiled ops not built: {ops.load_error()}")
-    features, guidance, params = make_inputs(shape_name, device, requires_grad=True)
-    fn = IMPLEMENTATIONS[impl]
+    fn, features, guidance, params = prepare(impl, shape_name, device, requires_grad=True)
     leaves = [features, *params]
     grad_out = torch.randn(features.shape[0], NUM_CLASSES, *features.shape[2:], device=device)
 

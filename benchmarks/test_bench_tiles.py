@@ -8,7 +8,11 @@ stitching.
 * ``fused``: omkit.ops.gather_tiles / stitch_tiles;
 * ``*-labels``: stitch straight to uint8 class labels (reference: float scores
   stitched, then argmax over the volume; fused: stitch_tiles_argmax, no float
-  volume).
+  volume);
+* ``monai``: MONAI's ``sliding_window_inference`` with the same tile size and
+  stride (``mode="constant"``: it blends each whole tile and normalises by the
+  overlap count) and the same batch, around the same identity predictor
+  (optional: skipped without MONAI).
 """
 from __future__ import annotations
 
@@ -51,10 +55,29 @@ def labels_fused(volume, origins, labels):
     return round_trip(ops.gather_tiles, ops.stitch_tiles_argmax, volume, origins, labels)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused", "reference-labels", "fused-labels"])
+def monai_round_trip(volume, out):
+    from monai.inferers import sliding_window_inference
+
+    # MONAI's scan interval is int(roi * (1 - overlap)): aim just above the stride
+    overlap = [1.0 - (k + 1e-3) / r for k, r in zip(KEEP, ROI)]
+    out.copy_(sliding_window_inference(volume[None], ROI, BATCH, lambda tiles: tiles, overlap=overlap,
+                                       mode="constant", padding_mode="constant")[0])
+    return out
+
+
+def monai_tile_count(shape) -> int:
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+    interval = _get_scan_interval(shape, ROI, 3, [1.0 - (k + 1e-3) / r for k, r in zip(KEEP, ROI)])
+    return len(dense_patch_slices(shape, ROI, interval))
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "monai", "reference-labels", "fused-labels"])
 def test_tiles_round_trip(benchmark, run_benchmark, device, impl):
     if impl.startswith("fused") and not ops.extension_loaded():
         pytest.skip(f"compiled ops not built: {ops.load_error()}")
+    if impl == "monai":
+        pytest.importorskip("monai", reason="MONAI is an optional benchmark dependency")
     g = torch.Generator().manual_seed(0)
     volume = torch.randn(CHANNELS, *SHAPE, generator=g).to(device)
     origins = origins_for(SHAPE)
@@ -66,6 +89,9 @@ def test_tiles_round_trip(benchmark, run_benchmark, device, impl):
     elif impl == "fused":
         def step():
             return round_trip(ops.gather_tiles, ops.stitch_tiles, volume, origins, out)
+    elif impl == "monai":
+        def step():
+            return monai_round_trip(volume, out)
     elif impl == "reference-labels":
         def step():
             return labels_reference(volume, origins, out)
@@ -75,8 +101,12 @@ def test_tiles_round_trip(benchmark, run_benchmark, device, impl):
 
     step()
     expected = volume.argmax(0).to(torch.uint8) if labels_out else volume
-    assert torch.equal(out, expected)  # stride == keep: every voxel written exactly once
-    run_benchmark(step, rounds=3, group="tiles gather+stitch", impl=impl, tiles=int(origins.shape[0]))
+    if impl == "monai":  # overlapping tiles averaged: equal up to rounding
+        torch.testing.assert_close(out, expected)
+    else:
+        assert torch.equal(out, expected)  # stride == keep: every voxel written exactly once
+    tiles = monai_tile_count(SHAPE) if impl == "monai" else int(origins.shape[0])
+    run_benchmark(step, rounds=3, group="tiles gather+stitch", impl=impl, tiles=tiles)
     tile_bytes = origins.shape[0] * CHANNELS * torch.Size(ROI).numel() * 4
     # gathered tiles written and read once, the volume read and the output written once
     record_bandwidth(benchmark, 2 * tile_bytes + volume.numel() * 4 + out.numel() * out.element_size())

@@ -27,7 +27,7 @@ def _bench(group, median, name, params=None, **info):
 def bench_json(tmp_path):
     data = {"datetime": "2026-11-27T00:00:00", "machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "benchmarks": [
         _bench("cga forward paper-20", 0.100, "t_eager", impl="eager"),
-        _bench("cga forward paper-20", 0.020, "t_fused", impl="fused", bytes_moved=2e8),
+        _bench("cga forward paper-20", 0.020, "t_fused", impl="fused", bytes_moved=2e8, copy_gb_per_s=20.0),
         _bench("case", 40.0, "t[omnet_cga-paper]", {"variant": "omnet_cga-paper"}, tiles={"onepass": 900}, peak_rss_mb=900.0),
         _bench("case", 100.0, "t[mc3-paper]", {"variant": "mc3-paper"}, tiles={"task1": 900, "task2": 90}, peak_rss_mb=1500.0),
         _bench("case", 20.0, "t[omnet_cga-large]", {"variant": "omnet_cga-large"},
@@ -45,7 +45,7 @@ def test_tables_show_ratios_to_each_groups_baseline(summarize, bench_json, capsy
     assert summarize.main([str(bench_json), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "Test CPU" in out
-    assert "| fused | 20.0 | 20.0 | 0.0 | 3 | 10.00 | 5.00x |" in out
+    assert "| fused | 20.0 | 20.0 | 0.0 | 3 | 10.00 | 50.0 | 5.00x |" in out
     # whole-case rows: seconds, ratio to the paper-tile one-pass run, memory, tiles, tiling Dice
     assert "| mc3-paper | 100.00 | 0.40x | 1500 (RSS) | task1 900, task2 90 |  |" in out
     assert "| omnet_cga-large | 20.00 | 2.00x | 1000 (RSS) |  | 0.990 / 0.980 / 0.970 |" in out
