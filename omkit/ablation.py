@@ -300,6 +300,50 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
     return "\n".join(head + lines + per) + "\n"
 
 
+def _prediction_path(out: Path, row: str, split: str, variant: str, case_id: str) -> Path:
+    """Where :func:`_score_cases` wrote a held-out case's label map."""
+    return out / "predictions" / row.replace("*", "_ensemble") / split / variant / f"{case_id}.nii.gz"
+
+
+def write_extreme_overlays(results: Sequence[dict], config: AblationConfig) -> list[Path]:
+    """Fig. 7 style PNGs of each row's best and worst held-out case (by mean Dice
+    over WT/TC/ET, post-processed maps when there are), ``OUT/overlays/ROW-best-CASE.png``;
+    drawn from the saved label maps, so a resumed study redraws them without predicting."""
+    from .data import find_cases
+    from .data.brats import to_omkit_axes
+    from .inference.pipeline import load_for_prediction
+    from .labels import get_convention
+    from .cli.evaluate import read_label_map
+    from .viz import save_overlay
+
+    out = Path(config.out)
+    case_dirs = {c.name: c for c in find_cases(config.data)}
+    written = []
+    for row in dict.fromkeys(r["row"] for r in results):
+        mine = [r for r in results if r["row"] == row]
+        variant = "post" if any(c["variant"] == "post" for r in mine for c in r["cases"]) else "raw"
+        scores = {}  # (split, case) -> mean Dice
+        for res in mine:
+            for case in {c["case"] for c in res["cases"]}:
+                dice = [c["dice"] for c in res["cases"] if c["case"] == case and c["variant"] == variant]
+                scores[(res["split"], case)] = float(np.mean(dice))
+        if not scores:
+            continue
+        ranked = sorted(scores, key=lambda key: (scores[key], key))  # ties: by split and case name
+        for which, (split, case_id) in (("best", ranked[-1]), ("worst", ranked[0])):
+            target = out / "overlays" / f"{row.replace('*', '_ensemble')}-{which}-{case_id}.png"
+            source = _prediction_path(out, row, split, variant, case_id)
+            if target.exists() or not source.exists() or case_id not in case_dirs:
+                written += [target] if target.exists() else []
+                continue
+            case = load_for_prediction(case_dirs[case_id], label_convention=config.label_convention, with_label=True)
+            labels = get_convention(case.convention).to_internal(to_omkit_axes(read_label_map(source)[0]))
+            save_overlay(target, case.image[0], labels, case.label,
+                         title=f"{row} ({variant}), {which} held-out case {case_id}: mean Dice {scores[(split, case_id)]:.3f}")
+            written.append(target)
+    return written
+
+
 def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the whole study; returns the paths of the tables."""
     out = Path(config.out)
@@ -320,4 +364,5 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
     atomic_write_text(paths["per_split_csv"], _csv(per_split))
     per_case = [{"row": r["row"], "split": r["split"], **c} for r in results for c in r["cases"]]
     atomic_write_text(paths["per_case_csv"], _csv(per_case))
-    return {k: str(v) for k, v in paths.items()}
+    overlays = write_extreme_overlays(results, config)
+    return {**{k: str(v) for k, v in paths.items()}, "overlays": [str(p) for p in overlays]}

@@ -42,6 +42,18 @@ def test_cross_validation_table_and_resume(data_dir, tmp_path, capsys):
     markdown = (out / "ablation.md").read_text()
     assert "| OM-Net + CGA + p |" in markdown and "2-fold cross-validation" in markdown
     assert (out / "predictions" / "omnet_cga" / "fold1" / "post").is_dir()
+    # the best and the worst held-out case of each row, drawn from the saved label maps
+    per_case = _read_csv(out / "ablation_per_case.csv")
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert len(overlays) == 4 and all(name.endswith(".png") for name in overlays)
+    for row in ("mc1", "omnet_cga"):
+        mean = {}
+        for r in per_case:
+            if r["row"] == row and r["variant"] == "post":
+                mean.setdefault(r["case"], []).append(float(r["dice"]))
+        score = {case: sum(values) / 3 for case, values in mean.items()}
+        drawn = {name.split("-", 2)[1]: name.split("-", 2)[2][:-4] for name in overlays if name.startswith(row + "-")}
+        assert score[drawn["worst"]] == min(score.values()) and score[drawn["best"]] == max(score.values())
 
     # an interrupted study resumes: finished rows are not trained or scored again
     model = out / "runs" / "omnet_cga" / "fold0" / "model.pt"

@@ -84,4 +84,6 @@ def run(args) -> int:
     paths = run_ablation(config)
     print(Path(paths["markdown"]).read_text(encoding="utf-8"))
     print(f"tables: {paths['markdown']}, {paths['csv']}, {paths['per_split_csv']}, {paths['per_case_csv']}")
+    if paths["overlays"]:
+        print(f"best / worst case overlays: {Path(paths['overlays'][0]).parent}/")
     return 0
