@@ -73,9 +73,13 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and patch sampling (default 0)")
     parser.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier demo in DIR")
     add_tile_arguments(parser)
-    # larger tiles than the paper's: on a CPU, less of each tile is thrown away
-    # (57% kept instead of 12%), which leaves more of the ten minutes to training
-    parser.set_defaults(roi_size=(32, 128, 128), keep=(24, 112, 112), sw_batch_size=4)
+    # tiles of the training patch size (the paper's 16 x 32 x 32) with a larger kept
+    # centre than the paper's (8 x 24 x 24 instead of 5 x 20 x 20): 2.3x fewer tiles on a
+    # CPU. Not larger tiles: CGA (and SE) pool over the whole tile, so a tile much larger
+    # than the training patches changes the pooled statistics; measured on a held-out
+    # case, a 32 x 128 x 128 tile dropped task 3's mean P(enhancing) inside the
+    # enhancing tumor from 0.84 to 0.46 and the enhancing Dice to about zero.
+    parser.set_defaults(roi_size=(16, 32, 32), keep=(8, 24, 24), sw_batch_size=32)
 
 
 def locate_data(args, out_dir: Path) -> tuple[Path, bool]:
