@@ -103,9 +103,11 @@ def main_ratios(groups: dict) -> list[tuple[str, float]]:
         if base is None:
             continue
         for name, bench in rows.items():
-            other = rows.get(baseline_for(kind, base, name))
-            if name != base and other is not None:
-                out.append((f"{group}: {name} vs {base}", other["stats"]["median"] / bench["stats"]["median"]))
+            # a row's own baseline may differ from the group's (fused-labels vs reference-labels)
+            own_base = baseline_for(kind, base, name)
+            other = rows.get(own_base)
+            if own_base != name and other is not None:
+                out.append((f"{group}: {name} vs {own_base}", other["stats"]["median"] / bench["stats"]["median"]))
     return out
 
 

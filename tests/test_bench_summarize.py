@@ -32,6 +32,10 @@ def bench_json(tmp_path):
         _bench("case", 100.0, "t[mc3-paper]", {"variant": "mc3-paper"}, tiles={"task1": 900, "task2": 90}, peak_rss_mb=1500.0),
         _bench("case", 20.0, "t[omnet_cga-large]", {"variant": "omnet_cga-large"},
                dice_vs_paper_tiles={"WT": 0.99, "TC": 0.98, "ET": 0.97}, peak_rss_mb=1000.0),
+        _bench("tiles gather+stitch", 0.4, "t_reference", impl="reference"),
+        _bench("tiles gather+stitch", 0.2, "t_fused", impl="fused"),
+        _bench("tiles gather+stitch", 2.0, "t_reference_labels", impl="reference-labels"),
+        _bench("tiles gather+stitch", 0.5, "t_fused_labels", impl="fused-labels"),
         _bench("train", 2.0, "t[omnet]", {"preset": "omnet"}, preset="omnet", patches_per_step=70, peak_cuda_mb=3000.0),
         _bench("train", 4.0, "t[mc3]", {"preset": "mc3"}, preset="mc3", patches_per_step=60, peak_cuda_mb=3500.0),
     ]}
@@ -61,5 +65,8 @@ def test_main_ratios_pair_each_row_with_its_baseline(summarize, bench_json):
         "cga forward paper-20: fused vs eager": pytest.approx(5.0),
         "case: mc3-paper vs omnet_cga-paper": pytest.approx(0.4),
         "case: omnet_cga-large vs omnet_cga-paper": pytest.approx(2.0),
+        # label stitching against the label reference, which is no row of its own
+        "tiles gather+stitch: fused vs reference": pytest.approx(2.0),
+        "tiles gather+stitch: fused-labels vs reference-labels": pytest.approx(4.0),
         "train: mc3 vs omnet": pytest.approx(0.5),
     }
