@@ -68,7 +68,11 @@ def test_cross_validation_table_and_resume(data_dir, tmp_path, capsys):
 def test_holdout_with_kfold_ensemble_row(data_dir, tmp_path):
     out = tmp_path / "study"
     assert main(["ablation", "--data", str(data_dir), "--out", str(out), "--rows", "omnet", "--val-cases", "2",
-                 "--ensemble", "2", "--no-postprocess", *TINY]) == 0
+                 "--ensemble", "2", "--no-postprocess", "--recipe", "cpu-budget", *TINY]) == 0
+    # the recipe fills what TINY leaves unset; TINY's explicit width wins over the recipe's 0.25
+    run_config = json.loads((out / "runs" / "omnet" / "holdout" / "config.json").read_text())["config"]
+    assert run_config["recipe"] == "cpu-budget" and run_config["optimizer"] == "adam"
+    assert run_config["width"] == 0.125 and run_config["samplers"][0] == "brain:1+dilated_tumor:1"
     table = _read_csv(out / "ablation.csv")
     assert [r["row"] for r in table] == ["omnet", "omnet_cga*"]
     assert all(int(r["cases"]) == 2 for r in table)
@@ -84,3 +88,5 @@ def test_bad_arguments_are_one_line_errors(data_dir, tmp_path, capsys):
     assert "leaves no training case" in capsys.readouterr().err
     assert main(["ablation", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--folds", "2", "--ensemble", "2"]) == 2
     assert "--ensemble needs the hold-out protocol" in capsys.readouterr().err
+    assert main(["ablation", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--recipe", "fast"]) == 2
+    assert "--recipe: unknown recipe 'fast'" in capsys.readouterr().err

@@ -307,3 +307,37 @@ def test_cli_options_map_to_config(tmp_path):
     assert (cfg.folds, cfg.fold, cfg.progress, cfg.lr, cfg.preset) == (10, 3, False, 0.01, "omnetd")
     assert cfg.optimizer == "adam" and cfg.samplers == ("brain:1+dilated_tumor:1", "dilated_tumor", "core")
     assert cfg.momentum == 0.99 and cfg.batch_per_task == 20 and cfg.patch_size == (16, 32, 32)  # paper defaults
+    assert cfg.recipe == "paper"
+
+
+def test_recipe_sets_defaults_that_explicit_options_override(tmp_path):
+    import argparse
+
+    from omkit.cli import CLIError
+    from omkit.cli import train as train_cli
+    from omkit.training import RECIPES
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--recipe", "cpu-budget",
+                              "--max-minutes", "25", "--lr", "5e-4"])
+    cfg = train_cli.config_from_args(args)
+    recipe = RECIPES["cpu-budget"]
+    assert cfg.recipe == "cpu-budget" and cfg.max_minutes == 25
+    assert cfg.lr == 5e-4  # given explicitly: not the recipe's
+    assert (cfg.optimizer, cfg.width, cfg.batch_per_task) == (recipe["optimizer"], recipe["width"], recipe["batch_per_task"])
+    assert cfg.samplers == recipe["samplers"] and cfg.stage_epochs == recipe["stage_epochs"]
+    assert cfg.momentum == 0.99  # not in the recipe: the paper's default
+    # the resolved settings and the recipe's name are what config.json keeps
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+    with pytest.raises(ValueError, match="--recipe: unknown recipe 'fast'"):
+        train_cli.config_from_args(parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--recipe", "fast"]))
+    # a resumed run keeps the recipe it was made with
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    with pytest.raises(CLIError, match="made with recipe cpu-budget"):
+        train_cli.config_from_args(parser.parse_args(["--data", "D", "--out", str(run), "--resume", "--recipe", "paper"]))
+    resumed = train_cli.config_from_args(parser.parse_args(["--data", "D", "--out", str(run), "--resume"]))
+    assert resumed.optimizer == "adam" and resumed.lr == 5e-4

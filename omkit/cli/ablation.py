@@ -32,6 +32,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-convention", choices=["2018", "2023"], default=None)
     budget = parser.add_argument_group("training budget (the same for every row; defaults: the paper's)")
+    budget.add_argument("--recipe", default=None, metavar="NAME",
+                        help="named settings the options below override: paper (default) or cpu-budget "
+                             "(for --max-minutes on a CPU; see omkit train --help)")
     budget.add_argument("--width", type=float, default=None, help="width multiplier (1.0 = the paper's)")
     budget.add_argument("--stage-epochs", default=None, help="curriculum epochs a,b,c")
     budget.add_argument("--epochs", type=int, default=None, help="total epochs (overrides the last stage's length)")
@@ -59,7 +62,14 @@ def add_arguments(parser):
 def run(args) -> int:
     from omkit.ablation import AblationConfig, run_ablation
 
+    from omkit.training.config import RECIPES
+
     train = {"progress": False}
+    if args.recipe is not None:
+        if args.recipe not in RECIPES:
+            raise CLIError(f"--recipe: unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
+        train.update({k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[args.recipe].items()})
+        train["recipe"] = args.recipe
     # budget options are TrainConfig fields of the same name; comma lists become integer lists
     for name, as_ints in (("width", False), ("stage_epochs", True), ("epochs", False), ("patches_per_epoch", True),
                           ("batch_per_task", False), ("patch_size", True), ("max_minutes", False), ("max_steps", False),

@@ -10,15 +10,14 @@ Uses the real BraTS sample cases when they are found (``--data``, else
 ``$OMKIT_SAMPLE_DATA``, else ``../shared/data/brats2018-sample`` beside the
 repository), otherwise SYNTHETIC cases, and says which. One fold of the cases
 is held out; the model (width-reduced, wall-clock training budget) predicts
-it. The three tasks train jointly from the first step, as the authors'
-released solver does: the paper's curriculum (task 1, then 1-2, then 1-3)
-would spend a few-minute budget before task 3 starts (``--curriculum`` to
-use it anyway). Two more departures from the paper's solver suit a budget of
-minutes instead of 20 epochs of 400k patches: Adam instead of SGD (with the
-paper's SGD, lr 1e-3 and momentum 0.99, task 1 still calls every voxel
-"normal" after ten minutes, so the fusion finds no tumor at all), and half of
-task 1's patches centred around the tumor instead of all uniformly in the
-brain (``--optimizer sgd --samplers brain,dilated_tumor,core`` for the paper's). Outputs under DIR: ``run/`` (training run, ``model.pt``),
+it. Training uses the ``cpu-budget`` recipe (see ``omkit train --help``): the
+three tasks train jointly from the first step, as the authors' released solver
+does (the paper's curriculum would spend a few-minute budget before task 3
+starts; ``--curriculum`` to use it anyway), Adam instead of the paper's SGD
+(with SGD, lr 1e-3 and momentum 0.99, task 1 still calls every voxel "normal"
+after ten minutes, so the fusion finds no tumor at all), and half of task 1's
+patches centred around the tumor instead of all uniformly in the brain
+(``--optimizer sgd --samplers brain,dilated_tumor,core`` for the paper's). Outputs under DIR: ``run/`` (training run, ``model.pt``),
 ``predictions/`` (post-processed label maps) and ``predictions_raw/`` (without
 post-processing), ``overlays/`` (paper Fig. 7 style PNGs), ``evaluation/`` and
 ``evaluation_raw/`` (metrics.csv, summary.json), ``metrics_table.txt``.
@@ -32,11 +31,11 @@ from pathlib import Path
 from omkit.cli import CLIError
 from omkit.cli.predict import add_tile_arguments, resolve_device, tile_settings
 from omkit.cli.train import _ints, sampler_specs
+from omkit.training.config import RECIPES
 
 SAMPLE_ENV = "OMKIT_SAMPLE_DATA"
-# half of task 1's patches around the tumor: a few minutes of uniform brain
-# patches show task 1 too little tumor to learn it
-DEMO_SAMPLERS = ("brain:1+dilated_tumor:1", "dilated_tumor", "core")
+RECIPE = "cpu-budget"
+_RECIPE = RECIPES[RECIPE]
 
 
 def default_sample_data() -> Path:
@@ -55,17 +54,21 @@ def add_arguments(parser):
     parser.add_argument("--synthetic-shape", type=lambda t: _ints(t, "--synthetic-shape", (3,)), default=(48, 96, 96),
                         metavar="D,H,W", help="synthetic volume shape (default 48,96,96)")
     parser.add_argument("--preset", default="omnet_cga", help="model preset (default omnet_cga)")
-    parser.add_argument("--width", type=float, default=0.25, help="channel width multiplier (default 0.25)")
+    parser.add_argument("--width", type=float, default=_RECIPE["width"],
+                        help=f"channel width multiplier (default {_RECIPE['width']})")
     parser.add_argument("--train-minutes", type=float, default=6.5, help="wall-clock training budget (default 6.5)")
     parser.add_argument("--max-steps", type=int, help="also stop training after this many steps")
-    parser.add_argument("--batch-per-task", type=int, default=4, help="patches per task per step (default 4)")
-    parser.add_argument("--patches-per-epoch", type=lambda t: _ints(t, "--patches-per-epoch", (3,)), default=(200, 200, 200),
-                        metavar="N1,N2,N3", help="patches per task and epoch (default 200 each); training runs epochs "
-                                                 "until the budget is spent")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam", help="default adam (see above)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    parser.add_argument("--samplers", type=sampler_specs, default=DEMO_SAMPLERS, metavar="S1,S2,S3",
-                        help=f"patch sampler per task (default {','.join(DEMO_SAMPLERS)})")
+    parser.add_argument("--batch-per-task", type=int, default=_RECIPE["batch_per_task"],
+                        help=f"patches per task per step (default {_RECIPE['batch_per_task']})")
+    parser.add_argument("--patches-per-epoch", type=lambda t: _ints(t, "--patches-per-epoch", (1, 3)),
+                        default=_RECIPE["patches_per_epoch"], metavar="N[,N2,N3]",
+                        help=f"patches per task and epoch (default {_RECIPE['patches_per_epoch'][0]} each); "
+                             "training runs epochs until the budget is spent")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=_RECIPE["optimizer"],
+                        help=f"default {_RECIPE['optimizer']} (see above)")
+    parser.add_argument("--lr", type=float, default=_RECIPE["lr"], help=f"learning rate (default {_RECIPE['lr']:g})")
+    parser.add_argument("--samplers", type=sampler_specs, default=_RECIPE["samplers"], metavar="S1,S2,S3",
+                        help=f"patch sampler per task (default {','.join(_RECIPE['samplers'])})")
     parser.add_argument("--curriculum", action="store_true",
                         help="the paper's curriculum: one epoch of task 1, one of tasks 1-2, then tasks 1-3")
     parser.add_argument("--folds", type=int, default=4, help="cases are split into this many folds; fold 0 is held out (default 4)")
@@ -131,12 +134,15 @@ def run(args) -> int:
           f"training on {len(cases) - len(held_out)}, holding out {', '.join(p.name for p in held_out)}")
 
     # -- train until the wall-clock budget is spent (stage-3 epochs are more than it allows)
-    config = TrainConfig(
+    settings = dict(
         preset=args.preset, data=str(data), out=str(out_dir / "run"), device=device, width=args.width,
-        stage_epochs=(1, 1, 1000) if args.curriculum else (0, 0, 1000), patches_per_epoch=tuple(args.patches_per_epoch), batch_per_task=args.batch_per_task,
+        patches_per_epoch=tuple(args.patches_per_epoch), batch_per_task=args.batch_per_task,
         max_minutes=args.train_minutes, max_steps=args.max_steps, folds=args.folds, fold=0, seed=args.seed,
-        lr_step_epochs=1000, progress=True, optimizer=args.optimizer, lr=args.lr, samplers=tuple(args.samplers),
+        progress=True, optimizer=args.optimizer, lr=args.lr, samplers=tuple(args.samplers),
     )
+    if args.curriculum:
+        settings["stage_epochs"] = (1, 1, _RECIPE["stage_epochs"][2])
+    config = TrainConfig.from_recipe(RECIPE, settings)
     run_dir = train(config, force=True)
     model_path = Path(run_dir) / "model.pt"
 

@@ -6,10 +6,15 @@ Examples::
     omkit train --preset omnet_cga --data BraTS2018/ --out runs/cga --resume
     torchrun --nproc_per_node=2 -m omkit train --preset omnet_cga --data BraTS2018/ --out runs/cga
 
-Defaults are the paper's: stages of 1, 1 and 18 epochs; 400k/400k/200k
+    omkit train --recipe cpu-budget --max-minutes 25 --data BraTS2018/ --out runs/cpu
+
+Defaults are the paper's (``--recipe paper``): stages of 1, 1 and 18 epochs; 400k/400k/200k
 patches per epoch; 20 patches per task per step; SGD lr 1e-3, momentum 0.99,
 weight decay 5e-4, lr halved every 4 epochs. ``RUN/model.pt`` is the final
-model, loadable by ``omkit predict``.
+model, loadable by ``omkit predict``. ``--recipe cpu-budget`` suits a budget of
+minutes on a CPU: width 0.25, 4 patches per task per step, Adam at a constant
+lr 1e-3, half of task 1's patches around the tumor, all tasks from the first
+step (options given explicitly override a recipe's).
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ def add_arguments(parser):
     # command line (and refuse changes that would alter the run)
     g = parser.add_argument_group("run")
     g.add_argument("--preset", help="model preset (omkit models lists them); default omnet_cga")
+    g.add_argument("--recipe", metavar="NAME",
+                   help="named settings the other options override: paper (default; the paper's protocol) or "
+                        "cpu-budget (for --max-minutes on a CPU: width 0.25, batch 4, Adam, tumor-weighted task 1 "
+                        "sampling, all tasks from the start)")
     g.add_argument("--data", required=True, help="a folder of BraTS case folders (2018 or 2023 file naming)")
     g.add_argument("--out", required=True, metavar="RUN", help="run folder: config, metrics, checkpoints, model.pt")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN from checkpoints/last.pt")
@@ -95,7 +104,7 @@ def sampler_specs(text: str) -> tuple[str, str, str]:
 
 
 # argument name -> TrainConfig field, where they differ
-_RENAMED = {"transfer_thresholds": None, "no_progress": None}
+_RENAMED = {"transfer_thresholds": None, "no_progress": None, "recipe": None}
 
 
 def config_from_args(args):
@@ -115,6 +124,9 @@ def config_from_args(args):
         saved = TrainConfig.load(Path(args.out) / "config.json") if (Path(args.out) / "config.json").is_file() else None
         if saved is None:
             raise FileNotFoundError(f"{args.out}: nothing to resume (no config.json)")
+        if args.recipe is not None and args.recipe != saved.recipe:
+            raise CLIError(f"--recipe {args.recipe}: the run in {args.out} was made with recipe {saved.recipe}; "
+                           "a resumed run keeps its settings")
         merged = saved.to_dict()
         # budgets limit one invocation's reach; a resumed run trains to the end
         # of its schedule unless given a new (total) budget
@@ -122,7 +134,7 @@ def config_from_args(args):
         merged.update(given)
         merged["progress"] = given.get("progress", True)
         return TrainConfig.from_dict(merged)
-    return TrainConfig.from_dict(given)
+    return TrainConfig.from_recipe(args.recipe or "paper", given)
 
 
 def run(args) -> int:

@@ -12,12 +12,12 @@ A run folder holds::
     checkpoints/stageK.pt  the model at the end of curriculum stage K
     model.pt             the final model (omkit.checkpoint format)
 """
-from .config import PAPER_PATCHES_PER_EPOCH, PAPER_STAGE_EPOCHS, TrainConfig
+from .config import PAPER_PATCHES_PER_EPOCH, PAPER_STAGE_EPOCHS, RECIPES, TrainConfig
 from .patches import TaskPatches
 from .trainer import Stage, Trainer, plan_stages, train, weights_digest
 from .transfer import TransferRule, class_fraction, task3_target, task_targets
 
 __all__ = [
-    "PAPER_PATCHES_PER_EPOCH", "PAPER_STAGE_EPOCHS", "Stage", "TaskPatches", "TrainConfig", "Trainer",
+    "PAPER_PATCHES_PER_EPOCH", "PAPER_STAGE_EPOCHS", "RECIPES", "Stage", "TaskPatches", "TrainConfig", "Trainer",
     "TransferRule", "class_fraction", "plan_stages", "task3_target", "task_targets", "train", "weights_digest",
 ]
