@@ -62,15 +62,15 @@ def _ratio_table(rows: dict, ratios: list[str], kind: str) -> list[str]:
 
 def _case_table(rows: dict, base: str) -> list[str]:
     lines = ["| variant | seconds per case | speed-up vs " + base + " | peak memory (MB) | tiles per task | "
-             "Dice vs paper tiles (WT/TC/ET) |", "|---|---|---|---|---|---|"]
+             "Dice vs paper tiles (WT/TC/ET) | Dice vs ground truth (WT/TC/ET) |", "|---|---|---|---|---|---|---|"]
     reference = rows.get(base)
     for name, bench in rows.items():
         info, median = bench["extra_info"], bench["stats"]["median"]
         ratio = f"{reference['stats']['median'] / median:.2f}x" if reference else ""
         tiles = ", ".join(f"{k} {v}" for k, v in (info.get("tiles") or {}).items())
-        dice = info.get("dice_vs_paper_tiles")
-        dice = " / ".join(f"{dice[r]:.3f}" for r in ("WT", "TC", "ET")) if dice else ""
-        lines.append(f"| {name} | {median:.2f} | {ratio} | {peak_memory(info)} | {tiles} | {dice} |")
+        dice, truth = (" / ".join(f"{d[r]:.3f}" for r in ("WT", "TC", "ET")) if d else ""
+                       for d in (info.get("dice_vs_paper_tiles"), info.get("dice_vs_ground_truth")))
+        lines.append(f"| {name} | {median:.2f} | {ratio} | {peak_memory(info)} | {tiles} | {dice} | {truth} |")
     return lines
 
 

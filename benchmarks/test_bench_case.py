@@ -16,6 +16,9 @@ Group ``case`` (baseline ``omnet_cga-paper``):
   ``sliding_window_inference`` cutting and blending the paper's tiles
   (optional; skipped without MONAI).
 
+The case: ``OMKIT_BENCH_CASE`` names a case folder of the sample data (e.g. one
+the trained models held out), else the first one.
+
 Weights: random (seeded) unless ``OMKIT_BENCH_ONEPASS_MODEL`` /
 ``OMKIT_BENCH_CASCADE_MODEL`` name trained model files. A random task-1
 network marks tumor almost everywhere, which would make the cascade run every
@@ -54,7 +57,11 @@ def case():
     from omkit.data import find_cases, load_case, preprocess_case, synthetic
 
     if not SMOKE and SAMPLE_DATA.is_dir():
-        source = find_cases(SAMPLE_DATA)[0]
+        cases = find_cases(SAMPLE_DATA)
+        wanted = os.environ.get("OMKIT_BENCH_CASE")
+        source = next((c for c in cases if c.name == wanted), None) if wanted else cases[0]
+        if source is None:
+            raise FileNotFoundError(f"OMKIT_BENCH_CASE={wanted}: no such case folder in {SAMPLE_DATA}")
         loaded, kind = load_case(source), f"real: {source.name}"
     else:
         loaded, kind = synthetic.make_case(shape=(16, 32, 32) if SMOKE else (155, 240, 240), seed=1), "synthetic"

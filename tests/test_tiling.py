@@ -90,6 +90,17 @@ def test_identity_network_stitches_input_exactly(roi_size, stride, keep, sw_batc
         assert coverage(volume.shape[1:], origins, roi_size, keep).eq(1).all()
 
 
+def test_predictor_may_return_only_the_kept_centre():
+    from omkit.inference.sliding import keep_centre
+
+    volume = torch.randn(2, 17, 29, 41)
+    roi_size, stride, keep = (8, 16, 16), (4, 8, 8), (4, 8, 8)
+    centre = keep_centre(roi_size, keep)
+    out = overlap_tile_inference(volume, lambda b: b[(slice(None), slice(None)) + centre], 2,
+                                 roi_size=roi_size, stride=stride, keep=keep, sw_batch_size=5)
+    assert torch.equal(out, volume)
+
+
 def test_only_masked_tiles_are_computed():
     volume = torch.randn(1, 20, 60, 60)
     mask = torch.zeros(20, 60, 60, dtype=torch.bool)

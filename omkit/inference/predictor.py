@@ -28,7 +28,7 @@ from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
 from .fusion import PAPER_DILATION, argmax_labels, core_mask, dilate, fuse, task1_labels
-from .sliding import overlap_tile_inference, tiles_touching
+from .sliding import keep_centre, overlap_tile_inference, tiles_touching
 from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, tile_origins
 
 
@@ -116,8 +116,10 @@ class SegmentationPredictor:
         return cls(models, sw_device=device, **kw)
 
     # -- per-tile networks -------------------------------------------------------
-    def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int]) -> list[Tensor]:
-        """Ensemble-mean softmax of the given tasks for one batch of tiles."""
+    def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int],
+                            centre: tuple[slice, ...] | None = None) -> list[Tensor]:
+        """Ensemble-mean softmax of the given tasks for one batch of tiles, of
+        only the tiles' ``centre`` (spatial slices) when given."""
         sums: list[Tensor | None] = [None] * len(tasks)
         for model in self.models:
             if self.kind == "cascade":
@@ -126,6 +128,8 @@ class SegmentationPredictor:
                 outputs = model(batch)
                 logits = [outputs[t] for t in tasks]
             for i, lg in enumerate(logits):
+                if centre is not None:
+                    lg = lg[(slice(None), slice(None)) + tuple(centre)]
                 p = torch.softmax(lg.float(), dim=1)
                 sums[i] = p if sums[i] is None else sums[i] + p
         return [s / len(self.models) for s in sums]
@@ -139,8 +143,13 @@ class SegmentationPredictor:
         for task in tasks:
             tile_counts[f"task{task + 1}"] = int(origins.shape[0])
 
+        # only the kept centre is stitched: softmax and reduce just that (with the
+        # paper's tiles, 12 % of each tile; reducing whole tiles took a third of a
+        # width-0.25 case on a CPU)
+        centre = keep_centre(t.roi_size, t.keep)
+
         def predictor(batch: Tensor) -> Tensor:
-            return reduce(self._mean_probabilities(batch, tasks))
+            return reduce(self._mean_probabilities(batch, tasks, centre))
 
         return overlap_tile_inference(
             image, predictor, out_channels, origins=origins,

@@ -25,6 +25,11 @@ def tile_ops():
     return ops.gather_tiles, ops.stitch_tiles
 
 
+def keep_centre(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The slices of a tile's kept centre."""
+    return tuple(slice(o, o + k) for o, k in zip(keep_offset(roi_size, keep), keep))
+
+
 def tiles_touching(mask: Tensor, origins: Tensor, roi_size: Sequence[int], keep: Sequence[int]) -> Tensor:
     """The origins whose kept centre contains at least one voxel of ``mask (D, H, W)``."""
     offset = keep_offset(roi_size, keep)
@@ -61,8 +66,10 @@ def overlap_tile_inference(
     """Predict ``inputs (C, D, H, W)`` tile by tile and stitch the kept centres.
 
     ``predictor`` maps a batch ``(B, C, *roi_size)`` on ``sw_device`` to
-    ``(B, out_channels, *roi_size)``; reduce there (probabilities, labels)
-    before returning so that only what is kept travels. Tiles: ``origins`` if
+    ``(B, out_channels, *roi_size)``, or to ``(B, out_channels, *keep)`` when it
+    already cropped the kept centre (``keep_centre``: cheaper when it reduces
+    probabilities to labels, since only the centre is stitched); reduce there
+    (probabilities, labels) before returning so that only what is kept travels. Tiles: ``origins`` if
     given, else those covering ``bbox`` (default: the whole volume), restricted
     to the ones whose kept centre touches ``roi_mask`` when given. Voxels no
     computed tile covers stay zero. Returns ``(out_channels, D, H, W)`` of
@@ -85,7 +92,7 @@ def overlap_tile_inference(
     inputs = inputs.to(sw_device)
     out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=device)
     offset = keep_offset(roi_size, keep)
-    centre = tuple(slice(o, o + k) for o, k in zip(offset, keep))
+    centre = keep_centre(roi_size, keep)
     offset_t = torch.tensor(offset, dtype=torch.long)
     starts = range(0, origins.shape[0], sw_batch_size)
     if progress:
@@ -96,12 +103,15 @@ def overlap_tile_inference(
         batch_origins = origins[start : start + sw_batch_size]
         batch = gather(inputs, batch_origins.to(sw_device), roi_size)
         pred = predictor(batch)
-        if pred.shape[:2] != (batch.shape[0], out_channels) or tuple(pred.shape[2:]) != roi_size:
+        if pred.shape[:2] != (batch.shape[0], out_channels) or tuple(pred.shape[2:]) not in (roi_size, keep):
             raise ValueError(
                 f"predictor returned shape {tuple(pred.shape)}, expected "
-                f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, roi_size))})"
+                f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, roi_size))}) or its kept centre "
+                f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, keep))})"
             )
-        kept = pred[(slice(None), slice(None)) + centre].to(device, out_dtype)
+        if tuple(pred.shape[2:]) != keep:
+            pred = pred[(slice(None), slice(None)) + centre]
+        kept = pred.to(device, out_dtype)
         # the cropped centres are tiles of size keep starting at origin + offset
         stitch(out, kept.contiguous(), (batch_origins + offset_t).to(device), (0, 0, 0), keep)
     return out
