@@ -4,7 +4,11 @@
 * ``brain`` (task 1): uniformly inside the brain;
 * ``dilated_tumor`` (task 2): inside the ground-truth whole tumor dilated by
   ``dilation`` voxels (5 in the paper; a Euclidean ball);
-* ``core`` (task 3): inside the ground-truth tumor core (NCR/NET + enhancing).
+* ``core`` (task 3): inside the ground-truth tumor core (NCR/NET + enhancing);
+* ``enhancing`` (not the paper's; for mixtures such as ``core:1+enhancing:1``):
+  inside the ground-truth enhancing tumor. Cases are drawn uniformly, so a case
+  with a thin rim of enhancement gets as many of these centres as one with a
+  large enhancing tumor, where ``core`` centres mostly land in its necrosis.
 
 The sampler interface (what a third-party sampler registered through
 ``omkit_register_samplers`` implements):
@@ -24,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from omkit.hookspecs import hookimpl
-from omkit.labels import CORE_CLASSES, TUMOR_CLASSES
+from omkit.labels import CORE_CLASSES, ENHANCING, TUMOR_CLASSES
 
 DEFAULT_PATCH_SIZE = (16, 32, 32)  # (D, H, W): the paper's 32 x 32 x 16
 
@@ -108,6 +112,18 @@ class CoreSampler(RegionSampler):
         return np.isin(pre.label, CORE_CLASSES)
 
 
+class EnhancingSampler(RegionSampler):
+    """Task 3: centres inside the ground-truth enhancing tumor."""
+
+    task = 2
+    key = "enhancing"
+
+    def region(self, pre) -> np.ndarray:
+        if pre.label is None:
+            raise ValueError(f"case {pre.case_id}: enhancing-tumor sampling needs the ground truth")
+        return pre.label == ENHANCING
+
+
 class MixtureSampler:
     """Centres drawn from several samplers in fixed proportions, e.g. half of
     task 1's patches uniformly in the brain and half in the (dilated) tumor.
@@ -178,3 +194,4 @@ def omkit_register_samplers(registry):
     registry.add("brain", BrainSampler)
     registry.add("dilated_tumor", DilatedTumorSampler)
     registry.add("core", CoreSampler)
+    registry.add("enhancing", EnhancingSampler)

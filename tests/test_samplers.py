@@ -11,7 +11,7 @@ import omkit
 from omkit.data import find_cases, load_case, preprocess_case, synthetic
 from omkit.data.patches import extract_patch, extract_patches
 from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
-from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, MixtureSampler, dilate, parse_sampler_spec
+from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler, MixtureSampler, dilate, parse_sampler_spec
 from omkit.training import TaskPatches, TransferRule, class_fraction, task3_target, task_targets
 
 TINY_PATCH = (8, 16, 16)
@@ -32,7 +32,7 @@ def _draw(sampler, cases, count, seed=0):
 
 
 def test_registered_as_plugins():
-    assert {"brain", "dilated_tumor", "core"} <= set(omkit.list_samplers())
+    assert {"brain", "dilated_tumor", "core", "enhancing"} <= set(omkit.list_samplers())
     registry = omkit.get_plugins().registry("sampler")
     assert registry.get("dilated_tumor") is DilatedTumorSampler
     assert registry.entry("core").plugin == "samplers"
@@ -68,6 +68,17 @@ def test_task3_centres_inside_core(cases):
     for c in (0, 1):
         mine = centres[centres[:, 0] == c]
         assert np.isin(cases[c].label[mine[:, 1], mine[:, 2], mine[:, 3]], CORE_CLASSES).all()
+
+
+def test_enhancing_centres_inside_enhancing_tumor(cases):
+    from omkit.labels import ENHANCING
+
+    centres = _draw(EnhancingSampler(), cases, 2000)
+    with_et = [c for c, pre in enumerate(cases) if (pre.label == ENHANCING).any()]
+    assert set(np.unique(centres[:, 0])) == set(with_et) and with_et
+    for c in with_et:
+        mine = centres[centres[:, 0] == c]
+        assert (cases[c].label[mine[:, 1], mine[:, 2], mine[:, 3]] == ENHANCING).all()
 
 
 def test_dilation_is_a_euclidean_ball():

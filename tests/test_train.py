@@ -262,8 +262,12 @@ def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
             "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "1,1,1", "--patches-per-epoch", "2",
             "--batch-per-task", "2", "--cache-dir", str(cache_dir), "--seed", "3", "--no-progress"]
     assert cli_main(args) == 0
+    assert "--recipe cpu-budget" not in capsys.readouterr().err  # no budget given: no hint
     model, meta = load_model(tmp_path / "run" / "model.pt")
     assert meta["label_convention"] == "2023" and meta["training"]["seed"] == 3
+    # a budget of minutes with the paper's recipe gets a one-line hint, and still trains
+    assert cli_main(args[:-1] + ["--out", str(tmp_path / "budget"), "--max-minutes", "5", "--no-progress"]) == 0
+    assert "use --recipe cpu-budget" in capsys.readouterr().err
     assert cli_main(args) == 2
     assert "pass --force" in capsys.readouterr().err
     assert cli_main(args + ["--resume", "--max-steps", "5"]) == 0  # already finished: nothing to do

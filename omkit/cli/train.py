@@ -19,6 +19,7 @@ step (options given explicitly override a recipe's).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from omkit.cli import CLIError
 
@@ -103,6 +104,9 @@ def sampler_specs(text: str) -> tuple[str, str, str]:
     return specs
 
 
+# below this --max-minutes, the paper's recipe earns a hint towards cpu-budget
+SHORT_BUDGET_MINUTES = 600
+
 # argument name -> TrainConfig field, where they differ
 _RENAMED = {"transfer_thresholds": None, "no_progress": None, "recipe": None}
 
@@ -143,6 +147,11 @@ def run(args) -> int:
     if args.resume and args.force:
         raise CLIError("--resume and --force exclude each other")
     config = config_from_args(args)
+    if not args.resume and args.recipe is None and config.max_minutes is not None and config.max_minutes < SHORT_BUDGET_MINUTES:
+        # the paper's schedule (20 epochs of 200k-400k patches per task) is days of CPU time
+        print(f"omkit train: note: --max-minutes {config.max_minutes:g} with the paper's settings (SGD, full width, "
+              "20 patches per task) trains only a sliver of its schedule; for a budget of minutes use "
+              "--recipe cpu-budget (see --help)", file=sys.stderr)
     try:
         train(config, resume=args.resume, force=args.force)
     except FileExistsError as exc:  # an existing run folder: tell the user which option to use
