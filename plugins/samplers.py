@@ -100,28 +100,34 @@ class DilatedTumorSampler(RegionSampler):
         return dilate(np.isin(pre.label, TUMOR_CLASSES), self.dilation)
 
 
-class CoreSampler(RegionSampler):
+class LabelRegionSampler(RegionSampler):
+    """Centres inside the ground-truth voxels of ``classes``."""
+
+    classes: tuple[int, ...] = ()
+    purpose = "sampling"  # for the error message
+
+    def region(self, pre) -> np.ndarray:
+        if pre.label is None:
+            raise ValueError(f"case {pre.case_id}: {self.purpose} needs the ground truth")
+        return np.isin(pre.label, self.classes)
+
+
+class CoreSampler(LabelRegionSampler):
     """Task 3: centres inside the ground-truth tumor core (NCR/NET + enhancing)."""
 
     task = 2
     key = "core"
-
-    def region(self, pre) -> np.ndarray:
-        if pre.label is None:
-            raise ValueError(f"case {pre.case_id}: task-3 sampling needs the ground truth")
-        return np.isin(pre.label, CORE_CLASSES)
+    classes = CORE_CLASSES
+    purpose = "task-3 sampling"
 
 
-class EnhancingSampler(RegionSampler):
+class EnhancingSampler(LabelRegionSampler):
     """Task 3: centres inside the ground-truth enhancing tumor."""
 
     task = 2
     key = "enhancing"
-
-    def region(self, pre) -> np.ndarray:
-        if pre.label is None:
-            raise ValueError(f"case {pre.case_id}: enhancing-tumor sampling needs the ground truth")
-        return pre.label == ENHANCING
+    classes = (ENHANCING,)
+    purpose = "enhancing-tumor sampling"
 
 
 class MixtureSampler:
