@@ -71,8 +71,6 @@ def test_task3_centres_inside_core(cases):
 
 
 def test_enhancing_centres_inside_enhancing_tumor(cases):
-    from omkit.labels import ENHANCING
-
     centres = _draw(EnhancingSampler(), cases, 2000)
     with_et = [c for c, pre in enumerate(cases) if (pre.label == ENHANCING).any()]
     assert set(np.unique(centres[:, 0])) == set(with_et) and with_et

@@ -91,7 +91,7 @@ def test_identity_network_stitches_input_exactly(roi_size, stride, keep, sw_batc
 
 
 def test_predictor_may_return_only_the_kept_centre():
-    from omkit.inference.sliding import keep_centre
+    from omkit.inference.tiling import keep_centre
 
     volume = torch.randn(2, 17, 29, 41)
     roi_size, stride, keep = (8, 16, 16), (4, 8, 8), (4, 8, 8)

@@ -62,14 +62,11 @@ def add_arguments(parser):
 def run(args) -> int:
     from omkit.ablation import AblationConfig, run_ablation
 
-    from omkit.training.config import RECIPES
+    from omkit.training.config import recipe_settings
 
     train = {"progress": False}
     if args.recipe is not None:
-        if args.recipe not in RECIPES:
-            raise CLIError(f"--recipe: unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
-        train.update({k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[args.recipe].items()})
-        train["recipe"] = args.recipe
+        train.update(recipe_settings(args.recipe), recipe=args.recipe)
     # budget options are TrainConfig fields of the same name; comma lists become integer lists
     for name, as_ints in (("width", False), ("stage_epochs", True), ("epochs", False), ("patches_per_epoch", True),
                           ("batch_per_task", False), ("patch_size", True), ("max_minutes", False), ("max_steps", False),

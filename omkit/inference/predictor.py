@@ -28,8 +28,8 @@ from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
 from .fusion import PAPER_DILATION, argmax_labels, core_mask, dilate, fuse, task1_labels
-from .sliding import keep_centre, overlap_tile_inference, tiles_touching
-from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, tile_origins
+from .sliding import overlap_tile_inference, tiles_touching
+from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_centre, tile_origins
 
 
 class Prediction(NamedTuple):
@@ -129,7 +129,7 @@ class SegmentationPredictor:
                 logits = [outputs[t] for t in tasks]
             for i, lg in enumerate(logits):
                 if centre is not None:
-                    lg = lg[(slice(None), slice(None)) + tuple(centre)]
+                    lg = lg[(slice(None), slice(None)) + centre]
                 p = torch.softmax(lg.float(), dim=1)
                 sums[i] = p if sums[i] is None else sums[i] + p
         return [s / len(self.models) for s in sums]

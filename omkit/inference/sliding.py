@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_offset, tile_origins
+from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_centre, keep_offset, tile_origins
 
 
 def tile_ops():
@@ -23,11 +23,6 @@ def tile_ops():
     from omkit import ops
 
     return ops.gather_tiles, ops.stitch_tiles
-
-
-def keep_centre(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[slice, slice, slice]:
-    """The slices of a tile's kept centre."""
-    return tuple(slice(o, o + k) for o, k in zip(keep_offset(roi_size, keep), keep))
 
 
 def tiles_touching(mask: Tensor, origins: Tensor, roi_size: Sequence[int], keep: Sequence[int]) -> Tensor:

@@ -36,6 +36,11 @@ def keep_offset(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[int, int,
     return tuple((r - k) // 2 for r, k in zip(roi_size, keep))  # type: ignore[return-value]
 
 
+def keep_centre(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The slices of a tile's kept centre."""
+    return tuple(slice(o, o + k) for o, k in zip(keep_offset(roi_size, keep), _triple("keep", keep)))  # type: ignore[return-value]
+
+
 def check_geometry(roi_size, stride, keep) -> tuple[tuple[int, int, int], ...]:
     """Validate tile size, stride and kept centre; returns them as triples."""
     roi_size, stride, keep = _triple("roi_size", roi_size), _triple("stride", stride), _triple("keep", keep)

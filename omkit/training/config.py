@@ -35,6 +35,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def recipe_settings(name: str) -> dict[str, Any]:
+    """The settings of recipe ``name``; an unknown name is a one-line error."""
+    if name not in RECIPES:
+        raise ValueError(f"--recipe: unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return dict(RECIPES[name])
+
+
 @dataclass
 class TrainConfig:
     preset: str = "omnet_cga"
@@ -151,9 +158,7 @@ class TrainConfig:
     @classmethod
     def from_recipe(cls, recipe: str, settings: dict[str, Any]) -> "TrainConfig":
         """The recipe's settings, overridden by ``settings`` (explicitly given ones)."""
-        if recipe not in RECIPES:
-            raise ValueError(f"--recipe: unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-        return cls.from_dict({**RECIPES[recipe], **settings, "recipe": recipe})
+        return cls.from_dict({**recipe_settings(recipe), **settings, "recipe": recipe})
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
