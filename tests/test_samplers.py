@@ -1,6 +1,8 @@
-"""Patch samplers (plug-ins), patch extraction with padding, online data transfer."""
+"""Patch samplers (the core interface and spec grammar in omkit.data.sampling,
+the built-ins a plug-in), patch extraction with padding, online data transfer."""
 from __future__ import annotations
 
+import pickle
 
 import numpy as np
 import pytest
@@ -8,13 +10,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import omkit
-from omkit.data import find_cases, load_case, preprocess_case, synthetic
+from omkit.data import (
+    LabelRegionSampler,
+    MixtureSampler,
+    RegionSampler,
+    find_cases,
+    load_case,
+    parse_sampler_spec,
+    preprocess_case,
+    region_indices,
+    sampler_cache_key,
+    split_task_specs,
+    synthetic,
+)
 from omkit.data.patches import extract_patch, extract_patches
+from omkit.data.sampling import SpecPart, generic_cache_key, parse_spec, region_file_name
 from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
-from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler, MixtureSampler, dilate, parse_sampler_spec
+from omkit.morphology import dilate_ball
+from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler
 from omkit.training import TaskPatches, TransferRule, class_fraction, task3_target, task_targets
 
 TINY_PATCH = (8, 16, 16)
+
+
+def registry():
+    return omkit.get_plugins().registry("sampler")
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +53,72 @@ def _draw(sampler, cases, count, seed=0):
 
 def test_registered_as_plugins():
     assert {"brain", "dilated_tumor", "core", "enhancing"} <= set(omkit.list_samplers())
-    registry = omkit.get_plugins().registry("sampler")
-    assert registry.get("dilated_tumor") is DilatedTumorSampler
-    assert registry.entry("core").plugin == "samplers"
+    assert registry().get("dilated_tumor") is DilatedTumorSampler
+    assert registry().entry("core").plugin == "samplers"
+    # the built-ins subclass the core bases: a third party needs nothing from the plug-in
+    assert issubclass(DilatedTumorSampler, RegionSampler) and issubclass(CoreSampler, LabelRegionSampler)
 
+
+# -- the contract every registered sampler keeps (a new plug-in is covered here too) -------------
+
+def check_sampler_contract(name: str, cases) -> None:
+    """Region shape and dtype, draws inside the region and the volume, the same
+    draws from the same rng, and an error when no case offers a voxel."""
+    sampler = parse_sampler_spec(name, registry())
+    assert isinstance(sampler_cache_key(sampler), str) and sampler_cache_key(sampler)
+    assert sampler.task in (0, 1, 2)
+    regions, flat = [], []
+    for pre in cases:
+        region = np.asarray(sampler.region(pre))
+        assert region.shape == pre.shape and region.dtype == bool, name
+        regions.append(region)
+        flat.append(np.flatnonzero(region))
+    assert any(len(f) for f in flat), f"{name}: no synthetic case has voxels to sample"
+    shapes = [pre.shape for pre in cases]
+    centres = sampler.draw(flat, shapes, 500, np.random.default_rng(3))
+    assert centres.shape == (500, 4) and centres.dtype == np.int64
+    assert set(np.unique(centres[:, 0])) <= {c for c, f in enumerate(flat) if len(f)}
+    for c, pre in enumerate(cases):
+        mine = centres[centres[:, 0] == c][:, 1:]
+        assert ((mine >= 0) & (mine < np.array(pre.shape))).all()
+        assert regions[c][tuple(mine.T)].all(), f"{name}: a centre outside its region"
+    np.testing.assert_array_equal(centres, sampler.draw(flat, shapes, 500, np.random.default_rng(3)))
+    assert not np.array_equal(centres, sampler.draw(flat, shapes, 500, np.random.default_rng(4)))
+    empty = [np.zeros(0, dtype=np.int64) for _ in cases]
+    with pytest.raises(ValueError):
+        sampler.draw(empty, shapes, 5, np.random.default_rng(0))
+    # region indices (what training caches) are the region's flat indices
+    np.testing.assert_array_equal(region_indices(sampler, cases[0]), flat[0])
+
+
+@pytest.mark.parametrize("name", omkit.list_samplers())
+def test_every_registered_sampler_keeps_the_contract(name, cases):
+    check_sampler_contract(name, cases)
+
+
+@pytest.mark.parametrize("name", omkit.list_samplers())
+def test_every_registered_sampler_pickles(name):
+    # DataLoader workers may pickle the patch source with its samplers
+    sampler = parse_sampler_spec(name, registry())
+    again = pickle.loads(pickle.dumps(sampler))
+    assert type(again) is type(sampler) and sampler_cache_key(again) == sampler_cache_key(sampler)
+
+
+# -- the built-ins ----------------------------------------------------------------------------
 
 def test_task1_centres_inside_brain(cases):
     centres = _draw(BrainSampler(), cases, 3000)
-    assert centres.shape == (3000, 4) and centres.dtype == np.int64
     for c, pre in enumerate(cases):
         mine = centres[centres[:, 0] == c]
         assert len(mine) > 800  # cases are picked uniformly
         assert pre.brain_mask[mine[:, 1], mine[:, 2], mine[:, 3]].all()
 
 
-def test_task2_centres_inside_tumor_dilated_by_5(cases):
-    centres = _draw(DilatedTumorSampler(), cases, 3000)
+@pytest.mark.parametrize("radius", [5.0, 2])
+def test_task2_centres_inside_tumor_dilated_by_radius(cases, radius):
+    sampler = DilatedTumorSampler() if radius == 5.0 else parse_sampler_spec(f"dilated_tumor(radius={radius})", registry())
+    assert sampler.radius == radius
+    centres = _draw(sampler, cases, 3000)
     assert 2 not in centres[:, 0]  # the case without a tumor has no task-2 region
     outside_tumor = 0
     for c in (0, 1):
@@ -57,9 +127,10 @@ def test_task2_centres_inside_tumor_dilated_by_5(cases):
         tumor = np.argwhere(np.isin(pre.label, TUMOR_CLASSES))
         # brute-force distance of every centre to the nearest tumor voxel
         dist = np.sqrt(((mine[:, None, :] - tumor[None, :, :]) ** 2).sum(-1)).min(axis=1)
-        assert dist.max() <= 5.0
+        assert dist.max() <= radius
         outside_tumor += int((dist > 0).sum())
     assert outside_tumor > 0  # the dilation is used, not just the tumor itself
+    np.testing.assert_array_equal(sampler.region(cases[0]), dilate_ball(np.isin(cases[0].label, TUMOR_CLASSES), radius))
 
 
 def test_task3_centres_inside_core(cases):
@@ -79,20 +150,16 @@ def test_enhancing_centres_inside_enhancing_tumor(cases):
         assert (cases[c].label[mine[:, 1], mine[:, 2], mine[:, 3]] == ENHANCING).all()
 
 
-def test_dilation_is_a_euclidean_ball():
-    mask = np.zeros((21, 21, 21), dtype=bool)
-    mask[10, 10, 10] = True
-    ball = dilate(mask, 5)
-    grid = np.indices(mask.shape) - 10
-    np.testing.assert_array_equal(ball, (grid ** 2).sum(0) <= 25)
-    assert dilate(mask, 0).sum() == 1
+def test_label_samplers_need_the_ground_truth(cases):
+    unlabelled = preprocess_case(synthetic.make_case((16, 24, 24), seed=5))
+    unlabelled.label = None
+    for sampler in (DilatedTumorSampler(), CoreSampler(), EnhancingSampler()):
+        with pytest.raises(ValueError, match="needs the ground truth"):
+            sampler.region(unlabelled)
 
 
 def test_seeded_reproducible_and_uniform(cases):
     sampler = BrainSampler()
-    a, b = _draw(sampler, cases, 500, seed=7), _draw(sampler, cases, 500, seed=7)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, _draw(sampler, cases, 500, seed=8))
     # uniform inside one case: half of the region's voxels get about half the centres
     region = np.flatnonzero(cases[0].brain_mask)
     many = sampler.draw([region], [cases[0].shape], 40000, np.random.default_rng(0))
@@ -101,16 +168,94 @@ def test_seeded_reproducible_and_uniform(cases):
     assert abs(below - 0.5) < 0.015
 
 
-def test_no_region_anywhere_is_an_error(cases):
-    with pytest.raises(ValueError, match="no case has a non-empty sampling region"):
-        _draw(CoreSampler(), cases[2:], 5)
+def test_options_and_cache_keys():
+    assert DilatedTumorSampler().options == {"radius": 5.0}
+    assert DilatedTumorSampler(3).cache_key == DilatedTumorSampler(radius=3.0).cache_key == "dilated_tumor(radius=3.0)"
+    assert DilatedTumorSampler(3).cache_key != DilatedTumorSampler(4).cache_key
+    assert BrainSampler().cache_key == "brain" and BrainSampler().options == {}
+    with pytest.raises(TypeError, match="BrainSampler takes no options"):
+        BrainSampler(radius=3)
+    with pytest.raises(ValueError, match="radius must be a number >= 0"):
+        DilatedTumorSampler(radius=-1)
+
+    class Keyless(RegionSampler):  # no key: the class path and every option, sorted
+        def __init__(self, b=1, a="x", **extra):
+            self.a, self.b = a, b
+
+        def region(self, pre):
+            return pre.brain_mask
+
+    key = Keyless(a="y", c=(1, 2)).cache_key
+    assert key == f"{Keyless.__module__}.{Keyless.__qualname__}(a='y',b=1.0,c=(1, 2))"
+    assert generic_cache_key("n", {}) == "n"
+    # a key that is no plain file name is cached under a cleaned name plus a digest
+    assert region_file_name("brain") == "region-brain"
+    assert region_file_name("dilated_tumor(radius=3.0)") == "region-dilated_tumor(radius=3.0)"
+    odd = region_file_name(key)
+    assert odd.startswith("region-") and "/" not in odd and "'" not in odd and " " not in odd
+    assert odd != region_file_name(Keyless(a="z", c=(1, 2)).cache_key)
+
+
+# -- the spec grammar ---------------------------------------------------------------------------
+
+def test_spec_grammar_options_and_weights():
+    assert parse_spec("brain") == [SpecPart("brain", {}, None)]
+    assert parse_spec(" dilated_tumor( radius = 3 ) ") == [SpecPart("dilated_tumor", {"radius": 3}, None)]
+    parts = parse_spec("mine(a=3, b='x,y)', c=(1, 2), d=True, e=hello, f=-0.5):2+core:1.5")
+    assert parts == [
+        SpecPart("mine", {"a": 3, "b": "x,y)", "c": (1, 2), "d": True, "e": "hello", "f": -0.5}, 2.0),
+        SpecPart("core", {}, 1.5),
+    ]
+    assert parse_spec("brain()") == [SpecPart("brain", {}, None)]
+
+
+def test_spec_builds_samplers_with_options():
+    sampler = parse_sampler_spec("dilated_tumor(radius=3)", registry())
+    assert isinstance(sampler, DilatedTumorSampler) and sampler.radius == 3.0
+    mixture = parse_sampler_spec("brain:1+dilated_tumor(radius=3):2", registry())
+    assert isinstance(mixture, MixtureSampler) and mixture.task == 0
+    assert [type(s) for s, _ in mixture.parts] == [BrainSampler, DilatedTumorSampler]
+    assert mixture.parts[1][0].radius == 3.0 and list(mixture.weights) == pytest.approx([1 / 3, 2 / 3])
+    assert mixture.cache_key == "brain:1+dilated_tumor(radius=3.0):2"
+    # a part without weight counts 1
+    assert parse_sampler_spec("core+enhancing:3", registry()).weights.tolist() == pytest.approx([0.25, 0.75])
+
+
+def test_task_specs_split_on_top_level_commas():
+    assert split_task_specs("brain,dilated_tumor,core") == ("brain", "dilated_tumor", "core")
+    assert split_task_specs("brain:1+dilated_tumor(radius=3, x=(1,2)):1, dilated_tumor(radius=2,y='a,b'),core") == (
+        "brain:1+dilated_tumor(radius=3, x=(1,2)):1", "dilated_tumor(radius=2,y='a,b')", "core")
+    for text in ("brain,core", "brain,dilated_tumor(radius=3,core", "a,,c", "a,b,c,d"):
+        with pytest.raises(ValueError, match="--samplers") as info:
+            split_task_specs(text)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("brain:x+core:1", r"--samplers 'brain:x\+core:1': 'x' is not a weight"),
+    ("brain:0+core:1", "weights must be > 0"),
+    ("brain:1", "at least two parts"),
+    ("nowhere:1+core:1", "--samplers 'nowhere:1\\+core:1': unknown sampler 'nowhere'; available: brain, core"),
+    ("dilated_tumor(radus=3)", "sampler 'dilated_tumor' has no option 'radus'; it accepts radius \\(default 5.0\\)"),
+    ("brain(radius=3)", "sampler 'brain' has no option 'radius'; it accepts no options"),
+    ("dilated_tumor(radius=-2)", "sampler 'dilated_tumor': radius must be a number >= 0, got -2"),
+    ("dilated_tumor(radius=3", "unbalanced parentheses"),
+    ("dilated_tumor(3)", "option '3' is not KEY=VALUE"),
+    ("dilated_tumor(radius=)", "option 'radius' has no value"),
+    ("dilated_tumor(radius=1, radius=2)", "option 'radius' is given twice"),
+    ("brain core", "unexpected 'core' after 'brain'"),
+    ("+core", "expected a sampler name"),
+    ("", "empty sampler spec"),
+])
+def test_spec_errors_are_one_line_naming_the_flag(spec, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_sampler_spec(spec, registry())
+    assert str(info.value).startswith("--samplers") and "\n" not in str(info.value)
 
 
 def test_mixture_draws_each_part_in_proportion(cases):
-    registry = omkit.get_plugins().registry("sampler")
-    mixture = parse_sampler_spec("brain:3+dilated_tumor:1", registry, dilation=0)
-    assert isinstance(mixture, MixtureSampler) and mixture.task == 0
-    assert mixture.cache_key == "brain:3+dilated_tumor_r0:1"
+    mixture = parse_sampler_spec("brain:3+dilated_tumor(radius=0):1", registry())
+    assert mixture.cache_key == "brain:3+dilated_tumor(radius=0.0):1"
     regions = [tuple(np.flatnonzero(r) for r in mixture.region(pre)) for pre in cases]
     centres = mixture.draw(regions, [pre.shape for pre in cases], 8000, np.random.default_rng(0))
     assert centres.shape == (8000, 4)
@@ -127,27 +272,31 @@ def test_mixture_draws_each_part_in_proportion(cases):
     np.testing.assert_array_equal(centres, again)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("brain:x+core:1", "is not a weight"),
-    ("brain:0+core:1", "weights must be > 0"),
-    ("brain:1", "at least two parts"),
-    ("nowhere:1+core:1", "unknown sampler 'nowhere'"),
-])
-def test_mixture_spec_errors(spec, message):
-    with pytest.raises(Exception, match=message):
-        parse_sampler_spec(spec, omkit.get_plugins().registry("sampler"))
-
-
 def test_task_patches_with_a_mixture(cases):
-    registry = omkit.get_plugins().registry("sampler")
-    samplers = [parse_sampler_spec("brain:1+core:1", registry), DilatedTumorSampler(), CoreSampler()]
+    samplers = [parse_sampler_spec("brain:1+core:1", registry()), DilatedTumorSampler(), CoreSampler()]
     patches = TaskPatches(cases, samplers, TINY_PATCH, (40, 40, 20), 4, seed=3)
     images, labels = patches.batch_at(epoch=0, step=1, tasks=(0, 1, 2))[0]
     assert images.shape == (4, 4, *TINY_PATCH) and labels.shape == (4, *TINY_PATCH)
     # a mixture with an empty part everywhere is refused like a plain sampler
     with pytest.raises(ValueError, match="no case has a non-empty sampling region"):
-        TaskPatches(cases[2:], [parse_sampler_spec("brain:1+core:1", registry), BrainSampler(), BrainSampler()],
+        TaskPatches(cases[2:], [parse_sampler_spec("brain:1+core:1", registry()), BrainSampler(), BrainSampler()],
                     TINY_PATCH, (8, 8, 8), 4, tasks=(0,)).pool(0, 0)
+
+
+def test_regions_are_cached_per_option(cases, tmp_path):
+    from omkit.data import PreprocessedCache
+
+    root = tmp_path / "data"
+    case_dir = synthetic.make_dataset(root, num_cases=1, shape=(16, 32, 32), seed=7)[0]
+    cache = PreprocessedCache(tmp_path / "cache")
+    pre = cache.load(case_dir)
+    small, large = DilatedTumorSampler(1), DilatedTumorSampler(4)
+    a = region_indices(small, pre, cache, case_dir, {})
+    b = region_indices(large, pre, cache, case_dir, {})
+    assert len(a) < len(b)  # two options, two cached regions
+    names = sorted(p.name for p in cache.entry_dir(case_dir).glob("region-*.npy"))
+    assert names == ["region-dilated_tumor(radius=1.0).npy", "region-dilated_tumor(radius=4.0).npy"]
+    np.testing.assert_array_equal(region_indices(small, pre, cache, case_dir, {}), a)
 
 
 class CountingRegions(list):
@@ -207,7 +356,7 @@ def _batch_with_fractions(fractions, cls, fill=NORMAL, voxels=100):
 
 
 def test_transfer_selects_exactly_by_threshold():
-    rule = TransferRule()  # 0.4 tumor -> task 2, 0.5 core -> task 3
+    rule = TransferRule()  # the paper's: 0.4 tumor -> task 2, 0.5 core -> task 3
     task1 = _batch_with_fractions([0.39, 0.40, 0.41, 0.0, 0.8], EDEMA)
     task1[4].reshape(-1)[:50] = NCR_NET  # patch 4: 80 % tumor, 50 % core
     task2 = _batch_with_fractions([0.49, 0.50, 1.0], ENHANCING)
@@ -286,3 +435,6 @@ def test_real_case_sampler_regions(sample_data):
     wt = np.isin(pre.label, TUMOR_CLASSES)
     dilated = DilatedTumorSampler().region(pre)
     assert (dilated >= wt).all() and dilated.sum() > wt.sum()
+    # the contract of every registered sampler holds on a real case too
+    for name in omkit.list_samplers():
+        check_sampler_contract(name, [pre])
