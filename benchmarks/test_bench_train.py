@@ -1,5 +1,6 @@
-"""One training step per preset at the paper's batch (20 patches per task,
-16 x 32 x 32, full width): forward of the three tasks through
+"""One training step per preset at the paper's batch and patch
+(``omkit.protocol.BATCH_PER_TASK`` patches per task of ``PATCH_SIZE``, full
+width) with the trainer's optimiser: forward of the three tasks through
 ``forward_tasks`` (with online data transfer for OM-Net presets), the summed
 per-task cross-entropy, backward and the SGD step, as the trainer does.
 
@@ -13,21 +14,25 @@ import torch
 import torch.nn.functional as F
 
 import omkit
+from omkit.labels import NUM_CLASSES_TASK
+from omkit.protocol import BATCH_PER_TASK as PAPER_BATCH, PATCH_SIZE
+from omkit.training import TrainConfig
+from omkit.training.optim import build_optimizer
 
 from .conftest import SMOKE
 from .memory import PeakMemory
 
 PRESETS = ("omnet", "omnet_cga", "mc3")
 WIDTH = 0.125 if SMOKE else 1.0
-PATCH = (8, 16, 16) if SMOKE else (16, 32, 32)
-BATCH_PER_TASK = 2 if SMOKE else 20
-CLASSES = (5, 5, 2)
+PATCH = (8, 16, 16) if SMOKE else PATCH_SIZE
+BATCH_PER_TASK = 2 if SMOKE else PAPER_BATCH
+CLASSES = NUM_CLASSES_TASK
 
 
 def make_step(preset: str, device: str):
     torch.manual_seed(0)
     model = omkit.create_model(preset, width=WIDTH).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, weight_decay=5e-4)
+    opt = build_optimizer(TrainConfig(), model)  # the paper's SGD, as the trainer builds it
     inputs = [torch.randn(BATCH_PER_TASK, 4, *PATCH, device=device) for _ in range(3)]
     labels = [torch.randint(0, k, (BATCH_PER_TASK, *PATCH), device=device) for k in CLASSES]
     transfers = None

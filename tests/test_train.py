@@ -43,12 +43,13 @@ def cache_dir(tmp_path_factory):
 
 
 def config(data_dir, cache_dir, out, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "preset": "omnet_cga", "data": str(data_dir), "out": str(out),
+    return TrainConfig(**{**TINY, "preset": "omnet_cga", "input": str(data_dir), "output": str(out),
                           "cache_dir": str(cache_dir), "stage_epochs": (1, 1, 1), **kw})
 
 
 def _state(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    # the training checkpoint is tensors and plain data: no pickled objects
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
 
 # -- curriculum plans ------------------------------------------------------------------
@@ -72,11 +73,54 @@ def test_config_validation_names_the_option():
     with pytest.raises(ValueError, match="--patch-size: each size must be divisible by 8"):
         TrainConfig(patch_size=(12, 16, 16))
     with pytest.raises(ValueError, match="--amp: mixed precision needs --device cuda"):
-        TrainConfig(amp=True)
+        TrainConfig(amp=True, device="cpu")
     with pytest.raises(ValueError, match="--fold"):
         TrainConfig(folds=5)
     assert TrainConfig(patches_per_epoch=7).patches_per_epoch == (7, 7, 7)
-    assert TrainConfig().patches_per_epoch == (400_000, 400_000, 200_000)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"lr_gamma": 0.0}, r"--lr-gamma: must be in \(0, 1\]"),
+    ({"lr_gamma": 1.5}, r"--lr-gamma: must be in \(0, 1\]"),
+    ({"lr": float("nan")}, "--lr: must be a finite number"),
+    ({"lr": float("inf")}, "--lr: must be a finite number"),
+    ({"width": float("nan")}, "--width: must be a finite number"),
+    ({"transfer_tumor_threshold": float("nan")}, "--transfer-tumor-threshold: must be a finite number"),
+    ({"transfer_core_threshold": 1.5}, r"--transfer-core-threshold: must be a fraction in \[0, 1\]"),
+    ({"max_minutes": float("inf")}, "--max-minutes: must be a finite number"),
+    ({"device": "gpu"}, "--device must be|--device: must be"),
+    ({"samplers": ("brain", "dilated_tumor(radius=3", "core")}, "--samplers 'dilated_tumor\\(radius=3': unbalanced"),
+    ({"attention": ""}, "--attention: must be the name of an attention plug-in"),
+    ({"model_options": {"width": 2}}, "--model-options: width has its own option, --width"),
+])
+def test_config_validation_is_one_line_naming_the_flag(settings, message):
+    with pytest.raises(ValueError, match=message) as info:
+        TrainConfig(**settings)
+    assert "\n" not in str(info.value)
+
+
+def test_config_defaults_are_the_protocol():
+    import dataclasses
+
+    from omkit import protocol
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    assert defaults["stage_epochs"] == protocol.STAGE_EPOCHS and defaults["patch_size"] == protocol.PATCH_SIZE
+    assert defaults["patches_per_epoch"] == protocol.PATCHES_PER_EPOCH
+    assert (defaults["transfer_tumor_threshold"], defaults["transfer_core_threshold"]) == (
+        protocol.TRANSFER_TUMOR_THRESHOLD, protocol.TRANSFER_CORE_THRESHOLD)
+    assert (defaults["lr"], defaults["momentum"], defaults["weight_decay"], defaults["lr_step_epochs"],
+            defaults["lr_gamma"], defaults["batch_per_task"]) == (
+        protocol.LR, protocol.MOMENTUM, protocol.WEIGHT_DECAY, protocol.LR_STEP_EPOCHS, protocol.LR_GAMMA,
+        protocol.BATCH_PER_TASK)
+    assert defaults["device"] == "auto" and defaults["attention"] is None
+    assert TrainConfig.defaults()["model_options"] == {}
+    assert not {"data", "out", "dilation", "model_kw", "tumor_threshold", "core_threshold"} & set(TrainConfig.defaults())
+    # every recipe is a valid configuration
+    from omkit.training import RECIPES
+
+    for name in RECIPES:
+        TrainConfig.from_recipe(name, {})
 
 
 def test_paper_optimiser_defaults(data_dir, cache_dir, tmp_path):
@@ -86,18 +130,25 @@ def test_paper_optimiser_defaults(data_dir, cache_dir, tmp_path):
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.99, 5e-4)
     assert (trainer.scheduler.step_size, trainer.scheduler.gamma) == (4, 0.5)
     assert trainer.transfer is not None and trainer.transfer.tumor_threshold == 0.4
+    assert trainer.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
+    trainer.close()
+    trainer = Trainer(config(data_dir, cache_dir, tmp_path / "g", lr_gamma=0.25, transfer_tumor_threshold=0.3,
+                             transfer_core_threshold=0.7))
+    assert trainer.scheduler.gamma == 0.25
+    assert (trainer.transfer.tumor_threshold, trainer.transfer.core_threshold) == (0.3, 0.7)
     trainer.close()
     assert Trainer(config(data_dir, cache_dir, tmp_path / "r0", preset="omnet0")).transfer is None
     assert Trainer(config(data_dir, cache_dir, tmp_path / "rd", preset="omnetd")).transfer is not None
 
 
 def test_short_budget_options_adam_and_sampler_mixture(data_dir, cache_dir, tmp_path):
-    from omkit.plugins.samplers import MixtureSampler
+    from omkit.data import MixtureSampler
 
     trainer = Trainer(config(data_dir, cache_dir, tmp_path / "run", optimizer="adam", lr=2e-3,
                              samplers=("brain:1+dilated_tumor:1", "dilated_tumor", "core")))
     assert isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer.param_groups[0]["lr"] == 2e-3
     assert isinstance(trainer.samplers[0], MixtureSampler)
+    assert trainer.samplers[1].cache_key == "dilated_tumor(radius=5.0)"
     trainer.close()
     run = train(config(data_dir, cache_dir, tmp_path / "run2", optimizer="adam",
                        samplers=("brain:1+dilated_tumor:1", "dilated_tumor", "core")))
@@ -161,7 +212,7 @@ def test_resume_is_bit_exact(data_dir, cache_dir, tmp_path):
         assert torch.equal(value, b["model"][key]), key
     # the same from a fresh process: everything comes from the checkpoint
     result = subprocess.run(
-        [sys.executable, "-m", "omkit", "train", "--resume", "--data", str(data_dir), "--out", str(restarted),
+        [sys.executable, "-m", "omkit", "train", "--resume", "-i", str(data_dir), "-o", str(restarted),
          "--threads", "1", "--no-progress"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
@@ -180,10 +231,60 @@ def test_resume_is_bit_exact(data_dir, cache_dir, tmp_path):
     fewer = tmp_path / "fewer"
     fewer.mkdir()
     (fewer / "Synth18_000").symlink_to(data_dir / "Synth18_000")
-    with pytest.raises(ValueError, match="--data: .* gives other training cases"):
+    with pytest.raises(ValueError, match="--input: .* gives other training cases"):
         train(config(fewer, cache_dir, tmp_path / "split"), resume=True)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(config(data_dir, cache_dir, tmp_path / "none"), resume=True)
+
+
+class _Payload:
+    """Unpickling this runs code: what a crafted checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_crafted_checkpoint_is_refused_without_running_it(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", max_steps=1))
+    last = run / "checkpoints" / "last.pt"
+    payload = _state(run)
+    assert isinstance(payload["rng"]["per_rank"][0]["numpy"]["keys"], torch.Tensor)  # not a pickled numpy state
+    marker = tmp_path / "ran.txt"
+    payload["state"]["stopped_by"] = _Payload(marker)
+    torch.save(payload, last)
+    with pytest.raises(ValueError) as info:
+        train(config(data_dir, cache_dir, run), resume=True)
+    message = str(info.value)
+    assert str(last) in message and "refusing" in message and "\n" not in message
+    assert not marker.exists()
+    # the command line says the same in one line, and runs nothing either
+    result = subprocess.run(
+        [sys.executable, "-m", "omkit", "train", "--resume", "-i", str(data_dir), "-o", str(run), "--no-progress",
+         "--cache-dir", str(cache_dir), "--threads", "1"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 2 and str(last) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    # a file that is not a checkpoint at all: one line too
+    last.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable training checkpoint"):
+        train(config(data_dir, cache_dir, run), resume=True)
+
+
+def test_attention_plugin_and_model_options_without_a_preset(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", preset="omnet", attention="se", max_steps=1))
+    model, meta = load_model(run / "model.pt")
+    assert meta["model_kw"]["attention"] == "se"
+    assert "SEBlock" in {type(m).__name__ for m in model.modules()}
+    assert json.loads((run / "config.json").read_text())["config"]["attention"] == "se"
+    with pytest.raises(ValueError, match="--attention: unknown attention 'nope'"):
+        train(config(data_dir, cache_dir, tmp_path / "bad", attention="nope"))
+    with pytest.raises(ValueError, match="--preset omnet --model-options bogus=1: "):
+        train(config(data_dir, cache_dir, tmp_path / "bad", preset="omnet", model_options={"bogus": 1}))
+    assert not (tmp_path / "bad").exists()  # settings errors come before the run folder is made
 
 
 def test_workers_give_the_same_batches(data_dir, cache_dir, tmp_path):
@@ -258,7 +359,7 @@ def test_bad_case_stops_or_is_skipped(tmp_path, cache_dir):
 
 def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
     synthetic.make_dataset(tmp_path / "data", num_cases=2, naming="2023", shape=(16, 32, 32), seed=40)
-    args = ["train", "--preset", "omnet_cga", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+    args = ["train", "--preset", "omnet_cga", "-i", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
             "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "1,1,1", "--patches-per-epoch", "2",
             "--batch-per-task", "2", "--cache-dir", str(cache_dir), "--seed", "3", "--no-progress"]
     assert cli_main(args) == 0
@@ -266,7 +367,7 @@ def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
     model, meta = load_model(tmp_path / "run" / "model.pt")
     assert meta["label_convention"] == "2023" and meta["training"]["seed"] == 3
     # a budget of minutes with the paper's recipe gets a one-line hint, and still trains
-    assert cli_main(args[:-1] + ["--out", str(tmp_path / "budget"), "--max-minutes", "5", "--no-progress"]) == 0
+    assert cli_main(args[:-1] + ["-o", str(tmp_path / "budget"), "--max-minutes", "5", "--no-progress"]) == 0
     assert "use --recipe cpu-budget" in capsys.readouterr().err
     assert cli_main(args) == 2
     assert "pass --force" in capsys.readouterr().err
@@ -301,15 +402,19 @@ def test_cli_options_map_to_config(tmp_path):
 
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
-    args = parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--transfer-thresholds", "0.3,0.6",
+    args = parser.parse_args(["-i", "D", "-o", str(tmp_path / "R"), "--transfer-tumor-threshold", "0.3",
+                              "--transfer-core-threshold", "0.6", "--lr-gamma", "0.25", "--attention", "se",
                               "--patches-per-epoch", "400,400,200", "--stage-epochs", "2,1,5", "--folds", "10",
                               "--fold", "3", "--no-progress", "--lr", "0.01", "--preset", "omnetd",
-                              "--optimizer", "adam", "--samplers", "brain:1+dilated_tumor:1,dilated_tumor,core"])
+                              "--optimizer", "adam", "--samplers",
+                              "brain:1+dilated_tumor(radius=3, scale=(1,2)):1,dilated_tumor,core"])
     cfg = train_cli.config_from_args(args)
-    assert (cfg.tumor_threshold, cfg.core_threshold) == (0.3, 0.6)
+    assert (cfg.transfer_tumor_threshold, cfg.transfer_core_threshold) == (0.3, 0.6)
+    assert (cfg.lr_gamma, cfg.attention, cfg.input, cfg.output) == (0.25, "se", "D", str(tmp_path / "R"))
     assert cfg.patches_per_epoch == (400, 400, 200) and cfg.stage_epochs == (2, 1, 5)
     assert (cfg.folds, cfg.fold, cfg.progress, cfg.lr, cfg.preset) == (10, 3, False, 0.01, "omnetd")
-    assert cfg.optimizer == "adam" and cfg.samplers == ("brain:1+dilated_tumor:1", "dilated_tumor", "core")
+    assert cfg.optimizer == "adam"
+    assert cfg.samplers == ("brain:1+dilated_tumor(radius=3, scale=(1,2)):1", "dilated_tumor", "core")
     assert cfg.momentum == 0.99 and cfg.batch_per_task == 20 and cfg.patch_size == (16, 32, 32)  # paper defaults
     assert cfg.recipe == "paper"
 
@@ -323,7 +428,7 @@ def test_recipe_sets_defaults_that_explicit_options_override(tmp_path):
 
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
-    args = parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--recipe", "cpu-budget",
+    args = parser.parse_args(["-i", "D", "-o", str(tmp_path / "R"), "--recipe", "cpu-budget",
                               "--max-minutes", "25", "--lr", "5e-4"])
     cfg = train_cli.config_from_args(args)
     recipe = RECIPES["cpu-budget"]
@@ -336,12 +441,12 @@ def test_recipe_sets_defaults_that_explicit_options_override(tmp_path):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
     with pytest.raises(ValueError, match="--recipe: unknown recipe 'fast'"):
-        train_cli.config_from_args(parser.parse_args(["--data", "D", "--out", str(tmp_path / "R"), "--recipe", "fast"]))
+        train_cli.config_from_args(parser.parse_args(["-i", "D", "-o", str(tmp_path / "R"), "--recipe", "fast"]))
     # a resumed run keeps the recipe it was made with
     run = tmp_path / "R"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
     with pytest.raises(CLIError, match="made with recipe cpu-budget"):
-        train_cli.config_from_args(parser.parse_args(["--data", "D", "--out", str(run), "--resume", "--recipe", "paper"]))
-    resumed = train_cli.config_from_args(parser.parse_args(["--data", "D", "--out", str(run), "--resume"]))
+        train_cli.config_from_args(parser.parse_args(["-i", "D", "-o", str(run), "--resume", "--recipe", "paper"]))
+    resumed = train_cli.config_from_args(parser.parse_args(["-i", "D", "-o", str(run), "--resume"]))
     assert resumed.optimizer == "adam" and resumed.lr == 5e-4

@@ -2,9 +2,24 @@
 resumable checkpoints, DDP. ``train(config) -> run_dir`` is the entry point
 for Python callers; ``omkit train`` is the command line.
 
+Modules, one job each:
+
+* :mod:`.config`      ``TrainConfig`` (defaults from ``omkit.protocol``), ``RECIPES``
+* :mod:`.curriculum`  ``Stage``, ``plan_stages``, the plateau rule
+* :mod:`.data`        cases (found, split, validated, cached), samplers, regions
+* :mod:`.patches`     ``TaskPatches``: per-task batches from (seed, rank, epoch, step)
+* :mod:`.transfer`    online training-data transfer (``TransferRule``)
+* :mod:`.optim`       model, optimiser, lr schedule, AMP scaler, seeds
+* :mod:`.state`       ``TrainState``: where a run stands, its loss windows
+* :mod:`.checkpoints` ``checkpoints/last.pt`` (weights-only loadable), model metadata
+* :mod:`.distributed` DDP: ranks, process group, collectives
+* :mod:`.run_folder`  what a run folder holds; --force and --resume policy
+* :mod:`.report`      metrics CSV/JSON and the loss curve
+* :mod:`.trainer`     ``Trainer``: the loop; ``train``
+
 A run folder holds::
 
-    config.json          the resolved TrainConfig, stages, cases and held-out cases
+    config.json          the resolved TrainConfig, stages, samplers, cases and held-out cases
     metrics.csv          one row per --log-every steps: losses per task, lr, patches/s
     metrics.json         per-epoch losses, totals, stop reason, per-process digests
     loss_curve.png       the losses against the step, stage starts marked
@@ -12,12 +27,15 @@ A run folder holds::
     checkpoints/stageK.pt  the model at the end of curriculum stage K
     model.pt             the final model (omkit.checkpoint format)
 """
-from .config import PAPER_PATCHES_PER_EPOCH, PAPER_STAGE_EPOCHS, RECIPES, TrainConfig
+from .checkpoints import weights_digest
+from .config import RECIPES, TrainConfig, recipe_settings
+from .curriculum import Stage, plan_stages
 from .patches import TaskPatches
-from .trainer import Stage, Trainer, plan_stages, train, weights_digest
+from .state import TrainState
+from .trainer import Trainer, train
 from .transfer import TransferRule, class_fraction, task3_target, task_targets
 
 __all__ = [
-    "PAPER_PATCHES_PER_EPOCH", "PAPER_STAGE_EPOCHS", "RECIPES", "Stage", "TaskPatches", "TrainConfig", "Trainer",
-    "TransferRule", "class_fraction", "plan_stages", "task3_target", "task_targets", "train", "weights_digest",
+    "RECIPES", "Stage", "TaskPatches", "TrainConfig", "TrainState", "Trainer", "TransferRule", "class_fraction",
+    "plan_stages", "recipe_settings", "task3_target", "task_targets", "train", "weights_digest",
 ]

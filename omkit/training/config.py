@@ -1,15 +1,33 @@
-"""The training configuration: defaults are the paper's (Sec. IV-C) and the
-released solver's; ``config.json`` in a run folder is the resolved copy."""
+"""The training configuration. Every default is the paper's (Sec. IV-C; the
+authors' released solver), imported from :mod:`omkit.protocol`;
+``dataclasses.fields(TrainConfig)`` is the one place the command line reads
+defaults from (a flag is its field's name with dashes: ``transfer_core_threshold``
+is ``--transfer-core-threshold``). ``config.json`` in a run folder holds the
+resolved copy."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PAPER_STAGE_EPOCHS = (1, 1, 18)
-PAPER_PATCHES_PER_EPOCH = (400_000, 400_000, 200_000)
+from omkit.protocol import (
+    BATCH_PER_TASK,
+    LR,
+    LR_GAMMA,
+    LR_STEP_EPOCHS,
+    MOMENTUM,
+    PATCH_DIVISOR,
+    PATCH_SIZE,
+    PATCHES_PER_EPOCH,
+    STAGE_EPOCHS,
+    TRANSFER_CORE_THRESHOLD,
+    TRANSFER_TUMOR_THRESHOLD,
+    WEIGHT_DECAY,
+)
+from omkit.devices import DEVICE_CHOICES, is_valid_device_name
 
 # Named bundles of settings; settings given explicitly override a recipe's.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -42,31 +60,41 @@ def recipe_settings(name: str) -> dict[str, Any]:
     return dict(RECIPES[name])
 
 
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``lr_gamma`` -> ``--lr-gamma``."""
+    return f"--{name.replace('_', '-')}"
+
+
 @dataclass
 class TrainConfig:
     preset: str = "omnet_cga"
-    data: str = ""
-    out: str = ""
-    device: str = "cpu"
+    input: str = ""  # a folder of BraTS case folders
+    output: str = ""  # the run folder
+    device: str = "auto"
     width: float = 1.0
+    # one attention plug-in in every OM-Net head instead of the preset's
+    # (create_model(preset, attention=...)); any registered attention
+    attention: str | None = None
+    model_options: dict = field(default_factory=dict)  # further create_model keyword arguments
     # curriculum: epochs of stage 1 (task 1), 2 (tasks 1-2), 3 (tasks 1-3); a
     # preset without curriculum trains its tasks together for their sum
-    stage_epochs: tuple = PAPER_STAGE_EPOCHS
+    stage_epochs: tuple = STAGE_EPOCHS
     epochs: int | None = None  # total; overrides the last stage's length
     plateau_tol: float | None = None  # end a stage early when its newest task's loss stalls
-    patches_per_epoch: tuple = PAPER_PATCHES_PER_EPOCH  # per task, over all processes
-    batch_per_task: int = 20  # per process
-    patch_size: tuple = (16, 32, 32)  # (D, H, W)
+    patches_per_epoch: tuple = PATCHES_PER_EPOCH  # per task, over all processes
+    batch_per_task: int = BATCH_PER_TASK  # per process
+    patch_size: tuple = PATCH_SIZE  # (D, H, W)
+    # one sampler spec per task (omkit.data.sampling): NAME(KEY=VALUE,...), weighted mixtures NAME:W+NAME:W
     samplers: tuple = ("brain", "dilated_tumor", "core")
-    dilation: float = 5.0
-    tumor_threshold: float = 0.4
-    core_threshold: float = 0.5
+    # online data transfer (Sec. III-B): fractions of tumor / core voxels
+    transfer_tumor_threshold: float = TRANSFER_TUMOR_THRESHOLD
+    transfer_core_threshold: float = TRANSFER_CORE_THRESHOLD
     optimizer: str = "sgd"  # sgd (the paper's) or adam
-    lr: float = 1e-3
-    momentum: float = 0.99
-    weight_decay: float = 5e-4
-    lr_step_epochs: int = 4
-    lr_gamma: float = 0.5
+    lr: float = LR
+    momentum: float = MOMENTUM
+    weight_decay: float = WEIGHT_DECAY
+    lr_step_epochs: int = LR_STEP_EPOCHS
+    lr_gamma: float = LR_GAMMA
     amp: bool = False
     seed: int = 0
     folds: int | None = None
@@ -82,26 +110,35 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps; also at every epoch end
     log_every: int = 10  # steps per metrics row
     progress: bool = True
-    model_kw: dict = field(default_factory=dict)
     recipe: str = "paper"  # which RECIPES entry the unset settings came from (a record; see from_recipe)
 
     # settings that may change when a run is resumed: they do not change what is computed
     RESUMABLE_OVERRIDES = frozenset(
-        {"max_minutes", "max_steps", "workers", "threads", "progress", "checkpoint_every", "log_every", "device", "cache_dir", "data"}
+        {"max_minutes", "max_steps", "workers", "threads", "progress", "checkpoint_every", "log_every", "device",
+         "cache_dir", "input", "output"}
     )
 
     def __post_init__(self):
         self.stage_epochs = tuple(int(e) for e in self.stage_epochs)
         self.patch_size = tuple(int(p) for p in self.patch_size)
         self.samplers = tuple(self.samplers)
+        self.model_options = dict(self.model_options or {})
         ppe = tuple(int(p) for p in (self.patches_per_epoch if isinstance(self.patches_per_epoch, (tuple, list)) else [self.patches_per_epoch]))
         self.patches_per_epoch = ppe * 3 if len(ppe) == 1 else ppe
         self.validate()
 
     def validate(self) -> None:
+        """One-line ``ValueError`` naming the flag of the first bad setting."""
         def bad(name, why):
-            raise ValueError(f"--{name.replace('_', '-')}: {why}")
+            raise ValueError(f"{flag(name)}: {why}")
 
+        for name in ("width", "lr", "momentum", "weight_decay", "lr_gamma", "transfer_tumor_threshold",
+                     "transfer_core_threshold", "max_minutes", "plateau_tol"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                bad(name, f"must be a number, got {value!r}")
+            if value is not None and not math.isfinite(value):
+                bad(name, f"must be a finite number, got {value}")
         if len(self.stage_epochs) != 3 or min(self.stage_epochs) < 0 or sum(self.stage_epochs) < 1:
             bad("stage_epochs", f"needs three non-negative epoch counts a,b,c with a positive sum, got {self.stage_epochs}")
         if self.epochs is not None and self.epochs < 1:
@@ -110,20 +147,35 @@ class TrainConfig:
             bad("patches_per_epoch", f"needs one or three positive counts, got {self.patches_per_epoch}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             bad("patch_size", f"needs three positive sizes D,H,W, got {self.patch_size}")
-        if any(p % 8 for p in self.patch_size):
-            bad("patch_size", f"each size must be divisible by 8 (three 2x poolings), got {self.patch_size}")
+        if any(p % PATCH_DIVISOR for p in self.patch_size):
+            bad("patch_size", f"each size must be divisible by {PATCH_DIVISOR} (three 2x poolings), "
+                              f"got {self.patch_size}")
         if len(self.samplers) != 3:
             bad("samplers", f"needs one sampler per task, got {self.samplers}")
+        from omkit.data.sampling import parse_spec
+
+        for spec in self.samplers:
+            parse_spec(spec)  # the grammar; names and options are checked when the samplers are built
         if self.batch_per_task < 1:
             bad("batch_per_task", f"must be >= 1, got {self.batch_per_task}")
         if self.width <= 0:
             bad("width", f"must be > 0, got {self.width}")
+        if self.attention is not None and (not isinstance(self.attention, str) or not self.attention.strip()):
+            bad("attention", f"must be the name of an attention plug-in, got {self.attention!r}")
+        if "width" in self.model_options or "attention" in self.model_options:
+            key = "width" if "width" in self.model_options else "attention"
+            bad("model_options", f"{key} has its own option, {flag(key)}")
+        for name in ("transfer_tumor_threshold", "transfer_core_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(name, f"must be a fraction in [0, 1], got {getattr(self, name)}")
         if self.optimizer not in ("sgd", "adam"):
             bad("optimizer", f"must be sgd or adam, got {self.optimizer!r}")
         if self.lr <= 0:
             bad("lr", f"must be > 0, got {self.lr}")
         if self.lr_step_epochs < 1:
             bad("lr_step_epochs", f"must be >= 1, got {self.lr_step_epochs}")
+        if not 0 < self.lr_gamma <= 1:
+            bad("lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
         if self.recipe not in RECIPES:
             bad("recipe", f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
         if (self.folds is None) != (self.fold is None):
@@ -138,14 +190,22 @@ class TrainConfig:
             bad("workers", f"must be >= 0, got {self.workers}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             bad("checkpoint_every" if self.checkpoint_every < 1 else "log_every", "must be >= 1")
-        if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
-            bad("device", f"must be cpu, cuda[:N] or auto, got {self.device!r}")
-        if self.amp and self.device == "cpu":
+        if not is_valid_device_name(self.device):
+            bad("device", f"must be {DEVICE_CHOICES}, got {self.device!r}")
+        if self.amp and self.device.strip().lower() == "cpu":
             bad("amp", "mixed precision needs --device cuda")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default (the paper's), read from the dataclass fields."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -171,4 +231,4 @@ class TrainConfig:
     def differences(self, other: "TrainConfig") -> list[str]:
         """Names of the settings that differ and may not change on resume."""
         a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if a[k] != b[k] and k not in self.RESUMABLE_OVERRIDES and k != "out"]
+        return [k for k in a if a[k] != b[k] and k not in self.RESUMABLE_OVERRIDES]

@@ -6,7 +6,8 @@ Every epoch each task gets a fresh pool of patch centres from its sampler
 (the paper's 200k task-3 patches against 400k for tasks 1-2). Because a batch
 depends only on (seed, rank, epoch, step), the sampler's whole state is that
 position: resuming, or loading with worker processes, gives the same batches.
-Each process (DDP rank) draws from its own random stream.
+Each process (DDP rank) draws from its own random stream. The samplers and
+their regions are :mod:`omkit.data.sampling`'s.
 """
 from __future__ import annotations
 
@@ -17,27 +18,7 @@ import numpy as np
 import torch
 
 from omkit.data.patches import extract_patches
-
-
-def region_indices(sampler, pre, cache=None, case_dir=None, cache_settings=None) -> np.ndarray:
-    """Flat indices of the sampler's region of one case (cached beside the case when possible)."""
-    if hasattr(sampler, "parts"):  # a mixture: one cached region per part
-        return tuple(region_indices(part, pre, cache, case_dir, cache_settings) for part, _ in sampler.parts)
-
-    def compute():
-        region = sampler.region(pre)
-        # int32 halves the cache for any volume under 2**31 voxels
-        return np.flatnonzero(region).astype(np.int32 if region.size < 2**31 else np.int64)
-
-    if cache is not None and case_dir is not None:
-        name = getattr(sampler, "cache_key", "") or f"{type(sampler).__module__}.{type(sampler).__qualname__}"
-        return cache.derived(case_dir, f"region-{name}", compute, **(cache_settings or {}))
-    return compute()
-
-
-def region_size(region) -> int:
-    """Voxels a case offers a sampler (summed over a mixture's parts)."""
-    return sum(len(r) for r in region) if isinstance(region, tuple) else len(region)
+from omkit.data.sampling import region_indices, region_size
 
 
 class TaskPatches:

@@ -1,30 +1,26 @@
-"""OM-Net training (Sec. III-B, IV-C): curriculum stages, online data transfer,
-per-task cross-entropy summed, SGD with the paper's schedule, atomic resumable
-checkpoints, DDP.
+"""The training loop (Sec. III-B, IV-C): per-task cross-entropy summed over the
+tasks of the current curriculum stage, online data transfer, the optimiser and
+its schedule, budgets, metrics, checkpoints and the models a run writes.
 
-Stages come from the preset: with ``curriculum`` stage 1 trains task 1, stage 2
-tasks 1-2, stage 3 tasks 1-3 (``stage_epochs``, paper 1, 1, 18); without it
-(``omnet0``, ``omnetd``, the MC baselines) every task of the model trains from
-the start for the same total number of epochs. ``transfer`` switches online
-data transfer on. An MC preset trains its independent networks side by side,
-each on its own task's patches (their losses share nothing, so one optimiser
-over all of them equals separate training).
+The parts live beside it: :mod:`.config` (the settings), :mod:`.curriculum`
+(stages, the plateau rule), :mod:`.data` (cases, samplers, regions, the patch
+source), :mod:`.optim` (model, optimiser, seeds), :mod:`.state` (where a run
+stands), :mod:`.checkpoints` (``last.pt``), :mod:`.distributed` (DDP),
+:mod:`.run_folder` (what a run folder holds) and :mod:`.report` (metrics files).
 
-Resuming is bit-exact on CPU: the checkpoint holds the model, optimiser,
-scheduler (and AMP scaler), the sampler position, every process's RNG states
-and the curriculum stage, and a batch depends only on (seed, rank, epoch, step).
+An MC preset trains its independent networks side by side, each on its own
+task's patches (their losses share nothing, so one optimiser over all of them
+equals separate training). Resuming is bit-exact on CPU: the checkpoint holds
+the model, optimiser, scheduler (and AMP scaler), the sampler position, every
+process's RNG states and the curriculum stage, and a batch depends only on
+(seed, rank, epoch, step).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import random
-import shutil
+import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,87 +29,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from omkit.checkpoint import save_model
-from omkit.data import CaseError, PreprocessedCache, find_cases, kfold_split
-from omkit.data.preprocess import PREPROCESSING
-from omkit.fileio import atomic_torch_save
+from omkit.data.sampling import sampler_cache_key
+from omkit.devices import resolve_device
 
-from .config import TrainConfig
-from .patches import TaskPatches, iterate_steps, region_indices
+from . import distributed, run_folder
+from .checkpoints import (
+    load_training_checkpoint,
+    model_metadata,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
+)
+from .config import TrainConfig, flag
+from .curriculum import Stage, plan_stages, plateaued, stages_record
+from .data import build_samplers, prepare_data
+from .optim import build_model, build_optimizer, build_scaler, build_scheduler, check_model_settings, seed_process
+from .patches import iterate_steps
 from .report import plot_losses, write_json, write_metrics_csv
+from .state import TrainState
 from .transfer import TransferRule, task_targets
-
-CHECKPOINT_FORMAT = "omkit-train-checkpoint"
-CHECKPOINT_VERSION = 1
-# what a run folder holds; --force deletes a folder only when it holds nothing else
-RUN_OUTPUTS = frozenset({"checkpoints", "config.json", "metrics.csv", "metrics.json", "loss_curve.png", "model.pt"})
-
-
-@dataclass(frozen=True)
-class Stage:
-    tasks: tuple[int, ...]
-    epochs: int
-
-
-def plan_stages(preset, stage_epochs, epochs: int | None = None) -> list[Stage]:
-    """The curriculum of ``preset``: (tasks, epochs) per stage; stages with 0 epochs are dropped."""
-    num_tasks = preset.num_tasks if preset.architecture == "mc" else 3
-    stage_epochs = list(stage_epochs)
-    if preset.curriculum and num_tasks == 3:
-        if epochs is not None:
-            last = epochs - sum(stage_epochs[:2])
-            if last < 1:
-                raise ValueError(f"--epochs {epochs} leaves no epoch for stage 3 after stages 1-2 ({stage_epochs[:2]})")
-            stage_epochs[2] = last
-        stages = [Stage(tuple(range(k + 1)), e) for k, e in enumerate(stage_epochs) if e > 0]
-    else:
-        stages = [Stage(tuple(range(num_tasks)), epochs if epochs is not None else sum(stage_epochs))]
-    return stages
-
-
-@dataclass
-class TrainState:
-    stage: int = 0
-    stage_epoch: int = 0  # epochs finished in the current stage
-    epoch: int = 0  # epochs finished in total (the lr schedule and sampler count these)
-    step: int = 0  # steps finished in the current epoch
-    global_step: int = 0
-    elapsed_s: float = 0.0  # training time over all sessions (the --max-minutes budget)
-    patches: int = 0  # own patches seen by all processes
-    rows: list = field(default_factory=list)  # metrics rows
-    epoch_rows: list = field(default_factory=list)
-    stage_starts: list = field(default_factory=lambda: [0])
-    finished: bool = False
-    stopped_by: str = ""
-    # running loss sums (task 1-3, total) of the current log window and epoch,
-    # kept here so that a resumed run reports exactly what a straight one does
-    window_sums: list = field(default_factory=lambda: [0.0] * 4)
-    window_counts: list = field(default_factory=lambda: [0] * 4)
-    window_count: int = 0
-    window_patches: int = 0
-    epoch_sums: list = field(default_factory=lambda: [0.0] * 4)
-    epoch_counts: list = field(default_factory=lambda: [0] * 4)
-
-    def add_losses(self, values, patches: int) -> None:
-        for i, v in enumerate(values):
-            if not math.isnan(v):
-                self.window_sums[i] += v
-                self.window_counts[i] += 1
-                self.epoch_sums[i] += v
-                self.epoch_counts[i] += 1
-        self.window_count += 1
-        self.window_patches += patches
-
-    def take_window(self) -> tuple[list[float], int]:
-        mean = [s / c if c else math.nan for s, c in zip(self.window_sums, self.window_counts)]
-        patches = self.window_patches
-        self.window_sums, self.window_counts = [0.0] * 4, [0] * 4
-        self.window_count = self.window_patches = 0
-        return mean, patches
-
-    def take_epoch(self) -> list[float]:
-        mean = [s / c if c else math.nan for s, c in zip(self.epoch_sums, self.epoch_counts)]
-        self.epoch_sums, self.epoch_counts = [0.0] * 4, [0] * 4
-        return mean
 
 
 class _TaskForward(nn.Module):
@@ -127,181 +61,65 @@ class _TaskForward(nn.Module):
         return self.model.forward_tasks(inputs, transfers)
 
 
-def _distributed() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+def _get_preset(name: str):
+    from omkit.factory import get_preset
+    from omkit.registry import UnknownNameError
 
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of every parameter and buffer, in state-dict order."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    try:
+        return get_preset(name)
+    except UnknownNameError as exc:
+        raise ValueError(f"{flag('preset')}: {exc}") from None
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False):
-        import omkit
+    """One process's training run; :func:`train` is the usual way in."""
 
-        self.rank, self.world_size, self.local_rank = _distributed()
-        self._owns_process_group = False
-        if self.world_size > 1 and not torch.distributed.is_initialized():
-            on_gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
-            backend = "nccl" if on_gpu else "gloo"
-            if on_gpu:
-                torch.cuda.set_device(self.local_rank)
-            torch.distributed.init_process_group(backend=backend)
-            self._owns_process_group = True
-        self.is_main = self.rank == 0
-        if not config.out:
-            raise ValueError("--out: a run folder is required")
-        self.run_dir = Path(config.out)
-        self._resuming = resume
+    def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False):
+        self.processes = distributed.start(config.device)
+        try:
+            self._setup(config, resume, force)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, config: TrainConfig, resume: bool, force: bool) -> None:
+        self.rank, self.world_size = self.processes.rank, self.processes.world_size
+        self.is_main = self.processes.is_main
+        self.run_dir = run_folder.require_output(config)
         if resume:
-            config = self._resumed_config(config)
+            run_folder.check_resumable(self.run_dir, config)
         self.config = config
-        self.device = self._resolve_device(config.device)
-        self.preset = omkit.get_preset(config.preset)
+        self.device = resolve_device(config.device)
+        if config.amp and self.device.type != "cuda":
+            raise ValueError(f"{flag('amp')}: mixed precision needs a CUDA device (--device cuda)")
+        self.preset = _get_preset(config.preset)
         self.stages = plan_stages(self.preset, config.stage_epochs, config.epochs)
         self.model_tasks = sorted({t for s in self.stages for t in s.tasks})
-        self.transfer = TransferRule(config.tumor_threshold, config.core_threshold) if self.preset.transfer else None
+        self.transfer = (TransferRule(config.transfer_tumor_threshold, config.transfer_core_threshold)
+                         if self.preset.transfer else None)
+        # settings errors before anything is deleted or prepared
+        self.samplers = build_samplers(config)
+        check_model_settings(config)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.model = build_model(config, self.device)
         if self.is_main and not resume:
-            self._clear_run_dir(force)  # before the (slow) data preparation: fail fast
-        self._barrier()
-        self._prepare_data()
+            run_folder.prepare_new_run(self.run_dir, force)  # before the (slow) data preparation: fail fast
+        distributed.barrier(self.processes)
+        self.data = prepare_data(config, self.samplers, self.model_tasks, self.processes)
+        self.patches, self.cases, self.held_out = self.data.patches, self.data.cases, self.data.held_out
+        self.label_convention = self.data.label_convention
+        if resume:
+            run_folder.check_same_cases(self.run_dir, self.data.case_ids, config.input)
         if self.is_main:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        self._build(resume)
-
-    # -- setup ------------------------------------------------------------------------
-    def _resolve_device(self, name: str) -> torch.device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if self.config.amp and name == "cpu":
-            raise ValueError("--amp: mixed precision needs a CUDA device")
-        if name == "cuda" and self.world_size > 1:
-            name = f"cuda:{self.local_rank}"  # one GPU per process under torchrun
-        return torch.device(name)
-
-    def _resumed_config(self, given: TrainConfig) -> TrainConfig:
-        config_path = self.run_dir / "config.json"
-        if not (self.run_dir / "checkpoints" / "last.pt").is_file():
-            raise FileNotFoundError(f"{self.run_dir}: nothing to resume (no checkpoints/last.pt)")
-        saved = TrainConfig.load(config_path)
-        differs = saved.differences(given)
-        if differs:
-            a, b = saved.to_dict(), given.to_dict()
-            name = differs[0]
-            raise ValueError(
-                f"--{name.replace('_', '-')}: the run in {self.run_dir} used {a[name]!r}, not {b[name]!r}; "
-                "start a new run to change it"
-            )
-        return given
-
-    def _clear_run_dir(self, force: bool) -> None:
-        run = self.run_dir
-        if run.exists() and not run.is_dir():
-            raise FileExistsError(f"{run}: exists and is not a folder")
-        if run.exists() and any(run.iterdir()):
-            if not force:
-                raise FileExistsError(f"{run}: run folder exists; pass --force to start over or --resume to continue")
-            foreign = [p.name for p in run.iterdir() if p.name not in RUN_OUTPUTS and not p.name.startswith(".")]
-            if foreign:
-                raise FileExistsError(
-                    f"{run}: not an omkit run folder (holds {foreign[0]!r}); refusing to delete it"
-                )
-            shutil.rmtree(run)
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def _prepare_data(self) -> None:
-        """Find, split, validate and preprocess (through the cache) every case
-        before training starts; the main process fills the cache first."""
-        cfg = self.config
-        case_dirs = find_cases(cfg.data)
-        held_out: list[Path] = []
-        if cfg.folds is not None:
-            case_dirs, held_out = kfold_split(case_dirs, cfg.folds, cfg.fold, seed=0)
-        self.cache = PreprocessedCache(cfg.cache_dir)
-        settings = dict(label_convention=cfg.label_convention, with_label=True)
-        import omkit
-
-        from omkit.plugins.samplers import parse_sampler_spec
-
-        registry = omkit.get_plugins().registry("sampler")
-        samplers = [parse_sampler_spec(spec, registry, cfg.dilation) for spec in cfg.samplers]
-        self.samplers = samplers
-
-        def load_all():
-            cases, dirs = [], []
-            for case_dir in case_dirs:
-                try:
-                    pre = self.cache.load(case_dir, **settings)
-                except CaseError as exc:
-                    if not cfg.skip_bad_cases:
-                        raise
-                    if self.is_main:
-                        warnings.warn(f"skipping case: {exc}", stacklevel=2)
-                    continue
-                cases.append(pre)
-                dirs.append(case_dir)
-            if not cases:
-                raise CaseError(f"{cfg.data}: no usable cases left after skipping the bad ones")
-            regions = {
-                t: [region_indices(self.samplers[t], pre, self.cache, d, settings) for pre, d in zip(cases, dirs)]
-                for t in self.model_tasks
-            }
-            return cases, dirs, regions
-
-        if self.is_main:
-            cases, dirs, regions = load_all()
-        self._barrier()
-        if not self.is_main:
-            cases, dirs, regions = load_all()
-        self.cases, self.case_dirs, self.held_out = cases, dirs, held_out
-        if self._resuming:
-            before = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8")).get("cases")
-            now = [pre.case_id for pre in cases]
-            if before is not None and before != now:
-                raise ValueError(
-                    f"--data: {cfg.data} gives other training cases ({len(now)}) than the run in "
-                    f"{self.run_dir} used ({len(before)}); resume with the same cases or start a new run"
-                )
-        self.patches = TaskPatches(
-            cases, samplers, cfg.patch_size, cfg.patches_per_epoch, cfg.batch_per_task,
-            seed=cfg.seed, rank=self.rank, world_size=self.world_size, tasks=self.model_tasks, regions=regions,
-        )
-        conventions = sorted({pre.convention for pre in cases})
-        self.label_convention = conventions[0] if len(conventions) == 1 else (cfg.label_convention or conventions[0])
-
-    def _build(self, resume: bool) -> None:
-        import omkit
-
-        cfg = self.config
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)  # identical initial weights on every process
-        self.model = omkit.create_model(cfg.preset, width=cfg.width, **cfg.model_kw).to(self.device)
-        if cfg.optimizer == "sgd":  # the paper's (Caffe) solver
-            self.optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
-        else:  # converges in far fewer steps: for budgets of minutes, not epochs
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
-        # each process its own dropout stream (and numpy / python streams, for plug-ins)
-        torch.manual_seed(cfg.seed * 1_000_003 + self.rank + 1)
-        np.random.seed((cfg.seed * 1_000_003 + self.rank + 1) % 2**32)
-        random.seed(cfg.seed * 1_000_003 + self.rank + 1)
+            (self.run_dir / run_folder.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        self.optimizer = build_optimizer(config, self.model)
+        self.scheduler = build_scheduler(config, self.optimizer)
+        self.scaler = build_scaler(config)
+        seed_process(config.seed, self.rank)
         self.state = TrainState()
         if resume:
-            self._load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+            self._load_checkpoint(run_folder.last_checkpoint(self.run_dir))
         self.net, self._net_tasks = None, None
 
     def _net_for(self, tasks: tuple[int, ...]) -> nn.Module:
@@ -319,113 +137,61 @@ class Trainer:
             self.net, self._net_tasks = net, tasks
         return self.net
 
-    # -- checkpoints ------------------------------------------------------------------
-    def _rng_states(self) -> dict:
-        local = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
-        if self.world_size > 1:
-            gathered = [None] * self.world_size
-            torch.distributed.all_gather_object(gathered, local)
-            return {"per_rank": gathered}
-        return {"per_rank": [local]}
-
+    # -- checkpoints and models -------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        rng = self._rng_states()  # collective: every process takes part
+        rng = distributed.gather(self.processes, rng_state(self.device))  # collective: every process takes part
         if not self.is_main:
             return
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": self.config.to_dict(),
-            "world_size": self.world_size,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "sampler": {"seed": self.config.seed, "epoch": self.state.epoch, "step": self.state.step,
-                        "pool_sizes": self.patches.pool_sizes},
-            "state": asdict(self.state),
-            "rng": rng,
-        }
-        atomic_torch_save(payload, self.run_dir / "checkpoints" / "last.pt")
+        save_training_checkpoint(
+            run_folder.last_checkpoint(self.run_dir), config=self.config.to_dict(), world_size=self.world_size,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            sampler={"seed": self.config.seed, "epoch": self.state.epoch, "step": self.state.step,
+                     "pool_sizes": list(self.patches.pool_sizes)},
+            state=self.state.to_dict(), rng_per_rank=rng,
+        )
 
     def _load_checkpoint(self, path: Path) -> None:
-        try:
-            # our own file: it holds numpy / python RNG states, which need full unpickling
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: {exc})") from None
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not an omkit training checkpoint")
+        payload = load_training_checkpoint(path)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        self.state = TrainState(**payload["state"])
+        self.state = TrainState.from_dict(payload["state"])
         per_rank = payload["rng"]["per_rank"]
         if payload["world_size"] != self.world_size:
             warnings.warn(
                 f"{path}: saved with {payload['world_size']} processes, resumed with {self.world_size}; "
                 "training continues but not bit-exactly", stacklevel=2,
             )
-        rng = per_rank[self.rank % len(per_rank)]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(per_rank[self.rank % len(per_rank)], self.device)
 
     def _snapshot(self, path: Path) -> None:
         if self.is_main:
-            save_model(self.model, path, **self._model_meta())
-
-    def _model_meta(self) -> dict:
-        cfg = self.config
-        return {
-            "label_convention": self.label_convention,
-            "preprocessing": {k: v for k, v in PREPROCESSING.items() if k != "version"},
-            "patch_size": list(cfg.patch_size),
-            "training": {
-                "epochs": self.state.epoch,
-                "steps": self.state.global_step,
-                "stage": self.state.stage + (0 if self.state.finished else 1),
-                "stages": [{"tasks": [t + 1 for t in s.tasks], "epochs": s.epochs} for s in self.stages],
-                "cases": [pre.case_id for pre in self.cases],
-                "held_out": [p.name for p in self.held_out],
-                "fold": cfg.fold,
-                "folds": cfg.folds,
-                "seed": cfg.seed,
-                "stopped_by": self.state.stopped_by,
-            },
-        }
+            save_model(self.model, path, **model_metadata(self.config, self.label_convention, self.state,
+                                                          self.stages, self.cases, self.held_out))
 
     # -- outputs ----------------------------------------------------------------------
     def _write_config(self) -> None:
-        import omkit
-
         info = {
             "config": self.config.to_dict(),
             "preset": self.preset.to_dict(),
-            "stages": [{"tasks": [t + 1 for t in s.tasks], "epochs": s.epochs} for s in self.stages],
+            "stages": stages_record(self.stages),
+            "sampler_keys": [sampler_cache_key(s) for s in self.samplers],  # every sampler option
             "steps_per_epoch": {f"stage{i + 1}": self.patches.steps_per_epoch(s.tasks) for i, s in enumerate(self.stages)},
             "world_size": self.world_size,
             "label_convention": self.label_convention,
-            "cases": [pre.case_id for pre in self.cases],
+            "cases": self.data.case_ids,
             "held_out": [p.name for p in self.held_out],
-            "omkit_version": omkit.__version__,
+            "omkit_version": getattr(sys.modules.get("omkit"), "__version__", "unknown"),
             "torch_version": torch.__version__,
         }
-        write_json(info, self.run_dir / "config.json")
+        write_json(info, self.run_dir / run_folder.CONFIG)
 
     def _write_reports(self, extra: dict | None = None) -> None:
         if not self.is_main:
             return
         state = self.state
-        write_metrics_csv(state.rows, self.run_dir / "metrics.csv")
+        write_metrics_csv(state.rows, self.run_dir / run_folder.METRICS_CSV)
         summary = {
             "preset": self.config.preset,
             "finished": state.finished,
@@ -439,9 +205,9 @@ class Trainer:
             "per_epoch": state.epoch_rows,
         }
         summary.update(extra or {})
-        write_json(summary, self.run_dir / "metrics.json")
+        write_json(summary, self.run_dir / run_folder.METRICS_JSON)
         if state.rows:
-            plot_losses(state.rows, state.stage_starts, self.run_dir / "loss_curve.png",
+            plot_losses(state.rows, state.stage_starts, self.run_dir / run_folder.LOSS_CURVE,
                         title=f"{self.config.preset} (width {self.config.width:g})")
 
     # -- training ---------------------------------------------------------------------
@@ -465,10 +231,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         reported = torch.tensor([float(v) for v in values] + [float(total.detach())], dtype=torch.float64)
-        if self.world_size > 1:  # report the mean over processes (NCCL needs the tensor on the GPU)
-            reported = reported.to(self.device)
-            torch.distributed.all_reduce(reported)
-            reported = reported.cpu() / self.world_size
+        reported = distributed.mean(self.processes, reported, self.device)  # the mean over processes
         own = sum(int(b[0].shape[0]) for b in batches if b is not None) * self.world_size
         return reported.tolist(), own
 
@@ -480,12 +243,10 @@ class Trainer:
         elif cfg.max_minutes is not None and base_elapsed + (time.perf_counter() - session_start) >= cfg.max_minutes * 60:
             reason = "max_minutes"
         if self.world_size > 1 and cfg.max_minutes is not None:
-            # wall clocks differ between processes: the main process decides for all
-            flag = torch.tensor([1 if reason == "max_minutes" else 0], device=self.device)
-            torch.distributed.broadcast(flag, 0)
-            if flag.item() and not reason:
+            out_of_time = distributed.main_decides(self.processes, reason == "max_minutes", self.device)
+            if out_of_time and not reason:
                 reason = "max_minutes"
-            elif not flag.item() and reason == "max_minutes":
+            elif not out_of_time and reason == "max_minutes":
                 reason = ""
         return reason
 
@@ -538,7 +299,7 @@ class Trainer:
                 self._write_reports()
                 window_start = time.perf_counter()  # the rate counts training, not writing
             if state.stage_epoch >= stage.epochs:
-                self._snapshot(self.run_dir / "checkpoints" / f"stage{state.stage + 1}.pt")
+                self._snapshot(run_folder.stage_checkpoint(self.run_dir, state.stage + 1))
                 state.stage += 1
                 state.stage_epoch = 0
                 if state.stage < len(self.stages):
@@ -546,13 +307,13 @@ class Trainer:
         state.finished = state.stage >= len(self.stages)
         state.stopped_by = stop or "finished"
         self._save_checkpoint()
-        extra = self._consistency_report()
-        self._snapshot(self.run_dir / "model.pt")
+        extra = distributed.consistency_report(self.processes, self.model, self.patches.pool(0, self.stages[0].tasks[0]))
+        self._snapshot(self.run_dir / run_folder.MODEL)
         self._write_reports(extra)
         if self.is_main and cfg.progress:
             print(
                 f"omkit train: {state.stopped_by} after {state.global_step} steps ({state.epoch} epochs, "
-                f"{state.patches / max(state.elapsed_s, 1e-9):.1f} patches/s); model: {self.run_dir / 'model.pt'}",
+                f"{state.patches / max(state.elapsed_s, 1e-9):.1f} patches/s); model: {self.run_dir / run_folder.MODEL}",
                 flush=True,
             )
         return self.run_dir
@@ -592,49 +353,12 @@ class Trainer:
         state.epoch += 1
         state.stage_epoch += 1
         state.step = 0
-        if self._plateaued(stage):
+        if plateaued(self.config.plateau_tol, stage, state.epoch_rows, state.stage_epoch,
+                     last_stage=state.stage == len(self.stages) - 1):
             state.stage_epoch = stage.epochs  # the stage is done
 
-    def _plateaued(self, stage: Stage) -> bool:
-        """Optional plateau rule: end a non-final stage early when its newest
-        task's epoch loss improved by less than ``plateau_tol`` (relative)."""
-        tol, state = self.config.plateau_tol, self.state
-        if tol is None or state.stage == len(self.stages) - 1 or state.stage_epoch < 2:
-            return False
-        key = f"loss_task{max(stage.tasks) + 1}"
-        prev, cur = state.epoch_rows[-2][key], state.epoch_rows[-1][key]
-        if not (prev > 0):
-            return False
-        return (prev - cur) / prev < tol
-
-    def _sync_buffers(self) -> None:
-        """DDP copies rank 0's buffers (BatchNorm running statistics) to every
-        process at the start of each forward, so after the last step they
-        differ by one local update; copy them once more so that every process
-        ends with the model rank 0 saves."""
-        if self.world_size > 1:
-            for buffer in self.model.buffers():
-                torch.distributed.broadcast(buffer, 0)
-
-    def _consistency_report(self) -> dict:
-        """Per-process digests of the final weights (identical under DDP) and of
-        each process's first patch pool (different: each samples its own)."""
-        self._sync_buffers()
-        params = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in self.model.parameters())).hexdigest()
-        digest = weights_digest(self.model)
-        pool = self.patches.pool(0, self.stages[0].tasks[0])
-        patch_digest = hashlib.sha256(np.ascontiguousarray(pool).tobytes()).hexdigest()[:16]
-        local = {"weights_sha256": digest, "parameters_sha256": params, "patch_pool_sha256": patch_digest}
-        if self.world_size > 1:
-            gathered = [None] * self.world_size
-            torch.distributed.all_gather_object(gathered, local)
-        else:
-            gathered = [local]
-        return {"processes": gathered, "weights_identical": len({g["weights_sha256"] for g in gathered}) == 1}
-
     def close(self) -> None:
-        if self._owns_process_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.stop(self.processes)
 
 
 def train(config: TrainConfig | dict, resume: bool = False, force: bool = False) -> Path:
@@ -648,4 +372,3 @@ def train(config: TrainConfig | dict, resume: bool = False, force: bool = False)
         return trainer.run()
     finally:
         trainer.close()
-

@@ -1,11 +1,12 @@
 """Online training-data transfer (Sec. III-B, Ineq. (1) and (2) of the paper).
 
 A task-1 patch whose fraction of tumor voxels is at least ``tumor_threshold``
-(0.4) also trains task 2; a task-1 or task-2 patch whose fraction of core
-voxels is at least ``core_threshold`` (0.5) also trains task 3, with its labels
-relabelled enhancing -> 1, everything else -> 0. The fraction is over all
-voxels of the patch (padding counts as non-tumor), as in the released code
-(6553 of 16384 and 8192 of 16384 voxels)."""
+also trains task 2; a task-1 or task-2 patch whose fraction of core voxels is
+at least ``core_threshold`` also trains task 3, with its labels relabelled
+enhancing -> 1, everything else -> 0 (the paper's thresholds are
+``omkit.protocol.TRANSFER_TUMOR_THRESHOLD`` and ``TRANSFER_CORE_THRESHOLD``).
+The fraction is over all voxels of the patch (padding counts as non-tumor), as
+in the released code (6553 of 16384 and 8192 of 16384 voxels)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,9 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omkit.labels import CORE_CLASSES, ENHANCING, TUMOR_CLASSES
-
-TUMOR_THRESHOLD = 0.4
-CORE_THRESHOLD = 0.5
+from omkit.protocol import TRANSFER_CORE_THRESHOLD, TRANSFER_TUMOR_THRESHOLD
 
 
 def class_fraction(labels: np.ndarray, classes) -> np.ndarray:
@@ -33,8 +32,8 @@ def task3_target(labels: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TransferRule:
-    tumor_threshold: float = TUMOR_THRESHOLD
-    core_threshold: float = CORE_THRESHOLD
+    tumor_threshold: float = TRANSFER_TUMOR_THRESHOLD
+    core_threshold: float = TRANSFER_CORE_THRESHOLD
 
     def __post_init__(self):
         for name in ("tumor_threshold", "core_threshold"):

@@ -1,0 +1,134 @@
+"""Training checkpoints (``checkpoints/last.pt``): everything a resumed run needs
+to continue bit-exactly on CPU, and the metadata of the models a run writes.
+
+``last.pt`` holds the model, optimiser, scheduler and AMP-scaler states, the
+sampler position, the :class:`~omkit.training.state.TrainState`, the config and
+every process's RNG states, all as tensors, numbers, strings, lists and dicts:
+it loads with ``torch.load(..., weights_only=True)``, so a crafted file cannot
+run code on ``--resume`` (numpy's and Python's RNG states are stored as
+tensors, not pickled objects). It is rewritten atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from omkit.data.preprocess import PREPROCESSING
+from omkit.fileio import atomic_torch_save
+
+from .curriculum import stages_record
+
+CHECKPOINT_FORMAT = "omkit-train-checkpoint"
+# 2: RNG states as tensors (loadable with weights_only=True); 1 pickled numpy/Python objects
+CHECKPOINT_VERSION = 2
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state-dict order."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# -- RNG states as plain data -------------------------------------------------------------
+
+def rng_state(device: torch.device) -> dict:
+    """This process's torch (and CUDA), numpy and Python RNG states as tensors and numbers."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+
+
+# -- last.pt ----------------------------------------------------------------------------
+
+def save_training_checkpoint(path: Path, *, config: dict, world_size: int, model: nn.Module, optimizer, scheduler,
+                             scaler, sampler: dict, state: dict, rng_per_rank: list) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": config,
+        "world_size": world_size,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "sampler": sampler,
+        "state": state,
+        "rng": {"per_rank": rng_per_rank},
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    """The payload of ``last.pt``, unpickled with ``weights_only=True``: a file
+    holding anything but tensors and plain data is refused (one line naming
+    it) without running any of it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        if "WeightsUnpickler error:" in text:  # torch's many-line message: keep the reason
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        reason = (text.strip().splitlines() or [""])[0].strip()
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in reason:
+            raise ValueError(
+                f"{path}: refusing to load a training checkpoint that holds objects other than tensors and plain "
+                f"data ({reason}); it was not written by this omkit version, start a new run"
+            ) from None
+        raise ValueError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: {reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an omkit training checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: training checkpoint version {payload.get('version')!r}, this omkit reads "
+                         f"{CHECKPOINT_VERSION}; start a new run")
+    return payload
+
+
+# -- the models a run writes ---------------------------------------------------------------
+
+def model_metadata(config, label_convention: str, state, stages, cases, held_out) -> dict:
+    """What ``model.pt`` and ``checkpoints/stageK.pt`` record beside the weights
+    (read by ``omkit predict`` and ``load_model``)."""
+    return {
+        "label_convention": label_convention,
+        "preprocessing": {k: v for k, v in PREPROCESSING.items() if k != "version"},
+        "patch_size": list(config.patch_size),
+        "training": {
+            "epochs": state.epoch,
+            "steps": state.global_step,
+            "stage": state.stage + (0 if state.finished else 1),
+            "stages": stages_record(stages),
+            "cases": [pre.case_id for pre in cases],
+            "held_out": [p.name for p in held_out],
+            "fold": config.fold,
+            "folds": config.folds,
+            "seed": config.seed,
+            "stopped_by": state.stopped_by,
+        },
+    }

@@ -1,0 +1,67 @@
+"""The model, optimiser, learning-rate schedule, AMP scaler and random seeds of
+a run (Sec. IV-C: the paper's Caffe solver is SGD with momentum and weight
+decay, the learning rate multiplied by ``lr_gamma`` every ``lr_step_epochs``)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig, flag
+
+
+def check_model_settings(config: TrainConfig) -> None:
+    """An unknown ``--attention`` is a one-line error before any data is prepared."""
+    from omkit.factory import list_attention
+
+    if config.attention is not None and config.attention not in list_attention():
+        raise ValueError(f"{flag('attention')}: unknown attention {config.attention!r}; "
+                         f"available: {', '.join(list_attention()) or '(none)'}")
+
+
+def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """``create_model(preset, width=..., attention=..., **model_options)`` with
+    the weights of ``config.seed`` (identical on every process)."""
+    from omkit.models.build import create_model
+
+    kw = dict(config.model_options)
+    if config.attention is not None:
+        kw["attention"] = config.attention
+    torch.manual_seed(config.seed)
+    try:
+        model = create_model(config.preset, width=config.width, **kw)
+    except (TypeError, ValueError, KeyError) as exc:  # an option the model does not take
+        given = [f"{flag('preset')} {config.preset}"]
+        if config.attention is not None:
+            given.append(f"{flag('attention')} {config.attention}")
+        if config.model_options:
+            given.append(f"{flag('model_options')} " + " ".join(f"{k}={v!r}" for k, v in config.model_options.items()))
+        raise ValueError(f"{' '.join(given)}: {' '.join(str(exc).split())}") from None
+    return model.to(device)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":  # the paper's (Caffe) solver
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    # converges in far fewer steps: for budgets of minutes, not epochs
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    """Stepped once per epoch."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma)
+
+
+def build_scaler(config: TrainConfig):
+    return torch.amp.GradScaler("cuda", enabled=config.amp)
+
+
+def seed_process(seed: int, rank: int) -> None:
+    """Each process its own dropout stream (and numpy / Python streams, for plug-ins)."""
+    value = seed * 1_000_003 + rank + 1
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
