@@ -55,14 +55,16 @@ def extension_config():
 
     debug = _flag("DEBUG")
     with_cuda = _flag("FORCE_CUDA") or (torch.cuda.is_available() and CUDA_HOME is not None)
-    sources = ["csrc/ops.cpp", "csrc/cga_common.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
+    # csrc/*.cpp: the op list, the ops' device-independent bodies and the Python module stub;
+    # csrc/<backend>/: a backend's kernels and its registration (csrc/README.md).
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     # OpenMP: at::parallel_for compiles its parallel region into this library, and
     # `omp simd` marks the vectorisable loops.
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags += ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     extra = {"cxx": cxx_flags}
     if with_cuda:
-        sources += _sources("csrc/cuda/*.cu")
+        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["-DWITH_CUDA"]
         extra["cxx"] = extra["cxx"] + ["-DWITH_CUDA"]
         extension_cls, kind = CUDAExtension, "CUDA + CPU"

@@ -150,6 +150,32 @@ at::ScalarType accumulate_type(at::ScalarType dtype) {
   return (dtype == at::kHalf || dtype == at::kBFloat16) ? at::kFloat : dtype;
 }
 
+namespace {
+
+// Python's name of a dtype, as omkit/ops/manifest.py writes it.
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(dtype);
+  }
+}
+
+}  // namespace
+
+void check_kernel_dtype(const CgaKernels& kernels, at::ScalarType dtype, const char* op) {
+  for (at::ScalarType supported : kernels.dtypes) {
+    if (supported == dtype) return;
+  }
+  std::string names;
+  for (size_t i = 0; i < kernels.dtypes.size(); ++i) {
+    names += (i == 0 ? "" : (i + 1 == kernels.dtypes.size() ? " and " : ", ")) + dtype_name(kernels.dtypes[i]);
+  }
+  TORCH_CHECK_TYPE(false, op, ": the ", kernels.device, " kernel supports ", names, ", got ", dtype);
+}
+
 std::tuple<Tensor, Tensor> flatten_features_guidance(const Tensor& features, const Tensor& guidance,
                                                      const char* op) {
   TORCH_CHECK_VALUE(features.dim() >= 3, op, ": features must be (B, C, *spatial), got shape ", features.sizes());
@@ -174,19 +200,24 @@ std::tuple<Tensor, Tensor> flatten_features_guidance(const Tensor& features, con
   return {F, P};
 }
 
-std::tuple<Tensor, Tensor> cga_pool_impl(const Tensor& features, const Tensor& guidance, double eps,
-                                         const CgaKernels& kernels) {
+namespace impl {
+
+std::tuple<Tensor, Tensor> cga_pool(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
+                                    double eps) {
   // The ATen calls below are implementation details of this kernel: keep them out of
   // autograd (its formula is registered for the op as a whole), also when a caller runs
   // the op with grad mode on and parameters that require grad.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(eps >= 0.0, "cga_pool: eps must be >= 0, got ", eps);
   auto [F, P] = flatten_features_guidance(features, guidance, "cga_pool");
+  check_kernel_dtype(kernels, features.scalar_type(), "cga_pool");
   Tensor z = kernels.pool_reduce(F, P);  // (B, 2, C), accumulation dtype
   Tensor l1_norm = z.abs().sum(-1);
   Tensor m = z / l1_norm.clamp_min(eps).unsqueeze(-1);
   return {m.to(features.scalar_type()), l1_norm.to(features.scalar_type())};
 }
+
+}  // namespace impl
 
 // d loss / d z (B, 2, C) of the pooling, in the accumulation dtype. For m = z / max(||z||_1, eps):
 // (g - sign(z) <g, m>) / ||z||_1 while the norm is above eps, g / eps where the clamp holds it
@@ -219,9 +250,10 @@ static void check_pool_state(const Tensor& m, const Tensor& l1_norm, const Tenso
               ": all tensors must be on one device");
 }
 
-Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm,
-                              const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps,
-                              const CgaKernels& kernels) {
+namespace impl {
+
+Tensor cga_pool_backward(const CgaKernels& kernels, const Tensor& grad_m, const OptionalTensor& grad_l1_norm,
+                         const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps) {
   // The ATen calls below are implementation details of this kernel: keep them out of
   // autograd (its formula is registered for the op as a whole), also when a caller runs
   // the op with grad mode on and parameters that require grad.
@@ -232,6 +264,7 @@ Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>&
                     grad_m.sizes());
   TORCH_CHECK(grad_m.device() == m.device(), op, ": all tensors must be on one device");
   const auto dtype = m.scalar_type();
+  check_kernel_dtype(kernels, dtype, op);
   const int64_t B = m.size(0), C = m.size(2);
   const int64_t N = guidance.numel() / B;
   Tensor dz = pool_grad_z(grad_m, grad_l1_norm, m, l1_norm, eps, op);
@@ -245,24 +278,26 @@ Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>&
   return dF.view(shape);
 }
 
-Tensor cga_recalibrate_impl(const Tensor& features, const Tensor& guidance, const Tensor& m,
-                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                            const std::string& variant, const CgaKernels& kernels) {
+Tensor cga_recalibrate(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance, const Tensor& m,
+                       const OptionalTensor& w_pos, const OptionalTensor& b_pos, const OptionalTensor& w_neg,
+                       const OptionalTensor& b_neg, const OptionalTensor& w_out, const OptionalTensor& b_out,
+                       c10::string_view variant) {
   // The ATen calls below are implementation details of this kernel: keep them out of
   // autograd (its formula is registered for the op as a whole), also when a caller runs
   // the op with grad mode on and parameters that require grad.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cga_recalibrate";
   auto [F, P] = flatten_features_guidance(features, guidance, op);
-  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
+  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), op);
+  check_kernel_dtype(kernels, features.scalar_type(), op);
   Folded f = fold(params, m, accumulate_type(features.scalar_type()));
   Tensor out = kernels.mix_forward(F, P, f.M0, f.M1, f.c0, f.c1);
   std::vector<int64_t> shape(features.sizes().begin(), features.sizes().end());
   shape[1] = params.num_outputs;
   return out.view(shape);
 }
+
+}  // namespace impl
 
 namespace {
 
@@ -326,55 +361,56 @@ Tensor checked_grad_out(const Tensor& grad_out, const Tensor& features, const Cg
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_impl(
-    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-    const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-    const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
-    const CgaKernels& kernels) {
+namespace impl {
+
+Grads8 cga_recalibrate_backward(const CgaKernels& kernels, const Tensor& grad_out, const Tensor& features,
+                                const Tensor& guidance, const Tensor& m, const OptionalTensor& w_pos,
+                                const OptionalTensor& b_pos, const OptionalTensor& w_neg, const OptionalTensor& b_neg,
+                                const OptionalTensor& w_out, const OptionalTensor& b_out, c10::string_view variant) {
   // The ATen calls below are implementation details of this kernel: keep them out of
   // autograd (its formula is registered for the op as a whole), also when a caller runs
   // the op with grad mode on and parameters that require grad.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cga_recalibrate_backward";
   auto [F, P] = flatten_features_guidance(features, guidance, op);
-  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
+  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), op);
   Tensor G = checked_grad_out(grad_out, features, params, op);
+  check_kernel_dtype(kernels, features.scalar_type(), op);
   Folded f = fold(params, m, accumulate_type(features.scalar_type()));
   auto [dF, dM0, dM1, dc0_b, dc1_b] = kernels.mix_backward(G, F, P, f.M0, f.M1);
   ParamGrads g = param_grads(params, f, m, dM0, dM1, dc0_b.sum(0), dc1_b.defined() ? dc1_b.sum(0) : Tensor(), F);
   return {dF.view(features.sizes()), g.m.to(m.scalar_type()), g.w_pos, g.b_pos, g.w_neg, g.b_neg, g.w_out, g.b_out};
 }
 
-std::tuple<Tensor, Tensor, Tensor> cga_fused_impl(const Tensor& features, const Tensor& guidance,
-                                                  const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                                                  const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                                                  const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                                                  const std::string& variant, double eps, const CgaKernels& kernels) {
+std::tuple<Tensor, Tensor, Tensor> cga(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
+                                       const OptionalTensor& w_pos, const OptionalTensor& b_pos,
+                                       const OptionalTensor& w_neg, const OptionalTensor& b_neg,
+                                       const OptionalTensor& w_out, const OptionalTensor& b_out,
+                                       c10::string_view variant, double eps) {
   // The ATen calls below are implementation details of this kernel: keep them out of
   // autograd (its formula is registered for the op as a whole), also when a caller runs
   // the op with grad mode on and parameters that require grad.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  auto [m, l1_norm] = cga_pool_impl(features, guidance, eps, kernels);
-  Tensor out = cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, kernels);
+  auto [m, l1_norm] = cga_pool(kernels, features, guidance, eps);
+  Tensor out = cga_recalibrate(kernels, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant);
   return {out, m, l1_norm};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_fused_backward_impl(
-    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
-    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
-    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-    const std::string& variant, double eps, const CgaKernels& kernels) {
+Grads7 cga_backward(const CgaKernels& kernels, const Tensor& grad_out, const OptionalTensor& grad_m,
+                    const OptionalTensor& grad_l1_norm, const Tensor& features, const Tensor& guidance,
+                    const Tensor& m, const Tensor& l1_norm, const OptionalTensor& w_pos, const OptionalTensor& b_pos,
+                    const OptionalTensor& w_neg, const OptionalTensor& b_neg, const OptionalTensor& w_out,
+                    const OptionalTensor& b_out, c10::string_view variant, double eps) {
   // The ATen calls below are implementation details of this kernel: keep them out of
   // autograd (its formula is registered for the op as a whole), also when a caller runs
   // the op with grad mode on and parameters that require grad.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const char* op = "cga_fused_backward";
+  const char* op = "cga_backward";
   auto [F, P] = flatten_features_guidance(features, guidance, op);
-  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op);
+  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), op);
   check_pool_state(m, l1_norm, guidance, op);
   Tensor G = checked_grad_out(grad_out, features, params, op);
+  check_kernel_dtype(kernels, features.scalar_type(), op);
   Folded f = fold(params, m, accumulate_type(features.scalar_type()));
   // Pass 1 (reads F, G, Pt): the per-sample weight-side reductions.
   auto [dM0, dM1, dc0_b, dc1_b] = kernels.mix_reduce(G, F, P, f.M0, f.M1);
@@ -393,5 +429,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_fused_bac
   Tensor dF = kernels.mix_input_grad(G, P, f.M0, f.M1, base, slope);
   return {dF.view(features.sizes()), g.w_pos, g.b_pos, g.w_neg, g.b_neg, g.w_out, g.b_out};
 }
+
+}  // namespace impl
 
 }  // namespace omkit

@@ -2,10 +2,12 @@
 // per-sample importance vectors m into per-sample 1x1x1 weights, and the
 // chain rule back through that folding. All of it works on tensors of size
 // O(B * K * C) and runs as ordinary ATen calls; the passes over the feature
-// map (size B * C * voxels) are the backend kernels in CgaKernels.
+// map (size B * C * voxels) are the backend kernels in CgaKernels. The impl::
+// functions are the ops' bodies; backend.h registers them once for every backend.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/ArrayRef.h>
 
 #include <string>
 #include <tuple>
@@ -17,6 +19,11 @@ using at::Tensor;
 // The passes over the feature map that each backend implements.
 // Shapes: F (B, C, N) contiguous, P (B, N) contiguous in F's dtype.
 struct CgaKernels {
+  // The backend's name in messages ("CPU") and the feature dtypes its passes take; the
+  // ops check them before any pass runs. omkit/ops/manifest.py lists the same dtypes
+  // (tests/test_ops_manifest.py checks the CPU ones by calling the ops).
+  const char* device;
+  c10::ArrayRef<at::ScalarType> dtypes;
   // z (B, 2, C) in the accumulation dtype: z[:, 0] = F^T Pt, z[:, 1] = F^T (1 - Pt).
   Tensor (*pool_reduce)(const Tensor& F, const Tensor& P);
   // dF (B, C, N) in F's dtype: dF[b, c, n] = base[b, c] + slope[b, c] * P[b, n].
@@ -50,41 +57,49 @@ VariantCoefficients variant_coefficients(const std::string& variant);
 // Accumulation dtype of the kernels: float for half/bfloat16, else the dtype itself.
 at::ScalarType accumulate_type(at::ScalarType dtype);
 
+// TypeError unless `kernels` take `dtype` ("cga_pool: the CPU kernel supports float32 and float64, got Half").
+void check_kernel_dtype(const CgaKernels& kernels, at::ScalarType dtype, const char* op);
+
 // Validates features/guidance and returns F (B, C, N) and P (B, N), contiguous, in F's dtype.
 std::tuple<Tensor, Tensor> flatten_features_guidance(const Tensor& features, const Tensor& guidance,
                                                      const char* op);
 
-std::tuple<Tensor, Tensor> cga_pool_impl(const Tensor& features, const Tensor& guidance, double eps,
-                                         const CgaKernels& kernels);
-Tensor cga_pool_backward_impl(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm,
-                              const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps,
-                              const CgaKernels& kernels);
-Tensor cga_recalibrate_impl(const Tensor& features, const Tensor& guidance, const Tensor& m,
-                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                            const std::string& variant, const CgaKernels& kernels);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_impl(
-    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-    const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-    const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out, const std::string& variant,
-    const CgaKernels& kernels);
+// The ops' bodies, one per CGA op of ops.h, named as the op: the kernels, then the op's
+// arguments in its schema's order (backend.h registers them for every backend).
+namespace impl {
+
+using OptionalTensor = std::optional<Tensor>;
+using Grads7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Grads8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+std::tuple<Tensor, Tensor> cga_pool(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
+                                    double eps);
+Tensor cga_pool_backward(const CgaKernels& kernels, const Tensor& grad_m, const OptionalTensor& grad_l1_norm,
+                         const Tensor& m, const Tensor& l1_norm, const Tensor& guidance, double eps);
+Tensor cga_recalibrate(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance, const Tensor& m,
+                       const OptionalTensor& w_pos, const OptionalTensor& b_pos, const OptionalTensor& w_neg,
+                       const OptionalTensor& b_neg, const OptionalTensor& w_out, const OptionalTensor& b_out,
+                       c10::string_view variant);
+Grads8 cga_recalibrate_backward(const CgaKernels& kernels, const Tensor& grad_out, const Tensor& features,
+                                const Tensor& guidance, const Tensor& m, const OptionalTensor& w_pos,
+                                const OptionalTensor& b_pos, const OptionalTensor& w_neg, const OptionalTensor& b_neg,
+                                const OptionalTensor& w_out, const OptionalTensor& b_out, c10::string_view variant);
 
 // The whole CGA head in one op pair: forward = pooling + recalibration (two reads of F);
 // backward = one pass reading F and G for the weight-side reductions, then one pass
 // writing dF that folds in the pooling's gradient (F is not read again, and no second
 // dF map is summed by autograd).
-std::tuple<Tensor, Tensor, Tensor> cga_fused_impl(const Tensor& features, const Tensor& guidance,
-                                                  const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                                                  const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                                                  const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                                                  const std::string& variant, double eps, const CgaKernels& kernels);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_fused_backward_impl(
-    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
-    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
-    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-    const std::string& variant, double eps, const CgaKernels& kernels);
+std::tuple<Tensor, Tensor, Tensor> cga(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
+                                       const OptionalTensor& w_pos, const OptionalTensor& b_pos,
+                                       const OptionalTensor& w_neg, const OptionalTensor& b_neg,
+                                       const OptionalTensor& w_out, const OptionalTensor& b_out,
+                                       c10::string_view variant, double eps);
+Grads7 cga_backward(const CgaKernels& kernels, const Tensor& grad_out, const OptionalTensor& grad_m,
+                    const OptionalTensor& grad_l1_norm, const Tensor& features, const Tensor& guidance,
+                    const Tensor& m, const Tensor& l1_norm, const OptionalTensor& w_pos, const OptionalTensor& b_pos,
+                    const OptionalTensor& w_neg, const OptionalTensor& b_neg, const OptionalTensor& w_out,
+                    const OptionalTensor& b_out, c10::string_view variant, double eps);
+
+}  // namespace impl
 
 }  // namespace omkit

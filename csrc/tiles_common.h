@@ -1,13 +1,15 @@
-// Argument checks shared by the CPU and CUDA tile kernels. The contract is the
-// reference in omkit.inference.tiling: volumes (C, D, H, W), tiles
-// (T, C, d, h, w), origins int64 (T, 3) in (D, H, W) order, possibly negative
-// or running past the end; what lies outside the volume reads as zero and is
-// never written.
+// Device-independent part of the tile ops: argument checks, output allocation and
+// the clipping geometry, shared by every backend; the backends implement the byte
+// moving passes in TileKernels. The contract is the reference in
+// omkit.inference.tiling: volumes (C, D, H, W), tiles (T, C, d, h, w), origins
+// int64 (T, 3) in (D, H, W) order, possibly negative or running past the end; what
+// lies outside the volume reads as zero and is never written.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <array>
+#include <optional>
 
 #if defined(__CUDACC__)
 #define OMKIT_HOST_DEVICE __host__ __device__
@@ -77,5 +79,50 @@ OMKIT_HOST_DEVICE inline Span clip_span(int64_t start, int64_t size, int64_t lim
   const int64_t end = start + size;
   return Span{start > 0 ? start : 0, end < limit ? end : limit};
 }
+
+// The stitch ops' geometry: T tiles of (d, h, w) voxels, kept centres at offset ko and of
+// size ks within each tile, written into a (D, H, W) volume. Passed to device kernels by value.
+struct KeptGeometry {
+  int64_t T, d, h, w, D, H, W;
+  int64_t ko[3], ks[3];
+};
+
+// Where the kept centre of the tile at `origin` (its (z, y, x) corner) meets output slice z:
+// false when it does not, else the clipped y and x spans in volume coordinates.
+OMKIT_HOST_DEVICE inline bool kept_rows(const KeptGeometry& g, const int64_t* origin, int64_t z, Span* ys,
+                                        Span* xs) {
+  const Span zs = clip_span(origin[0] + g.ko[0], g.ks[0], g.D);
+  if (z < zs.lo || z >= zs.hi) return false;
+  *ys = clip_span(origin[1] + g.ko[1], g.ks[1], g.H);
+  *xs = clip_span(origin[2] + g.ko[2], g.ks[2], g.W);
+  return !ys->empty() && !xs->empty();
+}
+
+// The passes each backend implements. Every tensor is contiguous and on the backend's
+// device, origins int64 (T, 3); the ops have checked the arguments and allocated the outputs.
+struct TileKernels {
+  // tiles (T, C, d, h, w) <- volume (C, D, H, W) at origins, zero outside (not called when tiles is empty).
+  void (*gather)(const Tensor& volume, const Tensor& origins, const Tensor& tiles);
+  // out (K, D, H, W) <- the kept centres of tiles (T, K, d, h, w), out's dtype, later tiles winning.
+  void (*stitch)(const Tensor& out, const Tensor& tiles, const Tensor& origins, const KeptGeometry& g);
+  // labels (D, H, W) uint8 <- lut[argmax_k tiles[t, k]] over the kept centres (lut (K,) uint8 on the
+  // device, or undefined: the index itself); tiles floating point.
+  void (*stitch_argmax)(const Tensor& labels, const Tensor& tiles, const Tensor& origins, const Tensor& lut,
+                        const KeptGeometry& g);
+};
+
+// The ops' bodies, one per tile op of ops.h, named as the op: the kernels, then the op's
+// arguments (checks, allocation, copies back into non-contiguous outputs around the passes).
+namespace impl {
+
+Tensor gather_tiles(const TileKernels& kernels, const Tensor& volume, const Tensor& origins,
+                    c10::IntArrayRef roi_size);
+void stitch_tiles_(const TileKernels& kernels, const Tensor& out, const Tensor& tiles, const Tensor& origins,
+                   c10::IntArrayRef keep_offset, c10::IntArrayRef keep_size);
+void stitch_tiles_argmax_(const TileKernels& kernels, const Tensor& labels, const Tensor& tiles,
+                          const Tensor& origins, c10::IntArrayRef keep_offset, c10::IntArrayRef keep_size,
+                          const std::optional<Tensor>& label_map);
+
+}  // namespace impl
 
 }  // namespace omkit

@@ -7,7 +7,6 @@
 // maps: the memory floor of the op, with no U_t/U_n/S_t/S_n intermediates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -44,11 +43,6 @@ Tensor empty_output(c10::IntArrayRef sizes, const at::TensorOptions& options) {
   if (last > first + kHugePage) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #endif
   return out;
-}
-
-void check_cpu_dtype(const Tensor& t, const char* op) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-                   ": the CPU kernel supports float32 and float64, got ", t.scalar_type());
 }
 
 // ---- pooling: z_t = F^T Pt, z_n = F^T (1 - Pt) -------------------------------------------
@@ -88,7 +82,6 @@ OMKIT_CPU_CLONES void pool_rows(const double* F, const double* P, double* z, int
 }
 
 Tensor pool_reduce_cpu(const Tensor& F, const Tensor& P) {
-  check_cpu_dtype(F, "cga_pool");
   const int64_t B = F.size(0), C = F.size(1), N = F.size(2);
   Tensor z = at::empty({B, 2, C}, F.options());
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
@@ -125,8 +118,6 @@ OMKIT_CPU_CLONES void expand_rows(const double* a, const double* s, const double
 }
 
 Tensor pool_expand_cpu(const Tensor& base, const Tensor& slope, const Tensor& P, at::ScalarType dtype) {
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
-                   "cga_pool_backward: the CPU kernel supports float32 and float64, got ", dtype);
   const int64_t B = base.size(0), C = base.size(1), N = P.size(1);
   Tensor dF = empty_output({B, C, N}, P.options().dtype(dtype));
   Tensor a = base.to(dtype).contiguous(), s = slope.to(dtype).contiguous();
@@ -206,7 +197,6 @@ OMKIT_MIX_FORWARD_CLONE(double)
 
 Tensor mix_forward_cpu(const Tensor& F, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
                        const Tensor& c1) {
-  check_cpu_dtype(F, "cga_recalibrate");
   const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
   const int64_t blocks = (N + kVoxelBlock - 1) / kVoxelBlock;
   Tensor out = empty_output({B, K, N}, F.options());
@@ -305,34 +295,30 @@ OMKIT_ALWAYS_INLINE void mix_backward_block_impl(const T* g, const T* f, const T
 // Which passes a call runs.
 enum class BackwardPass { kBoth, kReduceOnly, kInputGradOnly };
 
+// The guided or unguided instantiation of one pass (inlined into each target clone below).
+template <typename T, bool kReduce, bool kInputGrad, typename... Args>
+OMKIT_ALWAYS_INLINE void mix_backward_block_pass(bool guided, Args... args) {
+  if (guided)
+    mix_backward_block_impl<T, true, kReduce, kInputGrad>(args...);
+  else
+    mix_backward_block_impl<T, false, kReduce, kInputGrad>(args...);
+}
+
 #define OMKIT_MIX_BACKWARD_CLONE(T)                                                                               \
   OMKIT_CPU_CLONES void mix_backward_block(BackwardPass pass, const T* g, const T* f, const T* p, T* dF,           \
                                            const T* M0, const T* M1, const T* base, const T* slope, int64_t C,    \
                                            int64_t K, int64_t N, int64_t len, T* dM0, T* dM1, T* dc0, T* dc1,     \
                                            T* pg) {                                                               \
     const bool guided = M1 != nullptr;                                                                            \
-    if (pass == BackwardPass::kBoth) {                                                                            \
-      if (guided)                                                                                                 \
-        mix_backward_block_impl<T, true, true, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,   \
-                                                     dc0, dc1, pg);                                               \
-      else                                                                                                        \
-        mix_backward_block_impl<T, false, true, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,  \
-                                                      dc0, dc1, pg);                                              \
-    } else if (pass == BackwardPass::kReduceOnly) {                                                               \
-      if (guided)                                                                                                 \
-        mix_backward_block_impl<T, true, true, false>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,  \
-                                                      dc0, dc1, pg);                                              \
-      else                                                                                                        \
-        mix_backward_block_impl<T, false, true, false>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0,     \
-                                                       dM1, dc0, dc1, pg);                                        \
-    } else {                                                                                                      \
-      if (guided)                                                                                                 \
-        mix_backward_block_impl<T, true, false, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,  \
-                                                      dc0, dc1, pg);                                              \
-      else                                                                                                        \
-        mix_backward_block_impl<T, false, false, true>(g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0,     \
-                                                       dM1, dc0, dc1, pg);                                        \
-    }                                                                                                             \
+    if (pass == BackwardPass::kBoth)                                                                              \
+      mix_backward_block_pass<T, true, true>(guided, g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,    \
+                                             dc0, dc1, pg);                                                       \
+    else if (pass == BackwardPass::kReduceOnly)                                                                   \
+      mix_backward_block_pass<T, true, false>(guided, g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,   \
+                                              dc0, dc1, pg);                                                      \
+    else                                                                                                          \
+      mix_backward_block_pass<T, false, true>(guided, g, f, p, dF, M0, M1, base, slope, C, K, N, len, dM0, dM1,   \
+                                              dc0, dc1, pg);                                                      \
   }
 OMKIT_MIX_BACKWARD_CLONE(float)
 OMKIT_MIX_BACKWARD_CLONE(double)
@@ -384,13 +370,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_passes(BackwardP
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_backward_cpu(const Tensor& G, const Tensor& F,
                                                                     const Tensor& P, const Tensor& M0,
                                                                     const Tensor& M1) {
-  check_cpu_dtype(F, "cga_recalibrate_backward");
   return mix_backward_passes(BackwardPass::kBoth, G, F, P, M0, M1, Tensor(), Tensor(), F.size(1), F.scalar_type());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mix_reduce_cpu(const Tensor& G, const Tensor& F, const Tensor& P,
                                                           const Tensor& M0, const Tensor& M1) {
-  check_cpu_dtype(F, "cga_backward");
   auto [dF, dM0, dM1, dc0, dc1] =
       mix_backward_passes(BackwardPass::kReduceOnly, G, F, P, M0, M1, Tensor(), Tensor(), F.size(1), F.scalar_type());
   return {dM0, dM1, dc0, dc1};
@@ -398,69 +382,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_reduce_cpu(const Tensor& G, const
 
 Tensor mix_input_grad_cpu(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base,
                           const Tensor& slope) {
-  check_cpu_dtype(G, "cga_backward");
   return std::get<0>(mix_backward_passes(BackwardPass::kInputGradOnly, G, Tensor(), P, M0, M1, base, slope,
                                          M0.size(2), G.scalar_type()));
 }
 
-const CgaKernels kCpuKernels{pool_reduce_cpu, pool_expand_cpu, mix_forward_cpu, mix_backward_cpu, mix_reduce_cpu,
-                             mix_input_grad_cpu};
-
-std::tuple<Tensor, Tensor> cga_pool_cpu(const Tensor& features, const Tensor& guidance, double eps) {
-  return cga_pool_impl(features, guidance, eps, kCpuKernels);
-}
-
-Tensor cga_pool_backward_cpu(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm, const Tensor& m,
-                             const Tensor& l1_norm, const Tensor& guidance, double eps) {
-  return cga_pool_backward_impl(grad_m, grad_l1_norm, m, l1_norm, guidance, eps, kCpuKernels);
-}
-
-Tensor cga_recalibrate_cpu(const Tensor& features, const Tensor& guidance, const Tensor& m,
-                           const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                           const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                           const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                           c10::string_view variant) {
-  return cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
-                              std::string(variant), kCpuKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_cpu(
-    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
-    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-    c10::string_view variant) {
-  return cga_recalibrate_backward_impl(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
-                                       std::string(variant), kCpuKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor> cga_cpu(const Tensor& features, const Tensor& guidance,
-                                           const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                                           const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                                           const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                                           c10::string_view variant, double eps) {
-  return cga_fused_impl(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), eps,
-                        kCpuKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_backward_cpu(
-    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
-    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
-    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-    c10::string_view variant, double eps) {
-  return cga_fused_backward_impl(grad_out, grad_m, grad_l1_norm, features, guidance, m, l1_norm, w_pos, b_pos, w_neg,
-                                 b_neg, w_out, b_out, std::string(variant), eps, kCpuKernels);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(omkit, CPU, m) {
-  m.impl("cga", &cga_cpu);
-  m.impl("cga_backward", &cga_backward_cpu);
-  m.impl("cga_pool", &cga_pool_cpu);
-  m.impl("cga_pool_backward", &cga_pool_backward_cpu);
-  m.impl("cga_recalibrate", &cga_recalibrate_cpu);
-  m.impl("cga_recalibrate_backward", &cga_recalibrate_backward_cpu);
-}
+namespace cpu {
+
+// Every pass is written for these dtypes (AT_DISPATCH_FLOATING_TYPES and the target clones);
+// omkit/ops/manifest.py says the same, and the ops check it before any pass runs.
+constexpr at::ScalarType kCgaDtypes[] = {at::kFloat, at::kDouble};
+
+extern const CgaKernels kCgaKernels{"CPU",           kCgaDtypes,     pool_reduce_cpu, pool_expand_cpu,
+                                    mix_forward_cpu, mix_backward_cpu, mix_reduce_cpu, mix_input_grad_cpu};
+
+}  // namespace cpu
 
 }  // namespace omkit

@@ -6,7 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
+
+#include <type_traits>
 
 #include "../cga_common.h"
 #include "cuda_utils.cuh"
@@ -97,6 +98,33 @@ Tensor pool_expand_cuda(const Tensor& base, const Tensor& slope, const Tensor& P
 
 // ---- recalibrate + CompSeg -------------------------------------------------------------------
 
+// Launches a thread-per-voxel kernel (grid.x over the N voxels, grid.y over the B samples) in its
+// guided (M1 defined) or unguided instantiation: launch(grid, std::bool_constant<guided>{}).
+template <typename Launch>
+void launch_per_voxel(int64_t B, int64_t N, bool guided, const char* op, Launch&& launch) {
+  TORCH_CHECK(B <= 65535, op, ": the CUDA kernel supports at most 65535 samples per call, got ", B);
+  const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
+  if (guided) {
+    launch(grid, std::true_type{});
+  } else {
+    launch(grid, std::false_type{});
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+const T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// The voxel n of sample b that a thread of a launch_per_voxel kernel works on.
+struct VoxelIndex {
+  int64_t b, n;
+};
+__device__ __forceinline__ VoxelIndex voxel_index() {
+  return {static_cast<int64_t>(blockIdx.y), blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x};
+}
+
 // Thread per voxel (grid.x over voxels, grid.y over samples): up to kMaxK outputs in
 // registers, the C feature values of the voxel read once each (coalesced across the warp).
 template <typename scalar_t, typename acc_t, bool kGuided>
@@ -104,8 +132,7 @@ __global__ void mix_forward_kernel(const scalar_t* __restrict__ F, const scalar_
                                    const acc_t* __restrict__ M0, const acc_t* __restrict__ M1,
                                    const acc_t* __restrict__ c0, const acc_t* __restrict__ c1,
                                    scalar_t* __restrict__ out, int64_t C, int64_t K, int64_t N) {
-  const int64_t b = blockIdx.y;
-  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const auto [b, n] = voxel_index();
   if (n >= N) return;
   const scalar_t* f = F + b * C * N + n;
   const acc_t p = static_cast<acc_t>(P[b * N + n]);
@@ -141,22 +168,15 @@ Tensor mix_forward_cuda(const Tensor& F, const Tensor& P, const Tensor& M0, cons
   const int64_t B = F.size(0), C = F.size(1), N = F.size(2), K = M0.size(1);
   Tensor out = at::empty({B, K, N}, F.options());
   if (B == 0 || N == 0) return out;
-  TORCH_CHECK(B <= 65535, "cga_recalibrate: the CUDA kernel supports at most 65535 samples per call, got ", B);
-  const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "omkit_mix_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto stream = at::cuda::getCurrentCUDAStream();
-    if (M1.defined()) {
-      mix_forward_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
-          F.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
-          M1.const_data_ptr<acc_t>(), c0.const_data_ptr<acc_t>(), c1.const_data_ptr<acc_t>(),
-          out.mutable_data_ptr<scalar_t>(), C, K, N);
-    } else {
-      mix_forward_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
-          F.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(), nullptr,
-          c0.const_data_ptr<acc_t>(), nullptr, out.mutable_data_ptr<scalar_t>(), C, K, N);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_voxel(B, N, M1.defined(), "cga_recalibrate", [&](dim3 grid, auto guided) {
+      mix_forward_kernel<scalar_t, acc_t, decltype(guided)::value>
+          <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              F.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
+              data_or_null<acc_t>(M1), c0.const_data_ptr<acc_t>(), data_or_null<acc_t>(c1),
+              out.mutable_data_ptr<scalar_t>(), C, K, N);
+    });
   });
   return out;
 }
@@ -169,8 +189,7 @@ __global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const 
                                           const acc_t* __restrict__ M0, const acc_t* __restrict__ M1,
                                           const acc_t* __restrict__ base, const acc_t* __restrict__ slope,
                                           scalar_t* __restrict__ dF, int64_t C, int64_t K, int64_t N) {
-  const int64_t b = blockIdx.y;
-  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const auto [b, n] = voxel_index();
   if (n >= N) return;
   const acc_t p = static_cast<acc_t>(P[b * N + n]);
   const scalar_t* g = G + b * K * N + n;
@@ -207,29 +226,20 @@ __global__ void mix_backward_input_kernel(const scalar_t* __restrict__ G, const 
 Tensor input_grad_cuda(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base_in,
                        const Tensor& slope_in, int64_t C) {
   const int64_t B = G.size(0), N = G.size(2), K = M0.size(1);
-  const bool guided = M1.defined();
   Tensor dF = at::empty({B, C, N}, G.options());
   if (B == 0 || N == 0 || C == 0) return dF;
-  TORCH_CHECK(B <= 65535, "cga backward: the CUDA kernel supports at most 65535 samples, got ", B);
   const auto acc = accumulate_type(G.scalar_type());
   Tensor base = base_in.defined() ? base_in.to(acc).contiguous() : Tensor();
   Tensor slope = slope_in.defined() ? slope_in.to(acc).contiguous() : Tensor();
-  const dim3 grid(static_cast<unsigned int>(cuda::ceil_div(N, kThreads)), static_cast<unsigned int>(B));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "omkit_mix_input_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto stream = at::cuda::getCurrentCUDAStream();
-    const acc_t* a = base.defined() ? base.const_data_ptr<acc_t>() : nullptr;
-    const acc_t* s = slope.defined() ? slope.const_data_ptr<acc_t>() : nullptr;
-    if (guided) {
-      mix_backward_input_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
-          G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
-          M1.const_data_ptr<acc_t>(), a, s, dF.mutable_data_ptr<scalar_t>(), C, K, N);
-    } else {
-      mix_backward_input_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
-          G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(), nullptr, a, s,
-          dF.mutable_data_ptr<scalar_t>(), C, K, N);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_voxel(B, N, M1.defined(), "cga backward", [&](dim3 grid, auto guided) {
+      mix_backward_input_kernel<scalar_t, acc_t, decltype(guided)::value>
+          <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              G.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), M0.const_data_ptr<acc_t>(),
+              data_or_null<acc_t>(M1), data_or_null<acc_t>(base), data_or_null<acc_t>(slope),
+              dF.mutable_data_ptr<scalar_t>(), C, K, N);
+    });
   });
   return dF;
 }
@@ -265,70 +275,17 @@ Tensor mix_input_grad_cuda(const Tensor& G, const Tensor& P, const Tensor& M0, c
   return input_grad_cuda(G, P, M0, M1, base, slope, M0.size(2));
 }
 
-const CgaKernels kCudaKernels{pool_reduce_cuda, pool_expand_cuda, mix_forward_cuda, mix_backward_cuda, mix_reduce_cuda,
-                              mix_input_grad_cuda};
-
-std::tuple<Tensor, Tensor> cga_pool_cuda(const Tensor& features, const Tensor& guidance, double eps) {
-  c10::cuda::CUDAGuard guard(features.device());
-  return cga_pool_impl(features, guidance, eps, kCudaKernels);
-}
-
-Tensor cga_pool_backward_cuda(const Tensor& grad_m, const std::optional<Tensor>& grad_l1_norm, const Tensor& m,
-                              const Tensor& l1_norm, const Tensor& guidance, double eps) {
-  c10::cuda::CUDAGuard guard(m.device());
-  return cga_pool_backward_impl(grad_m, grad_l1_norm, m, l1_norm, guidance, eps, kCudaKernels);
-}
-
-Tensor cga_recalibrate_cuda(const Tensor& features, const Tensor& guidance, const Tensor& m,
-                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                            c10::string_view variant) {
-  c10::cuda::CUDAGuard guard(features.device());
-  return cga_recalibrate_impl(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant),
-                              kCudaKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_recalibrate_backward_cuda(
-    const Tensor& grad_out, const Tensor& features, const Tensor& guidance, const Tensor& m,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
-    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-    c10::string_view variant) {
-  c10::cuda::CUDAGuard guard(features.device());
-  return cga_recalibrate_backward_impl(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out,
-                                       std::string(variant), kCudaKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor> cga_cuda(const Tensor& features, const Tensor& guidance,
-                                            const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos,
-                                            const std::optional<Tensor>& w_neg, const std::optional<Tensor>& b_neg,
-                                            const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-                                            c10::string_view variant, double eps) {
-  c10::cuda::CUDAGuard guard(features.device());
-  return cga_fused_impl(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, std::string(variant), eps,
-                        kCudaKernels);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cga_backward_cuda(
-    const Tensor& grad_out, const std::optional<Tensor>& grad_m, const std::optional<Tensor>& grad_l1_norm,
-    const Tensor& features, const Tensor& guidance, const Tensor& m, const Tensor& l1_norm,
-    const std::optional<Tensor>& w_pos, const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
-    const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out, const std::optional<Tensor>& b_out,
-    c10::string_view variant, double eps) {
-  c10::cuda::CUDAGuard guard(features.device());
-  return cga_fused_backward_impl(grad_out, grad_m, grad_l1_norm, features, guidance, m, l1_norm, w_pos, b_pos, w_neg,
-                                 b_neg, w_out, b_out, std::string(variant), eps, kCudaKernels);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(omkit, CUDA, m) {
-  m.impl("cga", &cga_cuda);
-  m.impl("cga_backward", &cga_backward_cuda);
-  m.impl("cga_pool", &cga_pool_cuda);
-  m.impl("cga_pool_backward", &cga_pool_backward_cuda);
-  m.impl("cga_recalibrate", &cga_recalibrate_cuda);
-  m.impl("cga_recalibrate_backward", &cga_recalibrate_backward_cuda);
-}
+namespace cuda {
+
+// Every pass is instantiated for these dtypes (AT_DISPATCH_FLOATING_TYPES_AND2, float accumulation
+// for the half types); omkit/ops/manifest.py says the same, and the ops check it before any pass runs.
+constexpr at::ScalarType kCgaDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+
+extern const CgaKernels kCgaKernels{"CUDA",           kCgaDtypes,        pool_reduce_cuda, pool_expand_cuda,
+                                    mix_forward_cuda, mix_backward_cuda, mix_reduce_cuda,  mix_input_grad_cuda};
+
+}  // namespace cuda
 
 }  // namespace omkit

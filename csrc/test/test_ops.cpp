@@ -1,6 +1,7 @@
 // C++ test of the omkit ops through the dispatcher (as a libtorch user calls them):
-// each op against a direct ATen formulation on small random inputs, plus an
-// argument error. Exits non-zero on the first failure; ctest runs it.
+// every op of ops.h registered with its schema and a CPU kernel, each op against a
+// direct ATen formulation on small random inputs, plus an argument error. Exits
+// non-zero on a failure; ctest runs it.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -8,6 +9,8 @@
 #include <iostream>
 #include <string>
 #include <tuple>
+
+#include "../ops.h"
 
 namespace {
 
@@ -23,6 +26,19 @@ void expect(bool ok, const std::string& what) {
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+void test_registrations() {
+#define OMKIT_CHECK_OP(name, signature)                                                                       \
+  {                                                                                                          \
+    auto handle = c10::Dispatcher::singleton().findSchema({"omkit::" #name, ""});                             \
+    expect(handle.has_value() && c10::toString(handle->schema()) == "omkit::" #name signature,               \
+           "omkit::" #name " is registered with the schema of ops.h");                                       \
+    expect(handle.has_value() && handle->hasKernelForDispatchKey(c10::DispatchKey::CPU),                     \
+           "omkit::" #name " has a CPU kernel");                                                             \
+  }
+  OMKIT_OPS(OMKIT_CHECK_OP)
+#undef OMKIT_CHECK_OP
 }
 
 void test_cga() {
@@ -91,6 +107,7 @@ void test_tiles() {
 
 int main() {
   try {
+    test_registrations();
     test_cga();
     test_tiles();
   } catch (const std::exception& e) {
