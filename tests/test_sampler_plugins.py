@@ -69,7 +69,7 @@ def test_plugin_sampler_registers_and_keeps_the_contract(with_plugin, cases):
     check_sampler_contract("my_sampler", cases)
     registry = omkit.get_plugins().registry("sampler")
     sampler = parse_sampler_spec("my_sampler(margin=3)", registry)
-    assert sampler.margin == 3 and sampler.cache_key == "my_sampler(margin=3.0)"
+    assert sampler.margin == 3 and sampler.cache_key == "my_sampler(margin=3)"
     assert not sampler.region(cases[0])[:3].any() and sampler.region(cases[0])[3:-3].any()
     mixture = parse_sampler_spec("brain:1+my_sampler(margin=2):1", registry)
     assert mixture.parts[1][0].margin == 2
@@ -95,10 +95,10 @@ def test_cli_trains_with_a_plugin_sampler_and_its_option(with_plugin, tmp_path, 
     assert 2 in MarginSampler.built
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["config"]["samplers"] == ["brain", "my_sampler(margin=2)", "core"]
-    assert resolved["sampler_keys"][1] == "my_sampler(margin=2.0)"
+    assert resolved["sampler_keys"][1] == "my_sampler(margin=2)"
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
     # ... and its regions: cached per case under a key holding the option, 2 voxels clear of every border
-    regions = sorted(cache.rglob("region-my_sampler(margin=2.0).npy"))
+    regions = sorted(cache.rglob("region-my_sampler(margin=2).npy"))
     assert len(regions) == 2
     for path in regions:
         shape = tuple(np.load(path.parent / "brain_mask.npy", mmap_mode="r").shape)

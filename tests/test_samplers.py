@@ -170,7 +170,7 @@ def test_seeded_reproducible_and_uniform(cases):
 
 def test_options_and_cache_keys():
     assert DilatedTumorSampler().options == {"radius": 5.0}
-    assert DilatedTumorSampler(3).cache_key == DilatedTumorSampler(radius=3.0).cache_key == "dilated_tumor(radius=3.0)"
+    assert DilatedTumorSampler(3).cache_key == DilatedTumorSampler(radius=3).cache_key == "dilated_tumor(radius=3)"
     assert DilatedTumorSampler(3).cache_key != DilatedTumorSampler(4).cache_key
     assert BrainSampler().cache_key == "brain" and BrainSampler().options == {}
     with pytest.raises(TypeError, match="BrainSampler takes no options"):
@@ -186,11 +186,11 @@ def test_options_and_cache_keys():
             return pre.brain_mask
 
     key = Keyless(a="y", c=(1, 2)).cache_key
-    assert key == f"{Keyless.__module__}.{Keyless.__qualname__}(a='y',b=1.0,c=(1, 2))"
+    assert key == f"{Keyless.__module__}.{Keyless.__qualname__}(a='y',b=1,c=(1, 2))"
     assert generic_cache_key("n", {}) == "n"
     # a key that is no plain file name is cached under a cleaned name plus a digest
     assert region_file_name("brain") == "region-brain"
-    assert region_file_name("dilated_tumor(radius=3.0)") == "region-dilated_tumor(radius=3.0)"
+    assert region_file_name("dilated_tumor(radius=3)") == "region-dilated_tumor(radius=3)"
     odd = region_file_name(key)
     assert odd.startswith("region-") and "/" not in odd and "'" not in odd and " " not in odd
     assert odd != region_file_name(Keyless(a="z", c=(1, 2)).cache_key)
@@ -216,7 +216,7 @@ def test_spec_builds_samplers_with_options():
     assert isinstance(mixture, MixtureSampler) and mixture.task == 0
     assert [type(s) for s, _ in mixture.parts] == [BrainSampler, DilatedTumorSampler]
     assert mixture.parts[1][0].radius == 3.0 and list(mixture.weights) == pytest.approx([1 / 3, 2 / 3])
-    assert mixture.cache_key == "brain:1+dilated_tumor(radius=3.0):2"
+    assert mixture.cache_key == "brain:1+dilated_tumor(radius=3):2"
     # a part without weight counts 1
     assert parse_sampler_spec("core+enhancing:3", registry()).weights.tolist() == pytest.approx([0.25, 0.75])
 
@@ -255,7 +255,7 @@ def test_spec_errors_are_one_line_naming_the_flag(spec, message):
 
 def test_mixture_draws_each_part_in_proportion(cases):
     mixture = parse_sampler_spec("brain:3+dilated_tumor(radius=0):1", registry())
-    assert mixture.cache_key == "brain:3+dilated_tumor(radius=0.0):1"
+    assert mixture.cache_key == "brain:3+dilated_tumor(radius=0):1"
     regions = [tuple(np.flatnonzero(r) for r in mixture.region(pre)) for pre in cases]
     centres = mixture.draw(regions, [pre.shape for pre in cases], 8000, np.random.default_rng(0))
     assert centres.shape == (8000, 4)
@@ -295,7 +295,7 @@ def test_regions_are_cached_per_option(cases, tmp_path):
     b = region_indices(large, pre, cache, case_dir, {})
     assert len(a) < len(b)  # two options, two cached regions
     names = sorted(p.name for p in cache.entry_dir(case_dir).glob("region-*.npy"))
-    assert names == ["region-dilated_tumor(radius=1.0).npy", "region-dilated_tumor(radius=4.0).npy"]
+    assert names == ["region-dilated_tumor(radius=1).npy", "region-dilated_tumor(radius=4).npy"]
     np.testing.assert_array_equal(region_indices(small, pre, cache, case_dir, {}), a)
 
 

@@ -148,7 +148,7 @@ def test_short_budget_options_adam_and_sampler_mixture(data_dir, cache_dir, tmp_
                              samplers=("brain:1+dilated_tumor:1", "dilated_tumor", "core")))
     assert isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer.param_groups[0]["lr"] == 2e-3
     assert isinstance(trainer.samplers[0], MixtureSampler)
-    assert trainer.samplers[1].cache_key == "dilated_tumor(radius=5.0)"
+    assert trainer.samplers[1].cache_key == "dilated_tumor(radius=5)"
     trainer.close()
     run = train(config(data_dir, cache_dir, tmp_path / "run2", optimizer="adam",
                        samplers=("brain:1+dilated_tumor:1", "dilated_tumor", "core")))

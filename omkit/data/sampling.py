@@ -71,10 +71,14 @@ def _bound_options(cls, args, kwargs) -> dict[str, Any]:
 
 
 def _format_option(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return repr(float(value))  # radius=3 and radius=3.0 are one region
+    """One spelling per value: ``3``, ``3.0`` and ``np.int64(3)`` are all ``3``."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return repr(bool(value) if value is not None else None)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     return repr(value)
 
 
