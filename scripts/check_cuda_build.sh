@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compile and link omkit's CUDA kernels on a machine without a GPU, then load
-# the library and check that every op has its CPU and CUDA kernels registered.
+# the library and check that it registers exactly the ops of
+# omkit/ops/manifest.py, each with its CPU and CUDA kernels, and that the CPU
+# kernels agree with omkit/ops/reference.py (scripts/check_ops_registered.py).
 #
 # The CUDA build of torch (torch==2.14.1, CUDA 13.0) goes into a venv of its own
 # (never the development .venv); nvcc comes from a CUDA 13.0 toolkit (CUDA_HOME,
@@ -84,7 +86,8 @@ FORCE_CUDA=1 OMKIT_REQUIRE_EXTENSION=1 OMKIT_EXTRA_INCLUDE_DIRS="$WHEEL_INCLUDE"
 after_build=$(date +%s)
 
 # Load the library into the CUDA torch (no GPU needed) and check the registrations;
-# omkit itself is not imported, as the source tree may hold a CPU build for another torch.
+# omkit itself is not imported (the manifest and the references are loaded by path),
+# as the source tree may hold a CPU build for another torch.
 "$VPY" scripts/check_ops_registered.py "$BUILD_DIR"/lib/omkit/_C*.so
 end=$(date +%s)
 say "ok: venv $((after_venv - start)) s, build $((after_build - after_venv)) s, load check $((end - after_build)) s, total $((end - start)) s"

@@ -1,16 +1,70 @@
-"""Load a built omkit op library and check that every op is registered with the
-kernels it should have; run a tiny CPU call against its formula as a smoke test.
+"""Load a built omkit op library and check that it registers exactly the ops of
+omkit/ops/manifest.py, each with the kernels it should have; then run each
+forward CGA op and the tile gather on CPU against its reference in
+omkit/ops/reference.py as a smoke test.
+
+Runs where omkit may not be installed (a venv with another torch): the manifest
+and the references are loaded by their file paths, and omkit itself is never
+imported.
 
 Usage: python scripts/check_ops_registered.py path/to/_C.so [--no-cuda]
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 
 import torch
 
-OPS = ("cga", "cga_backward", "cga_pool", "cga_pool_backward", "cga_recalibrate", "cga_recalibrate_backward", "gather_tiles",
-       "stitch_tiles_", "stitch_tiles_argmax_")
+OPS_DIR = Path(__file__).resolve().parent.parent / "omkit" / "ops"
+
+
+def load_by_path(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def registration_errors(manifest, devices) -> list[str]:
+    """What the loaded library lacks or has beyond the manifest, for the kernel backends `devices`."""
+    registered = {name for name in torch._C._dispatch_get_all_op_names() if name.startswith("omkit::")}
+    expected = {op.qualname for op in manifest.OPS}
+    errors = [f"not in the manifest: {name}" for name in sorted(registered - expected)]
+    errors += [f"not registered: {name}" for name in sorted(expected - registered)]
+    errors += [f"no {manifest.KERNEL_BACKENDS[device]} kernel: {op.qualname}" for op in manifest.OPS
+               for device in devices if op.qualname in registered
+               and not torch._C._dispatch_has_kernel_for_dispatch_key(op.qualname, manifest.KERNEL_BACKENDS[device])]
+    return errors
+
+
+def _outputs(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def smoke_errors(manifest, reference) -> list[str]:
+    """The forward CGA ops and gather_tiles on small CPU inputs against their references."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, generator=g)
+    guidance = torch.rand(2, 1, 4, 5, 6, dtype=torch.float64, generator=g)
+    shapes = ((2, 3), (2,), (2, 3), (2,), (2, 2), (2,))  # w_pos, b_pos, w_neg, b_neg, w_out, b_out
+    weights = [torch.randn(*shape, dtype=torch.float64, generator=g) for shape in shapes]
+    m, _ = reference.cga_pool(features, guidance, 1e-12)
+    samples = {
+        "cga_pool": (features, guidance, 1e-12),
+        "cga_recalibrate": (features, guidance, m, *weights, "full"),
+        "cga": (features, guidance, *weights, "full", 1e-12),
+        "gather_tiles": (torch.randn(2, 5, 6, 7, generator=g), torch.tensor([[-1, 0, 2], [3, 4, 5]]), [3, 3, 3]),
+    }
+    errors = []
+    for schema, args in samples.items():
+        got = _outputs(getattr(torch.ops.omkit, schema)(*args))
+        want = _outputs(getattr(reference, manifest.BY_SCHEMA[schema].reference)(*args))
+        if len(got) != len(want) or not all(torch.allclose(a, b) for a, b in zip(got, want)):
+            errors.append(f"omkit::{schema} disagrees with its reference")
+    return errors
 
 
 def main(argv: list[str]) -> int:
@@ -18,23 +72,16 @@ def main(argv: list[str]) -> int:
     if len(paths) != 1:
         print("usage: check_ops_registered.py LIBRARY [--no-cuda]", file=sys.stderr)
         return 2
-    keys = ("CPU",) if "--no-cuda" in argv else ("CPU", "CUDA")
+    manifest = load_by_path("omkit_ops_manifest", OPS_DIR / "manifest.py")
+    reference = load_by_path("omkit_ops_reference", OPS_DIR / "reference.py")
+    devices = ["cpu"] if "--no-cuda" in argv else list(manifest.KERNEL_BACKENDS)
     torch.ops.load_library(paths[0])
-    missing = [f"omkit::{op} ({key})" for op in OPS for key in keys
-               if not torch._C._dispatch_has_kernel_for_dispatch_key(f"omkit::{op}", key)]
-    if missing:
-        print(f"missing kernels: {', '.join(missing)}", file=sys.stderr)
+    errors = registration_errors(manifest, devices) + smoke_errors(manifest, reference)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
         return 1
-    features = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
-    guidance = torch.rand(2, 1, 4, 5, 6, dtype=torch.float64)
-    m, _ = torch.ops.omkit.cga_pool(features, guidance, 1e-12)
-    flat, pt = features.flatten(2), guidance.flatten(2)
-    z = torch.stack(((flat * pt).sum(-1), (flat * (1 - pt)).sum(-1)), dim=1)
-    expected = z / z.abs().sum(-1, keepdim=True)
-    if not torch.allclose(m, expected):
-        print("cga_pool smoke test disagrees with its formula", file=sys.stderr)
-        return 1
-    print(f"{len(OPS)} ops registered with {' and '.join(keys)} kernels in {paths[0]} (torch {torch.__version__})")
+    keys = " and ".join(manifest.KERNEL_BACKENDS[d] for d in devices)
+    print(f"{len(manifest.OPS)} ops registered with {keys} kernels in {paths[0]} (torch {torch.__version__})")
     return 0
 
 

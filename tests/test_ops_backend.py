@@ -12,10 +12,9 @@ import torch
 
 from omkit import functional as OF
 from omkit import ops
-from omkit.ops import _library
+from omkit.ops import _library, manifest
 
-OP_NAMES = {"cga", "cga_backward", "cga_pool", "cga_pool_backward", "cga_recalibrate", "cga_recalibrate_backward", "gather_tiles",
-            "stitch_tiles", "stitch_tiles_argmax"}
+OP_NAMES = {op.name for op in manifest.OPS}
 
 
 def _inputs():

@@ -1,15 +1,17 @@
 """Loading the compiled op library and choosing, per call, between it and the
-pure-PyTorch reference.
+pure-PyTorch reference: :func:`call` is the one path every public function of
+``omkit.ops`` takes.
 
 Backends (``OMKIT_OPS_BACKEND`` environment variable, or :func:`set_backend` /
 :func:`use_backend`):
 
 * ``auto`` (default): the compiled kernel when the extension is loaded and has
-  one for the tensors' device and dtype, else the reference (with one warning
-  per reason, so a missing build is visible but not noisy);
+  one for the first argument's device and dtype (``omkit.ops.manifest``), else
+  the reference (with one warning per reason, so a missing build is visible but
+  not noisy; an unsupported dtype, e.g. bfloat16 on CPU, falls back silently);
 * ``kernel``: always the compiled op; a missing extension or kernel is an error
   (what benchmarks and kernel tests want);
-* ``reference``: always the pure-PyTorch reference.
+* ``reference``: always the pure-PyTorch reference (``omkit.ops.reference``).
 """
 from __future__ import annotations
 
@@ -20,24 +22,20 @@ from typing import Iterator
 
 import torch
 
+import omkit.ops.reference as reference
+from omkit.ops.manifest import KERNEL_BACKENDS, OPS
+
 BACKENDS = ("auto", "kernel", "reference")
 ENV_VAR = "OMKIT_OPS_BACKEND"
 
-# Public op name -> schema name in torch.ops.omkit.
-OPS = {
-    "cga": "cga",
-    "cga_backward": "cga_backward",
-    "cga_pool": "cga_pool",
-    "cga_pool_backward": "cga_pool_backward",
-    "cga_recalibrate": "cga_recalibrate",
-    "cga_recalibrate_backward": "cga_recalibrate_backward",
-    "gather_tiles": "gather_tiles",
-    "stitch_tiles": "stitch_tiles_",
-    "stitch_tiles_argmax": "stitch_tiles_argmax_",
+# op name -> device type -> the torch dtypes its kernel takes (None: any), from the manifest.
+_KERNEL_DTYPES = {
+    op.name: {device: None if names is None else frozenset(getattr(torch, n) for n in names)
+              for device, names in op.dtypes.items()}
+    for op in OPS
 }
-# The CPU kernels of the CGA ops are written for these dtypes; others use the reference.
-CPU_CGA_DTYPES = (torch.float32, torch.float64)
-CUDA_CGA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# op name -> its reference (the op's arguments and outputs); backward ops have none.
+_REFERENCES = {op.name: getattr(reference, op.reference) for op in OPS if op.reference}
 
 
 def _read_env_backend() -> str:
@@ -52,9 +50,10 @@ class _State:
     loaded: bool = False
     load_error: str | None = None
     warned: set = set()
-    # op -> device types with a registered kernel; computed once at load so the
-    # per-call decision is a dict lookup that torch.compile can trace.
+    # op name -> device types with a registered kernel, and op name -> torch.ops.omkit.<schema>;
+    # computed once at load so the per-call decision is dict lookups that torch.compile can trace.
     kernels: dict = {}
+    ops: dict = {}
 
 
 STATE = _State()
@@ -70,12 +69,13 @@ def _load() -> None:
         STATE.load_error = f"omkit._C failed to load ({exc})"
         return
     STATE.loaded = True
-    for op, schema in OPS.items():
-        STATE.kernels[op] = frozenset(
-            device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-            if torch._C._dispatch_has_kernel_for_dispatch_key(f"omkit::{schema}", key)
+    for op in OPS:
+        STATE.kernels[op.name] = frozenset(
+            device for device, key in KERNEL_BACKENDS.items()
+            if torch._C._dispatch_has_kernel_for_dispatch_key(op.qualname, key)
         )
-    from . import _meta  # noqa: F401  fake kernels and autograd formulas
+        STATE.ops[op.name] = getattr(torch.ops.omkit, op.schema)
+    import omkit.ops._meta  # noqa: F401  fake kernels and autograd formulas (needs the library loaded)
 
 
 def extension_loaded() -> bool:
@@ -111,7 +111,7 @@ def use_backend(backend: str) -> Iterator[None]:
 
 
 def has_kernel(op: str, device_type: str) -> bool:
-    """Whether the loaded library has a kernel of ``op`` for ``device_type``."""
+    """Whether the loaded library has a kernel of ``op`` (public name) for ``device_type``."""
     if not STATE.loaded:
         return False
     if device_type == "meta":
@@ -119,18 +119,28 @@ def has_kernel(op: str, device_type: str) -> bool:
     return device_type in STATE.kernels.get(op, ())
 
 
+def kernel_takes(op: str, device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``op``'s kernel for ``device_type`` takes ``dtype`` (the manifest's dtypes)."""
+    if device_type == "meta":
+        return True
+    allowed = _KERNEL_DTYPES[op].get(device_type, frozenset())
+    return allowed is None or dtype in allowed
+
+
 def _warn_once(key: str, message: str) -> None:
     if key not in STATE.warned:
         STATE.warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        # 1 this function, 2 use_kernel, 3 call, 4 the public function, 5 its caller
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
-def use_kernel(op: str, tensor: torch.Tensor, dtypes: tuple | None = None) -> bool:
-    """Decide whether a call of ``op`` on ``tensor`` goes to the compiled kernel."""
+def use_kernel(op: str, tensor: torch.Tensor) -> bool:
+    """Decide whether a call of ``op`` (public name) whose first argument is ``tensor``
+    goes to the compiled kernel: the backend setting, the extension, a kernel for the
+    tensor's device and the manifest's dtypes for it."""
     backend = STATE.backend
     if backend == "reference":
         return False
-    device_type = tensor.device.type
     if backend == "kernel":
         if not STATE.loaded:
             raise RuntimeError(f"{ENV_VAR}=kernel but {STATE.load_error}")
@@ -139,15 +149,22 @@ def use_kernel(op: str, tensor: torch.Tensor, dtypes: tuple | None = None) -> bo
         _warn_once("load", f"omkit: {STATE.load_error}; running the pure-PyTorch reference ops "
                            f"(slower; set {ENV_VAR}=reference to silence)")
         return False
+    device_type = tensor.device.type
     if not has_kernel(op, device_type):
         _warn_once(f"{op}:{device_type}", f"omkit: no compiled {op} kernel for {device_type} tensors in this "
                                           "build; running the pure-PyTorch reference")
         return False
-    if dtypes is not None and device_type != "meta":
-        allowed = CUDA_CGA_DTYPES if device_type == "cuda" else CPU_CGA_DTYPES
-        if tensor.dtype not in allowed:
-            return False  # e.g. bfloat16 on CPU: the reference handles it, silently
-    return True
+    # e.g. bfloat16 on CPU: the reference handles it, silently
+    return kernel_takes(op, device_type, tensor.dtype)
+
+
+def call(op: str, *args):
+    """Run op ``op`` (its public name in the manifest) on its schema's arguments: the
+    compiled kernel when :func:`use_kernel` says so for the first argument, else the
+    op's reference. Returns the op's outputs (None for the in-place tile kernels)."""
+    if use_kernel(op, args[0]):
+        return STATE.ops[op](*args)
+    return _REFERENCES[op](*args)
 
 
 def backend_report() -> dict:
@@ -157,13 +174,13 @@ def backend_report() -> dict:
     cuda = torch.cuda.is_available()
     for op in OPS:
         if STATE.backend == "reference" or not STATE.loaded:
-            report[op] = "reference"
-        elif cuda and has_kernel(op, "cuda"):
-            report[op] = "cuda-kernel"
-        elif has_kernel(op, "cpu"):
-            report[op] = "cpu-kernel"
+            report[op.name] = "reference"
+        elif cuda and has_kernel(op.name, "cuda"):
+            report[op.name] = "cuda-kernel"
+        elif has_kernel(op.name, "cpu"):
+            report[op.name] = "cpu-kernel"
         else:
-            report[op] = "reference"
+            report[op.name] = "reference"
     return report
 
 

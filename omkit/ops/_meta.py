@@ -1,49 +1,38 @@
 """Fake (shape-only) kernels and autograd formulas of the omkit ops.
 
-The schemas live in ``csrc/ops.cpp``; this module is named there
-(``set_python_module``), so torch imports it whenever it needs a fake kernel.
-The fake kernels repeat the C++ argument checks that concern shapes, so a
-wrong call fails the same way eagerly and under ``torch.compile``. The
-backward formulas call the backward ops, which are ops themselves (with fake
-kernels), so AOTAutograd can trace them.
+The schemas live in ``csrc/ops.h``; ``csrc/ops.cpp`` names this module
+(``set_python_module``), so torch imports it whenever it needs a fake kernel, and
+``omkit.ops._library`` imports it once the compiled library is loaded. It only
+registers: it needs the library's ops defined (checked below, without importing
+``_library``) and imports nothing of omkit but the manifest and the references'
+argument checks, so it can be imported however the library was loaded (C++ users,
+``torch.ops.load_library``). The fake kernels repeat the C++ argument checks that
+concern shapes, so a wrong call fails the same way eagerly and under
+``torch.compile``. The backward formulas call the backward ops, which are ops
+themselves (with fake kernels), so AOTAutograd can trace them. Which ops have an
+autograd formula: the manifest's ``trains`` (tests/test_ops_manifest.py checks).
 """
 from __future__ import annotations
 
 import torch
 
-from . import _library
+from omkit.ops.manifest import OPS
+from omkit.ops.reference import branch_weights, check_features_guidance, check_variant
 
-if not _library.extension_loaded():  # imported by torch for a library that failed to load
-    raise ImportError(f"omkit.ops._meta needs the compiled ops: {_library.load_error()}")
-
-_VARIANTS = ("full", "minus", "pos", "neg")
-
-
-def _spatial_check(op: str, features: torch.Tensor, guidance: torch.Tensor) -> None:
-    if features.dim() < 3:
-        raise ValueError(f"{op}: features must be (B, C, *spatial), got shape {tuple(features.shape)}")
-    want = (features.shape[0], 1, *features.shape[2:])
-    if tuple(guidance.shape) != want:
-        raise ValueError(f"{op}: guidance must be (B, 1, *spatial) = {want}, got shape {tuple(guidance.shape)}")
-
-
-def _branches(variant: str) -> tuple[bool, bool]:
-    if variant not in _VARIANTS:
-        raise ValueError(f"unknown CGA variant '{variant}'; choose one of full, minus, pos, neg")
-    return variant != "neg", variant != "pos"
+_undefined = [op.qualname for op in OPS if not torch._C._dispatch_has_kernel(op.qualname)]
+if _undefined:  # imported by torch for a library that failed to load, or before loading it
+    raise ImportError(f"omkit.ops._meta needs the compiled omkit ops loaded; missing {', '.join(_undefined)}")
 
 
 def _num_outputs(variant, w_pos, w_neg, w_out) -> int:
-    has_pos, has_neg = _branches(variant)
-    weight = w_pos if has_pos else w_neg
-    if weight is None:
-        raise ValueError(f"cga_recalibrate: variant '{variant}' needs {'w_pos' if has_pos else 'w_neg'} (K, C)")
+    w_pos, w_neg = branch_weights("cga_recalibrate", variant, w_pos, w_neg)
+    weight = w_pos if w_pos is not None else w_neg
     return w_out.shape[0] if w_out is not None else weight.shape[0]
 
 
 @torch.library.register_fake("omkit::cga_pool")
 def _cga_pool_fake(features, guidance, eps):
-    _spatial_check("cga_pool", features, guidance)
+    check_features_guidance("cga_pool", features, guidance)
     b, c = features.shape[:2]
     return features.new_empty((b, 2, c)), features.new_empty((b, 2))
 
@@ -55,14 +44,14 @@ def _cga_pool_backward_fake(grad_m, grad_l1_norm, m, l1_norm, guidance, eps):
 
 @torch.library.register_fake("omkit::cga_recalibrate")
 def _cga_recalibrate_fake(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant):
-    _spatial_check("cga_recalibrate", features, guidance)
+    check_features_guidance("cga_recalibrate", features, guidance)
     k = _num_outputs(variant, w_pos, w_neg, w_out)
     return features.new_empty((features.shape[0], k, *features.shape[2:]))
 
 
 @torch.library.register_fake("omkit::cga_recalibrate_backward")
 def _cga_recalibrate_backward_fake(grad_out, features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant):
-    has_pos, has_neg = _branches(variant)
+    has_pos, has_neg = check_variant(variant)
 
     def like(t, used=True):
         return torch.empty_like(t, memory_format=torch.contiguous_format) if (t is not None and used) else features.new_empty((0,))
@@ -78,7 +67,7 @@ def _cga_recalibrate_backward_fake(grad_out, features, guidance, m, w_pos, b_pos
 
 @torch.library.register_fake("omkit::cga")
 def _cga_fake(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps):
-    _spatial_check("cga", features, guidance)
+    check_features_guidance("cga", features, guidance)
     k = _num_outputs(variant, w_pos, w_neg, w_out)
     b, c = features.shape[:2]
     return (features.new_empty((b, k, *features.shape[2:])), features.new_empty((b, 2, c)),

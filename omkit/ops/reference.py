@@ -1,9 +1,24 @@
-"""Pure-PyTorch references of the tile ops: what the public functions run when
-the compiled ops are not available, and (with ``omkit.inference.tiling``, whose
-contract they share) the oracle of the kernel tests. The CGA references are
-``omkit.functional.category_importance_reference`` / ``cga_reference``.
+"""Every pure-PyTorch reference of omkit's ops, in one place: what the public
+functions of ``omkit.ops`` run when the compiled ops are not available (or do
+not take the inputs' device or dtype), and the oracle of the kernel tests.
 
-Kept deliberately simple: one Python-level copy per tile.
+* CGA (Zhou et al., TIP 2020, Sec. III-C): :func:`cga_pool` (CSCI pooling, with
+  the L1 norms), :func:`category_importance` (its m), :func:`cga_recalibrate`
+  (recalibration + CompSeg + final conv for given m), :func:`cga` (the whole
+  head) and :func:`cga_head` (the same with the ``omkit::cga`` op's outputs);
+  ``omkit.functional`` re-exports them as ``category_importance_reference``,
+  ``cga_reference`` and ``recalibrate_reference``.
+* Overlap-tile inference: :func:`gather_tiles`, :func:`stitch_tiles`,
+  :func:`stitch_tiles_argmax` (the contract of ``omkit.inference.tiling``, which
+  re-exports them), kept deliberately simple: one Python-level copy per tile.
+
+Each op's reference takes the op's arguments and returns its outputs
+(``omkit.ops.manifest`` names it). Only torch is imported, so
+``scripts/check_ops_registered.py`` can load this file by its path.
+
+Shapes: features ``F`` (B, C, *spatial); guidance ``Pt`` (B, 1, *spatial) is the
+preceding task's probability of the positive category (tumor for CGA-tumor, core
+for CGA-core), and ``Pn = 1 - Pt``.
 """
 from __future__ import annotations
 
@@ -12,6 +27,118 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+CGA_VARIANTS = ("full", "minus", "pos", "neg")
+DEFAULT_EPS = 1e-12
+
+
+# ---- CGA ---------------------------------------------------------------------------------------
+
+def check_variant(variant: str) -> tuple[bool, bool]:
+    """``(has_pos, has_neg)``: which branches CGA ``variant`` uses (ValueError for an unknown one)."""
+    if variant not in CGA_VARIANTS:
+        raise ValueError(f"unknown CGA variant {variant!r}; choose one of {', '.join(CGA_VARIANTS)}")
+    return variant != "neg", variant != "pos"
+
+
+def check_features_guidance(op: str, features: Tensor, guidance: Tensor) -> None:
+    """The ops' shape contract: features (B, C, *spatial), guidance (B, 1, *spatial)."""
+    if features.dim() < 3:
+        raise ValueError(f"{op}: features must be (B, C, *spatial), got shape {tuple(features.shape)}")
+    want = (features.shape[0], 1, *features.shape[2:])
+    if tuple(guidance.shape) != want:
+        raise ValueError(f"{op}: guidance must be (B, 1, *spatial) = {want}, got shape {tuple(guidance.shape)}")
+
+
+def check_cga_inputs(features: Tensor, guidance: Tensor) -> None:
+    """The public CGA functions' contract: features (B, C, D, H, W), guidance (B, 1, D, H, W)."""
+    if features.dim() != 5:
+        raise ValueError(f"features must be (B, C, D, H, W), got shape {tuple(features.shape)}")
+    b, _, *spatial = features.shape
+    if guidance.dim() != 5 or guidance.shape[0] != b or guidance.shape[1] != 1 or list(guidance.shape[2:]) != spatial:
+        raise ValueError(
+            f"guidance must be (B, 1, D, H, W) = ({b}, 1, {', '.join(map(str, spatial))}), "
+            f"got shape {tuple(guidance.shape)}"
+        )
+
+
+def branch_weights(op: str, variant: str, w_pos: Tensor | None, w_neg: Tensor | None):
+    """``(w_pos, w_neg)`` of the branches ``variant`` uses, None for an unused one; ValueError
+    when a used branch has no weight."""
+    has_pos, has_neg = check_variant(variant)
+    for used, weight, name in ((has_pos, w_pos, "w_pos"), (has_neg, w_neg, "w_neg")):
+        if used and weight is None:
+            raise ValueError(f"{op}: variant '{variant}' needs {name} (K, C)")
+    return (w_pos if has_pos else None), (w_neg if has_neg else None)
+
+
+def cga_pool(features: Tensor, guidance: Tensor, eps: float = DEFAULT_EPS) -> tuple[Tensor, Tensor]:
+    """CSCI pooling, Eq. (4)-(5): ``(m, l1_norm)``. ``m`` (B, 2, C) has rows
+    ``m_t = L1norm(F^T Pt)`` and ``m_n = L1norm(F^T Pn)``, each divided by
+    ``max(||z||_1, eps)``; ``l1_norm`` (B, 2) are the unclamped norms."""
+    check_features_guidance("cga_pool", features, guidance)
+    b, c = features.shape[:2]
+    flat = features.reshape(b, c, -1)
+    pt = guidance.reshape(b, -1, 1).to(features.dtype)
+    # Both categories from one product: F^T [Pt, 1 - Pt] (B, C, 2).
+    z = torch.bmm(flat, torch.cat((pt, 1 - pt), -1)).transpose(1, 2)
+    l1_norm = z.abs().sum(-1)
+    return z / l1_norm.clamp_min(eps).unsqueeze(-1), l1_norm
+
+
+def category_importance(features: Tensor, guidance: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Pure-PyTorch ``omkit.ops.category_importance``: ``m`` (B, 2, C) of :func:`cga_pool`
+    for features (B, C, D, H, W)."""
+    check_cga_inputs(features, guidance)
+    return cga_pool(features, guidance, eps)[0]
+
+
+def _conv_bias(out: Tensor, bias: Tensor | None) -> Tensor:
+    return out if bias is None else out + bias.view(1, -1, *([1] * (out.dim() - 2)))
+
+
+def cga_recalibrate(features: Tensor, guidance: Tensor, m: Tensor, w_pos: Tensor | None, b_pos: Tensor | None,
+                    w_neg: Tensor | None, b_neg: Tensor | None, w_out: Tensor | None = None,
+                    b_out: Tensor | None = None, variant: str = "full") -> Tensor:
+    """Recalibration + CompSeg (+ final conv) of :func:`cga` for given importance vectors
+    ``m`` (B, 2, C); weights are (K, C) matrices (flattened 1x1x1 convs), ``w_out`` (K_out, K)."""
+    check_features_guidance("cga_recalibrate", features, guidance)
+    w_pos, w_neg = branch_weights("cga_recalibrate", variant, w_pos, w_neg)
+    pt = guidance.to(features.dtype)
+    # (m * F) then a 1x1x1 conv equals F convolved with per-sample weights W * m:
+    # fold the recalibration into the weights instead of materialising U_t, U_n.
+    out = None
+    if w_pos is not None:
+        s_t = _conv_bias(torch.einsum("bkc,bc...->bk...", w_pos.unsqueeze(0) * m[:, 0:1, :], features), b_pos)
+        out = s_t if variant == "minus" else pt * s_t
+    if w_neg is not None:
+        s_n = _conv_bias(torch.einsum("bkc,bc...->bk...", w_neg.unsqueeze(0) * m[:, 1:2, :], features), b_neg)
+        s_n = s_n if variant == "minus" else (1 - pt) * s_n
+        out = s_n if out is None else out + s_n
+    if w_out is not None:
+        out = _conv_bias(torch.einsum("kj,bj...->bk...", w_out, out), b_out)
+    return out
+
+
+def cga_head(features: Tensor, guidance: Tensor, w_pos: Tensor | None, b_pos: Tensor | None, w_neg: Tensor | None,
+             b_neg: Tensor | None, w_out: Tensor | None, b_out: Tensor | None, variant: str,
+             eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``omkit::cga`` op's outputs ``(out, m, l1_norm)`` from its arguments: :func:`cga_pool`,
+    then :func:`cga_recalibrate`."""
+    m, l1_norm = cga_pool(features, guidance, eps)
+    return cga_recalibrate(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant), m, l1_norm
+
+
+def cga(features: Tensor, guidance: Tensor, w_pos: Tensor | None, b_pos: Tensor | None, w_neg: Tensor | None,
+        b_neg: Tensor | None, w_out: Tensor | None = None, b_out: Tensor | None = None, variant: str = "full",
+        eps: float = DEFAULT_EPS) -> Tensor:
+    """Pure-PyTorch ``omkit.ops.cga`` (the oracle of the fused ops): the CGA head's scores
+    (B, K, D, H, W); the guidance is a constant."""
+    check_variant(variant)
+    check_cga_inputs(features, guidance)
+    return cga_head(features, guidance.detach(), w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps)[0]
+
+
+# ---- overlap tiles -----------------------------------------------------------------------------
 
 def _triple(name: str, value) -> tuple[int, int, int]:
     if isinstance(value, Tensor):
