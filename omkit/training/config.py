@@ -27,6 +27,7 @@ from omkit.protocol import (
     TRANSFER_TUMOR_THRESHOLD,
     WEIGHT_DECAY,
 )
+from omkit.data.sampling import parse_spec
 from omkit.devices import DEVICE_CHOICES, is_valid_device_name
 
 # Named bundles of settings; settings given explicitly override a recipe's.
@@ -152,8 +153,6 @@ class TrainConfig:
                               f"got {self.patch_size}")
         if len(self.samplers) != 3:
             bad("samplers", f"needs one sampler per task, got {self.samplers}")
-        from omkit.data.sampling import parse_spec
-
         for spec in self.samplers:
             parse_spec(spec)  # the grammar; names and options are checked when the samplers are built
         if self.batch_per_task < 1:

@@ -1,7 +1,7 @@
 """The run folder's policy: what it holds, when a run may start in it, and
 when it may be resumed. A run folder holds::
 
-    config.json          the resolved TrainConfig, stages, cases and held-out cases
+    config.json          the resolved TrainConfig, stages, samplers (every option), cases and held-out cases
     metrics.csv          one row per --log-every steps: losses per task, lr, patches/s
     metrics.json         per-epoch losses, totals, stop reason, per-process digests
     loss_curve.png       the losses against the step, stage starts marked
