@@ -261,38 +261,10 @@ _OPEN, _CLOSE = "([{", ")]}"
 _NAME = re.compile(r"[A-Za-z_][\w.-]*")
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """``text`` split at each ``sep`` outside brackets and quotes."""
-    pieces, depth, quote, start, i = [], 0, "", 0, 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced {ch!r}")
-        elif ch == sep and depth == 0:
-            pieces.append(text[start:i])
-            start = i + 1
-        i += 1
-    if quote:
-        raise ValueError(f"unclosed quote {quote}")
-    if depth:
-        raise ValueError("unbalanced parentheses")
-    pieces.append(text[start:])
-    return pieces
-
-
-def _closing_bracket(text: str) -> int:
-    """Index of the bracket closing the one that opens ``text`` (-1: none)."""
+def _outside_quotes(text: str):
+    """``(index, char, depth)`` of each character outside quotes, ``depth`` the
+    bracket depth before it; a one-line ``ValueError`` when brackets or quotes
+    do not balance."""
     depth, quote, i = 0, "", 0
     while i < len(text):
         ch = text[i]
@@ -303,14 +275,30 @@ def _closing_bracket(text: str) -> int:
                 quote = ""
         elif ch in "'\"":
             quote = ch
-        elif ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            yield i, ch, depth
+            if ch in _OPEN:
+                depth += 1
+            elif ch in _CLOSE:
+                depth -= 1
+                if depth < 0:
+                    raise ValueError(f"unbalanced {ch!r}")
         i += 1
-    return -1
+    if quote:
+        raise ValueError(f"unclosed quote {quote}")
+    if depth:
+        raise ValueError("unbalanced parentheses")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` outside brackets and quotes."""
+    cuts = [i for i, ch, depth in _outside_quotes(text) if ch == sep and depth == 0]
+    return [text[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(text)])]
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the bracket closing the one that opens ``text`` (it balances)."""
+    return next(i for i, ch, depth in _outside_quotes(text) if ch in _CLOSE and depth == 1)
 
 
 def _literal(text: str) -> Any:
@@ -329,8 +317,6 @@ def _parse_part(raw: str) -> SpecPart:
     options: dict[str, Any] = {}
     if rest.startswith("("):
         close = _closing_bracket(rest)
-        if close < 0:
-            raise ValueError(f"{name}: unbalanced parentheses")
         inner, rest = rest[1:close], rest[close + 1:].strip()
         if inner.strip():
             for item in _split_top(inner, ","):
