@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m omkit demo --out demo_out
+	$(PY) -m omkit demo -o demo_out
 
 # All benchmark suites at full size (pytest-benchmark), saved under .benchmarks/ for
 # `pytest-benchmark compare`; benchmarks/RESULTS.md has the recorded figures.

@@ -38,15 +38,14 @@ import torch
 import omkit
 from omkit.inference import SegmentationPredictor, TileSettings, build_postprocessors, dilate, postprocess
 from omkit.labels import internal_regions
+from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
 from .conftest import SMOKE
 from .memory import PeakMemory
 
 WIDTH = 0.125 if SMOKE else 1.0
-PAPER_TILES = dict(roi_size=(8, 16, 16), stride=(4, 8, 8), keep=(4, 8, 8)) if SMOKE else \
-    dict(roi_size=(16, 32, 32), stride=(5, 20, 20), keep=(5, 20, 20))
-LARGE_TILES = dict(roi_size=(16, 32, 32), stride=(10, 24, 24), keep=(10, 24, 24)) if SMOKE else \
-    dict(roi_size=(32, 64, 64), stride=(22, 52, 52), keep=(22, 52, 52))
+PAPER_TILES = dict(size=(8, 16, 16), keep=(4, 8, 8)) if SMOKE else dict(size=PATCH_SIZE, keep=TILE_KEEP)
+LARGE_TILES = dict(size=(16, 32, 32), keep=(10, 24, 24)) if SMOKE else dict(size=(32, 64, 64), keep=(22, 52, 52))
 SW_BATCH = 16 if SMOKE else 32
 SAMPLE_DATA = Path(os.environ.get("OMKIT_SAMPLE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats2018-sample"))
 
@@ -86,7 +85,7 @@ class OracleROICascade(SegmentationPredictor):
     gt_whole_tumor: torch.Tensor | None = None
 
     def _task2_roi(self, coarse, brain_mask):
-        return dilate(self.gt_whole_tumor.to(coarse.device), self.dilation) & brain_mask.to(coarse.device)
+        return dilate(self.gt_whole_tumor.to(coarse.device), self.roi_dilation) & brain_mask.to(coarse.device)
 
 
 class MonaiTilingPredictor(SegmentationPredictor):
@@ -97,10 +96,10 @@ class MonaiTilingPredictor(SegmentationPredictor):
 
         t = self.tiles
         # MONAI's scan interval is int(roi * (1 - overlap)): aim just above the stride
-        overlap = [1.0 - (s + 1e-3) / r for s, r in zip(t.stride, t.roi_size)]
+        overlap = [1.0 - (s + 1e-3) / r for s, r in zip(t.stride, t.size)]
         channels = [omkit.labels.NUM_CLASSES_TASK[task] for task in tasks]
         probs = sliding_window_inference(
-            image[None].to(self.sw_device), t.roi_size, t.sw_batch_size,
+            image[None].to(self.sw_device), t.size, t.batch,
             lambda batch: torch.cat(self._mean_probabilities(batch, tasks), 1),
             overlap=overlap, mode="constant", sw_device=self.sw_device, device=self.device,
         )
@@ -127,7 +126,7 @@ def test_case_inference(benchmark, device, case, variant):
     trained_env = "OMKIT_BENCH_CASCADE_MODEL" if preset == "mc3" else "OMKIT_BENCH_ONEPASS_MODEL"
     model, trained = _model(preset, trained_env)
     model = model.to(device)
-    tiles = TileSettings(**(LARGE_TILES if tiling == "large" else PAPER_TILES), sw_batch_size=SW_BATCH)
+    tiles = TileSettings(**(LARGE_TILES if tiling == "large" else PAPER_TILES), batch=SW_BATCH)
     cls = {"monai": MonaiTilingPredictor}.get(tiling, SegmentationPredictor)
     if preset == "mc3" and not trained:
         cls = OracleROICascade
@@ -148,7 +147,7 @@ def test_case_inference(benchmark, device, case, variant):
     benchmark.extra_info.update(peak.as_extra_info())
     benchmark.extra_info.update({
         "case": case.kind, "cropped_shape": list(case.image.shape[1:]), "width": WIDTH, "trained_weights": trained,
-        "tiles": result.tiles, "roi_size": list(tiles.roi_size), "stride": list(tiles.stride),
+        "tiles": result.tiles, "tile_size": list(tiles.size), "stride": list(tiles.stride),
         "oracle_roi": cls is OracleROICascade,
     })
     if trained:

@@ -3,23 +3,22 @@ from .factory import (
     count_parameters,
     create_attention,
     create_backbone,
-    create_model,
     get_preset,
     list_attention,
     list_backbones,
-    list_models,
     list_postprocessors,
     list_presets,
     list_samplers,
 )
 from .hookspecs import hookimpl
-from .plugin_manager import config, get_plugins, setup_plugins
+from .models.build import create_model, list_models
+from .plugin_manager import get_plugins, setup_plugins
 from .registry import PluginError, UnknownNameError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PluginError", "UnknownNameError", "config", "count_parameters", "create_attention",
+    "PluginError", "UnknownNameError", "count_parameters", "create_attention",
     "create_backbone", "create_model", "get_plugins", "get_preset", "hookimpl", "list_attention",
     "list_backbones", "list_models", "list_postprocessors", "list_presets", "list_samplers",
     "setup_plugins",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 
 from .fileio import atomic_write_text
 from .labels import REGIONS
+from .protocol import ROI_DILATION
 
 DEFAULT_ROWS = ("mc1", "mc2", "mc3", "omnet0", "omnetd", "omnet", "omnet_se", "omnet_cga",
                 "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n")
@@ -42,28 +42,31 @@ PAPER_VAL_CASES = 25
 
 @dataclass
 class AblationConfig:
-    data: str
-    out: str
+    input: str
+    output: str
     rows: Sequence[str] = DEFAULT_ROWS
     folds: int | None = None  # cross-validation; None: hold-out of val_cases
     val_cases: int = PAPER_VAL_CASES
     ensemble: int | None = None  # K-fold ensemble row of omnet_cga (hold-out only)
-    postprocess: bool = True
+    postprocess: bool = True  # also score the post-processed maps (+p rows)
+    disable_steps: Sequence[str] = ()  # post-processing steps left out of the +p rows
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     # the training budget, the same for every row (omkit.training.TrainConfig fields)
     train: dict = field(default_factory=dict)
     # overlap-tile settings (omkit.inference.TileSettings fields)
     tiles: dict = field(default_factory=dict)
+    roi_dilation: float = ROI_DILATION
     label_convention: str | None = None
 
     def __post_init__(self):
-        import omkit
+        from .factory import list_presets
 
         self.rows = tuple(self.rows)
-        unknown = [r for r in self.rows if r not in omkit.list_presets()]
+        self.disable_steps = tuple(self.disable_steps)
+        unknown = [r for r in self.rows if r not in list_presets()]
         if unknown:
-            raise ValueError(f"--rows: unknown preset(s) {', '.join(unknown)}; available: {', '.join(omkit.list_presets())}")
+            raise ValueError(f"--rows: unknown preset(s) {', '.join(unknown)}; available: {', '.join(list_presets())}")
         if self.folds is not None and self.folds < 2:
             raise ValueError(f"--folds must be at least 2, got {self.folds}")
         if self.ensemble is not None:
@@ -80,7 +83,7 @@ class Split:
     name: str  # "fold0", ... or "holdout"
     train: list[Path]
     held_out: list[Path]
-    train_data: str  # what TrainConfig.data gets
+    train_data: str  # what TrainConfig.input gets
     train_folds: tuple[int, int] | None  # (K, k) handed to TrainConfig, or None
 
 
@@ -91,23 +94,23 @@ def plan_splits(config: AblationConfig) -> list[Split]:
     from .data import find_cases
     from .data.splits import kfold_split
 
-    cases = sorted(find_cases(config.data), key=str)
+    cases = sorted(find_cases(config.input), key=str)
     if config.folds is not None:
         splits = []
         for k in range(config.folds):
             train, held = kfold_split(cases, config.folds, k, seed=0)
-            splits.append(Split(f"fold{k}", train, held, config.data, (config.folds, k)))
+            splits.append(Split(f"fold{k}", train, held, config.input, (config.folds, k)))
         return splits
     if len(cases) <= config.val_cases:
         raise ValueError(
-            f"--val-cases {config.val_cases} leaves no training case among the {len(cases)} in {config.data}; "
+            f"--val-cases {config.val_cases} leaves no training case among the {len(cases)} in {config.input}; "
             "lower it or use --folds"
         )
     order = list(range(len(cases)))
     random.Random(config.seed).shuffle(order)
     held = sorted((cases[i] for i in order[: config.val_cases]), key=str)
     train = sorted((cases[i] for i in order[config.val_cases:]), key=str)
-    train_dir = Path(config.out) / "splits" / "train"
+    train_dir = Path(config.output) / "splits" / "train"
     _link_cases(train, train_dir)
     return [Split("holdout", train, held, str(train_dir), None)]
 
@@ -129,7 +132,7 @@ def _link_cases(cases: Sequence[Path], folder: Path) -> None:
 def _train_config(config: AblationConfig, preset: str, data: str, run_dir: Path, folds) -> dict:
     settings = {
         "seed": config.seed, "device": config.device, "label_convention": config.label_convention,
-        **config.train, "preset": preset, "data": data, "out": str(run_dir),
+        **config.train, "preset": preset, "input": data, "output": str(run_dir),
     }
     if folds is not None:
         settings["folds"], settings["fold"] = folds
@@ -140,7 +143,7 @@ def _train(settings: dict, log: Callable[[str], None]) -> Path:
     """Train (or resume, or reuse a finished run) and return its model file."""
     from .training import train
 
-    run_dir = Path(settings["out"])
+    run_dir = Path(settings["output"])
     model = run_dir / "model.pt"
     if model.exists():
         return model
@@ -153,25 +156,22 @@ def _train(settings: dict, log: Callable[[str], None]) -> Path:
 def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: AblationConfig,
                  pred_dir: Path, log: Callable[[str], None]) -> list[dict]:
     """Predict ``cases`` once; score the raw and (optionally) post-processed maps."""
-    from .data import uncrop
-    from .inference import SegmentationPredictor, TileSettings, build_postprocessors, postprocess
+    from .devices import resolve_device
+    from .inference import SegmentationPredictor, TileSettings, build_postprocessors
     from .inference.pipeline import load_for_prediction, predict_case, write_label_map
-    from .labels import BACKGROUND
     from .metrics import case_metrics_internal
 
-    predictor = SegmentationPredictor.from_files([str(m) for m in models], device=config.device,
-                                                 tiles=TileSettings(**config.tiles))
-    steps = build_postprocessors() if config.postprocess else []
+    predictor = SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
+                                                 tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation)
+    steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
     rows = []
     for case_dir in cases:
         case = load_for_prediction(case_dir, label_convention=config.label_convention, with_label=True)
         started = time.perf_counter()
-        result = predict_case(case, predictor)
-        variants = {"raw": result.labels}
+        result = predict_case(case, predictor, steps)
+        variants = {"raw": result.raw_labels}
         if steps:
-            pre = result.preprocessed
-            cropped = postprocess(result.labels[pre.bbox], pre.image, steps)
-            variants["post"] = uncrop(cropped, pre.bbox, pre.full_shape, fill=BACKGROUND)
+            variants["post"] = result.labels
         seconds = time.perf_counter() - started
         for variant, labels in variants.items():
             write_label_map(labels, case, pred_dir / variant / f"{case.case_id}.nii.gz", case.convention, force=True)
@@ -187,12 +187,11 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
 def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str], None] = print) -> dict:
     """Train ``row`` on ``split`` (or an ensemble of fold models for
     :data:`ENSEMBLE_ROW`), score the held-out cases; cached in ``scores.json``."""
-    import omkit
-
     from .checkpoint import load_model
     from .data.splits import kfold_split
+    from .factory import count_parameters, get_preset
 
-    out = Path(config.out)
+    out = Path(config.output)
     row_dir = out / "runs" / row.replace("*", "_ensemble") / split.name
     done = row_dir / "scores.json"
     if done.exists():
@@ -211,8 +210,8 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
     model, _ = load_model(models[0])
     result = {
         "row": row, "preset": preset, "split": split.name,
-        "title": omkit.get_preset(preset).title + ("*" if row == ENSEMBLE_ROW else ""),
-        "parameters": omkit.count_parameters(model), "width": getattr(model, "width", None),
+        "title": get_preset(preset).title + ("*" if row == ENSEMBLE_ROW else ""),
+        "parameters": count_parameters(model), "width": getattr(model, "width", None),
         "held_out": [c.name for c in split.held_out],
         "cases": _score_cases(models, split.held_out, config, out / "predictions" / row_dir.relative_to(out / "runs"), log),
         "seconds": time.perf_counter() - started,
@@ -222,9 +221,6 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
 
 
 # -- tables ----------------------------------------------------------------------------
-
-TABLE_METRICS = ("dice", "hd95")
-
 
 def _mean(values) -> float:
     values = [v for v in values if v is not None and np.isfinite(v)]
@@ -313,11 +309,11 @@ def write_extreme_overlays(results: Sequence[dict], config: AblationConfig) -> l
     from .data.brats import to_omkit_axes
     from .inference.pipeline import load_for_prediction
     from .labels import get_convention
-    from .cli.evaluate import read_label_map
+    from .evaluation import read_label_map
     from .viz import save_overlay
 
-    out = Path(config.out)
-    case_dirs = {c.name: c for c in find_cases(config.data)}
+    out = Path(config.output)
+    case_dirs = {c.name: c for c in find_cases(config.input)}
     written = []
     for row in dict.fromkeys(r["row"] for r in results):
         mine = [r for r in results if r["row"] == row]
@@ -346,7 +342,7 @@ def write_extreme_overlays(results: Sequence[dict], config: AblationConfig) -> l
 
 def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the whole study; returns the paths of the tables."""
-    out = Path(config.out)
+    out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablation_config.json", json.dumps(asdict(config), indent=1, default=str))
     splits = plan_splits(config)

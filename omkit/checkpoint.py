@@ -46,7 +46,7 @@ class ModelFileError(ValueError):
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", expect_preset: str | None = None):
     """Rebuild the model saved by :func:`save_model`; returns ``(model, meta)``
     with the model in eval mode. Errors name the file."""
-    from .factory import create_model
+    from .models.build import create_model
 
     path = Path(path)
     if not path.is_file():

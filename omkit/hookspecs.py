@@ -71,9 +71,9 @@ def omkit_register_presets(registry):
 def omkit_register_samplers(registry):
     """Add training patch samplers: ``registry.add("name", cls)``.
 
-    A sampler draws patch centres for one task from a preprocessed case; see
-    ``omkit.plugins.samplers`` for the built-in task-1/2/3 samplers and the
-    interface they follow.
+    A sampler draws patch centres for one task from a preprocessed case;
+    ``omkit.data.sampling`` defines the interface and the base classes to
+    subclass, ``omkit.plugins.samplers`` the built-in task-1/2/3 samplers.
     """
 
 
@@ -87,11 +87,3 @@ def omkit_register_postprocessors(registry):
     (steps run in increasing order) and a bool ``default_enabled``.
     """
 
-
-# -- configuration ------------------------------------------------------------
-
-@hookspec(historic=True)
-def omkit_configure(config):
-    """Called once with the mutable configuration dict (``omkit.config()``)
-    after all plug-ins are registered, and again for plug-ins registered later.
-    A plug-in may read or add defaults here (e.g. ``config.setdefault(...)``)."""

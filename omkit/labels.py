@@ -24,7 +24,6 @@ BACKGROUND, NORMAL, NCR_NET, EDEMA, ENHANCING = 0, 1, 2, 3, 4
 NUM_CLASSES_TASK = (5, 5, 2)
 TUMOR_CLASSES = (NCR_NET, EDEMA, ENHANCING)
 CORE_CLASSES = (NCR_NET, ENHANCING)
-CLASS_NAMES = ("background", "normal", "ncr_net", "edema", "enhancing")
 REGIONS = ("WT", "TC", "ET")
 
 

@@ -73,7 +73,6 @@ class OmkitPlugins:
         self.pm.add_hookspecs(hookspecs)
         self.registries = {kind: Registry(kind) for kind in REGISTER_HOOKS.values()}
         self.plugins: dict[str, PluginInfo] = {}
-        self.config: dict = {}
         for module_name in BUILTIN_PLUGINS:
             short = module_name.rsplit(".", 1)[-1]
             if short in self.blocked or module_name in self.blocked:
@@ -87,7 +86,6 @@ class OmkitPlugins:
             if name not in self.blocked:
                 self._register(plugin, name, "registered in code")
         self._fill_registries()
-        self.pm.hook.omkit_configure.call_historic(kwargs={"config": self.config})
 
     # -- loading ----------------------------------------------------------------
     def _register(self, plugin: object, name: str, source: str) -> None:
@@ -176,7 +174,3 @@ def get_plugins() -> OmkitPlugins:
                 _current = OmkitPlugins()
     return _current
 
-
-def config() -> dict:
-    """The configuration dict that ``omkit_configure`` hooks saw."""
-    return get_plugins().config

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 # -- patches and overlap tiles (Sec. III-A) -------------------------------------------
 PATCH_SIZE = (16, 32, 32)  # training patch and inference tile
-TILE_STRIDE = (5, 20, 20)  # distance between neighbouring tiles at inference
-TILE_KEEP = (5, 20, 20)  # the centre of each tile whose prediction is kept
+# the centre of each inference tile whose prediction is kept; the paper's stride
+# equals it (every voxel predicted once), so omkit's stride defaults to the kept centre
+TILE_KEEP = (5, 20, 20)
 # three 2x2x2 max-poolings in FusionNet: every patch side must be divisible by 8
 PATCH_DIVISOR = 8
 

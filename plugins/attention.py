@@ -62,10 +62,6 @@ class CGAHead(nn.Module):
         w_out, b_out = self._flat(self.final)
         return OF.cga(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant=self.variant, eps=self.eps)
 
-    def channel_importance(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """m_t, m_n (B, 2, C) for visualisation (paper Fig. 6)."""
-        return OF.category_importance(features, guidance.detach(), self.eps)
-
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_classes={self.num_classes}, variant={self.variant!r}"
 

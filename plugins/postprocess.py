@@ -12,6 +12,14 @@ from scipy import ndimage
 
 from omkit.hookspecs import hookimpl
 from omkit.labels import EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
+from omkit.protocol import (
+    COMPONENT_CONNECTIVITY,
+    KMEANS_COMPONENT_ET_RATIO,
+    KMEANS_GLOBAL_ET_RATIO,
+    KMEANS_MAX_ET_VOXELS,
+    SMALL_COMPONENT_FRACTION,
+    SMALL_COMPONENT_MAX_VOXELS,
+)
 
 T1C_CHANNEL = 2
 
@@ -22,7 +30,7 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
 
 
-def tumor_components(labels: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
+def tumor_components(labels: np.ndarray, connectivity: int = COMPONENT_CONNECTIVITY) -> tuple[np.ndarray, int]:
     """Connected components of the predicted tumor (every tumor class)."""
     return ndimage.label(np.isin(labels, TUMOR_CLASSES), structure=_structure(connectivity))
 
@@ -36,7 +44,8 @@ class RemoveSmallComponents:
     order = 10
     default_enabled = True
 
-    def __init__(self, max_voxels: int = 2000, fraction: float = 0.1, connectivity: int = 26):
+    def __init__(self, max_voxels: int = SMALL_COMPONENT_MAX_VOXELS, fraction: float = SMALL_COMPONENT_FRACTION,
+                 connectivity: int = COMPONENT_CONNECTIVITY):
         if max_voxels < 0 or not 0 <= fraction <= 1:
             raise ValueError(f"need max_voxels >= 0 and 0 <= fraction <= 1, got {max_voxels}, {fraction}")
         self.max_voxels, self.fraction, self.connectivity = max_voxels, fraction, connectivity
@@ -68,8 +77,8 @@ class KMeansEdemaToNecrosis:
     order = 20
     default_enabled = True
 
-    def __init__(self, global_ratio: float = 0.1, component_ratio: float = 0.05, max_enhancing: int = 1000,
-                 connectivity: int = 26, seed: int = 0):
+    def __init__(self, global_ratio: float = KMEANS_GLOBAL_ET_RATIO, component_ratio: float = KMEANS_COMPONENT_ET_RATIO,
+                 max_enhancing: int = KMEANS_MAX_ET_VOXELS, connectivity: int = COMPONENT_CONNECTIVITY, seed: int = 0):
         self.global_ratio, self.component_ratio = global_ratio, component_ratio
         self.max_enhancing, self.connectivity, self.seed = max_enhancing, connectivity, seed
 

@@ -10,7 +10,7 @@ from omkit.cli import main
 from omkit.data import synthetic
 
 TINY = ["--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "2", "--max-steps", "2",
-        "--roi-size", "8,16,16", "--stride", "4,8,8", "--keep", "4,8,8"]
+        "--tile-size", "8,16,16", "--tile-stride", "4,8,8", "--tile-keep", "4,8,8"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _read_csv(path):
 
 def test_cross_validation_table_and_resume(data_dir, tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["ablation", "--data", str(data_dir), "--out", str(out), "--rows", "mc1,omnet_cga", "--folds", "2", *TINY]
+    args = ["ablation", "-i", str(data_dir), "-o", str(out), "--rows", "mc1,omnet_cga", "--folds", "2", *TINY]
     assert main(args) == 0
     table = _read_csv(out / "ablation.csv")
     assert [r["row"] for r in table] == ["mc1", "mc1+p", "omnet_cga", "omnet_cga+p"]
@@ -67,7 +67,7 @@ def test_cross_validation_table_and_resume(data_dir, tmp_path, capsys):
 
 def test_holdout_with_kfold_ensemble_row(data_dir, tmp_path):
     out = tmp_path / "study"
-    assert main(["ablation", "--data", str(data_dir), "--out", str(out), "--rows", "omnet", "--val-cases", "2",
+    assert main(["ablation", "-i", str(data_dir), "-o", str(out), "--rows", "omnet", "--val-cases", "2",
                  "--ensemble", "2", "--no-postprocess", "--recipe", "cpu-budget", *TINY]) == 0
     # the recipe fills what TINY leaves unset; TINY's explicit width wins over the recipe's 0.25
     run_config = json.loads((out / "runs" / "omnet" / "holdout" / "config.json").read_text())["config"]
@@ -82,11 +82,11 @@ def test_holdout_with_kfold_ensemble_row(data_dir, tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors(data_dir, tmp_path, capsys):
-    assert main(["ablation", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--rows", "omnet_xl"]) == 2
+    assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--rows", "omnet_xl"]) == 2
     assert "unknown preset(s) omnet_xl" in capsys.readouterr().err
-    assert main(["ablation", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--val-cases", "5"]) == 2
+    assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--val-cases", "5"]) == 2
     assert "leaves no training case" in capsys.readouterr().err
-    assert main(["ablation", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--folds", "2", "--ensemble", "2"]) == 2
+    assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--folds", "2", "--ensemble", "2"]) == 2
     assert "--ensemble needs the hold-out protocol" in capsys.readouterr().err
-    assert main(["ablation", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--recipe", "fast"]) == 2
+    assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--recipe", "fast"]) == 2
     assert "--recipe: unknown recipe 'fast'" in capsys.readouterr().err

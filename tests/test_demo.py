@@ -10,8 +10,8 @@ from omkit.cli import main
 from omkit.cli.demo import default_sample_data
 
 TINY = ["--synthetic", "--synthetic-cases", "4", "--synthetic-shape", "16,40,40", "--width", "0.125",
-        "--train-minutes", "0.5", "--max-steps", "2", "--patches-per-epoch", "2,2,2", "--batch-per-task", "2",
-        "--roi-size", "8,16,16", "--keep", "8,16,16"]
+        "--max-minutes", "0.5", "--max-steps", "2", "--patches-per-epoch", "2,2,2", "--batch-per-task", "2",
+        "--tile-size", "8,16,16", "--tile-keep", "8,16,16"]
 
 
 def test_sample_data_location(monkeypatch, tmp_path):
@@ -22,27 +22,27 @@ def test_sample_data_location(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--data", "/no/such/folder"], "/no/such/folder"),
-    (["--train-minutes", "0"], "--train-minutes"),
+    (["-i", "/no/such/folder"], "/no/such/folder"),
+    (["--max-minutes", "0"], "--max-minutes"),
     (["--synthetic", "--synthetic-cases", "2"], "--synthetic-cases"),
-    (["--roi-size", "10,16,16"], "--roi-size"),
+    (["--tile-size", "10,16,16"], "--tile-size"),
 ])
 def test_bad_arguments(argv, message, tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert main(["demo", "-o", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_refuses_a_non_empty_output_folder(tmp_path, capsys):
     (tmp_path / "something").write_text("x")
-    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert main(["demo", "-o", str(tmp_path)]) == 2
     assert "--force" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["something"]
 
 
 def test_tiny_synthetic_run(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *TINY]) == 0
+    assert main(["demo", "-o", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed and "with post-processing" in printed and str(out) in printed
     held_out = [p.name for p in (out / "predictions").iterdir()]

@@ -43,7 +43,7 @@ def read_csv(path):
 
 def test_perfect_predictions_and_output_format(gt_cases, tmp_path, capsys):
     pred = make_predictions(gt_cases, tmp_path / "pred")
-    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt_cases), "-o", str(tmp_path / "scores")]) == 0
+    assert main(["evaluate", "-i", str(pred), "--gt", str(gt_cases), "-o", str(tmp_path / "scores")]) == 0
     printed = capsys.readouterr().out
     assert "WT" in printed and "Dice" in printed
     rows = read_csv(tmp_path / "scores" / "metrics.csv")
@@ -62,7 +62,7 @@ def test_gt_as_label_files_and_2023_convention(gt_cases, tmp_path):
         return a
 
     pred = make_predictions(gt_cases, tmp_path / "pred", drop_edema)
-    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt_cases), "-o", str(tmp_path / "a")]) == 0
+    assert main(["evaluate", "-i", str(pred), "--gt", str(gt_cases), "-o", str(tmp_path / "a")]) == 0
     # the same ground truth as <case-id>.nii.gz files, everything in the 2023 convention (ET = 3)
     files = tmp_path / "gt_files"
     files.mkdir()
@@ -74,7 +74,7 @@ def test_gt_as_label_files_and_2023_convention(gt_cases, tmp_path):
             data = np.asanyarray(image.dataobj).copy()
             data[data == 4] = 3
             nib.save(nib.Nifti1Image(data, image.affine), str(dst / f"{case_dir.name}.nii.gz"))
-    assert main(["evaluate", "--pred", str(pred23), "--gt", str(files), "-o", str(tmp_path / "b"),
+    assert main(["evaluate", "-i", str(pred23), "--gt", str(files), "-o", str(tmp_path / "b"),
                  "--label-convention", "2023"]) == 0
     a, b = read_csv(tmp_path / "a" / "metrics.csv"), read_csv(tmp_path / "b" / "metrics.csv")
     assert a == b
@@ -101,7 +101,7 @@ def test_bad_inputs(problem, gt_cases, tmp_path, capsys):
     elif problem == "affine":
         nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine * 2), str(victim))
     out = tmp_path / "scores"
-    rc = main(["evaluate", "--pred", str(pred), "--gt", str(gt_cases), "-o", str(out)])
+    rc = main(["evaluate", "-i", str(pred), "--gt", str(gt_cases), "-o", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and victim.name in err, err
     assert not out.exists() or not any(out.iterdir())
@@ -110,7 +110,7 @@ def test_bad_inputs(problem, gt_cases, tmp_path, capsys):
 def test_existing_outputs_need_force(gt_cases, tmp_path, capsys):
     pred = make_predictions(gt_cases, tmp_path / "pred")
     out = tmp_path / "scores"
-    args = ["evaluate", "--pred", str(pred), "--gt", str(gt_cases), "-o", str(out)]
+    args = ["evaluate", "-i", str(pred), "--gt", str(gt_cases), "-o", str(out)]
     assert main(args) == 0
     before = (out / "metrics.csv").read_text()
     assert main(args) == 2 and "--force" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from omkit.inference.fusion import task1_labels
 from omkit.labels import BACKGROUND, EDEMA, ENHANCING, NCR_NET, NORMAL
 from omkit.models.omnet import MCNet, TaskOutputs
 
-SMALL_TILES = TileSettings(roi_size=(8, 16, 16), stride=(4, 8, 8), keep=(4, 8, 8), sw_batch_size=8)
+SMALL_TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
 
 
 class PointwiseOMNet(nn.Module):
@@ -48,12 +48,12 @@ def volume_and_brain(seed=0, shape=(13, 37, 29)):
     return image, brain
 
 
-def expected_labels(models, image, brain, num_tasks=3, dilation=5):
+def expected_labels(models, image, brain, num_tasks=3, roi_dilation=5):
     """Whole-volume reference: average the softmax of every member per task, fuse."""
     x = image[None]
     probs = [torch.stack([torch.softmax(m.convs[t](x), 1) for m in models]).mean(0) for t in range(num_tasks)]
     coarse, label1 = (v[0] for v in task1_labels(probs[0]))
-    roi = dilate(coarse.bool(), dilation) & brain
+    roi = dilate(coarse.bool(), roi_dilation) & brain
     rest = [p.argmax(1)[0].to(torch.uint8) for p in probs[1:]]
     labels, _ = fuse(label1, coarse, *rest, roi=roi)
     labels[~brain] = BACKGROUND  # tiles outside the brain are not computed
@@ -67,12 +67,12 @@ def test_fusion_rules_on_constructed_maps():
     label2 = torch.tensor([4, 4, 3, 2, 4, 2, 1, 4, 4], dtype=torch.uint8).reshape(shape)
     label3 = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.uint8).reshape(shape)
     # dilation 2: task 2's ROI is voxels 2..6
-    labels, roi = fuse(label1, coarse, label2, label3, dilation=2)
+    labels, roi = fuse(label1, coarse, label2, label3, roi_dilation=2)
     assert roi.flatten().tolist() == [False, False, True, True, True, True, True, False, False]
     assert labels.flatten().tolist() == [BACKGROUND, NORMAL, EDEMA, ENHANCING, ENHANCING, NCR_NET, NORMAL, NORMAL, NORMAL]
     # MC2: no task 3, the core keeps task 2's classes; MC1: task 1 only
-    assert fuse(label1, coarse, label2, dilation=2)[0].flatten().tolist()[2:7] == [EDEMA, NCR_NET, ENHANCING, NCR_NET, NORMAL]
-    assert torch.equal(fuse(label1, coarse, dilation=2)[0], label1)
+    assert fuse(label1, coarse, label2, roi_dilation=2)[0].flatten().tolist()[2:7] == [EDEMA, NCR_NET, ENHANCING, NCR_NET, NORMAL]
+    assert torch.equal(fuse(label1, coarse, roi_dilation=2)[0], label1)
 
 
 def test_task1_labels_are_hierarchical():
@@ -97,9 +97,9 @@ def test_dilation_is_a_euclidean_ball():
 def test_onepass_tiling_equals_whole_volume(ensemble_size):
     image, brain = volume_and_brain()
     models = [PointwiseOMNet(seed) for seed in range(ensemble_size)]
-    result = SegmentationPredictor(models, SMALL_TILES, dilation=2).predict(image, brain)
+    result = SegmentationPredictor(models, SMALL_TILES, roi_dilation=2).predict(image, brain)
     assert isinstance(result, Prediction) and result.labels.dtype == torch.uint8
-    expected = expected_labels(models, image, brain, dilation=2)
+    expected = expected_labels(models, image, brain, roi_dilation=2)
     assert torch.equal(result.labels, expected)
     assert len(set(result.labels.unique().tolist())) >= 4  # the check is not vacuous
 
@@ -115,8 +115,8 @@ def test_cascade_matches_onepass_fusion_and_skips_tiles(num_tasks):
         omnet.convs[0].bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]))
     image[0] = image[0].clamp(max=1.0)
     image[0, 6:9, 20:26, 20:26] = 8.0
-    cascade = SegmentationPredictor([pointwise_cascade(omnet, num_tasks)], SMALL_TILES, dilation=2).predict(image, brain)
-    expected = expected_labels([omnet], image, brain, num_tasks=num_tasks, dilation=2)
+    cascade = SegmentationPredictor([pointwise_cascade(omnet, num_tasks)], SMALL_TILES, roi_dilation=2).predict(image, brain)
+    expected = expected_labels([omnet], image, brain, num_tasks=num_tasks, roi_dilation=2)
     assert torch.equal(cascade.labels, expected)
     assert cascade.roi.any()
     if num_tasks >= 2:
@@ -142,7 +142,7 @@ def test_real_tiny_models_predict_a_synthetic_case():
     pp = preprocess_case(make_case((24, 40, 40), seed=2))
     for preset in ("omnet_cga", "mc3"):
         model = omkit.create_model(preset, width=0.125)
-        no_overlap = TileSettings(roi_size=(8, 16, 16), stride=(8, 16, 16), keep=(8, 16, 16), sw_batch_size=16)
+        no_overlap = TileSettings(size=(8, 16, 16), keep=(8, 16, 16), batch=16)
         result = SegmentationPredictor([model], no_overlap).predict(pp.image, pp.brain_mask)
         assert result.labels.shape == pp.brain_mask.shape
         assert result.labels.max() <= ENHANCING

@@ -23,7 +23,7 @@ def test_writes_a_png(files, task, tmp_path):
     root, case = files
     target = tmp_path / "fig6.png"
     assert main(["explain", "-m", str(root / "cga.pt"), "-i", str(case), "-o", str(target), "--task", task,
-                 "--roi-size", "8,16,16", "--keep", "8,16,16"]) == 0
+                 "--tile-size", "8,16,16", "--tile-keep", "8,16,16"]) == 0
     assert target.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -42,7 +42,7 @@ def test_slice_features_match_a_whole_slice_pass(files):
     pre = preprocess_case(load_case(case))
     d, h, w = pre.image.shape[1:]
     size = tuple(-(-n // 8) * 8 for n in (d, h, w))  # a single tile covering everything
-    tiles = TileSettings(size, size, size, 1)
+    tiles = TileSettings(size=size, keep=size, batch=1)
     features, guidance = slice_maps(model, pre.image, 0, 2, tiles, "cpu")
     padded = torch.zeros(1, 4, *size)
     padded[0, :, :d, :h, :w] = torch.from_numpy(pre.image)

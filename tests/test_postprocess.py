@@ -122,3 +122,41 @@ def test_registry_order_switches_and_third_party_steps():
         assert out[0, 0, 0] == EDEMA
     finally:
         omkit.setup_plugins()
+
+
+# -- every registered step (built-in or plug-in) keeps the step contract --------------------
+
+def tumor_case(seed=0, shape=(24, 32, 32)):
+    """A brain with two tumor components (one with little enhancing tumor) and a z-scored image."""
+    rng = np.random.default_rng(seed)
+    labels = brain(shape)
+    labels[:, :2] = 0  # background outside the brain
+    labels[4:14, 6:18, 6:18] = EDEMA
+    labels[7:11, 9:15, 9:15] = NCR_NET
+    labels[8, 11, 11] = ENHANCING
+    labels[18:20, 24:26, 24:26] = EDEMA  # a small far-away component
+    image = rng.normal(size=(4, *shape)).astype(np.float32)
+    return labels, image
+
+
+@pytest.mark.parametrize("name", omkit.list_postprocessors())
+def test_every_registered_step_keeps_the_contract(name):
+    cls = omkit.get_plugins().registry("postprocessor").get(name)
+    assert isinstance(getattr(cls, "order", None), int), f"{name}: needs an int attribute 'order'"
+    assert isinstance(getattr(cls, "default_enabled", None), bool), f"{name}: needs a bool 'default_enabled'"
+    step = cls()
+    labels, image = tumor_case()
+    before = labels.copy()
+    out = np.asarray(step(labels, image))
+    assert np.array_equal(labels, before), f"{name} modified its input in place"
+    assert out.shape == labels.shape
+    assert set(np.unique(out)) <= {0, 1, 2, 3, 4}, f"{name} wrote values outside the internal classes"
+    assert np.array_equal(out[labels == 0], labels[labels == 0]), f"{name} changed background outside the brain"
+    assert np.array_equal(np.asarray(step(labels, image)), out), f"{name} is not deterministic"
+    # a map without tumor has nothing to post-process
+    healthy = brain((8, 16, 16))
+    assert np.array_equal(np.asarray(step(healthy, np.zeros((4, 8, 16, 16), np.float32))), healthy)
+    # and the pipeline runs it by name
+    steps = build_postprocessors(enable=[name])
+    assert [n for n, _ in steps] == [name]
+    assert np.array_equal(postprocess(labels, image, steps), out)

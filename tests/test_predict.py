@@ -16,7 +16,7 @@ from omkit.cli import main
 from omkit.cli.predict import shard
 from omkit.data.synthetic import make_dataset
 
-FAST_TILES = ["--roi-size", "8,16,16", "--keep", "8,16,16"]
+FAST_TILES = ["--tile-size", "8,16,16", "--tile-keep", "8,16,16"]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_unreadable_model_file(workspace, tmp_path, capsys):
 def test_model_preset_mismatch(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     model = workspace / "model.pt"
-    assert_clean_failure(capsys, predict("-i", workspace / "data", "-o", out, "-m", model, "--preset", "mc3"), model, out)
+    assert_clean_failure(capsys, predict("-i", workspace / "data", "-o", out, "-m", model, "--expect-preset", "mc3"), model, out)
     mc2 = workspace / "mc2.pt"
     assert_clean_failure(capsys, predict("-i", workspace / "data", "-o", out, "-m", model, "-m", mc2), mc2, out)
 
@@ -162,5 +162,5 @@ def test_existing_output_needs_force(workspace, tmp_path, capsys):
 
 def test_bad_tile_options(workspace, tmp_path, capsys):
     rc = main(["predict", "-i", str(workspace / "data"), "-o", str(tmp_path), "-m", str(workspace / "model.pt"),
-               "--roi-size", "8,16,12"])
-    assert rc == 2 and "--roi-size" in capsys.readouterr().err
+               "--tile-size", "8,16,12"])
+    assert rc == 2 and "--tile-size" in capsys.readouterr().err

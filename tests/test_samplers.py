@@ -24,7 +24,8 @@ from omkit.data import (
     synthetic,
 )
 from omkit.data.patches import extract_patch, extract_patches
-from omkit.data.sampling import SpecPart, generic_cache_key, parse_spec, region_file_name
+from omkit.data.sampler_specs import SpecPart, parse_spec
+from omkit.data.sampling import generic_cache_key, region_file_name
 from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
 from omkit.morphology import dilate_ball
 from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler

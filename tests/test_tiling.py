@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omkit.inference import gather_tiles, keep_offset, overlap_tile_inference, stitch_tiles, tile_origins
-from omkit.inference.tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE
+from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
 
-def coverage(shape, origins, roi_size, keep):
+def coverage(shape, origins, tile_size, keep):
     """How often each voxel lies in a kept centre (independent of stitch_tiles)."""
     count = torch.zeros(shape, dtype=torch.int64)
-    offset = keep_offset(roi_size, keep)
+    offset = keep_offset(tile_size, keep)
     for origin in origins.tolist():
         box = tuple(slice(max(o + k, 0), max(min(o + k + s, n), 0)) for o, k, s, n in zip(origin, offset, keep, shape))
         count[box] += 1
@@ -26,14 +26,14 @@ def test_paper_geometry_covers_every_voxel_once():
     assert origins.dtype == torch.long and origins.shape[1] == 3
     # the first kept centre starts at voxel 0: origin = -(roi - keep) // 2
     assert origins[0].tolist() == [-5, -6, -6]
-    assert coverage(shape, origins, PAPER_ROI_SIZE, PAPER_KEEP).eq(1).all()
+    assert coverage(shape, origins, PATCH_SIZE, TILE_KEEP).eq(1).all()
     assert origins.shape[0] == 5 * 3 * 4  # ceil(23/5) * ceil(47/20) * ceil(61/20)
 
 
 def test_bbox_tiles_cover_only_the_box_once():
     shape = (20, 40, 40)
     bbox = (slice(3, 17), slice(5, 30), slice(0, 40))
-    count = coverage(shape, tile_origins(shape, bbox=bbox), PAPER_ROI_SIZE, PAPER_KEEP)
+    count = coverage(shape, tile_origins(shape, bbox=bbox), PATCH_SIZE, TILE_KEEP)
     assert count[bbox].eq(1).all()
     # kept centres may run past the box (not past the volume) but never start before it
     assert count[:3].sum() == 0 and count[:, :5].sum() == 0
@@ -72,9 +72,9 @@ def test_stitch_writes_kept_centre_clipped():
     assert (out == -1).sum() == out.numel() - 8
 
 
-@pytest.mark.parametrize("roi_size,stride,keep", [(PAPER_ROI_SIZE, PAPER_STRIDE, PAPER_KEEP), ((8, 16, 16), (4, 8, 8), (4, 8, 8)), ((8, 16, 16), (3, 5, 7), (4, 8, 8))])
-@pytest.mark.parametrize("sw_batch_size", [1, 7])
-def test_identity_network_stitches_input_exactly(roi_size, stride, keep, sw_batch_size):
+@pytest.mark.parametrize("tile_size,stride,keep", [(PATCH_SIZE, TILE_KEEP, TILE_KEEP), ((8, 16, 16), (4, 8, 8), (4, 8, 8)), ((8, 16, 16), (3, 5, 7), (4, 8, 8))])
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_identity_network_stitches_input_exactly(tile_size, stride, keep, batch_size):
     volume = torch.randn(3, 17, 29, 41)
     calls = []
 
@@ -82,22 +82,22 @@ def test_identity_network_stitches_input_exactly(roi_size, stride, keep, sw_batc
         calls.append(batch.shape[0])
         return batch
 
-    out = overlap_tile_inference(volume, identity, 3, roi_size=roi_size, stride=stride, keep=keep, sw_batch_size=sw_batch_size)
+    out = overlap_tile_inference(volume, identity, 3, tile_size=tile_size, stride=stride, keep=keep, batch_size=batch_size)
     assert torch.equal(out, volume)
-    origins = tile_origins(volume.shape[1:], roi_size, stride, keep)
-    assert sum(calls) == origins.shape[0] and max(calls) <= sw_batch_size
+    origins = tile_origins(volume.shape[1:], tile_size, stride, keep)
+    assert sum(calls) == origins.shape[0] and max(calls) <= batch_size
     if stride == keep:
-        assert coverage(volume.shape[1:], origins, roi_size, keep).eq(1).all()
+        assert coverage(volume.shape[1:], origins, tile_size, keep).eq(1).all()
 
 
 def test_predictor_may_return_only_the_kept_centre():
     from omkit.inference.tiling import keep_centre
 
     volume = torch.randn(2, 17, 29, 41)
-    roi_size, stride, keep = (8, 16, 16), (4, 8, 8), (4, 8, 8)
-    centre = keep_centre(roi_size, keep)
+    tile_size, stride, keep = (8, 16, 16), (4, 8, 8), (4, 8, 8)
+    centre = keep_centre(tile_size, keep)
     out = overlap_tile_inference(volume, lambda b: b[(slice(None), slice(None)) + centre], 2,
-                                 roi_size=roi_size, stride=stride, keep=keep, sw_batch_size=5)
+                                 tile_size=tile_size, stride=stride, keep=keep, batch_size=5)
     assert torch.equal(out, volume)
 
 
@@ -106,7 +106,7 @@ def test_only_masked_tiles_are_computed():
     mask = torch.zeros(20, 60, 60, dtype=torch.bool)
     mask[7, 30, 30] = True
     seen = []
-    out = overlap_tile_inference(volume, lambda b: seen.append(b.shape[0]) or b, 1, roi_mask=mask, out_dtype=torch.float64)
+    out = overlap_tile_inference(volume, lambda b: seen.append(b.shape[0]) or b, 1, only_touching=mask, out_dtype=torch.float64)
     assert sum(seen) == 1
     assert out[0, 5:10, 20:40, 20:40].equal(volume[0, 5:10, 20:40, 20:40].double())
     assert out.abs().sum() == out[0, 5:10, 20:40, 20:40].abs().sum()
@@ -118,4 +118,4 @@ def test_bad_geometry_is_an_error():
     with pytest.raises(ValueError, match="keep"):
         tile_origins((10, 10, 10), (4, 4, 4), (2, 2, 2), (5, 2, 2))
     with pytest.raises(ValueError, match="predictor returned"):
-        overlap_tile_inference(torch.zeros(1, 8, 8, 8), lambda b: b[:, :, :2], 1, roi_size=(4, 4, 4), stride=2, keep=2)
+        overlap_tile_inference(torch.zeros(1, 8, 8, 8), lambda b: b[:, :, :2], 1, tile_size=(4, 4, 4), stride=2, keep=2)

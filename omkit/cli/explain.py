@@ -17,23 +17,23 @@ from pathlib import Path
 import numpy as np
 
 from omkit.cli import CLIError
-from omkit.cli.predict import add_tile_arguments, resolve_device, tile_settings
+from omkit.cli.options import add_device_argument, add_tile_arguments, tile_settings
 
 CATEGORIES = {2: ("tumor", "non-tumor"), 3: ("core", "non-core")}
 
 
 def add_arguments(parser):
-    parser.add_argument("-m", "--model", required=True, help="model file with a CGA-like head (e.g. preset omnet_cga)")
     parser.add_argument("-i", "--input", required=True, metavar="CASE_DIR", help="one BraTS case folder")
     parser.add_argument("-o", "--output", required=True, metavar="PNG", help="figure to write")
+    parser.add_argument("-m", "--model", required=True, help="model file with a CGA-like head (e.g. preset omnet_cga)")
     parser.add_argument("--task", type=int, choices=(2, 3), default=2,
                         help="2: CGA-tumor, guided by task 1 (default); 3: CGA-core, guided by task 2")
     parser.add_argument("--slice", type=int, help="axial slice of the input volume (default: the one with the most "
                                                   "ground-truth tumor, else the brain's middle)")
     parser.add_argument("--count", type=int, default=5, help="channels shown per row (default 5)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    add_device_argument(parser)
     parser.add_argument("--force", action="store_true", help="overwrite an existing figure")
-    add_tile_arguments(parser)
+    add_tile_arguments(parser, roi_dilation=False)
 
 
 def slice_maps(model, image, z: int, task: int, tiles, device) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def slice_maps(model, image, z: int, task: int, tiles, device) -> tuple[np.ndarr
     with torch.no_grad():
         out = overlap_tile_inference(
             torch.as_tensor(image), features_and_guidance, channels + 1,
-            roi_size=tiles.roi_size, stride=tiles.stride, keep=tiles.keep, sw_batch_size=tiles.sw_batch_size,
+            tile_size=tiles.size, stride=tiles.stride, keep=tiles.keep, batch_size=tiles.batch,
             bbox=(slice(z, z + 1), slice(None), slice(None)), sw_device=device, device="cpu",
         )
     return out[:channels, z].numpy(), out[channels, z].numpy()
@@ -62,6 +62,7 @@ def run(args) -> int:
 
     from omkit.checkpoint import load_model
     from omkit.data import preprocess_case
+    from omkit.devices import resolve_device
     from omkit.fileio import OutputExistsError
     from omkit.functional import category_importance
     from omkit.inference.pipeline import load_for_prediction

@@ -17,32 +17,7 @@ import os
 from pathlib import Path
 
 from omkit.cli import CLIError
-from omkit.cli.train import _ints
-
-
-def add_tile_arguments(parser) -> None:
-    """Overlap-tile options (shared with ``omkit demo`` and ``omkit explain``)."""
-    g = parser.add_argument_group("overlap-tile inference (sizes in D,H,W = axial,X,Y order)")
-    g.add_argument("--roi-size", type=lambda t: _ints(t, "--roi-size", (3,)), default=(16, 32, 32), metavar="D,H,W",
-                   help="tile size; each side divisible by 8 (default 16,32,32 = the paper's 32x32x16)")
-    g.add_argument("--keep", type=lambda t: _ints(t, "--keep", (3,)), default=(5, 20, 20), metavar="D,H,W",
-                   help="kept centre of each tile (default 5,20,20)")
-    g.add_argument("--stride", type=lambda t: _ints(t, "--stride", (3,)), metavar="D,H,W",
-                   help="tile stride, at most --keep (default: --keep, every voxel predicted once)")
-    g.add_argument("--sw-batch-size", type=int, default=16, help="tiles per network call (default 16)")
-    g.add_argument("--dilation", type=float, default=5.0,
-                   help="voxels by which task 1's coarse tumor mask is dilated to form task 2's ROI (default 5)")
-
-
-def tile_settings(args):
-    from omkit.inference import TileSettings
-
-    if any(s % 8 for s in args.roi_size):
-        raise CLIError(f"--roi-size: each side must be divisible by 8 (three 2x poolings), got {','.join(map(str, args.roi_size))}")
-    try:
-        return TileSettings(args.roi_size, args.stride or args.keep, args.keep, args.sw_batch_size)
-    except ValueError as exc:
-        raise CLIError(f"--roi-size/--stride/--keep: {exc}") from None
+from omkit.cli.options import add_device_argument, add_postprocess_arguments, add_tile_arguments, postprocess_steps, tile_settings
 
 
 def add_arguments(parser):
@@ -50,36 +25,18 @@ def add_arguments(parser):
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     parser.add_argument("-m", "--model", required=True, action="append", metavar="MODEL",
                         help="model file (RUN/model.pt); repeat for an ensemble (probabilities are averaged)")
-    parser.add_argument("--preset", help="refuse model files that do not hold this preset")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    parser.add_argument("--expect-preset", metavar="PRESET", help="refuse model files that do not hold this preset")
+    add_device_argument(parser)
     parser.add_argument("--label-convention", choices=("2018", "2023"),
                         help="labels of the written maps: 2018 (4 = enhancing) or 2023 (3 = enhancing); "
                              "default: the convention of the input's file naming")
     parser.add_argument("--save-probabilities", action="store_true", help="also write OUT/<case-id>_probabilities.npz")
-    parser.add_argument("--no-postprocess", action="store_true", help="skip every post-processing step")
-    parser.add_argument("--disable-step", action="append", default=[], metavar="NAME",
-                        help="skip one post-processing step (omkit plugins lists them); repeatable")
     parser.add_argument("--overlay", action="store_true",
                         help="also write OUT/<case-id>_overlay.png (FLAIR, ground truth when present, prediction)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_postprocess_arguments(parser)
     add_tile_arguments(parser)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    local_rank = os.environ.get("LOCAL_RANK")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CLIError(f"--device {name}: CUDA is not available on this machine")
-        if name == "cuda" and local_rank is not None:
-            name = f"cuda:{local_rank}"  # one GPU per torchrun process
-    elif name != "cpu":
-        raise CLIError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
-    return name
 
 
 def shard(items: list, rank: int | None = None, world: int | None = None) -> list:
@@ -101,8 +58,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from omkit.data import find_cases
+    from omkit.devices import resolve_device
     from omkit.fileio import OutputExistsError
-    from omkit.inference import SegmentationPredictor, build_postprocessors
+    from omkit.inference import SegmentationPredictor
     from omkit.inference.pipeline import case_id_of, load_for_prediction, predict_case, write_label_map, write_probabilities
     from omkit.viz import save_overlay
 
@@ -120,10 +78,10 @@ def run(args) -> int:
                 if paths[key].exists():
                     raise OutputExistsError(None, None, str(paths[key]))
         jobs.append((case_dir, paths))
-    steps = [] if args.no_postprocess else build_postprocessors(disable=args.disable_step)
+    steps = postprocess_steps(args)
     device = resolve_device(args.device)
-    predictor = SegmentationPredictor.from_files(args.model, device=device, expect_preset=args.preset,
-                                                 tiles=tiles, dilation=args.dilation)
+    predictor = SegmentationPredictor.from_files(args.model, device=device, expect_preset=args.expect_preset,
+                                                 tiles=tiles, roi_dilation=args.roi_dilation)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     for case_dir, paths in progress:

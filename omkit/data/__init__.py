@@ -18,15 +18,8 @@ from .brats import (
 )
 from .cache import PreprocessedCache, default_cache_dir
 from .preprocess import PREPROCESSING, Preprocessed, bounding_box, brain_mask, preprocess_case, uncrop
-from .sampling import (
-    LabelRegionSampler,
-    MixtureSampler,
-    RegionSampler,
-    parse_sampler_spec,
-    region_indices,
-    sampler_cache_key,
-    split_task_specs,
-)
+from .sampler_specs import parse_sampler_spec, split_task_specs
+from .sampling import LabelRegionSampler, MixtureSampler, RegionSampler, region_indices, sampler_cache_key
 from .splits import kfold_split
 
 __all__ = [

@@ -2,8 +2,8 @@
 the MC cascade (Sec. III-A):
 
 1. task 1: the coarse whole-tumor mask is where the summed probability of the
-   tumor classes exceeds 0.5; it is dilated by ``dilation`` voxels (5 in the
-   paper, a Euclidean ball) to form the ROI of task 2;
+   tumor classes exceeds 0.5; it is dilated by ``roi_dilation`` voxels (5 in
+   the paper, a Euclidean ball) to form the ROI of task 2;
 2. task 2 labels every voxel of that ROI (five classes): whole tumor and core;
 3. task 3 labels the core found by task 2: enhancing, else NCR/NET.
 
@@ -17,13 +17,13 @@ predicted.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from omkit.labels import BACKGROUND, CORE_CLASSES, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
+from omkit.morphology import dilate_ball
+from omkit.protocol import COARSE_TUMOR_THRESHOLD, ROI_DILATION
 
-PAPER_DILATION = 5  # voxels
 NON_TUMOR_CLASSES = (BACKGROUND, NORMAL)
 
 
@@ -33,7 +33,7 @@ def task1_labels(prob1: Tensor) -> tuple[Tensor, Tensor]:
     hierarchically (the likeliest tumor class inside the coarse mask, the
     likeliest non-tumor class outside), both uint8 ``(B, ...)``."""
     tumor = prob1[:, list(TUMOR_CLASSES)]
-    coarse = tumor.sum(1) > 0.5
+    coarse = tumor.sum(1) > COARSE_TUMOR_THRESHOLD
     tumor_label = torch.tensor(TUMOR_CLASSES, device=prob1.device)[tumor.argmax(1)]
     other_label = torch.tensor(NON_TUMOR_CLASSES, device=prob1.device)[prob1[:, list(NON_TUMOR_CLASSES)].argmax(1)]
     return coarse.to(torch.uint8), torch.where(coarse, tumor_label, other_label).to(torch.uint8)
@@ -45,21 +45,8 @@ def argmax_labels(prob: Tensor) -> Tensor:
 
 
 def dilate(mask: Tensor, radius: float) -> Tensor:
-    """Binary dilation of ``mask (D, H, W)`` by a Euclidean ball of ``radius``
-    voxels. Computed on the mask's bounding box grown by the radius, so the
-    cost follows the tumor, not the volume."""
-    if radius <= 0 or not bool(mask.any()):
-        return mask.bool()
-    host = mask.detach().to("cpu", torch.bool).numpy()
-    r = int(np.ceil(radius))
-    box = tuple(
-        slice(max(int(idx.min()) - r, 0), min(int(idx.max()) + r + 1, n))
-        for idx, n in zip(np.nonzero(host), host.shape)
-    )
-    from scipy.ndimage import distance_transform_edt
-
-    grown = np.zeros_like(host)
-    grown[box] = distance_transform_edt(~host[box]) <= radius
+    """:func:`omkit.morphology.dilate_ball` of a mask tensor ``(D, H, W)``, on its device."""
+    grown = dilate_ball(mask.detach().to("cpu", torch.bool).numpy(), radius)
     return torch.from_numpy(grown).to(mask.device)
 
 
@@ -68,14 +55,14 @@ def fuse(
     coarse: Tensor,
     task2_label: Tensor | None = None,
     task3_label: Tensor | None = None,
-    dilation: float = PAPER_DILATION,
+    roi_dilation: float = ROI_DILATION,
     roi: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Internal classes (uint8, same shape) from the per-task labels of one
     volume; returns ``(labels, roi)`` with ``roi`` the dilated coarse mask
     (pass it in when already computed)."""
     if roi is None:
-        roi = dilate(coarse.bool(), dilation)
+        roi = dilate(coarse.bool(), roi_dilation)
     labels = task1_label.clone()
     if task2_label is None:
         return labels, roi

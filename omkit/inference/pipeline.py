@@ -20,12 +20,15 @@ from .predictor import SegmentationPredictor
 
 @dataclass
 class CaseResult:
-    """``labels``: internal classes of the full input volume ``(D, H, W)``;
-    ``probabilities``: per task ``(K, D, H, W)`` float32 or None."""
+    """``labels``: post-processed internal classes of the full input volume
+    ``(D, H, W)``; ``raw_labels``: the same before post-processing (the same
+    array when no step ran); ``probabilities``: per task ``(K, D, H, W)``
+    float32 or None; ``tiles``: tiles computed per task."""
 
     case: Case
     preprocessed: Preprocessed
     labels: np.ndarray
+    raw_labels: np.ndarray
     probabilities: dict[str, np.ndarray] | None
     tiles: dict[str, int]
 
@@ -49,14 +52,19 @@ def load_for_prediction(case_dir: str | os.PathLike, label_convention: str | Non
 
 def predict_case(case: Case, predictor: SegmentationPredictor, steps: Sequence[tuple[str, Step]] = (),
                  return_probabilities: bool = False) -> CaseResult:
+    """The one path from a loaded case to label maps in the input's space:
+    preprocess, predict (one pass, cascade or ensemble), post-process with
+    ``steps`` (on the brain crop, with the z-scored image), uncrop."""
     pre = preprocess_case(case)
     result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=return_probabilities)
-    labels = postprocess(result.labels.numpy(), pre.image, steps) if steps else result.labels.numpy()
-    full = uncrop(labels, pre.bbox, pre.full_shape, fill=BACKGROUND)
+    raw = result.labels.numpy()
+    post = postprocess(raw, pre.image, steps) if steps else raw
+    raw_full = uncrop(raw, pre.bbox, pre.full_shape, fill=BACKGROUND)
+    full = uncrop(post, pre.bbox, pre.full_shape, fill=BACKGROUND) if steps else raw_full
     probabilities = None
     if result.probabilities is not None:
         probabilities = {k: uncrop(v.numpy(), pre.bbox, pre.full_shape) for k, v in result.probabilities.items()}
-    return CaseResult(case, pre, full, probabilities, result.tiles)
+    return CaseResult(case, pre, full, raw_full, probabilities, result.tiles)
 
 
 def write_label_map(labels: np.ndarray, case: Case, target: str | os.PathLike, label_convention: str,

@@ -27,9 +27,11 @@ from torch import Tensor, nn
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
-from .fusion import PAPER_DILATION, argmax_labels, core_mask, dilate, fuse, task1_labels
+from omkit.protocol import PATCH_SIZE, ROI_DILATION, TILE_KEEP
+
+from .fusion import argmax_labels, core_mask, dilate, fuse, task1_labels
 from .sliding import overlap_tile_inference, tiles_touching
-from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_centre, tile_origins
+from .tiling import check_geometry, keep_centre, tile_origins
 
 
 class Prediction(NamedTuple):
@@ -47,15 +49,23 @@ class Prediction(NamedTuple):
 
 @dataclass
 class TileSettings:
-    """Overlap-tile geometry and batching (defaults: the paper's)."""
+    """Overlap-tile geometry and batching (defaults: the paper's). ``size``:
+    the tile, ``(D, H, W)``; ``keep``: its centre whose prediction is kept;
+    ``stride``: between tiles, default ``keep`` (every voxel predicted once);
+    ``batch``: tiles per network call (memory against speed). On the command
+    line these are ``--tile-size``, ``--tile-keep``, ``--tile-stride`` and
+    ``--tile-batch``."""
 
-    roi_size: Sequence[int] = PAPER_ROI_SIZE
-    stride: Sequence[int] = PAPER_STRIDE
-    keep: Sequence[int] = PAPER_KEEP
-    sw_batch_size: int = 16
+    size: Sequence[int] = PATCH_SIZE
+    keep: Sequence[int] = TILE_KEEP
+    stride: Sequence[int] | None = None
+    batch: int = 16
 
     def __post_init__(self):
-        self.roi_size, self.stride, self.keep = check_geometry(self.roi_size, self.stride, self.keep)
+        self.size, self.stride, self.keep = check_geometry(self.size, self.stride, self.keep)
+        if int(self.batch) < 1:
+            raise ValueError(f"tile batch must be at least 1, got {self.batch}")
+        self.batch = int(self.batch)
 
 
 def _model_kind(model: nn.Module) -> tuple[str, int]:
@@ -76,7 +86,7 @@ class SegmentationPredictor:
 
     models: Sequence[nn.Module]
     tiles: TileSettings = field(default_factory=TileSettings)
-    dilation: float = PAPER_DILATION
+    roi_dilation: float = ROI_DILATION
     sw_device: torch.device | str | None = None
     device: torch.device | str | None = None
     progress: bool = False
@@ -139,21 +149,21 @@ class SegmentationPredictor:
         """Tasks ``tasks`` on the tiles whose kept centre touches ``mask``,
         reduced per batch by ``reduce`` to ``out_channels`` maps."""
         t = self.tiles
-        origins = tiles_touching(mask, tile_origins(image.shape[1:], t.roi_size, t.stride, t.keep), t.roi_size, t.keep)
+        origins = tiles_touching(mask, tile_origins(image.shape[1:], t.size, t.stride, t.keep), t.size, t.keep)
         for task in tasks:
             tile_counts[f"task{task + 1}"] = int(origins.shape[0])
 
         # only the kept centre is stitched: softmax and reduce just that (with the
         # paper's tiles, 12 % of each tile; reducing whole tiles took a third of a
         # width-0.25 case on a CPU)
-        centre = keep_centre(t.roi_size, t.keep)
+        centre = keep_centre(t.size, t.keep)
 
         def predictor(batch: Tensor) -> Tensor:
             return reduce(self._mean_probabilities(batch, tasks, centre))
 
         return overlap_tile_inference(
             image, predictor, out_channels, origins=origins,
-            roi_size=t.roi_size, stride=t.stride, keep=t.keep, sw_batch_size=t.sw_batch_size,
+            tile_size=t.size, stride=t.stride, keep=t.keep, batch_size=t.batch,
             out_dtype=out_dtype, sw_device=self.sw_device, device=self.device, progress=self.progress,
         )
 
@@ -202,7 +212,7 @@ class SegmentationPredictor:
     def _task2_roi(self, coarse: Tensor, brain_mask: Tensor) -> Tensor:
         """Task 2's ROI: the coarse mask dilated, within the brain (what lies
         outside it is background whatever task 2 would say)."""
-        return dilate(coarse.bool(), self.dilation) & brain_mask.to(coarse.device)
+        return dilate(coarse.bool(), self.roi_dilation) & brain_mask.to(coarse.device)
 
     @staticmethod
     def _reduce_volume(probs: list[Tensor]) -> list[Tensor]:

@@ -2,10 +2,11 @@
 (a bounding box, or the tiles whose kept centre touches a mask), each batch's
 prediction cropped to its kept centre on the compute device before it moves.
 
-Argument names follow MONAI's ``sliding_window_inference`` where the meaning is
-the same (``roi_size``, ``sw_batch_size``, ``sw_device``, ``device``,
-``progress``); ``stride`` and ``keep`` replace MONAI's ``overlap`` because the
-paper keeps only each tile's centre instead of blending whole windows.
+In MONAI's ``sliding_window_inference`` terms: ``tile_size`` is its
+``roi_size``, ``batch_size`` its ``sw_batch_size`` (``sw_device``, ``device``
+and ``progress`` mean the same); ``stride`` and ``keep`` replace its
+``overlap`` because the paper keeps only each tile's centre instead of
+blending whole windows. ("ROI" in omkit means task 2's region, never a tile.)
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .tiling import PAPER_KEEP, PAPER_ROI_SIZE, PAPER_STRIDE, check_geometry, keep_centre, keep_offset, tile_origins
+from omkit.protocol import PATCH_SIZE, TILE_KEEP
+
+from .tiling import check_geometry, keep_centre, keep_offset, tile_origins
 
 
 def tile_ops():
@@ -25,9 +28,9 @@ def tile_ops():
     return ops.gather_tiles, ops.stitch_tiles
 
 
-def tiles_touching(mask: Tensor, origins: Tensor, roi_size: Sequence[int], keep: Sequence[int]) -> Tensor:
+def tiles_touching(mask: Tensor, origins: Tensor, tile_size: Sequence[int], keep: Sequence[int]) -> Tensor:
     """The origins whose kept centre contains at least one voxel of ``mask (D, H, W)``."""
-    offset = keep_offset(roi_size, keep)
+    offset = keep_offset(tile_size, keep)
     mask = mask.to("cpu", torch.bool)
     shape = mask.shape
     selected = []
@@ -46,12 +49,12 @@ def overlap_tile_inference(
     predictor: Callable[[Tensor], Tensor],
     out_channels: int,
     *,
-    roi_size: Sequence[int] = PAPER_ROI_SIZE,
-    stride: Sequence[int] = PAPER_STRIDE,
-    keep: Sequence[int] = PAPER_KEEP,
-    sw_batch_size: int = 16,
+    tile_size: Sequence[int] = PATCH_SIZE,
+    stride: Sequence[int] | None = None,
+    keep: Sequence[int] = TILE_KEEP,
+    batch_size: int = 16,
     bbox: tuple[slice, slice, slice] | None = None,
-    roi_mask: Tensor | None = None,
+    only_touching: Tensor | None = None,
     origins: Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     sw_device: torch.device | str | None = None,
@@ -60,48 +63,48 @@ def overlap_tile_inference(
 ) -> Tensor:
     """Predict ``inputs (C, D, H, W)`` tile by tile and stitch the kept centres.
 
-    ``predictor`` maps a batch ``(B, C, *roi_size)`` on ``sw_device`` to
-    ``(B, out_channels, *roi_size)``, or to ``(B, out_channels, *keep)`` when it
+    ``predictor`` maps a batch ``(B, C, *tile_size)`` on ``sw_device`` to
+    ``(B, out_channels, *tile_size)``, or to ``(B, out_channels, *keep)`` when it
     already cropped the kept centre (``keep_centre``: cheaper when it reduces
     probabilities to labels, since only the centre is stitched); reduce there
     (probabilities, labels) before returning so that only what is kept travels. Tiles: ``origins`` if
     given, else those covering ``bbox`` (default: the whole volume), restricted
-    to the ones whose kept centre touches ``roi_mask`` when given. Voxels no
+    to the ones whose kept centre touches ``only_touching`` when given. Voxels no
     computed tile covers stay zero. Returns ``(out_channels, D, H, W)`` of
     ``out_dtype`` on ``device`` (default: the inputs' device). The inputs move
     to ``sw_device`` once; tiles are cut there.
     """
     if inputs.dim() != 4:
         raise ValueError(f"inputs must be (C, D, H, W), got shape {tuple(inputs.shape)}")
-    if sw_batch_size < 1:
-        raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size}")
-    roi_size, stride, keep = check_geometry(roi_size, stride, keep)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tile_size, stride, keep = check_geometry(tile_size, stride, keep)
     spatial = tuple(inputs.shape[1:])
     device = torch.device(device) if device is not None else inputs.device
     sw_device = torch.device(sw_device) if sw_device is not None else inputs.device
     if origins is None:
-        origins = tile_origins(spatial, roi_size, stride, keep, bbox)
-        if roi_mask is not None:
-            origins = tiles_touching(roi_mask, origins, roi_size, keep)
+        origins = tile_origins(spatial, tile_size, stride, keep, bbox)
+        if only_touching is not None:
+            origins = tiles_touching(only_touching, origins, tile_size, keep)
     gather, stitch = tile_ops()
     inputs = inputs.to(sw_device)
     out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=device)
-    offset = keep_offset(roi_size, keep)
-    centre = keep_centre(roi_size, keep)
+    offset = keep_offset(tile_size, keep)
+    centre = keep_centre(tile_size, keep)
     offset_t = torch.tensor(offset, dtype=torch.long)
-    starts = range(0, origins.shape[0], sw_batch_size)
+    starts = range(0, origins.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="tiles", unit="batch", leave=False)
     for start in starts:
-        batch_origins = origins[start : start + sw_batch_size]
-        batch = gather(inputs, batch_origins.to(sw_device), roi_size)
+        batch_origins = origins[start : start + batch_size]
+        batch = gather(inputs, batch_origins.to(sw_device), tile_size)
         pred = predictor(batch)
-        if pred.shape[:2] != (batch.shape[0], out_channels) or tuple(pred.shape[2:]) not in (roi_size, keep):
+        if pred.shape[:2] != (batch.shape[0], out_channels) or tuple(pred.shape[2:]) not in (tile_size, keep):
             raise ValueError(
                 f"predictor returned shape {tuple(pred.shape)}, expected "
-                f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, roi_size))}) or its kept centre "
+                f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, tile_size))}) or its kept centre "
                 f"({batch.shape[0]}, {out_channels}, {', '.join(map(str, keep))})"
             )
         if tuple(pred.shape[2:]) != keep:

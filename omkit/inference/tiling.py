@@ -6,9 +6,9 @@ Cutting and stitching (``gather_tiles``, ``stitch_tiles``) are ops of
 ``omkit.ops``; their pure-PyTorch references, re-exported here, are the oracle
 the fused kernels are tested against.
 
-Geometry, per axis (``(D, H, W)`` order, D axial): a tile of ``roi_size``
+Geometry, per axis (``(D, H, W)`` order, D axial): a tile of ``tile_size``
 voxels starts at its *origin*; only its centre of ``keep`` voxels, starting
-``(roi_size - keep) // 2`` voxels after the origin, is kept. Kept centres
+``(tile_size - keep) // 2`` voxels after the origin, is kept. Kept centres
 start at the region's first voxel and advance by ``stride``; with
 ``stride == keep`` they cover the region exactly once. Origins may be negative
 and tiles may run past the end of the volume: what lies outside reads as zero
@@ -22,50 +22,48 @@ import torch
 from torch import Tensor
 
 from omkit.ops.reference import _triple, gather_tiles, stitch_tiles  # noqa: F401  (the contract's reference)
-
-# The paper's patch 32 x 32 x 16, stride 20 x 20 x 5, kept centre 20 x 20 x 5,
-# in omkit's (D, H, W) order.
-PAPER_ROI_SIZE = (16, 32, 32)
-PAPER_STRIDE = (5, 20, 20)
-PAPER_KEEP = (5, 20, 20)
+from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
 
-def keep_offset(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[int, int, int]:
-    """Offset of the kept centre inside a tile: ``(roi_size - keep) // 2`` per axis."""
-    roi_size, keep = _triple("roi_size", roi_size), _triple("keep", keep)
-    return tuple((r - k) // 2 for r, k in zip(roi_size, keep))  # type: ignore[return-value]
+def keep_offset(tile_size: Sequence[int], keep: Sequence[int]) -> tuple[int, int, int]:
+    """Offset of the kept centre inside a tile: ``(tile_size - keep) // 2`` per axis."""
+    tile_size, keep = _triple("tile_size", tile_size), _triple("keep", keep)
+    return tuple((r - k) // 2 for r, k in zip(tile_size, keep))  # type: ignore[return-value]
 
 
-def keep_centre(roi_size: Sequence[int], keep: Sequence[int]) -> tuple[slice, slice, slice]:
+def keep_centre(tile_size: Sequence[int], keep: Sequence[int]) -> tuple[slice, slice, slice]:
     """The slices of a tile's kept centre."""
-    return tuple(slice(o, o + k) for o, k in zip(keep_offset(roi_size, keep), _triple("keep", keep)))  # type: ignore[return-value]
+    return tuple(slice(o, o + k) for o, k in zip(keep_offset(tile_size, keep), _triple("keep", keep)))  # type: ignore[return-value]
 
 
-def check_geometry(roi_size, stride, keep) -> tuple[tuple[int, int, int], ...]:
-    """Validate tile size, stride and kept centre; returns them as triples."""
-    roi_size, stride, keep = _triple("roi_size", roi_size), _triple("stride", stride), _triple("keep", keep)
+def check_geometry(tile_size, stride, keep) -> tuple[tuple[int, int, int], ...]:
+    """Validate tile size, stride and kept centre; returns them as triples.
+    ``stride=None`` means ``keep``: every voxel predicted exactly once (the
+    paper's stride equals its kept centre)."""
+    tile_size, keep = _triple("tile_size", tile_size), _triple("keep", keep)
+    stride = keep if stride is None else _triple("stride", stride)
     for axis in range(3):
-        if not 1 <= keep[axis] <= roi_size[axis]:
-            raise ValueError(f"keep {list(keep)} must be between 1 and roi_size {list(roi_size)} on every axis")
+        if not 1 <= keep[axis] <= tile_size[axis]:
+            raise ValueError(f"keep {list(keep)} must be between 1 and tile_size {list(tile_size)} on every axis")
         if not 1 <= stride[axis] <= keep[axis]:
             # a stride beyond the kept centre would leave voxels nobody predicts
             raise ValueError(f"stride {list(stride)} must be between 1 and keep {list(keep)} on every axis")
-    return roi_size, stride, keep
+    return tile_size, stride, keep
 
 
 def tile_origins(
     shape: Sequence[int],
-    roi_size: Sequence[int] = PAPER_ROI_SIZE,
-    stride: Sequence[int] = PAPER_STRIDE,
-    keep: Sequence[int] = PAPER_KEEP,
+    tile_size: Sequence[int] = PATCH_SIZE,
+    stride: Sequence[int] | None = None,
+    keep: Sequence[int] = TILE_KEEP,
     bbox: tuple[slice, slice, slice] | None = None,
 ) -> Tensor:
     """Origins ``(T, 3)`` (int64, D-major order) of the tiles whose kept centres
     cover every voxel of a volume of spatial ``shape`` (or of ``bbox``, a tuple
     of three slices into it); exactly once when ``stride == keep``."""
     shape = _triple("shape", shape)
-    roi_size, stride, keep = check_geometry(roi_size, stride, keep)
-    offset = keep_offset(roi_size, keep)
+    tile_size, stride, keep = check_geometry(tile_size, stride, keep)
+    offset = keep_offset(tile_size, keep)
     if bbox is None:
         bbox = tuple(slice(0, n) for n in shape)
     if len(bbox) != 3:

@@ -27,7 +27,7 @@ from omkit.protocol import (
     TRANSFER_TUMOR_THRESHOLD,
     WEIGHT_DECAY,
 )
-from omkit.data.sampling import parse_spec
+from omkit.data.sampler_specs import parse_spec
 from omkit.devices import DEVICE_CHOICES, is_valid_device_name
 
 # Named bundles of settings; settings given explicitly override a recipe's.

@@ -15,7 +15,8 @@ from typing import Sequence
 
 from omkit.data.brats import CaseError, find_cases
 from omkit.data.cache import PreprocessedCache
-from omkit.data.sampling import build_task_samplers, region_indices
+from omkit.data.sampler_specs import build_task_samplers
+from omkit.data.sampling import region_indices
 from omkit.data.splits import kfold_split
 
 from . import distributed

@@ -1,0 +1,234 @@
+"""Command-line options shared by several commands, defined once so that one
+setting has one flag name, one default and one help text everywhere.
+
+Vocabulary: ``-i/--input`` is what a command reads (case folders, or label
+maps for ``evaluate``), ``-o/--output`` what it writes, ``-m/--model`` a model
+file; ``--device`` is ``auto`` by default; a training setting's flag is its
+:class:`omkit.training.TrainConfig` field with dashes, and its default is read
+from the dataclass (or the recipe a command starts from), never restated;
+tile options are ``--tile-<field>`` of :class:`omkit.inference.TileSettings`;
+``--roi-dilation`` is task 2's ROI at inference, while the training sampler's
+dilation is an option of its spec (``dilated_tumor(radius=5)``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable
+
+from omkit.cli import CLIError
+from omkit.devices import DEVICE_CHOICES
+
+
+# -- value parsers ------------------------------------------------------------------------
+
+def int_list(flag: str, counts: tuple[int, ...] = (3,)) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated integers, as many as one of ``counts``."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated integers, got {text!r}") from None
+        if len(values) not in counts:
+            raise argparse.ArgumentTypeError(f"{flag} expects {' or '.join(map(str, counts))} values, got {text!r}")
+        return values
+
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    from omkit.data.sampler_specs import literal_value
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"--model-options expects KEY=VALUE, got {text!r}")
+    return key.strip(), literal_value(value.strip())  # read as sampler options are
+
+
+def _sampler_specs(text: str) -> tuple[str, str, str]:
+    from omkit.data.sampler_specs import split_task_specs
+
+    try:
+        return split_task_specs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _format_default(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# -- device, progress, post-processing ----------------------------------------------------
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help=f"{DEVICE_CHOICES} (default auto: CUDA when available); under torchrun each process "
+                             "uses its local GPU")
+
+
+def add_postprocess_arguments(parser) -> None:
+    g = parser.add_argument_group("post-processing (the paper's two steps; omkit plugins lists the registered ones)")
+    g.add_argument("--no-postprocess", action="store_true", help="skip every post-processing step")
+    g.add_argument("--disable-step", action="append", default=[], metavar="NAME",
+                   help="skip one post-processing step; repeatable")
+
+
+def postprocess_steps(args) -> list:
+    """The post-processing steps ``--no-postprocess`` / ``--disable-step`` leave."""
+    from omkit.inference import build_postprocessors
+
+    return [] if args.no_postprocess else build_postprocessors(disable=args.disable_step)
+
+
+# -- inference tiles ----------------------------------------------------------------------
+
+def add_tile_arguments(parser, roi_dilation: bool = True, **defaults) -> None:
+    """``--tile-size``, ``--tile-keep``, ``--tile-stride``, ``--tile-batch`` (and
+    ``--roi-dilation`` for commands that fuse the tasks); ``defaults``
+    (TileSettings fields) override the paper's."""
+    from omkit.inference import TileSettings
+    from omkit.protocol import ROI_DILATION
+
+    fields = {f.name: f.default for f in dataclasses.fields(TileSettings)}
+    fields.update(defaults)
+    g = parser.add_argument_group("overlap-tile inference (sizes in D,H,W = axial,X,Y order)")
+    g.add_argument("--tile-size", type=int_list("--tile-size"), default=fields["size"], metavar="D,H,W",
+                   help=f"tile size; each side divisible by 8 (default {_format_default(fields['size'])})")
+    g.add_argument("--tile-keep", type=int_list("--tile-keep"), default=fields["keep"], metavar="D,H,W",
+                   help=f"centre of each tile whose prediction is kept (default {_format_default(fields['keep'])})")
+    g.add_argument("--tile-stride", type=int_list("--tile-stride"), default=fields["stride"], metavar="D,H,W",
+                   help="distance between tiles, at most --tile-keep (default: --tile-keep, every voxel once)")
+    g.add_argument("--tile-batch", type=int, default=fields["batch"], metavar="N",
+                   help=f"tiles per network call (default {fields['batch']})")
+    if not roi_dilation:
+        return
+    g.add_argument("--roi-dilation", type=float, default=ROI_DILATION, metavar="VOXELS",
+                   help="task 2's ROI: task 1's coarse tumor mask dilated by this many voxels "
+                        f"(default {ROI_DILATION:g})")
+
+
+def tile_settings(args):
+    """The :class:`omkit.inference.TileSettings` the tile options describe."""
+    from omkit.inference import TileSettings
+    from omkit.protocol import PATCH_DIVISOR
+
+    if any(s % PATCH_DIVISOR for s in args.tile_size):
+        raise CLIError(f"--tile-size: each side must be divisible by {PATCH_DIVISOR} (three 2x poolings), "
+                       f"got {_format_default(args.tile_size)}")
+    try:
+        return TileSettings(size=args.tile_size, keep=args.tile_keep, stride=args.tile_stride, batch=args.tile_batch)
+    except ValueError as exc:
+        raise CLIError(f"--tile-size/--tile-keep/--tile-stride/--tile-batch: {exc}") from None
+
+
+# -- training settings ---------------------------------------------------------------------
+
+# (group, TrainConfig field, argparse keywords, help without the default); the
+# flag is the field with dashes. Every default is None: a command can tell
+# what was given (a resumed run refuses changes, a recipe fills the rest).
+_TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
+    ("model", "preset", {}, "model preset (omkit models lists them)"),
+    ("model", "width", {"type": float}, "channel width multiplier (1.0 = the paper's 32-256 maps)"),
+    ("model", "attention", {"metavar": "NAME"},
+     "attention plug-in in every OM-Net head (omkit plugins lists them), without writing a preset"),
+    ("model", "model_options", {"type": _key_value, "nargs": "+", "action": "extend", "metavar": "KEY=VALUE"},
+     "further keyword arguments of the model (each VALUE a Python literal, else a string)"),
+    ("schedule", "stage_epochs", {"type": int_list("--stage-epochs"), "metavar": "A,B,C"},
+     "epochs of curriculum stages 1-3; presets without curriculum train A+B+C epochs"),
+    ("schedule", "epochs", {"type": int}, "total epochs (lengthens or shortens the last stage)"),
+    ("schedule", "plateau_tol", {"type": float},
+     "end stage 1 or 2 early when its newest task's epoch loss improves by less than this fraction"),
+    ("schedule", "transfer_tumor_threshold", {"type": float, "metavar": "FRACTION"},
+     "online data transfer: a task-1 patch with at least this fraction of tumor also trains task 2"),
+    ("schedule", "transfer_core_threshold", {"type": float, "metavar": "FRACTION"},
+     "online data transfer: a task-1/2 patch with at least this fraction of core also trains task 3"),
+    ("run", "max_minutes", {"type": float},
+     "stop (with a checkpoint and model.pt) once the run's total training time reaches this "
+     "(data preparation not counted); not carried over by --resume"),
+    ("run", "max_steps", {"type": int}, "stop once the run has made this many steps in total"),
+    ("patches", "patch_size", {"type": int_list("--patch-size"), "metavar": "D,H,W"},
+     "patch size in (axial, H, W) order"),
+    ("patches", "patches_per_epoch", {"type": int_list("--patches-per-epoch", (1, 3)), "metavar": "N[,N2,N3]"},
+     "patches per epoch, one count for all tasks or one per task"),
+    ("patches", "batch_per_task", {"type": int}, "patches per task per step and process"),
+    ("patches", "samplers", {"type": _sampler_specs, "metavar": "S1,S2,S3"},
+     "patch sampler per task (omkit plugins lists them); options in parentheses, weighted mixtures as "
+     "NAME:W+NAME:W, e.g. brain:1+dilated_tumor(radius=3):1"),
+    ("optimiser", "optimizer", {"choices": ("sgd", "adam")},
+     "sgd (the paper's) or adam (converges in fewer steps: for budgets of minutes)"),
+    ("optimiser", "lr", {"type": float}, "initial learning rate"),
+    ("optimiser", "momentum", {"type": float}, "SGD momentum"),
+    ("optimiser", "weight_decay", {"type": float}, "weight decay"),
+    ("optimiser", "lr_step_epochs", {"type": int}, "multiply the learning rate by --lr-gamma every this many epochs"),
+    ("optimiser", "lr_gamma", {"type": float}, "learning-rate decay factor"),
+    ("data", "folds", {"type": int}, "split the cases into K folds (with --fold)"),
+    ("data", "fold", {"type": int}, "train on every fold but this one (0-based)"),
+    ("data", "label_convention", {"choices": ("2018", "2023")},
+     "label values of the seg files (default: from the file naming)"),
+    ("data", "skip_bad_cases", {"action": "store_true", "default": None},
+     "warn about and leave out cases that fail validation instead of stopping"),
+    ("data", "cache_dir", {}, "preprocessed-case cache (default $OMKIT_CACHE_DIR or ~/.cache/omkit/preprocessed)"),
+    ("data", "workers", {"type": int}, "background processes preparing batches"),
+    ("data", "threads", {"type": int}, "CPU threads per process for torch (default: torch's choice)"),
+    ("run", "seed", {"type": int}, "seed of weights and patch sampling"),
+    ("run", "amp", {"action": "store_true", "default": None}, "mixed precision (float16 autocast; CUDA only)"),
+    ("data", "checkpoint_every", {"type": int}, "steps between checkpoints (also at every epoch end)"),
+    ("data", "log_every", {"type": int}, "steps per metrics row"),
+]
+_GROUP_TITLES = {
+    "run": "budget and run", "model": "model", "schedule": "curriculum and data transfer", "patches": "patches",
+    "optimiser": "optimiser", "data": "data, reproducibility and bookkeeping",
+}
+TRAINING_FIELDS = tuple(name for _, name, _, _ in _TRAINING_OPTIONS)
+
+
+def training_defaults(recipe: str | None = None) -> dict[str, Any]:
+    """The value each training setting takes when not given: TrainConfig's
+    defaults (the paper's), overridden by ``recipe``'s settings."""
+    from omkit.training import TrainConfig
+    from omkit.training.config import recipe_settings
+
+    defaults = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            defaults[f.name] = f.default_factory()  # type: ignore[misc]
+    if recipe is not None:
+        defaults.update(recipe_settings(recipe))
+    return defaults
+
+
+def add_training_arguments(parser, groups=tuple(_GROUP_TITLES), recipe: str | None = "paper",
+                           skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> None:
+    """The training settings of ``groups`` as options. Their argparse default
+    is None (so a command can tell what was given), except for the command's
+    own ``defaults``; the help shows those, else the value ``recipe`` gives."""
+    own = dict(defaults or {})
+    defaults = {**training_defaults(recipe), **own}
+    for group in groups:
+        g = parser.add_argument_group(_GROUP_TITLES[group])
+        for option_group, name, kwargs, text in _TRAINING_OPTIONS:
+            if option_group != group or name in skip:
+                continue
+            default = defaults.get(name)
+            shown = "" if default in (None, {}, False) or kwargs.get("action") == "store_true" else \
+                f" (default {_format_default(default)})"
+            g.add_argument(f"--{name.replace('_', '-')}", help=text + shown, **{"default": own.get(name), **kwargs})
+
+
+def training_settings(args) -> dict[str, Any]:
+    """The training settings given on the command line, as TrainConfig fields."""
+    given = {}
+    for name in TRAINING_FIELDS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "model_options":
+            value = dict(value)
+        given[name] = value
+    return given

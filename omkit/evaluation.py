@@ -1,0 +1,141 @@
+"""Scoring label maps on disk: reading predicted and ground-truth label maps
+(one-line errors naming the file), pairing them by case id, the voxel-wise
+BraTS metrics per case and region (:mod:`omkit.metrics`), and the evaluation
+outputs (``metrics.csv`` in long form, ``summary.json``) that ``omkit
+evaluate``, the demo and the ablation runner write."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from omkit.data.brats import AFFINE_TOLERANCE, NIFTI_SUFFIXES
+
+COLUMNS = ("case", "region", "dice", "ppv", "sensitivity", "hd95")
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    found = {}
+    for path in sorted(folder.iterdir()):
+        for suffix in NIFTI_SUFFIXES:
+            if path.is_file() and path.name.endswith(suffix) and not path.name.startswith("."):
+                found[path.name[: -len(suffix)]] = path
+    return found
+
+
+def ground_truth_files(folder: Path) -> dict[str, tuple[Path, str | None]]:
+    """case id -> (label map, convention implied by its naming or None)."""
+    from omkit.data import case_files, find_cases
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    direct = label_files(folder)
+    if direct:
+        return {case_id: (path, None) for case_id, path in direct.items()}
+    gt = {}
+    for case_dir in find_cases(folder):
+        naming, case_id, paths = case_files(case_dir, with_label=True)
+        gt[case_id] = (paths["seg"], naming)
+    return gt
+
+
+def read_label_map(path: Path):
+    """``(labels int array (X, Y, Z), affine, zooms)``; one-line errors naming the file."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: unreadable NIfTI file ({message})") from None
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D label map, got {data.ndim}-D shape {tuple(data.shape)}")
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise ValueError(f"{path}: label map has non-integer or non-finite values")
+    return data.astype(np.int64), np.asarray(image.affine), tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def detect_convention(labels: np.ndarray, path: Path, given: str | None) -> str:
+    if given:
+        return given
+    present = set(np.unique(labels).tolist())
+    if 4 in present and 3 in present:
+        raise ValueError(f"{path}: holds both 3 and 4; pass --label-convention 2018 or 2023")
+    return "2023" if 3 in present else "2018"
+
+
+def regions_of(labels: np.ndarray, convention: str, path: Path) -> dict[str, np.ndarray]:
+    from omkit.labels import get_convention
+
+    conv = get_convention(convention)
+    bad = sorted(set(np.unique(labels).tolist()) - set(conv.valid_values))
+    if bad:
+        raise ValueError(f"{path}: label values {bad} are not in the {convention} convention {conv.valid_values}")
+    return conv.regions(labels)
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, label_convention: str | None = None) -> tuple[list[dict], list[str]]:
+    """Long-form metric rows for every prediction, and the ground-truth case
+    ids that have no prediction."""
+    from omkit.labels import REGIONS
+    from omkit.metrics import case_metrics
+
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"{pred_dir}: no such folder")
+    predictions = label_files(pred_dir)
+    if not predictions:
+        raise ValueError(f"{pred_dir}: no <case-id>.nii.gz label maps")
+    gt = ground_truth_files(gt_dir)
+    rows = []
+    for case_id, pred_path in predictions.items():
+        if case_id not in gt:
+            raise ValueError(f"{pred_path}: no ground truth for case {case_id!r} in {gt_dir}")
+        gt_path, naming = gt[case_id]
+        gt_labels, gt_affine, zooms = read_label_map(gt_path)
+        pred_labels, pred_affine, _ = read_label_map(pred_path)
+        if pred_labels.shape != gt_labels.shape:
+            raise ValueError(f"{pred_path}: shape {pred_labels.shape} differs from the ground truth {gt_path} {gt_labels.shape}")
+        if np.max(np.abs(pred_affine - gt_affine)) > AFFINE_TOLERANCE:
+            raise ValueError(f"{pred_path}: affine differs from the ground truth {gt_path}; not in the same space")
+        gt_regions = regions_of(gt_labels, label_convention or naming or detect_convention(gt_labels, gt_path, None), gt_path)
+        pred_regions = regions_of(pred_labels, detect_convention(pred_labels, pred_path, label_convention), pred_path)
+        scores = case_metrics(pred_regions, gt_regions, spacing=zooms)  # NIfTI axes, NIfTI zooms
+        rows.extend({"case": case_id, "region": r, **scores[r]} for r in REGIONS)
+    return rows, sorted(set(gt) - set(predictions))
+
+
+def format_table(summary: dict, count: int) -> str:
+    lines = [f"{'region':<7}{'Dice':>16}{'PPV':>16}{'Sensitivity':>16}{'HD95 (mm)':>18}"]
+    for region, metrics in summary.items():
+        cells = [f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}" for m in ("dice", "ppv", "sensitivity")]
+        cells.append(f"{metrics['hd95']['mean']:.2f} ± {metrics['hd95']['std']:.2f}")
+        lines.append(f"{region:<7}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{cells[3]:>18}")
+    lines.append(f"mean ± std over {count} case(s); medians in summary.json")
+    return "\n".join(lines)
+
+
+def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict | None = None) -> dict:
+    from omkit.fileio import OutputExistsError, atomic_write_text
+    from omkit.metrics import summarize
+
+    targets = (out_dir / "metrics.csv", out_dir / "summary.json")
+    if not force:
+        for target in targets:
+            if target.exists():
+                raise OutputExistsError(None, None, str(target))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in COLUMNS})
+    summary = summarize(rows)
+    cases = sorted({row["case"] for row in rows})
+    document = {"cases": len(cases), "case_ids": cases, "hd95_unit": "mm", "regions": summary, **(extra or {})}
+    atomic_write_text(targets[0], buffer.getvalue(), force=True)
+    atomic_write_text(targets[1], json.dumps(document, indent=2) + "\n", force=True)
+    return summary
