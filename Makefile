@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # while a plain `pip install .` falls back to pure Python.
 OMKIT_REQUIRE_EXTENSION ?= 1
 MAX_JOBS ?= 2
-OP_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+OP_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 CMAKE_BUILD_DIR ?= build-cmake
 
 .PHONY: install test demo bench bench-smoke cuda-build cmake-test clean

@@ -17,15 +17,7 @@ Modules, one job each:
 * :mod:`.report`      metrics CSV/JSON and the loss curve
 * :mod:`.trainer`     ``Trainer``: the loop; ``train``
 
-A run folder holds::
-
-    config.json          the resolved TrainConfig, stages, samplers, cases and held-out cases
-    metrics.csv          one row per --log-every steps: losses per task, lr, patches/s
-    metrics.json         per-epoch losses, totals, stop reason, per-process digests
-    loss_curve.png       the losses against the step, stage starts marked
-    checkpoints/last.pt  full training state (for --resume), rewritten atomically
-    checkpoints/stageK.pt  the model at the end of curriculum stage K
-    model.pt             the final model (omkit.checkpoint format)
+What a run folder holds: :mod:`.run_folder`.
 """
 from .checkpoints import weights_digest
 from .config import RECIPES, TrainConfig, recipe_settings
