@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .fileio import atomic_torch_save
+from .protocol import PATCH_SIZE
 
 FORMAT = "omkit-model"
 FORMAT_VERSION = 1
@@ -26,7 +27,7 @@ def model_metadata(model: nn.Module, **extra: Any) -> dict:
         "model_kw": getattr(model, "model_kw", {}),
         "label_convention": "2018",
         "preprocessing": {"normalization": "zscore-nonzero", "crop": "brain-bbox"},
-        "patch_size": [16, 32, 32],
+        "patch_size": list(PATCH_SIZE),
     }
     meta.update(extra)
     return meta
