@@ -125,6 +125,8 @@ setup(
         "pluggy>=1.3,<2",
         "scikit-learn>=1.3,<2",
         "scipy>=1.10,<2",
+        # 26-connected components for the lesion-wise metrics (what the BraTS reference code uses)
+        "connected-components-3d>=3.12,<5",
         "matplotlib>=3.7,<4",
         "tqdm>=4.60,<5",
     ],

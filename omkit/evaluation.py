@@ -1,8 +1,10 @@
 """Scoring label maps on disk: reading predicted and ground-truth label maps
 (one-line errors naming the file), pairing them by case id, the voxel-wise
-BraTS metrics per case and region (:mod:`omkit.metrics`), and the evaluation
-outputs (``metrics.csv`` in long form, ``summary.json``) that ``omkit
-evaluate``, the demo and the ablation runner write."""
+BraTS metrics per case and region (:mod:`omkit.metrics`) and, on request, the
+lesion-wise ones of the BraTS 2023+ challenges (:mod:`omkit.lesionwise`), and
+the evaluation outputs (``metrics.csv`` in long form, ``summary.json``) that
+``omkit evaluate``, the demo and the ablation runner write. Regions: WT, TC,
+ET, and RC when the ground truth has the 2024 post-treatment labels."""
 from __future__ import annotations
 
 import csv
@@ -15,6 +17,7 @@ import numpy as np
 from omkit.data.brats import AFFINE_TOLERANCE, NIFTI_SUFFIXES
 
 COLUMNS = ("case", "region", "dice", "ppv", "sensitivity", "hd95")
+LESIONWISE_COLUMNS = ("lesionwise_dice", "lesionwise_hd95", "lesions_tp", "lesions_fn", "lesions_fp")
 
 
 def label_files(folder: Path) -> dict[str, Path]:
@@ -60,12 +63,19 @@ def read_label_map(path: Path):
     return data.astype(np.int64), np.asarray(image.affine), tuple(float(z) for z in image.header.get_zooms()[:3])
 
 
-def detect_convention(labels: np.ndarray, path: Path, given: str | None) -> str:
+def detect_convention(labels: np.ndarray, path: Path, given: str | None, fits: str | None = None) -> str:
+    """``given``, else ``fits`` (the ground truth's) when every value of
+    ``labels`` is valid in it, else read from the values: 3 and 4 is the 2024
+    post-treatment convention, 3 alone 2023, otherwise 2018."""
+    from omkit.labels import get_convention
+
     if given:
         return given
     present = set(np.unique(labels).tolist())
+    if fits and present <= set(get_convention(fits).valid_values):
+        return fits
     if 4 in present and 3 in present:
-        raise ValueError(f"{path}: holds both 3 and 4; pass --label-convention 2018 or 2023")
+        return "2024"
     return "2023" if 3 in present else "2018"
 
 
@@ -79,11 +89,17 @@ def regions_of(labels: np.ndarray, convention: str, path: Path) -> dict[str, np.
     return conv.regions(labels)
 
 
-def evaluate_folders(pred_dir: Path, gt_dir: Path, label_convention: str | None = None) -> tuple[list[dict], list[str]]:
-    """Long-form metric rows for every prediction, and the ground-truth case
-    ids that have no prediction."""
-    from omkit.labels import REGIONS
+def evaluate_folders(pred_dir: Path, gt_dir: Path, label_convention: str | None = None, lesionwise: bool = False,
+                     challenge: str | None = None) -> tuple[list[dict], list[str]]:
+    """Long-form metric rows for every prediction (per case and region: the
+    voxel-wise metrics, and with ``lesionwise`` the lesion-wise ones of
+    ``challenge``, default :data:`omkit.lesionwise.DEFAULT_CHALLENGE`), and the
+    ground-truth case ids that have no prediction."""
+    from omkit.labels import convention_of
+    from omkit.lesionwise import DEFAULT_CHALLENGE, case_lesionwise, get_challenge
     from omkit.metrics import case_metrics
+
+    challenge = get_challenge(challenge or DEFAULT_CHALLENGE)
 
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: no such folder")
@@ -102,20 +118,36 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, label_convention: str | None 
             raise ValueError(f"{pred_path}: shape {pred_labels.shape} differs from the ground truth {gt_path} {gt_labels.shape}")
         if np.max(np.abs(pred_affine - gt_affine)) > AFFINE_TOLERANCE:
             raise ValueError(f"{pred_path}: affine differs from the ground truth {gt_path}; not in the same space")
-        gt_regions = regions_of(gt_labels, label_convention or naming or detect_convention(gt_labels, gt_path, None), gt_path)
-        pred_regions = regions_of(pred_labels, detect_convention(pred_labels, pred_path, label_convention), pred_path)
+        gt_convention = label_convention or (convention_of(naming, gt_labels).name if naming else
+                                             detect_convention(gt_labels, gt_path, None))
+        gt_regions = regions_of(gt_labels, gt_convention, gt_path)
+        pred_regions = regions_of(pred_labels, detect_convention(pred_labels, pred_path, label_convention, gt_convention),
+                                  pred_path)
         scores = case_metrics(pred_regions, gt_regions, spacing=zooms)  # NIfTI axes, NIfTI zooms
-        rows.extend({"case": case_id, "region": r, **scores[r]} for r in REGIONS)
+        if lesionwise:
+            for region, values in case_lesionwise(pred_regions, gt_regions, zooms, challenge).items():
+                scores[region].update(values)
+        rows.extend({"case": case_id, "region": r, **values} for r, values in scores.items())
     return rows, sorted(set(gt) - set(predictions))
 
 
 def format_table(summary: dict, count: int) -> str:
-    lines = [f"{'region':<7}{'Dice':>16}{'PPV':>16}{'Sensitivity':>16}{'HD95 (mm)':>18}"]
+    """Mean ± std per region; lesion-wise Dice and HD95 columns when the summary has them."""
+    lesionwise = any("lesionwise_dice" in metrics for metrics in summary.values())
+    header = f"{'region':<7}{'Dice':>16}{'PPV':>16}{'Sensitivity':>16}{'HD95 (mm)':>18}"
+    if lesionwise:
+        header += f"{'LW Dice':>16}{'LW HD95 (mm)':>18}"
+    lines = [header]
     for region, metrics in summary.items():
         cells = [f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}" for m in ("dice", "ppv", "sensitivity")]
         cells.append(f"{metrics['hd95']['mean']:.2f} ± {metrics['hd95']['std']:.2f}")
-        lines.append(f"{region:<7}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{cells[3]:>18}")
-    lines.append(f"mean ± std over {count} case(s); medians in summary.json")
+        line = f"{region:<7}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{cells[3]:>18}"
+        if lesionwise:
+            dice, hd = metrics["lesionwise_dice"], metrics["lesionwise_hd95"]
+            line += f"{dice['mean']:.3f} ± {dice['std']:.3f}".rjust(16) + f"{hd['mean']:.2f} ± {hd['std']:.2f}".rjust(18)
+        lines.append(line)
+    lines.append(f"mean ± std over {count} case(s); medians in summary.json"
+                 + ("; LW = lesion-wise" if lesionwise else ""))
     return "\n".join(lines)
 
 
@@ -128,11 +160,12 @@ def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict |
         for target in targets:
             if target.exists():
                 raise OutputExistsError(None, None, str(target))
+    columns = COLUMNS + tuple(c for c in LESIONWISE_COLUMNS if rows and c in rows[0])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in COLUMNS})
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in columns})
     summary = summarize(rows)
     cases = sorted({row["case"] for row in rows})
     document = {"cases": len(cases), "case_ids": cases, "hd95_unit": "mm", "regions": summary, **(extra or {})}

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .labels import REGIONS, internal_regions
+from .labels import ALL_REGIONS, internal_regions
 
 METRICS = ("dice", "ppv", "sensitivity", "hd95")
 
@@ -88,8 +88,16 @@ def region_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] = 
 
 def case_metrics(pred_regions: Mapping[str, np.ndarray], gt_regions: Mapping[str, np.ndarray],
                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, dict[str, float]]:
-    """``{region: {metric: value}}`` for WT, TC, ET given boolean region masks."""
-    return {r: region_metrics(pred_regions[r], gt_regions[r], spacing) for r in REGIONS}
+    """``{region: {metric: value}}`` for every region of ``gt_regions`` (WT, TC,
+    ET, and RC for the 2024 post-treatment labels) given boolean region masks; a
+    region the prediction lacks (OM-Net predicts no resection cavity) is empty."""
+    out = {}
+    for r in ALL_REGIONS:
+        if r in gt_regions:
+            pred = pred_regions.get(r)
+            out[r] = region_metrics(np.zeros(np.shape(gt_regions[r]), bool) if pred is None else pred,
+                                    gt_regions[r], spacing)
+    return out
 
 
 def case_metrics_internal(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)):
@@ -97,16 +105,19 @@ def case_metrics_internal(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[fl
     return case_metrics(internal_regions(pred), internal_regions(gt), spacing)
 
 
-def summarize(rows: Sequence[Mapping]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(rows: Sequence[Mapping], metrics: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Mean, median, standard deviation (population) and count per region and
-    metric of long-form rows (``region`` plus the metric columns)."""
+    metric of long-form rows (``case``, ``region`` plus the metric columns);
+    ``metrics`` defaults to every column of the first row but those two."""
+    if metrics is None:
+        metrics = [k for k in (rows[0] if rows else METRICS) if k not in ("case", "region")]
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for region in REGIONS:
+    for region in ALL_REGIONS:
         chosen = [row for row in rows if row["region"] == region]
         if not chosen:
             continue
         summary[region] = {}
-        for metric in METRICS:
+        for metric in metrics:
             values = np.array([float(row[metric]) for row in chosen], dtype=np.float64)
             summary[region][metric] = {
                 "mean": float(values.mean()), "median": float(np.median(values)),

@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     # data and metrics: no model code
     "omkit.data": FOUNDATION,
     "omkit.metrics": FOUNDATION,
-    "omkit.evaluation": FOUNDATION | {"omkit.data", "omkit.metrics"},
+    "omkit.lesionwise": FOUNDATION | {"omkit.metrics"},
+    "omkit.evaluation": FOUNDATION | {"omkit.data", "omkit.metrics", "omkit.lesionwise"},
     "omkit.viz": FOUNDATION,
     "omkit.models": FOUNDATION | {"omkit.factory", "omkit.functional", "omkit.ops"},
     "omkit.checkpoint": FOUNDATION | {"omkit.models", "omkit.factory"},

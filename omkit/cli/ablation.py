@@ -24,7 +24,7 @@ def add_arguments(parser):
                         help=f"hold-out protocol: cases held out (default {PAPER_VAL_CASES}, the paper's)")
     parser.add_argument("--ensemble", type=int, default=None, metavar="K",
                         help="also the OM-Net + CGA* row: K fold models of omnet_cga, probabilities averaged")
-    parser.add_argument("--label-convention", choices=["2018", "2023"], default=None)
+    parser.add_argument("--label-convention", choices=["2018", "2023", "2024"], default=None)
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help=f"named training settings the options below override: {', '.join(RECIPES)} (default paper)")
     add_device_argument(parser)

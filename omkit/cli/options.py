@@ -167,8 +167,9 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
     ("optimiser", "lr_gamma", {"type": float}, "learning-rate decay factor"),
     ("data", "folds", {"type": int}, "split the cases into K folds (with --fold)"),
     ("data", "fold", {"type": int}, "train on every fold but this one (0-based)"),
-    ("data", "label_convention", {"choices": ("2018", "2023")},
-     "label values of the seg files (default: from the file naming)"),
+    ("data", "label_convention", {"choices": ("2018", "2023", "2024")},
+     "label values of the seg files: 2018, 2023, or 2024 post-treatment (4 = resection cavity, read as normal "
+     "brain) (default: from the file naming; 2024 when a 2023-named seg holds 3 and 4)"),
     ("data", "skip_bad_cases", {"action": "store_true", "default": None},
      "warn about and leave out cases that fail validation instead of stopping"),
     ("data", "cache_dir", {}, "preprocessed-case cache (default $OMKIT_CACHE_DIR or ~/.cache/omkit/preprocessed)"),

@@ -27,9 +27,9 @@ def add_arguments(parser):
                         help="model file (RUN/model.pt); repeat for an ensemble (probabilities are averaged)")
     parser.add_argument("--expect-preset", metavar="PRESET", help="refuse model files that do not hold this preset")
     add_device_argument(parser)
-    parser.add_argument("--label-convention", choices=("2018", "2023"),
-                        help="labels of the written maps: 2018 (4 = enhancing) or 2023 (3 = enhancing); "
-                             "default: the convention of the input's file naming")
+    parser.add_argument("--label-convention", choices=("2018", "2023", "2024"),
+                        help="labels of the written maps: 2018 (4 = enhancing) or 2023/2024 (3 = enhancing; "
+                             "no resection cavity is predicted); default: the convention of the input's file naming")
     parser.add_argument("--save-probabilities", action="store_true", help="also write OUT/<case-id>_probabilities.npz")
     parser.add_argument("--overlay", action="store_true",
                         help="also write OUT/<case-id>_overlay.png (FLAIR, ground truth when present, prediction)")

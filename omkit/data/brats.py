@@ -6,7 +6,8 @@ Two file namings are understood; each implies a label convention
 * 2018-2021: ``<id>_flair``, ``<id>_t1``, ``<id>_t1ce``, ``<id>_t2``, ``<id>_seg``
   (labels 1 NCR/NET, 2 edema, 4 enhancing);
 * 2023+: ``<id>-t2f``, ``<id>-t1n``, ``<id>-t1c``, ``<id>-t2w``, ``<id>-seg``
-  (labels 1 NCR, 2 edema, 3 enhancing);
+  (labels 1 NCR, 2 edema, 3 enhancing; a ``seg`` that holds both 3 and 4 has
+  the 2024 post-treatment labels 1 NETC, 2 SNFH, 3 ET, 4 resection cavity);
 
 each as ``.nii`` or ``.nii.gz``. Arrays are returned in omkit's axis order
 ``(D, H, W)`` = NIfTI ``(Z, X, Y)`` (see docs/ARCHITECTURE.md).
@@ -24,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from omkit.labels import get_convention
+from omkit.labels import convention_of, get_convention
 
 MODALITIES = ("flair", "t1", "t1c", "t2")  # channel order inside omkit
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -188,8 +189,9 @@ def load_case(
 ) -> Case:
     """Read and validate one case folder.
 
-    ``label_convention`` ("2018"/"2023") overrides the convention implied by
-    the file naming; ``naming`` overrides the detected naming. Checks: four
+    ``label_convention`` ("2018"/"2023"/"2024") overrides the convention
+    implied by the file naming and the label values (``omkit.labels.convention_of``);
+    ``naming`` overrides the detected naming. Checks: four
     modalities (and the label when ``with_label``) present, 3-D, one shape,
     affines equal within ``affine_tolerance``, finite intensities, a non-empty
     brain, label values inside the convention. Raises :class:`CaseError`.
@@ -236,10 +238,12 @@ def load_case(
     label = None
     if with_label:
         seg = to_omkit_axes(np.asarray(seg).astype(np.int64))
+        if label_convention is None:
+            convention = convention_of(naming, seg)
         try:
             label = np.ascontiguousarray(convention.to_internal(seg, brain_mask=brain))
         except ValueError as exc:
-            raise CaseError(f"{paths['seg']}: {exc} (override with label convention '2018' or '2023')") from None
+            raise CaseError(f"{paths['seg']}: {exc} (override with label convention '2018', '2023' or '2024')") from None
     zooms = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
     spacing = (zooms[2], zooms[0], zooms[1])
     return Case(
