@@ -84,6 +84,26 @@ def postprocess_steps(args) -> list:
     return [] if args.no_postprocess else build_postprocessors(disable=args.disable_step)
 
 
+# -- test-time mirroring ------------------------------------------------------------------
+
+def add_tta_argument(parser) -> None:
+    """``--tta [AXES]``: test-time mirroring (:mod:`omkit.inference.tta`)."""
+    parser.add_argument("--tta", nargs="?", const="all", default=None, metavar="AXES",
+                        help="test-time mirroring: average the probabilities of every flip of each tile along AXES "
+                             "(D,H,W; alone: all three, 8 flips, about 8 times the network time); default: none")
+
+
+def tta_setting(args):
+    """The ``tta`` of :class:`omkit.inference.SegmentationPredictor` that ``--tta`` gives."""
+    from omkit.inference import mirror_flips
+
+    try:
+        mirror_flips(args.tta)
+    except ValueError as exc:
+        raise CLIError(f"--tta: {exc}") from None
+    return args.tta
+
+
 # -- inference tiles ----------------------------------------------------------------------
 
 def add_tile_arguments(parser, roi_dilation: bool = True, **defaults) -> None:

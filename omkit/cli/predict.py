@@ -5,6 +5,7 @@ Examples::
     omkit predict -i BraTS2018/Brats18_CBICA_ABM_1 -o preds/ -m runs/cga/model.pt
     omkit predict -i BraTS2018/ -o preds/ -m fold0/model.pt -m fold1/model.pt --overlay
     torchrun --nproc_per_node=2 -m omkit predict -i BraTS2018/ -o preds/ -m runs/cga/model.pt --device cuda
+    omkit predict -i BraTS2018/ -o preds/ -m runs/cga/model.pt --tta          # test-time mirroring, 8 flips
 
 Writes ``OUT/<case-id>.nii.gz`` (uint8 labels in the chosen BraTS convention,
 the input's affine and header), and on request ``OUT/<case-id>_probabilities.npz``
@@ -17,7 +18,8 @@ import os
 from pathlib import Path
 
 from omkit.cli import CLIError
-from omkit.cli.options import add_device_argument, add_postprocess_arguments, add_tile_arguments, postprocess_steps, tile_settings
+from omkit.cli.options import (add_device_argument, add_postprocess_arguments, add_tile_arguments, add_tta_argument,
+                               postprocess_steps, tile_settings, tta_setting)
 
 
 def add_arguments(parser):
@@ -37,6 +39,7 @@ def add_arguments(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_postprocess_arguments(parser)
     add_tile_arguments(parser)
+    add_tta_argument(parser)
 
 
 def shard(items: list, rank: int | None = None, world: int | None = None) -> list:
@@ -68,6 +71,7 @@ def run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"{out_dir}: exists and is not a folder")
     tiles = tile_settings(args)
+    tta = tta_setting(args)
     cases = shard(find_cases(args.input))
     wanted = ["labels"] + (["probabilities"] if args.save_probabilities else []) + (["overlay"] if args.overlay else [])
     jobs = []
@@ -81,7 +85,7 @@ def run(args) -> int:
     steps = postprocess_steps(args)
     device = resolve_device(args.device)
     predictor = SegmentationPredictor.from_files(args.model, device=device, expect_preset=args.expect_preset,
-                                                 tiles=tiles, roi_dilation=args.roi_dilation)
+                                                 tiles=tiles, roi_dilation=args.roi_dilation, tta=tta)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     for case_dir, paths in progress:

@@ -10,6 +10,9 @@ the MC baseline as a real cascade.
   tiles touching the core that network 2 found.
 * Ensembles average the softmax probabilities of their members per task
   before anything is reduced (the paper's OM-Net + CGA* averages ten).
+* Test-time mirroring (``tta``, :mod:`.tta`): every flip of a tile batch
+  goes through the network as one batch; each copy's logits are flipped back
+  and the softmax is averaged over flips and members before the reduction.
 
 Full-volume float buffers (one channel per class and task) exist only when
 probabilities are asked for.
@@ -32,6 +35,7 @@ from omkit.protocol import PATCH_SIZE, ROI_DILATION, TILE_KEEP
 from .fusion import argmax_labels, core_mask, dilate, fuse, task1_labels
 from .sliding import overlap_tile_inference, tiles_touching
 from .tiling import check_geometry, keep_centre, tile_origins
+from .tta import mirror_flips, mirrored_centre
 
 
 class Prediction(NamedTuple):
@@ -81,7 +85,10 @@ class SegmentationPredictor:
     ``models``: one model or an ensemble of the same architecture (all OM-Net
     like, or all MC with the same number of tasks). ``sw_device``: where the
     networks run (default: where the first model's parameters are);
-    ``device``: where stitched maps live (default: ``sw_device``).
+    ``device``: where stitched maps live (default: ``sw_device``); ``tta``:
+    test-time mirroring (:func:`omkit.inference.tta.mirror_flips`: ``True`` for
+    the 8 flips of D, H, W, ``"H,W"`` for a subset of axes, None for none);
+    ``flips`` is the resolved list.
     """
 
     models: Sequence[nn.Module]
@@ -90,8 +97,10 @@ class SegmentationPredictor:
     sw_device: torch.device | str | None = None
     device: torch.device | str | None = None
     progress: bool = False
+    tta: bool | str | Sequence | None = None
 
     def __post_init__(self):
+        self.flips = mirror_flips(self.tta)
         if isinstance(self.models, nn.Module):
             self.models = [self.models]
         self.models = list(self.models)
@@ -129,7 +138,12 @@ class SegmentationPredictor:
     def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int],
                             centre: tuple[slice, ...] | None = None) -> list[Tensor]:
         """Ensemble-mean softmax of the given tasks for one batch of tiles, of
-        only the tiles' ``centre`` (spatial slices) when given."""
+        only the tiles' ``centre`` (spatial slices) when given; with mirroring,
+        also the mean over the flips, all flipped copies in one network call."""
+        flips, count = self.flips, batch.shape[0]
+        if len(flips) > 1:
+            batch = torch.cat([batch.flip([a + 2 for a in flip]) if flip else batch for flip in flips])
+        size = tuple(batch.shape[2:])
         sums: list[Tensor | None] = [None] * len(tasks)
         for model in self.models:
             if self.kind == "cascade":
@@ -138,11 +152,15 @@ class SegmentationPredictor:
                 outputs = model(batch)
                 logits = [outputs[t] for t in tasks]
             for i, lg in enumerate(logits):
-                if centre is not None:
-                    lg = lg[(slice(None), slice(None)) + centre]
-                p = torch.softmax(lg.float(), dim=1)
-                sums[i] = p if sums[i] is None else sums[i] + p
-        return [s / len(self.models) for s in sums]
+                for k, flip in enumerate(flips):
+                    part = lg[k * count:(k + 1) * count] if len(flips) > 1 else lg
+                    if centre is not None:  # the centre's mirror image, flipped back below
+                        part = part[(slice(None), slice(None)) + mirrored_centre(centre, size, flip)]
+                    if flip:
+                        part = part.flip([a + 2 for a in flip])
+                    p = torch.softmax(part.float(), dim=1)
+                    sums[i] = p if sums[i] is None else sums[i] + p
+        return [s / (len(self.models) * len(flips)) for s in sums]
 
     def _run(self, image: Tensor, tasks: Sequence[int], reduce, out_channels: int, out_dtype,
              mask: Tensor, tile_counts: dict[str, int]) -> Tensor:
