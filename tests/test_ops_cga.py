@@ -15,7 +15,10 @@ pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason=f"compiled op
 
 VARIANTS = OF.CGA_VARIANTS
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops._library.STATE.kernels.get("cga_pool", ()) else [])
-# (rtol, atol) per dtype: float32 sums of up to a few hundred products, half types on CUDA only.
+# Half types the kernels take on each device (the manifest's dtypes): bfloat16 on a CPU, both on CUDA.
+HALF_CASES = [(device, dtype) for device in DEVICES for dtype in (torch.float16, torch.bfloat16)
+              if str(dtype).removeprefix("torch.") in ops.manifest.CGA_DTYPES[device]]
+# (rtol, atol) per dtype: float32 sums of up to a few hundred products; half types accumulated in float32.
 TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5), torch.float16: (2e-2, 2e-2), torch.bfloat16: (5e-2, 5e-2)}
 
 
@@ -241,17 +244,29 @@ def test_wrong_dtypes_raise():
     features, guidance, params = make_inputs(2, 3, 2, (2, 3, 4))
     with pytest.raises(TypeError, match="floating point"):
         torch.ops.omkit.cga_pool(features.long(), guidance, 1e-12)
-    with pytest.raises(TypeError, match="float32 and float64"):
+    with pytest.raises(TypeError, match="float32, float64 and bfloat16, got Half"):
         torch.ops.omkit.cga_pool(features.half(), guidance, 1e-12)
     m, _ = torch.ops.omkit.cga_pool(features, guidance, 1e-12)
     with pytest.raises(TypeError, match="w_pos has dtype"):
         torch.ops.omkit.cga_recalibrate(features, guidance, m, *dict(params, w_pos=params["w_pos"].float()).values(), "full")
 
 
-def test_half_on_cpu_uses_reference_through_public_api():
-    features, guidance, params = make_inputs(1, 3, 2, (2, 2, 2), dtype=torch.bfloat16)
-    out = OF.cga(features, guidance, **params)
-    assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 2, 2, 2)
+def test_float16_on_cpu_falls_back_to_the_reference_visibly(monkeypatch):
+    """The CPU kernels take bfloat16 but not float16: the public API runs the reference,
+    warns once for that op, device and dtype, and lists the fallback (omkit info)."""
+    monkeypatch.setattr(ops._library.STATE, "warned", set())
+    monkeypatch.setattr(ops._library.STATE, "fallbacks", set())
+    features, guidance, params = make_inputs(1, 3, 2, (2, 2, 2), dtype=torch.float16)
+    with pytest.warns(RuntimeWarning, match="cga kernel for cpu does not take float16"):
+        with ops.record_dispatch() as calls:
+            out = OF.cga(features, guidance, **params)
+    assert out.dtype == torch.float16 and out.shape == (1, 2, 2, 2, 2)
+    assert [c.path for c in calls] == ["reference"]
+    assert ("cga", "cpu", "float16") in ops.fallbacks()
+    bf16 = make_inputs(1, 3, 2, (2, 2, 2), dtype=torch.bfloat16)
+    with ops.record_dispatch() as calls:
+        OF.cga(bf16[0], bf16[1], **bf16[2])
+    assert [c.path for c in calls] == ["kernel"]
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device and the CUDA kernels")
@@ -261,17 +276,29 @@ def test_wrong_device_raises():
         torch.ops.omkit.cga_pool(features, guidance.cpu(), 1e-12)
 
 
-@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device and the CUDA kernels")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("device,dtype", HALF_CASES, ids=lambda v: str(v).removeprefix("torch."))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_cuda_half_types_match_float64_reference(dtype, variant):
-    features, guidance, params = make_inputs(2, 33, 5, (3, 17, 9), dtype=dtype, device="cuda", requires_grad=True)
-    out = OF.cga(features, guidance, **params, variant=variant)
-    to64 = {k: (v.detach().double() if v is not None else None) for k, v in params.items()}
-    ref = OF.cga_reference(features.detach().double(), guidance.double(), **to64, variant=variant)
+def test_half_types_match_float64_reference(device, dtype, variant):
+    """Half-precision inputs (bfloat16 on a CPU; float16 and bfloat16 on CUDA), accumulated
+    in float32: values and every gradient within the dtype's tolerance of the float64
+    reference evaluated on the same (rounded) inputs."""
+    features, guidance, params = make_inputs(2, 33, 5, (3, 17, 9), dtype=dtype, device=device, requires_grad=True)
+    with ops.record_dispatch() as calls:
+        out = OF.cga(features, guidance, **params, variant=variant)
+    assert out.dtype == dtype and [c.path for c in calls] == ["kernel"]
+    names = [n for n in params if params[n] is not None and
+             not ((variant == "pos" and n.endswith("neg")) or (variant == "neg" and n.endswith("pos")))]
+    leaves64 = {n: params[n].detach().double().requires_grad_(True) for n in params}
+    features64 = features.detach().double().requires_grad_(True)
+    ref = OF.cga_reference(features64, guidance.double(), **leaves64, variant=variant)
     assert_close(out.double(), ref, dtype)
-    out.float().sum().backward()
-    assert torch.isfinite(features.grad).all()
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device)
+    got = torch.autograd.grad(out, [features] + [params[n] for n in names], grad_out.to(dtype))
+    want = torch.autograd.grad(ref, [features64] + [leaves64[n] for n in names], grad_out.to(dtype).double())
+    for name, g, w in zip(["features"] + names, got, want):
+        assert g.dtype == dtype, name
+        scale = w.abs().max().clamp_min(1.0)  # half-type tolerances relative to the gradient's magnitude
+        assert_close(g.double() / scale, w / scale, dtype)
 
 
 # ---- torch.compile ---------------------------------------------------------------------------

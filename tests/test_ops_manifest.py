@@ -8,6 +8,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def test_manifest_is_consistent():
     for op in manifest.OPS:
         assert set(op.dtypes) == set(manifest.KERNEL_BACKENDS), op.name
         assert op.inplace == op.schema.endswith("_"), op.name  # torch's naming of in-place ops
+        assert op.autocast in manifest.AUTOCAST_POLICIES, op.name
         if op.backward_of is not None:
             assert not op.functions and op.reference is None and not op.trains, op.name
             assert manifest.op(op.backward_of).trains, op.name
@@ -170,7 +172,8 @@ def test_cpu_kernels_take_the_manifest_dtypes(op, dtype):
     else:
         with pytest.raises(TypeError, match="the CPU kernel supports"):
             getattr(torch.ops.omkit, op.schema)(*args)
-    with ops.use_backend("auto"):
+    with ops.use_backend("auto"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's one-time warning (tests/test_ops_cga.py checks it)
         assert _library.use_kernel(op.name, args[0]) == takes
 
 

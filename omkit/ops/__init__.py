@@ -20,7 +20,11 @@ compiled op when the extension is loaded and has a kernel for the first
 argument's device and dtype, else its pure-PyTorch reference in
 :mod:`omkit.ops.reference` (warning once); ``OMKIT_OPS_BACKEND=auto|kernel|reference``
 or :func:`set_backend` / :func:`use_backend` force either. :func:`backend_report`
-tells which one each op uses (``omkit info``).
+tells which one each op uses (``omkit info``), :func:`record_dispatch` which one
+each call took, :func:`fallbacks` which calls ran the reference for want of a
+kernel for their dtype. Every op has an autocast rule (``omkit.ops._autocast``):
+inside ``torch.autocast`` its floating-point inputs are cast to the autocast dtype
+and the kernels accumulate in float32.
 """
 from __future__ import annotations
 
@@ -28,14 +32,14 @@ from torch import Tensor
 
 import omkit.ops.manifest as manifest
 import omkit.ops.reference as reference
-from omkit.ops._library import BACKENDS, backend_report, call, extension_loaded, get_backend, load_error
-from omkit.ops._library import set_backend, use_backend
+from omkit.ops._library import BACKENDS, backend_report, call, extension_loaded, fallbacks, get_backend, load_error
+from omkit.ops._library import record_dispatch, set_backend, use_backend
 from omkit.ops.reference import CGA_VARIANTS, DEFAULT_EPS, check_cga_inputs, check_variant
 
 __all__ = [
     "BACKENDS", "CGA_VARIANTS", "DEFAULT_EPS", "backend_report", "category_importance", "cga", "cga_pool",
-    "cga_recalibrate", "extension_loaded", "gather_tiles", "get_backend", "load_error", "manifest", "reference",
-    "set_backend", "stitch_tiles", "stitch_tiles_argmax", "use_backend",
+    "cga_recalibrate", "extension_loaded", "fallbacks", "gather_tiles", "get_backend", "load_error", "manifest",
+    "record_dispatch", "reference", "set_backend", "stitch_tiles", "stitch_tiles_argmax", "use_backend",
 ]
 
 

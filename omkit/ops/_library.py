@@ -7,23 +7,29 @@ Backends (``OMKIT_OPS_BACKEND`` environment variable, or :func:`set_backend` /
 
 * ``auto`` (default): the compiled kernel when the extension is loaded and has
   one for the first argument's device and dtype (``omkit.ops.manifest``), else
-  the reference (with one warning per reason, so a missing build is visible but
-  not noisy; an unsupported dtype, e.g. bfloat16 on CPU, falls back silently);
+  the reference, with one warning per reason (a missing build once; a dtype the
+  kernel does not take, e.g. float16 on a CPU, once per op, device and dtype), so
+  a fallback is visible but not noisy; :func:`fallbacks` lists them;
 * ``kernel``: always the compiled op; a missing extension or kernel is an error
   (what benchmarks and kernel tests want);
 * ``reference``: always the pure-PyTorch reference (``omkit.ops.reference``).
+
+Inside ``torch.autocast`` every call first applies the op's autocast rule
+(``omkit.ops._autocast``), so the dtype that decides is the one the kernel would
+get. :func:`record_dispatch` records each decision (op, device, dtype, kernel or
+reference): what tests assert to know which path ran.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
 import omkit.ops.reference as reference
-from omkit.ops.manifest import KERNEL_BACKENDS, OPS
+from omkit.ops.manifest import BY_NAME, KERNEL_BACKENDS, OPS
 
 BACKENDS = ("auto", "kernel", "reference")
 ENV_VAR = "OMKIT_OPS_BACKEND"
@@ -54,6 +60,9 @@ class _State:
     # computed once at load so the per-call decision is dict lookups that torch.compile can trace.
     kernels: dict = {}
     ops: dict = {}
+    autocast = None  # omkit.ops._autocast once the library is loaded
+    fallbacks: set = set()  # (op, device type, dtype name) that ran the reference for want of a kernel
+    recorders: list = []  # lists that record_dispatch() is filling
 
 
 STATE = _State()
@@ -76,6 +85,9 @@ def _load() -> None:
         )
         STATE.ops[op.name] = getattr(torch.ops.omkit, op.schema)
     import omkit.ops._meta  # noqa: F401  fake kernels and autograd formulas (needs the library loaded)
+    import omkit.ops._autocast as autocast  # the autocast rules (needs the library loaded)
+
+    STATE.autocast = autocast
 
 
 def extension_loaded() -> bool:
@@ -128,10 +140,14 @@ def kernel_takes(op: str, device_type: str, dtype: torch.dtype) -> bool:
 
 
 def _warn_once(key: str, message: str) -> None:
-    if key not in STATE.warned:
+    if key not in STATE.warned and not torch.compiler.is_compiling():
         STATE.warned.add(key)
         # 1 this function, 2 use_kernel, 3 call, 4 the public function, 5 its caller
         warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def use_kernel(op: str, tensor: torch.Tensor) -> bool:
@@ -154,15 +170,70 @@ def use_kernel(op: str, tensor: torch.Tensor) -> bool:
         _warn_once(f"{op}:{device_type}", f"omkit: no compiled {op} kernel for {device_type} tensors in this "
                                           "build; running the pure-PyTorch reference")
         return False
-    # e.g. bfloat16 on CPU: the reference handles it, silently
-    return kernel_takes(op, device_type, tensor.dtype)
+    if kernel_takes(op, device_type, tensor.dtype):
+        return True
+    # e.g. float16 on a CPU: the reference handles it, more slowly; say so once
+    name = _dtype_name(tensor.dtype)
+    if not torch.compiler.is_compiling():
+        STATE.fallbacks.add((op, device_type, name))
+    _warn_once(f"{op}:{device_type}:{name}", f"omkit: the compiled {op} kernel for {device_type} does not take "
+                                             f"{name}; running the pure-PyTorch reference (slower)")
+    return False
+
+
+class Dispatch(NamedTuple):
+    """One decision of :func:`call`: the op, the first argument's device type and dtype
+    (after the autocast rule), and ``"kernel"`` or ``"reference"``."""
+
+    op: str
+    device: str
+    dtype: str
+    path: str
+
+
+@contextlib.contextmanager
+def record_dispatch() -> Iterator[list]:
+    """``with record_dispatch() as calls: ...``: ``calls`` receives a :class:`Dispatch`
+    for every :func:`call` made inside the block (eagerly; not while torch.compile traces)."""
+    calls: list = []
+    STATE.recorders.append(calls)
+    try:
+        yield calls
+    finally:
+        STATE.recorders.remove(calls)
+
+
+def fallbacks() -> list[tuple[str, str, str]]:
+    """(op, device type, dtype) of every call in this process that ran the reference
+    because the kernel does not take the dtype."""
+    return sorted(STATE.fallbacks)
+
+
+def autocast_args(op: str, args: tuple) -> tuple:
+    """``args`` as op ``op``'s autocast rule passes them on, when ``torch.autocast`` is on
+    for the first argument's device (unchanged otherwise)."""
+    if STATE.autocast is None or not isinstance(args[0], torch.Tensor):
+        return args
+    device_type = args[0].device.type
+    dtype = STATE.autocast.autocast_dtype(device_type)
+    if dtype is None:
+        return args
+    return STATE.autocast.cast_args(BY_NAME[op], device_type, dtype, args)
 
 
 def call(op: str, *args):
     """Run op ``op`` (its public name in the manifest) on its schema's arguments: the
     compiled kernel when :func:`use_kernel` says so for the first argument, else the
-    op's reference. Returns the op's outputs (None for the in-place tile kernels)."""
-    if use_kernel(op, args[0]):
+    op's reference. Inside ``torch.autocast`` the op's autocast rule is applied first.
+    Returns the op's outputs (None for the in-place tile kernels)."""
+    args = autocast_args(op, args)
+    kernel = use_kernel(op, args[0])
+    if STATE.recorders and not torch.compiler.is_compiling():
+        first = args[0]
+        decision = Dispatch(op, first.device.type, _dtype_name(first.dtype), "kernel" if kernel else "reference")
+        for calls in STATE.recorders:
+            calls.append(decision)
+    if kernel:
         return STATE.ops[op](*args)
     return _REFERENCES[op](*args)
 

@@ -23,7 +23,12 @@ Per op:
 * ``inplace``: the op writes into its first argument;
 * ``dtypes``: per kernel backend (a device type of ``KERNEL_BACKENDS``), the dtypes
   of the first argument its kernel takes, or None for any dtype; a call with
-  another dtype runs the reference (``OMKIT_OPS_BACKEND=auto``).
+  another dtype runs the reference (``OMKIT_OPS_BACKEND=auto``), with a warning
+  once per op, device and dtype;
+* ``autocast``: how the op casts its arguments inside ``torch.autocast``, one of
+  ``AUTOCAST_POLICIES`` (``omkit.ops._autocast`` registers the rule at the
+  ``AutocastCPU`` and ``AutocastCUDA`` keys, and ``_library.call`` applies the same
+  rule before it chooses between kernel and reference).
 
 The first argument of every op is a tensor, and its device and dtype choose
 between kernel and reference.
@@ -36,13 +41,23 @@ from typing import Mapping, NamedTuple
 # (OMKIT_REGISTER_BACKEND(<key>, <namespace>) in csrc/<device type>/register.cpp).
 KERNEL_BACKENDS: Mapping[str, str] = {"cpu": "CPU", "cuda": "CUDA"}
 
-# The CGA passes are written for these feature dtypes (csrc/<backend>/cga_kernel.*, kCgaDtypes).
+# The CGA passes are written for these feature dtypes (csrc/<backend>/cga_kernel.*, kCgaDtypes);
+# half types are accumulated in float32 (bfloat16 is what torch.autocast gives on a CPU).
 CGA_DTYPES: Mapping[str, tuple[str, ...] | None] = {
-    "cpu": ("float32", "float64"),
+    "cpu": ("float32", "float64", "bfloat16"),
     "cuda": ("float32", "float64", "float16", "bfloat16"),
 }
 # The tile kernels move raw elements (1, 2, 4 or 8 bytes): any dtype.
 TILE_DTYPES: Mapping[str, tuple[str, ...] | None] = {"cpu": None, "cuda": None}
+
+# Autocast rules (torch.autocast on a CPU or a CUDA device):
+# * "lower": every floating-point tensor argument on the autocast device, float64
+#   excepted, is cast to the autocast dtype (float16 / bfloat16), so features that
+#   arrive in half precision meet weights in the same dtype; the kernels accumulate
+#   in float32 and return the autocast dtype (torch's rule for convolutions);
+# * "keep": the arguments pass unchanged (the tile ops move elements of any dtype and
+#   cast the tiles to the output's dtype themselves).
+AUTOCAST_POLICIES: tuple[str, ...] = ("lower", "keep")
 
 
 class Op(NamedTuple):
@@ -54,6 +69,7 @@ class Op(NamedTuple):
     backward_of: str | None = None
     trains: bool = False
     inplace: bool = False
+    autocast: str = "lower"
 
     @property
     def qualname(self) -> str:
@@ -72,10 +88,11 @@ OPS: tuple[Op, ...] = (
     Op("cga_recalibrate", "cga_recalibrate", ("cga_recalibrate",), "cga_recalibrate", CGA_DTYPES, trains=True),
     Op("cga_recalibrate_backward", "cga_recalibrate_backward", (), None, CGA_DTYPES, backward_of="cga_recalibrate"),
     # Overlap-tile inference (contract: omkit.inference.tiling).
-    Op("gather_tiles", "gather_tiles", ("gather_tiles",), "gather_tiles", TILE_DTYPES),
-    Op("stitch_tiles", "stitch_tiles_", ("stitch_tiles",), "stitch_tiles", TILE_DTYPES, inplace=True),
+    Op("gather_tiles", "gather_tiles", ("gather_tiles",), "gather_tiles", TILE_DTYPES, autocast="keep"),
+    Op("stitch_tiles", "stitch_tiles_", ("stitch_tiles",), "stitch_tiles", TILE_DTYPES, inplace=True,
+       autocast="keep"),
     Op("stitch_tiles_argmax", "stitch_tiles_argmax_", ("stitch_tiles_argmax",), "stitch_tiles_argmax", TILE_DTYPES,
-       inplace=True),
+       inplace=True, autocast="keep"),
 )
 
 BY_NAME: Mapping[str, Op] = {op.name: op for op in OPS}
