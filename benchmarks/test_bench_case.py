@@ -14,7 +14,11 @@ Group ``case`` (baseline ``omnet_cga-paper``):
   trained model is given);
 * ``omnet_cga-monai``: the same network and fusion with MONAI's
   ``sliding_window_inference`` cutting and blending the paper's tiles
-  (optional; skipped without MONAI).
+  (optional; skipped without MONAI);
+* ``omnet_cga-tta``: the paper's tiles with test-time mirroring (all 8 flips
+  of D, H, W in one batch per tile block); its speed-up against
+  ``omnet_cga-paper`` is the inverse of TTA's cost ratio, and ``extra_info``
+  has the Dice between its labels and the plain ones.
 
 The case: ``OMKIT_BENCH_CASE`` names a case folder of the sample data (e.g. one
 the trained models held out), else the first one.
@@ -118,7 +122,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> dict:
 _labels_by_variant: dict[str, np.ndarray] = {}
 
 
-@pytest.mark.parametrize("variant", ["omnet_cga-paper", "mc3-paper", "omnet_cga-large", "omnet_cga-monai"])
+@pytest.mark.parametrize("variant", ["omnet_cga-paper", "mc3-paper", "omnet_cga-large", "omnet_cga-monai", "omnet_cga-tta"])
 def test_case_inference(benchmark, device, case, variant):
     preset, tiling = variant.split("-")
     if tiling == "monai":
@@ -130,7 +134,7 @@ def test_case_inference(benchmark, device, case, variant):
     cls = {"monai": MonaiTilingPredictor}.get(tiling, SegmentationPredictor)
     if preset == "mc3" and not trained:
         cls = OracleROICascade
-    predictor = cls([model], tiles=tiles, sw_device=device)
+    predictor = cls([model], tiles=tiles, sw_device=device, tta=tiling == "tta")
     if cls is OracleROICascade:
         predictor.gt_whole_tumor = torch.as_tensor(internal_regions(case.label)["WT"])
     steps = build_postprocessors()
@@ -148,7 +152,7 @@ def test_case_inference(benchmark, device, case, variant):
     benchmark.extra_info.update({
         "case": case.kind, "cropped_shape": list(case.image.shape[1:]), "width": WIDTH, "trained_weights": trained,
         "tiles": result.tiles, "tile_size": list(tiles.size), "stride": list(tiles.stride),
-        "oracle_roi": cls is OracleROICascade,
+        "oracle_roi": cls is OracleROICascade, "tta_flips": len(predictor.flips),
     })
     if trained:
         benchmark.extra_info["dice_vs_ground_truth"] = _dice(labels, case.label)
