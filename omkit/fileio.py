@@ -1,13 +1,38 @@
 """Outputs are written atomically: to a temporary file in the target's folder,
 then renamed over the target, so a crash never leaves a half-written file and
-an existing output is replaced only when asked to (``force``)."""
+an existing output is replaced only when asked to (``force``).
+
+A temporary is named ``.<target name>.<random>.tmp<suffixes>`` (folders:
+``.<target name>.<random>.tmpdir``) and its writer holds an OS lock on it
+(``fcntl.flock``) while writing. The OS drops the lock when the writer dies,
+even by ``kill -9``, so :func:`clean_stale_temporaries` can tell a temporary
+stranded by a crash (unlocked: removed) from one being written right now by
+another process (locked: left alone). Every atomic write first removes the
+stale temporaries of its own target, and commands clean their output folders
+when they start.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
+
+try:  # POSIX; elsewhere temporaries are not locked and only old ones count as stale
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+# tempfile's names: 8 characters of [a-z0-9_]
+_TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?:\..*)?$")
+_TEMP_DIR = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmpdir$")
+DIR_LOCK = ".writer"  # the lock file inside a temporary folder
+# a temporary whose writer cannot be asked (no lock file yet, or no flock) is stale only when this old
+UNLOCKED_GRACE_S = 60.0
 
 
 class OutputExistsError(FileExistsError):
@@ -21,6 +46,90 @@ def _current_umask() -> int:
     return mask
 
 
+def _lock(fd: int) -> bool | None:
+    """flock ``fd`` exclusively without waiting: True when locked, False when
+    another process holds it, None where the system or file system has no flock."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # e.g. a file system without locks
+        return None
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _locked_temporary(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new temporary file, locked by this process (retried in the rare case a
+    cleaner removed it between its creation and the lock)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        _lock(fd)
+        if _same_file(fd, Path(tmp)):
+            return fd, Path(tmp)
+        os.close(fd)
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether a live process holds the writer lock of temporary ``path`` (a
+    file, or a folder with its :data:`DIR_LOCK`)."""
+    lock_path = path / DIR_LOCK if path.is_dir() else path
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:  # a folder whose writer has not made its lock yet, or one from an old omkit
+        try:
+            return time.time() - path.stat().st_mtime < UNLOCKED_GRACE_S
+        except FileNotFoundError:
+            return True  # gone already
+    try:
+        locked = _lock(fd)
+        if locked is None:  # no locks here: only an old temporary is stale
+            return time.time() - os.fstat(fd).st_mtime < UNLOCKED_GRACE_S
+        if not locked:
+            return True
+        return not _same_file(fd, lock_path)  # replaced meanwhile: let its new writer be
+    finally:
+        os.close(fd)  # releases the probe's lock
+
+
+def is_temporary(name: str, target: str | None = None) -> bool:
+    """Whether ``name`` is an omkit temporary (of ``target``'s name, when given)."""
+    match = _TEMP_FILE.match(name) or _TEMP_DIR.match(name)
+    return bool(match) and (target is None or match.group("target") == target)
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
+    """Remove the temporaries in ``folder`` (of ``target``'s name only, when
+    given) that no live process is writing; returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or not is_temporary(entry.name, target):
+            continue
+        path = Path(entry.path)
+        if _writer_alive(path):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it to
@@ -28,25 +137,53 @@ def atomic_path(target: str | os.PathLike, force: bool = True) -> Iterator[Path]
     an :class:`OutputExistsError` (raised before anything is written).
 
     The temporary name keeps the target's suffixes (``.nii.gz``, ``.png``) so
-    writers that infer the format from the name still work.
+    writers that infer the format from the name still work. Stale temporaries
+    of the same target (left by a killed writer) are removed first.
     """
     target = Path(target)
     if not force and target.exists():
         raise OutputExistsError(None, None, str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(target.parent, target.name)
     suffix = "".join(target.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); outputs get the usual permissions
-    os.chmod(tmp, 0o666 & ~_current_umask())
-    tmp_path = Path(tmp)
+    fd, tmp_path = _locked_temporary(target.parent, f".{target.name}.", f".tmp{suffix}")
     try:
+        # mkstemp makes the file private (0600); outputs get the usual permissions
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         yield tmp_path
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+    finally:
+        os.close(fd)  # and with it the writer lock
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target`` to fill; on success rename
+    it to ``target`` (when another writer got there first, theirs is kept and
+    ours dropped); on error remove it. Its writer lock is the file
+    :data:`DIR_LOCK` inside, removed before the rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmpdir", dir=target.parent))
+    fd = os.open(tmp / DIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _lock(fd)
+        yield tmp
+        os.unlink(tmp / DIR_LOCK)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.exists():  # not a concurrent writer's success
+                raise
+    finally:
+        os.close(fd)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(target: str | os.PathLike, text: str, force: bool = True) -> Path:
