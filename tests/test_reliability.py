@@ -4,14 +4,18 @@ corrupt cache entries are rebuilt, run folders are locked and replaced only
 when omkit made them, bad cases and bad numbers are one-line errors."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from omkit.fileio import atomic_path, atomic_write_text, clean_stale_temporaries, is_temporary
@@ -73,3 +77,107 @@ def test_an_atomic_write_removes_the_stale_temporaries_of_its_target(tmp_path):
         tmp.write_bytes(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.pt.abcd1234.tmp.pt", "last.pt"]
     assert not is_temporary("notes.txt") and not is_temporary(".hidden")
+
+
+# -- the preprocessed-case cache: checked on every read, rebuilt when corrupt, never runs code ---
+
+class _Evil:
+    """Unpickling this runs ``touch <flag>``: a crafted file must never get that far."""
+
+    def __init__(self, flag: Path):
+        self.flag = flag
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.flag}",))
+
+
+@pytest.fixture(scope="module")
+def case_dirs(tmp_path_factory):
+    from omkit.data.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("cases") / "data", num_cases=3, shape=(16, 32, 32), seed=10)
+
+
+def _cached(tmp_path, case_dir):
+    from omkit.data import PreprocessedCache
+
+    cache = PreprocessedCache(tmp_path / "cache")
+    first = cache.load(case_dir)
+    return cache, cache.entry_dir(case_dir), np.array(first.image)
+
+
+def _flip_byte(path: Path, offset: int = -5) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "pickle", "meta", "header_class", "missing"])
+def test_a_corrupt_cache_entry_is_named_and_rebuilt(tmp_path, case_dirs, damage):
+    from omkit.data import PreprocessedCache
+
+    cache, entry, image = _cached(tmp_path, case_dirs[0])
+    flag = tmp_path / "ran"
+    target = entry / "image.npy"
+    if damage == "truncate":  # was: "mmap length is greater than file size", no file named, every run
+        target.write_bytes(target.read_bytes()[:1000])
+    elif damage == "flip":  # the size is right; only the checksum can tell
+        _flip_byte(target)
+    elif damage == "pickle":
+        np.save(target, np.array([_Evil(flag)], dtype=object), allow_pickle=True)
+    elif damage == "meta":
+        target = entry / "meta.json"
+        target.write_text("{not json")
+    elif damage == "header_class":  # was: any attribute of nibabel called with the header bytes
+        target = entry / "meta.json"
+        meta = json.loads(target.read_text())
+        target.write_text(json.dumps({**meta, "header_class": "load"}))
+    elif damage == "missing":
+        (entry / "brain_mask.npy").unlink()
+        target = entry / "brain_mask.npy"
+    with pytest.warns(UserWarning, match=rf"corrupt cache entry .*{re.escape(target.name)}.*rebuilding"):
+        again = PreprocessedCache(tmp_path / "cache").load(case_dirs[0])
+    np.testing.assert_array_equal(again.image, image)
+    assert not flag.exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # rebuilt in place, no leftovers
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PreprocessedCache(tmp_path / "cache").load(case_dirs[0])  # healthy again
+
+
+def test_a_corrupt_derived_array_is_computed_again(tmp_path, case_dirs):
+    cache, entry, _ = _cached(tmp_path, case_dirs[0])
+    calls = []
+    make = lambda: calls.append(1) or np.arange(50)  # noqa: E731
+    cache.derived(case_dirs[0], "region-x", make)
+    _flip_byte(entry / "region-x.npy")
+    with pytest.warns(UserWarning, match=r"corrupt cached array .*region-x\.npy"):
+        np.testing.assert_array_equal(cache.derived(case_dirs[0], "region-x", make), np.arange(50))
+    np.save(entry / "region-x.npy", np.array([_Evil(tmp_path / "ran")], dtype=object), allow_pickle=True)
+    with pytest.warns(UserWarning, match=r"region-x\.npy .*not plain numbers"):
+        np.testing.assert_array_equal(cache.derived(case_dirs[0], "region-x", make), np.arange(50))
+    assert len(calls) == 3 and not (tmp_path / "ran").exists()
+
+
+def test_killed_cache_writer_leaves_nothing_after_the_next_load(tmp_path, case_dirs):
+    """kill -9 in the middle of writing an entry: the temporary folder it
+    strands (was: a hidden folder of the case's size, forever) goes on the next load."""
+    cache_dir = tmp_path / "cache"
+    killed = _python(f"""
+        import os, signal
+        import numpy as np
+        real = np.save
+        def save(path, *a, **kw):
+            real(path, *a, **kw)
+            os.kill(os.getpid(), signal.SIGKILL)
+        np.save = save
+        from omkit.data import PreprocessedCache
+        PreprocessedCache({str(cache_dir)!r}).load({str(case_dirs[0])!r})
+    """)
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert [p.name.endswith(".tmpdir") for p in cache_dir.iterdir()] == [True]
+    from omkit.data import PreprocessedCache
+
+    cache = PreprocessedCache(cache_dir)
+    cache.load(case_dirs[0])
+    assert _hidden(cache_dir) == []
