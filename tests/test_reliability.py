@@ -181,3 +181,145 @@ def test_killed_cache_writer_leaves_nothing_after_the_next_load(tmp_path, case_d
     cache = PreprocessedCache(cache_dir)
     cache.load(case_dirs[0])
     assert _hidden(cache_dir) == []
+
+
+# -- cases: blank modalities, two cases in a folder, hostile NIfTI headers --------------------
+
+def _case_copy(case_dir: Path, root: Path) -> Path:
+    import shutil
+
+    target = root / case_dir.name
+    shutil.copytree(case_dir, target)
+    return target
+
+
+def _rewrite_volume(path: Path, fn) -> None:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(fn(np.asanyarray(img.dataobj)), img.affine), str(path))
+
+
+@pytest.mark.parametrize("blank", ["zero", "constant"])
+def test_a_blank_modality_is_an_error_naming_the_file(tmp_path, case_dirs, blank):
+    from omkit.data import CaseError, load_case
+
+    case = _case_copy(case_dirs[0], tmp_path)
+    t1c = next(case.glob("*_t1ce.nii.gz"))
+    _rewrite_volume(t1c, lambda a: np.zeros_like(a) if blank == "zero" else np.full_like(a, 7))
+    what = "all zero" if blank == "zero" else r"constant \(7\) inside the brain"
+    with pytest.raises(CaseError, match=rf"^{re.escape(str(t1c))}: the T1C modality is {what}"):
+        load_case(case)
+
+
+def test_a_constant_channel_normalises_to_zero():
+    from omkit.data.preprocess import zscore_in_mask
+
+    image = np.stack([np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.full((2, 2, 2), 3.0, np.float32)])
+    mask = np.ones((2, 2, 2), bool)
+    out = zscore_in_mask(image, mask)
+    assert np.isfinite(out).all() and not out[1].any() and abs(out[0].std() - 1) < 1e-6
+    assert not zscore_in_mask(image, np.zeros_like(mask)).any()  # an empty mask: nothing to scale
+
+
+def test_a_folder_holding_two_cases_is_an_error(tmp_path, case_dirs):
+    import shutil
+
+    from omkit.data import CaseError, load_case
+
+    both = tmp_path / "both"
+    both.mkdir()
+    for case in case_dirs[:2]:
+        for f in case.iterdir():
+            shutil.copy(f, both / f.name)
+    with pytest.raises(CaseError, match=r"both: holds 2 complete cases \(Synth18_000, Synth18_001\); put each"):
+        load_case(both)
+
+
+def test_a_broken_ground_truth_is_a_warning_when_it_is_optional(tmp_path, case_dirs):
+    from omkit.data import CaseError, load_case
+
+    case = _case_copy(case_dirs[0], tmp_path)
+    seg = next(case.glob("*_seg.nii.gz"))
+    seg.write_bytes(b"not a nifti")
+    with pytest.raises(CaseError, match=re.escape(str(seg))):
+        load_case(case)
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(seg))}: unreadable NIfTI .*going on without"):
+        loaded = load_case(case, with_label=None)
+    assert loaded.label is None and "seg" not in loaded.paths
+    seg.unlink()
+    assert load_case(case, with_label=None).label is None  # no segmentation: no label, no warning
+
+
+# NIfTI-1 header fields and the values a hostile or corrupt file may hold in them
+_HEADER_FIELDS = ["dim", "pixdim", "datatype", "bitpix", "vox_offset", "scl_slope", "scl_inter", "qform_code",
+                  "sform_code", "srow_x", "srow_z", "quatern_b", "qoffset_x", "sizeof_hdr", "dim_info", "intent_code"]
+
+
+@pytest.fixture(scope="module")
+def nifti_case(tmp_path_factory, case_dirs):
+    """A case with uncompressed files (the header bytes are edited in place)."""
+    import nibabel as nib
+
+    root = tmp_path_factory.mktemp("nifti") / case_dirs[0].name
+    root.mkdir()
+    for f in case_dirs[0].iterdir():
+        img = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine), str(root / f.name.replace(".nii.gz", ".nii")))
+    return root
+
+
+def test_hostile_nifti_headers_are_one_line_case_errors(nifti_case):
+    """Property: whatever a header field holds, ``load_case`` returns a case
+    or raises a :class:`CaseError` naming the file; never another exception,
+    never a read of more voxels than any MRI has."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+    from nibabel.nifti1 import header_dtype
+
+    from omkit.data import CaseError, load_case
+
+    target = next(nifti_case.glob("*_t1.nii"))
+    pristine = target.read_bytes()
+    values = st.one_of(st.integers(-(2**31), 2**31 - 1), st.floats(width=32),
+                       st.sampled_from([0, -1, 1, 2**15 - 1, float("nan"), float("inf"), 1e30]))
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(field=st.sampled_from(_HEADER_FIELDS + ["seg:" + f for f in ("dim", "datatype", "scl_slope")]),
+                      index=st.integers(0, 7), value=values)
+    def check(field, index, value):
+        path = target
+        if field.startswith("seg:"):
+            path, field = next(nifti_case.glob("*_seg.nii")), field[4:]
+        original = path.read_bytes() if path != target else pristine
+        header = np.frombuffer(bytearray(original[:348]), dtype=header_dtype).copy()
+        slot = header[field][0]
+        kind = header_dtype[field].base
+        if kind.kind in "iu":
+            hypothesis.assume(np.isfinite(value) and np.iinfo(kind).min <= value <= np.iinfo(kind).max)
+            value = int(value)
+        with np.errstate(over="ignore"):
+            cast = np.array(value, dtype=kind)
+        if np.ndim(slot):
+            header[field][0][index % len(slot)] = cast
+        else:
+            header[field][0] = cast
+        path.write_bytes(header.tobytes() + original[348:])
+        try:
+            case = load_case(nifti_case)
+        except CaseError as exc:
+            message = str(exc)
+            assert "\n" not in message and message.startswith(str(nifti_case)), message
+            outcomes.append(message.split(": ", 1)[1][:25])
+        else:
+            outcomes.append("loaded")
+            assert case.image.shape[0] == 4 and np.isfinite(case.image).all()
+            assert all(np.isfinite(s) and s > 0 for s in case.spacing)
+        finally:
+            path.write_bytes(original)
+
+    outcomes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel warns about odd headers; the outcome is what is checked
+        check()
+    assert "loaded" in outcomes and len(set(outcomes)) > 3, outcomes  # the fuzzing reaches both outcomes

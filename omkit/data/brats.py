@@ -42,6 +42,10 @@ NAMINGS = {
 # volumes are not co-registered.
 AFFINE_TOLERANCE = 1e-3
 
+# A volume's header may claim any size; refuse before reading more voxels than
+# any MRI has (2**28: 1 GiB as float32; BraTS volumes hold 8.9 M).
+MAX_VOXELS = 2**28
+
 
 class CaseError(ValueError):
     """A case folder that cannot be used; the message is one line naming the file."""
@@ -101,10 +105,8 @@ def _strip_nifti_suffix(name: str) -> str | None:
     return None
 
 
-def detect_naming(case_dir: Path) -> tuple[str, str] | None:
-    """``(naming, case_id)`` of the BraTS files in ``case_dir``, or None when
-    it holds none. The case id is the folder name when files use it, else the
-    common prefix found in the file names."""
+def _candidates(case_dir: Path) -> dict[tuple[str, str], int]:
+    """``{(naming, case id): files of that case}`` for the BraTS file names in ``case_dir``."""
     stems = [s for s in (_strip_nifti_suffix(p.name) for p in case_dir.iterdir() if p.is_file()) if s]
     scores: dict[tuple[str, str], int] = {}
     for naming, (sep, suffixes) in NAMINGS.items():
@@ -114,6 +116,14 @@ def detect_naming(case_dir: Path) -> tuple[str, str] | None:
                 if stem.endswith(tail) and len(stem) > len(tail):
                     key = (naming, stem[: -len(tail)])
                     scores[key] = scores.get(key, 0) + 1
+    return scores
+
+
+def detect_naming(case_dir: Path) -> tuple[str, str] | None:
+    """``(naming, case_id)`` of the BraTS files in ``case_dir``, or None when
+    it holds none. The case id is the folder name when files use it, else the
+    common prefix found in the file names."""
+    scores = _candidates(case_dir)
     if not scores:
         return None
     # prefer the folder's own name as the case id, then the most complete set
@@ -142,9 +152,22 @@ def find_cases(path: str | os.PathLike) -> list[Path]:
     return cases
 
 
-def case_files(case_dir: str | os.PathLike, with_label: bool = True, naming: str | None = None) -> tuple[str, str, dict[str, Path]]:
+def _complete_cases(case_dir: Path) -> list[str]:
+    """The case ids in ``case_dir`` with all four modalities."""
+    complete = []
+    for naming, case_id in _candidates(case_dir):
+        sep, suffixes = NAMINGS[naming]
+        if all(_find_file(case_dir, f"{case_id}{sep}{suffixes[key]}") for key in MODALITIES):
+            complete.append(case_id)
+    return sorted(set(complete))
+
+
+def case_files(case_dir: str | os.PathLike, with_label: bool | None = True,
+               naming: str | None = None) -> tuple[str, str, dict[str, Path]]:
     """``(naming, case_id, {modality/"seg": path})`` for a case folder; a
-    missing file is a :class:`CaseError` naming the expected file."""
+    missing file is a :class:`CaseError` naming the expected file, and so is a
+    folder holding more than one complete case. ``with_label=None``: the
+    segmentation when there is one."""
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise CaseError(f"{case_dir}: not a folder")
@@ -152,15 +175,21 @@ def case_files(case_dir: str | os.PathLike, with_label: bool = True, naming: str
     if detected is None:
         raise CaseError(f"{case_dir}: no BraTS image files (<id>_flair.nii.gz or <id>-t2f.nii.gz naming)")
     found_naming, case_id = detected
+    complete = _complete_cases(case_dir)
+    if len(complete) > 1:
+        raise CaseError(f"{case_dir}: holds {len(complete)} complete cases ({', '.join(complete)}); "
+                        "put each case in a folder of its own")
     naming = naming or found_naming
     if naming not in NAMINGS:
         raise CaseError(f"{case_dir}: unknown file naming {naming!r}; choose one of {sorted(NAMINGS)}")
     sep, suffixes = NAMINGS[naming]
-    wanted = list(MODALITIES) + (["seg"] if with_label else [])
+    wanted = list(MODALITIES) + (["seg"] if with_label or with_label is None else [])
     paths: dict[str, Path] = {}
     for key in wanted:
         stem = f"{case_id}{sep}{suffixes[key]}"
         path = _find_file(case_dir, stem)
+        if path is None and key == "seg" and with_label is None:
+            continue
         if path is None:
             what = "segmentation" if key == "seg" else f"{key.upper()} modality"
             raise CaseError(f"{case_dir / (stem + '.nii.gz')}: missing ({what} of case {case_id})")
@@ -169,11 +198,31 @@ def case_files(case_dir: str | os.PathLike, with_label: bool = True, naming: str
 
 
 def _load_nifti(path: Path):
+    """``(image, voxels)`` of a NIfTI file whose header passed the checks below
+    (before any voxel is read); every problem is a :class:`CaseError` naming it."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
+        shape, dtype = tuple(int(n) for n in img.shape), np.dtype(img.get_data_dtype())
+        if len(shape) != 3:
+            raise CaseError(f"{path}: expected a 3-D volume, got {len(shape)}-D shape {shape}")
+        if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+            raise CaseError(f"{path}: header claims {shape} = {np.prod(shape, dtype=np.int64)} voxels, "
+                            f"more than {MAX_VOXELS} (a corrupt header?)")
+        if dtype.kind not in "biuf":
+            raise CaseError(f"{path}: voxel type {dtype} is not a real number type")
+        affine = img.affine
+        if affine is None or not np.all(np.isfinite(affine)):
+            raise CaseError(f"{path}: the header's affine is not finite")
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+            raise CaseError(f"{path}: voxel sizes {zooms} in the header are not positive finite numbers")
         data = np.asanyarray(img.dataobj)
+        if data.dtype.kind not in "biuf":  # a scaling in the header can change the type
+            raise CaseError(f"{path}: voxel type {data.dtype} is not a real number type")
+    except CaseError:
+        raise
     except Exception as exc:  # nibabel raises many kinds for corrupt files
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaseError(f"{path}: unreadable NIfTI file ({message})") from None
@@ -191,41 +240,27 @@ def load_case(
 
     ``label_convention`` ("2018"/"2023"/"2024") overrides the convention
     implied by the file naming and the label values (``omkit.labels.convention_of``);
-    ``naming`` overrides the detected naming. Checks: four
-    modalities (and the label when ``with_label``) present, 3-D, one shape,
+    ``naming`` overrides the detected naming. Checks: one case in the folder,
+    four modalities (and the label when ``with_label``) present, 3-D, one
+    shape, sane headers (real voxel type, finite affine, positive voxel sizes),
     affines equal within ``affine_tolerance``, finite intensities, a non-empty
-    brain, label values inside the convention. Raises :class:`CaseError`.
+    brain, no modality constant inside the brain (a blank or missing
+    modality), label values inside the convention. Raises :class:`CaseError`.
+    ``with_label=None`` reads the segmentation when the folder has one; a
+    problem with it is then a warning, and the case has no label.
     """
+    optional_label = with_label is None
     naming, case_id, paths = case_files(case_dir, with_label=with_label, naming=naming)
     convention = get_convention(label_convention or naming)
     channels = []
     ref_path = ref_img = None
-    for key in list(MODALITIES) + (["seg"] if with_label else []):
+    for key in MODALITIES:
         path = paths[key]
         img, data = _load_nifti(path)
-        if data.ndim != 3:
-            raise CaseError(f"{path}: expected a 3-D volume, got {data.ndim}-D shape {tuple(data.shape)}")
         if ref_img is None:
             ref_path, ref_img = path, img
         else:
-            if tuple(data.shape) != tuple(ref_img.shape):
-                raise CaseError(
-                    f"{path}: shape {tuple(data.shape)} differs from {ref_path.name} {tuple(ref_img.shape)}"
-                )
-            diff = float(np.max(np.abs(img.affine - ref_img.affine)))
-            if diff > affine_tolerance:
-                raise CaseError(
-                    f"{path}: affine differs from {ref_path.name} by {diff:.3g} (tolerance {affine_tolerance:g}); "
-                    "volumes are not co-registered"
-                )
-        if key == "seg":
-            seg = data
-            if not np.issubdtype(seg.dtype, np.integer):
-                if not np.all(np.isfinite(seg)):
-                    raise CaseError(f"{path}: label map has non-finite values")
-                if np.any(seg != np.round(seg)):
-                    raise CaseError(f"{path}: label map has non-integer values")
-            continue
+            _check_like(path, img, data, ref_path, ref_img, affine_tolerance)
         volume = np.asarray(data, dtype=np.float32)
         if not np.all(np.isfinite(volume)):
             count = int(np.size(volume) - np.count_nonzero(np.isfinite(volume)))
@@ -235,15 +270,23 @@ def load_case(
     brain = np.any(image != 0, axis=0)
     if not brain.any():
         raise CaseError(f"{paths['flair']}: all four modalities are zero (no brain)")
+    for c, key in enumerate(MODALITIES):
+        inside = image[c][brain]
+        low, high = float(inside.min()), float(inside.max())
+        if low == high:
+            what = "all zero" if low == 0 and not np.any(image[c]) else f"constant ({low:g}) inside the brain"
+            raise CaseError(f"{paths[key]}: the {key.upper()} modality is {what}; each of the four modalities "
+                            "must be a real image (a blank or missing modality cannot be segmented)")
     label = None
-    if with_label:
-        seg = to_omkit_axes(np.asarray(seg).astype(np.int64))
-        if label_convention is None:
-            convention = convention_of(naming, seg)
+    if "seg" in paths:
         try:
-            label = np.ascontiguousarray(convention.to_internal(seg, brain_mask=brain))
-        except ValueError as exc:
-            raise CaseError(f"{paths['seg']}: {exc} (override with label convention '2018', '2023' or '2024')") from None
+            label, convention = _read_label(paths["seg"], ref_path, ref_img, affine_tolerance, naming,
+                                            label_convention, convention, brain)
+        except CaseError as exc:
+            if not optional_label:
+                raise
+            warnings.warn(f"{exc}; going on without this ground truth", stacklevel=2)
+            paths = {k: v for k, v in paths.items() if k != "seg"}
     zooms = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
     spacing = (zooms[2], zooms[0], zooms[1])
     return Case(
@@ -257,6 +300,40 @@ def load_case(
         paths=paths,
         naming=naming,
     )
+
+
+def _check_like(path: Path, img, data, ref_path: Path, ref_img, affine_tolerance: float) -> None:
+    """``img`` has the shape and (within ``affine_tolerance``) the affine of the first volume."""
+    if tuple(data.shape) != tuple(ref_img.shape):
+        raise CaseError(f"{path}: shape {tuple(data.shape)} differs from {ref_path.name} {tuple(ref_img.shape)}")
+    diff = float(np.max(np.abs(img.affine - ref_img.affine)))
+    if diff > affine_tolerance:
+        raise CaseError(
+            f"{path}: affine differs from {ref_path.name} by {diff:.3g} (tolerance {affine_tolerance:g}); "
+            "volumes are not co-registered"
+        )
+
+
+def _read_label(path: Path, ref_path: Path, ref_img, affine_tolerance: float, naming: str,
+                label_convention: str | None, convention, brain: np.ndarray):
+    """``(internal labels, convention)`` of the segmentation ``path``, checked
+    against the first modality; problems are :class:`CaseError`."""
+    img, seg = _load_nifti(path)
+    _check_like(path, img, seg, ref_path, ref_img, affine_tolerance)
+    if not np.issubdtype(seg.dtype, np.integer):
+        if not np.all(np.isfinite(seg)):
+            raise CaseError(f"{path}: label map has non-finite values")
+        if np.any(seg != np.round(seg)):
+            raise CaseError(f"{path}: label map has non-integer values")
+    if seg.size and (float(np.min(seg)) < 0 or float(np.max(seg)) > 255):
+        raise CaseError(f"{path}: label values {float(np.min(seg)):g}..{float(np.max(seg)):g} are outside 0..255")
+    seg = to_omkit_axes(np.asarray(seg).astype(np.int64))
+    if label_convention is None:
+        convention = convention_of(naming, seg)
+    try:
+        return np.ascontiguousarray(convention.to_internal(seg, brain_mask=brain)), convention
+    except ValueError as exc:
+        raise CaseError(f"{path}: {exc} (override with label convention '2018', '2023' or '2024')") from None
 
 
 def load_cases(

@@ -54,12 +54,17 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 
 def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Each channel to zero mean, unit variance over ``mask``; zero outside it.
-    A constant channel (std 0) becomes zero rather than dividing by zero."""
+    A channel constant over ``mask`` (std 0, e.g. an all-zero modality) becomes
+    zero everywhere rather than dividing by zero. (``load_case`` refuses such
+    a case; this keeps the function total for arrays built in code.)"""
     out = np.zeros(image.shape, dtype=np.float32)
     for c in range(image.shape[0]):
         values = image[c][mask].astype(np.float64)
+        if values.size == 0:
+            continue
         mean, std = values.mean(), values.std()
-        out[c][mask] = ((values - mean) / std if std > 0 else 0.0).astype(np.float32)
+        if std > 0:
+            out[c][mask] = ((values - mean) / std).astype(np.float32)
     return out
 
 

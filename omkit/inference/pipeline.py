@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from omkit.data import Case, CaseError, Preprocessed, case_files, load_case, preprocess_case, to_nifti_axes, uncrop
+from omkit.data import Case, Preprocessed, case_files, load_case, preprocess_case, to_nifti_axes, uncrop
 from omkit.fileio import atomic_path
 from omkit.labels import BACKGROUND, get_convention
 
@@ -40,13 +40,8 @@ def case_id_of(case_dir: str | os.PathLike) -> str:
 
 def load_for_prediction(case_dir: str | os.PathLike, label_convention: str | None = None,
                         with_label: bool | None = False) -> Case:
-    """Load a case; ``with_label=None`` reads the segmentation when the folder has one."""
-    if with_label is None:
-        try:
-            case_files(case_dir, with_label=True)
-            with_label = True
-        except CaseError:
-            with_label = False
+    """Load a case; ``with_label=None`` reads the segmentation when the folder
+    has one, and a problem with it is a warning (the images are what is predicted)."""
     return load_case(case_dir, label_convention=label_convention, with_label=with_label)
 
 
