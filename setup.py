@@ -41,6 +41,21 @@ def _sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
+def _cuda_code_targets() -> list:
+    """The code targets nvcc will compile (sm_90, compute_90, ...), as torch's build derives
+    them from TORCH_CUDA_ARCH_LIST or the visible GPUs; [] when torch cannot say."""
+    import re
+
+    try:
+        from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+        flags = _get_cuda_arch_flags()
+    except Exception:
+        return []
+    codes = {code for flag in flags for code in re.findall(r"code=(\w+)", flag)}
+    return sorted(codes, key=lambda c: (c.startswith("compute"), c))
+
+
 def extension_config():
     """(ext_modules, cmdclass) for the fused ops, or ([], {}) for a pure-Python build."""
     if _flag("OMKIT_NO_EXTENSION"):
@@ -67,6 +82,9 @@ def extension_config():
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["-DWITH_CUDA"]
         extra["cxx"] = extra["cxx"] + ["-DWITH_CUDA"]
+        archs = _cuda_code_targets()
+        if archs:  # recorded in the binary: omkit._C.build_info(), omkit info
+            extra["cxx"].append(f"-DOMKIT_CUDA_ARCHS={'+'.join(archs)}")
         extension_cls, kind = CUDAExtension, "CUDA + CPU"
     else:
         extension_cls, kind = CppExtension, "CPU (OpenMP)"

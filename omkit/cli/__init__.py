@@ -13,6 +13,7 @@ COMMANDS = {
     "plugins": "plugins",
     "models": "models",
     "info": "info",
+    "selftest": "selftest",
     "train": "train",
     "predict": "predict",
     "evaluate": "evaluate",

@@ -32,14 +32,15 @@ from torch import Tensor
 
 import omkit.ops.manifest as manifest
 import omkit.ops.reference as reference
-from omkit.ops._library import BACKENDS, backend_report, call, extension_loaded, fallbacks, get_backend, load_error
+from omkit.ops._library import BACKENDS, backend_report, build_info, call, extension_loaded, fallbacks, get_backend
+from omkit.ops._library import load_error
 from omkit.ops._library import record_dispatch, set_backend, use_backend
 from omkit.ops.reference import CGA_VARIANTS, DEFAULT_EPS, check_cga_inputs, check_variant
 
 __all__ = [
-    "BACKENDS", "CGA_VARIANTS", "DEFAULT_EPS", "backend_report", "category_importance", "cga", "cga_pool",
-    "cga_recalibrate", "extension_loaded", "fallbacks", "gather_tiles", "get_backend", "load_error", "manifest",
-    "record_dispatch", "reference", "set_backend", "stitch_tiles", "stitch_tiles_argmax", "use_backend",
+    "BACKENDS", "CGA_VARIANTS", "DEFAULT_EPS", "backend_report", "build_info", "category_importance", "cga",
+    "cga_pool", "cga_recalibrate", "extension_loaded", "fallbacks", "gather_tiles", "get_backend", "load_error",
+    "manifest", "record_dispatch", "reference", "set_backend", "stitch_tiles", "stitch_tiles_argmax", "use_backend",
 ]
 
 

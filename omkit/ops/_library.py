@@ -238,6 +238,37 @@ def call(op: str, *args):
     return _REFERENCES[op](*args)
 
 
+def build_info() -> dict | None:
+    """What the loaded library was built with (``omkit._C.build_info()``): ``torch`` (the
+    version built against), ``cuda`` (has CUDA kernels), ``cuda_archs`` (the CUDA code
+    targets compiled: ``sm_XY`` cubins, ``compute_XY`` PTX), ``debug``; None when the
+    library is not loaded."""
+    if not STATE.loaded:
+        return None
+    from omkit import _C
+
+    info = dict(_C.build_info()) if hasattr(_C, "build_info") else {}
+    info["cuda_archs"] = [a for a in str(info.get("cuda_archs", "")).split("+") if a]
+    return info
+
+
+def cuda_arch_runs(archs: list[str], capability: tuple[int, int]) -> bool:
+    """Whether kernels compiled for ``archs`` run on a GPU of compute ``capability``: a cubin
+    of the same major version and no newer minor one, or PTX no newer than the GPU (JIT)."""
+    major, minor = capability
+    for arch in archs:
+        kind, _, number = arch.partition("_")
+        digits = number.rstrip("abf")
+        if not digits.isdigit():
+            continue
+        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return True
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
 def backend_report() -> dict:
     """Op name -> backend a call on the default device would use:
     ``"cuda-kernel"``, ``"cpu-kernel"`` or ``"reference"``."""
