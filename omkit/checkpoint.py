@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fileio import atomic_torch_save
+from .fileio import UnsafeFileError, atomic_torch_save, torch_load_weights_only
 from .protocol import PATCH_SIZE
 
 FORMAT = "omkit-model"
@@ -44,27 +44,76 @@ class ModelFileError(ValueError):
     pass
 
 
+# the widest model a file may ask for (16x the paper's 32-256 feature maps; see TrainConfig's --width)
+MAX_WIDTH = 16.0
+
+
+def check_metadata(path: Path, meta: Any) -> dict:
+    """``meta`` as :func:`model_metadata` writes it, or a :class:`ModelFileError`
+    naming ``path`` and the first malformed field."""
+    import math
+
+    def bad(field, why):
+        raise ModelFileError(f"{path}: malformed model metadata: {field} {why}")
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an omkit model file (no '{FORMAT}' metadata)")
+    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        bad("format_version", f"is {meta.get('format_version')!r}; this omkit reads {FORMAT_VERSION}")
+    if not isinstance(meta.get("preset"), str) or not meta["preset"]:
+        bad("preset", f"must be a preset name, got {meta.get('preset')!r}")
+    width = meta.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) \
+            or not 0 < width <= MAX_WIDTH:
+        bad("width", f"must be a number in (0, {MAX_WIDTH:g}], got {width!r}")
+    model_kw = meta.get("model_kw", {})
+    if not isinstance(model_kw, dict) or not all(isinstance(k, str) and k.isidentifier() for k in model_kw):
+        bad("model_kw", f"must map option names to values, got {model_kw!r}")
+    convention = meta.get("label_convention", "2018")
+    if convention not in ("2018", "2023", "2024"):
+        bad("label_convention", f"must be 2018, 2023 or 2024, got {convention!r}")
+    patch = meta.get("patch_size", list(PATCH_SIZE))
+    if not isinstance(patch, (list, tuple)) or len(patch) != 3 or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in patch):
+        bad("patch_size", f"must be three positive sizes, got {patch!r}")
+    if not isinstance(meta.get("preprocessing", {}), dict):
+        bad("preprocessing", f"must be a mapping, got {meta.get('preprocessing')!r}")
+    return meta
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", expect_preset: str | None = None):
     """Rebuild the model saved by :func:`save_model`; returns ``(model, meta)``
-    with the model in eval mode. Errors name the file."""
+    with the model in eval mode. The file is unpickled with
+    ``weights_only=True`` (a crafted file cannot run code), its metadata
+    checked field by field, and every error is one line naming the file."""
     from .models.build import create_model
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run over many lines
-        raise ModelFileError(f"{path}: not a readable omkit model file ({type(exc).__name__}: {first})") from None
-    if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != FORMAT:
+        payload = torch_load_weights_only(path, map_location=map_location)
+    except UnsafeFileError as exc:
+        raise ModelFileError(str(exc)) from None
+    except ValueError as exc:
+        reason = str(exc).split(": unreadable ", 1)[-1]
+        raise ModelFileError(f"{path}: not a readable omkit model file {reason}") from None
+    if not isinstance(payload, dict):
         raise ModelFileError(f"{path}: not an omkit model file (no '{FORMAT}' metadata)")
-    meta = payload["meta"]
+    meta = check_metadata(path, payload.get("meta"))
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelFileError(f"{path}: malformed model file: state_dict must map names to tensors")
     if expect_preset is not None and meta.get("preset") != expect_preset:
         raise ModelFileError(f"{path}: holds preset {meta.get('preset')!r}, expected {expect_preset!r}")
-    model = create_model(meta["preset"], width=meta.get("width", 1.0), **meta.get("model_kw", {}))
     try:
-        model.load_state_dict(payload["state_dict"])
+        model = create_model(meta["preset"], width=meta.get("width", 1.0), **meta.get("model_kw", {}))
+    except (KeyError, TypeError, ValueError, RuntimeError, MemoryError) as exc:  # unknown names, bad options
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ModelFileError(f"{path}: cannot build preset {meta['preset']!r} "
+                             f"({type(exc).__name__}: {' '.join(text.split())})") from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(f"{path}: weights do not match preset {meta['preset']!r}: {first}") from None

@@ -201,3 +201,32 @@ def atomic_torch_save(obj, target: str | os.PathLike, force: bool = True) -> Pat
             fh.flush()
             os.fsync(fh.fileno())
     return Path(target)
+
+
+class UnsafeFileError(ValueError):
+    """A pickled file that holds objects other than tensors and plain data."""
+
+
+def torch_load_weights_only(path: str | os.PathLike, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: a file that would need any
+    other object (and so could run code) is refused before any of it runs.
+    Errors are one line naming the file: :class:`UnsafeFileError` for such a
+    file, ``ValueError`` for an unreadable one."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = " ".join(lines)
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if reason is None and "WeightsUnpickler error:" in text:
+            reason = text.split("WeightsUnpickler error:", 1)[1].strip()
+        if isinstance(exc, pickle.UnpicklingError) and reason:
+            reason = reason.split(". ")[0].rstrip(".")  # torch goes on about allow-listing it: do not
+            raise UnsafeFileError(f"{path}: refusing to load it: it holds objects other than tensors and plain "
+                                  f"data, which could run code ({reason})") from None
+        first = reason or (lines[0] if lines else "")
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {first})") from None

@@ -323,3 +323,62 @@ def test_hostile_nifti_headers_are_one_line_case_errors(nifti_case):
         warnings.simplefilter("ignore")  # nibabel warns about odd headers; the outcome is what is checked
         check()
     assert "loaded" in outcomes and len(set(outcomes)) > 3, outcomes  # the fuzzing reaches both outcomes
+
+
+# -- model files: weights-only, metadata checked field by field, one line naming the file -------
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    import omkit
+    from omkit.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(omkit.create_model("omnet_cga", width=0.125), path, patch_size=[8, 16, 16])
+    return path
+
+
+def test_a_crafted_model_file_is_refused_without_running_it(tmp_path, model_file):
+    import torch
+
+    from omkit.checkpoint import ModelFileError, load_model
+
+    payload = torch.load(model_file, weights_only=True)
+    flag = tmp_path / "ran"
+    for where in ("meta", "state_dict"):
+        crafted = tmp_path / f"{where}.pt"
+        torch.save({**payload, where: {**payload[where], "x": _Evil(flag)}}, crafted)
+        with pytest.raises(ModelFileError, match=rf"^{re.escape(str(crafted))}: refusing to load it: .*could run code"):
+            load_model(crafted)
+    assert not flag.exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("meta", "x", "not an omkit model file"),
+    ("preset", None, "preset must be a preset name"),
+    ("preset", "nope", "cannot build preset 'nope'"),
+    ("width", "wide", "width must be a number"),
+    ("width", float("nan"), "width must be a number"),
+    ("width", 1e12, "width must be a number"),
+    ("model_kw", [1], "model_kw must map option names"),
+    ("model_kw", {"dropout": "high"}, "cannot build preset"),
+    ("patch_size", "x", "patch_size must be three positive sizes"),
+    ("label_convention", "1999", "label_convention must be 2018, 2023 or 2024"),
+    ("format_version", 99, "format_version is 99"),
+    ("state_dict", None, "state_dict must map names to tensors"),
+    ("state_dict", {}, "weights do not match preset"),
+])
+def test_malformed_model_metadata_is_one_line_naming_the_file(tmp_path, model_file, field, value, message):
+    import torch
+
+    from omkit.checkpoint import ModelFileError, load_model
+
+    payload = torch.load(model_file, weights_only=True)
+    if field in ("meta", "state_dict"):
+        payload[field] = value
+    else:
+        payload["meta"][field] = value
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError) as info:
+        load_model(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value) and "\n" not in str(info.value)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from omkit.data.preprocess import PREPROCESSING
-from omkit.fileio import atomic_torch_save
+from omkit.fileio import UnsafeFileError, atomic_torch_save, torch_load_weights_only
 
 from .curriculum import stages_record
 
@@ -90,18 +90,11 @@ def load_training_checkpoint(path: Path) -> dict:
     holding anything but tensors and plain data is refused (one line naming
     it) without running any of it."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc)
-        if "WeightsUnpickler error:" in text:  # torch's many-line message: keep the reason
-            text = text.split("WeightsUnpickler error:", 1)[1]
-        reason = (text.strip().splitlines() or [""])[0].strip()
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in reason:
-            raise ValueError(
-                f"{path}: refusing to load a training checkpoint that holds objects other than tensors and plain "
-                f"data ({reason}); it was not written by this omkit version, start a new run"
-            ) from None
-        raise ValueError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: {reason})") from None
+        payload = torch_load_weights_only(path)
+    except UnsafeFileError as exc:
+        raise ValueError(f"{exc}; it was not written by this omkit version, start a new run") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: unreadable training checkpoint {str(exc).split(': unreadable ', 1)[-1]}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an omkit training checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
