@@ -15,7 +15,8 @@ tests. The CGA plug-in modules call these functions. A thin layer over
   the test oracle;
 * :data:`CGA_VARIANTS` (``full``, ``minus``, ``pos``, ``neg``) and :data:`DEFAULT_EPS`.
 
-Shapes: features ``F`` (B, C, D, H, W); guidance ``Pt`` (B, 1, D, H, W) is the
+Shapes: features ``F`` (B, C, D, H, W); guidance ``Pt`` (B, 1, D, H, W) (2-D:
+(B, C, H, W) and (B, 1, H, W), on the kernels and the references alike) is the
 preceding task's probability of the positive category (tumor for CGA-tumor,
 core for CGA-core), and ``Pn = 1 - Pt``.
 """

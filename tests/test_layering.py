@@ -37,6 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.evaluation": FOUNDATION | {"omkit.data", "omkit.metrics", "omkit.lesionwise"},
     "omkit.viz": FOUNDATION,
     "omkit.models": FOUNDATION | {"omkit.factory", "omkit.functional", "omkit.ops"},
+    # the public modules for users' own networks: the model code, nothing else
+    "omkit.nn": FOUNDATION | {"omkit.models"},
     "omkit.checkpoint": FOUNDATION | {"omkit.models", "omkit.factory"},
     "omkit.training": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.factory",
                                     "omkit.plugin_manager"},

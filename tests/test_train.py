@@ -278,7 +278,7 @@ def test_attention_plugin_and_model_options_without_a_preset(data_dir, cache_dir
     run = train(config(data_dir, cache_dir, tmp_path / "run", preset="omnet", attention="se", max_steps=1))
     model, meta = load_model(run / "model.pt")
     assert meta["model_kw"]["attention"] == "se"
-    assert "SEBlock" in {type(m).__name__ for m in model.modules()}
+    assert "SE" in {type(m).__name__ for m in model.modules()}
     assert json.loads((run / "config.json").read_text())["config"]["attention"] == "se"
     with pytest.raises(ValueError, match="--attention: unknown attention 'nope'"):
         train(config(data_dir, cache_dir, tmp_path / "bad", attention="nope"))

@@ -4,19 +4,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvBNReLU
+from .blocks import ConvBNReLU, check_spatial_dims, conv
 
 
 class PlainHead(nn.Module):
-    """3x3x3 conv + BN + ReLU, optional unguided attention (e.g. SE), 1x1x1 classifier."""
+    """3x3x3 conv + BN + ReLU, optional unguided attention (e.g. SE), 1x1x1 classifier
+    (3x3 and 1x1 with ``spatial_dims=2``)."""
 
     guided = False
 
-    def __init__(self, channels: int, num_classes: int, attention: nn.Module | None = None):
+    def __init__(self, channels: int, num_classes: int, attention: nn.Module | None = None, spatial_dims: int = 3):
         super().__init__()
-        self.conv = ConvBNReLU(channels, channels)
+        self.conv = ConvBNReLU(channels, channels, spatial_dims)
         self.attention = attention if attention is not None else nn.Identity()
-        self.classifier = nn.Conv3d(channels, num_classes, 1)
+        self.classifier = conv(spatial_dims)(channels, num_classes, 1)
         nn.init.kaiming_normal_(self.conv[0].weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.conv[0].bias)
 
@@ -24,17 +25,23 @@ class PlainHead(nn.Module):
         return self.classifier(self.attention(self.conv(features)))
 
 
-def build_head(channels: int, num_classes: int, attention: str | None, **attention_kw) -> nn.Module:
+def build_head(channels: int, num_classes: int, attention: str | None, spatial_dims: int = 3,
+               **attention_kw) -> nn.Module:
     """A task head with the named attention plug-in (or none).
 
     Guided attention (CGA-like) is the whole head; unguided attention (SE-like)
-    sits between the head's conv and its classifier.
+    sits between the head's conv and its classifier. ``spatial_dims=2`` is
+    passed on to the attention module (a plug-in that takes 3-D features only
+    need not accept it).
     """
+    spatial_dims = check_spatial_dims(spatial_dims)
     if attention is None:
-        return PlainHead(channels, num_classes)
+        return PlainHead(channels, num_classes, spatial_dims=spatial_dims)
     from omkit.factory import attention_class
 
     cls = attention_class(attention)
+    if spatial_dims != 3:
+        attention_kw = {**attention_kw, "spatial_dims": spatial_dims}
     if getattr(cls, "guided", False):
         return cls(channels, num_classes=num_classes, **attention_kw)
-    return PlainHead(channels, num_classes, attention=cls(channels, **attention_kw))
+    return PlainHead(channels, num_classes, attention=cls(channels, **attention_kw), spatial_dims=spatial_dims)

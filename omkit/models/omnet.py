@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from omkit.labels import CORE_CLASSES, NUM_CLASSES_TASK, TUMOR_CLASSES
 
+from .blocks import check_spatial_dims
 from .heads import build_head
 
 # Transfers for training: destination task index -> [(source task index, patch indices)].
@@ -29,6 +30,16 @@ def positive_probability(task: int, logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=1)[:, list(classes)].sum(dim=1, keepdim=True)
 
 
+def _backbone(name: str, in_channels: int, width: float, spatial_dims: int, backbone_kw: dict) -> nn.Module:
+    """The registered backbone ``name``; ``spatial_dims`` is passed only when not 3, so a
+    plug-in backbone made for volumes need not take it."""
+    from omkit.factory import create_backbone
+
+    if check_spatial_dims(spatial_dims) != 3:
+        backbone_kw = {**backbone_kw, "spatial_dims": spatial_dims}
+    return create_backbone(name, in_channels=in_channels, width=width, **backbone_kw)
+
+
 def _concat_active(inputs: Sequence[Tensor | None]) -> tuple[list[int], Tensor]:
     active = [t for t, x in enumerate(inputs) if x is not None and x.shape[0] > 0]
     if not active:
@@ -38,6 +49,17 @@ def _concat_active(inputs: Sequence[Tensor | None]) -> tuple[list[int], Tensor]:
 
 class OMNet(nn.Module):
     """One-pass multi-task network (Sec. III-B) with optional attention per head.
+
+    A shared backbone (``backbone``: a registered name, default the paper's
+    FusionNet) and three task heads; ``attention`` names an attention plug-in
+    (``"se"``, ``"cga"``, ...) or None per head. ``spatial_dims=2`` builds the
+    same network for 2-D images (the backbone and attention modules must take
+    ``spatial_dims``; the built-in ones do).
+
+    Shapes: ``forward(x)`` maps ``(B, in_channels, D, H, W)`` (``(B, in_channels,
+    H, W)`` in 2-D; spatial sizes divisible by the backbone's ``min_divisor``,
+    8 for FusionNet) to :class:`TaskOutputs` of logits ``(B, 5, ...)``, ``(B, 5,
+    ...)`` and ``(B, 2, ...)`` at the input's spatial size.
 
     * ``forward(x)``: one pass; the three tasks' logits. With guided heads (CGA),
       task 2 is guided by task 1's tumor probability and task 3 by task 2's core
@@ -56,17 +78,18 @@ class OMNet(nn.Module):
         attention: Sequence[str | None] = (None, None, None),
         in_channels: int = 4,
         attention_kw: dict | None = None,
+        spatial_dims: int = 3,
         **backbone_kw,
     ):
         super().__init__()
-        from omkit.factory import create_backbone
-
         if len(attention) != 3:
             raise ValueError(f"attention needs one entry per task (3), got {list(attention)}")
-        self.backbone = create_backbone(backbone, in_channels=in_channels, width=width, **backbone_kw)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.backbone = _backbone(backbone, in_channels, width, spatial_dims, backbone_kw)
         channels = self.backbone.out_channels
         self.heads = nn.ModuleList(
-            build_head(channels, k, att, **(attention_kw or {})) for k, att in zip(NUM_CLASSES_TASK, attention)
+            build_head(channels, k, att, spatial_dims, **(attention_kw or {}))
+            for k, att in zip(NUM_CLASSES_TASK, attention)
         )
         if self.heads[0].guided:
             raise ValueError("task 1 has no preceding task to guide it; use an unguided head for task 1")
@@ -120,12 +143,11 @@ class OMNet(nn.Module):
 class SingleTaskNet(nn.Module):
     """One MC network: its own backbone and one plain head."""
 
-    def __init__(self, num_classes: int, backbone: str = "fusionnet3d", width: float = 1.0, in_channels: int = 4, **backbone_kw):
+    def __init__(self, num_classes: int, backbone: str = "fusionnet3d", width: float = 1.0, in_channels: int = 4,
+                 spatial_dims: int = 3, **backbone_kw):
         super().__init__()
-        from omkit.factory import create_backbone
-
-        self.backbone = create_backbone(backbone, in_channels=in_channels, width=width, **backbone_kw)
-        self.head = build_head(self.backbone.out_channels, num_classes, None)
+        self.backbone = _backbone(backbone, in_channels, width, spatial_dims, backbone_kw)
+        self.head = build_head(self.backbone.out_channels, num_classes, None, spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
@@ -140,13 +162,16 @@ class MCNet(nn.Module):
     task's ROI (see the inference module).
     """
 
-    def __init__(self, num_tasks: int = 3, backbone: str = "fusionnet3d", width: float = 1.0, in_channels: int = 4, **backbone_kw):
+    def __init__(self, num_tasks: int = 3, backbone: str = "fusionnet3d", width: float = 1.0, in_channels: int = 4,
+                 spatial_dims: int = 3, **backbone_kw):
         super().__init__()
         if not 1 <= num_tasks <= 3:
             raise ValueError(f"num_tasks must be 1, 2 or 3, got {num_tasks}")
         self.num_tasks = num_tasks
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.networks = nn.ModuleList(
-            SingleTaskNet(NUM_CLASSES_TASK[t], backbone, width, in_channels, **backbone_kw) for t in range(num_tasks)
+            SingleTaskNet(NUM_CLASSES_TASK[t], backbone, width, in_channels, spatial_dims, **backbone_kw)
+            for t in range(num_tasks)
         )
 
     def forward(self, x: Tensor) -> TaskOutputs:

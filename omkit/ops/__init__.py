@@ -47,7 +47,8 @@ __all__ = [
 def category_importance(features: Tensor, guidance: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """CSCI block: category-specific channel importance, Eq. (4)-(5).
 
-    ``features`` F (B, C, D, H, W), ``guidance`` Pt (B, 1, D, H, W). Returns ``m`` of
+    ``features`` F (B, C, D, H, W), ``guidance`` Pt (B, 1, D, H, W) (or (B, C, H, W) and
+    (B, 1, H, W) in 2-D). Returns ``m`` of
     shape (B, 2, C): row 0 is ``m_t = L1norm(F^T Pt)``, row 1 is ``m_n = L1norm(F^T Pn)``
     with ``Pn = 1 - Pt``; each row is divided by ``max(||z||_1, eps)``. No gradient
     reaches the guidance.

@@ -50,13 +50,16 @@ def check_features_guidance(op: str, features: Tensor, guidance: Tensor) -> None
 
 
 def check_cga_inputs(features: Tensor, guidance: Tensor) -> None:
-    """The public CGA functions' contract: features (B, C, D, H, W), guidance (B, 1, D, H, W)."""
-    if features.dim() != 5:
-        raise ValueError(f"features must be (B, C, D, H, W), got shape {tuple(features.shape)}")
+    """The public CGA functions' contract: features (B, C, D, H, W), guidance (B, 1, D, H, W),
+    or in 2-D features (B, C, H, W), guidance (B, 1, H, W)."""
+    if features.dim() not in (4, 5):
+        raise ValueError(f"features must be (B, C, D, H, W) or (B, C, H, W), got shape {tuple(features.shape)}")
     b, _, *spatial = features.shape
-    if guidance.dim() != 5 or guidance.shape[0] != b or guidance.shape[1] != 1 or list(guidance.shape[2:]) != spatial:
+    axes = "D, H, W" if len(spatial) == 3 else "H, W"
+    if guidance.dim() != features.dim() or guidance.shape[0] != b or guidance.shape[1] != 1 \
+            or list(guidance.shape[2:]) != spatial:
         raise ValueError(
-            f"guidance must be (B, 1, D, H, W) = ({b}, 1, {', '.join(map(str, spatial))}), "
+            f"guidance must be (B, 1, {axes}) = ({b}, 1, {', '.join(map(str, spatial))}), "
             f"got shape {tuple(guidance.shape)}"
         )
 
