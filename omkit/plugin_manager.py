@@ -73,6 +73,7 @@ class OmkitPlugins:
         self.pm.add_hookspecs(hookspecs)
         self.registries = {kind: Registry(kind) for kind in REGISTER_HOOKS.values()}
         self.plugins: dict[str, PluginInfo] = {}
+        self._check_blocked(block or (), extra_plugins or {})
         for module_name in BUILTIN_PLUGINS:
             short = module_name.rsplit(".", 1)[-1]
             if short in self.blocked or module_name in self.blocked:
@@ -86,6 +87,19 @@ class OmkitPlugins:
             if name not in self.blocked:
                 self._register(plugin, name, "registered in code")
         self._fill_registries()
+        if self.blocked:  # "unknown attention 'cga'" says why when its plug-in is blocked
+            for registry in self.registries.values():
+                registry.note = f"blocked plug-ins: {', '.join(sorted(self.blocked))} ({BLOCK_ENV} or block=)"
+
+    def _check_blocked(self, block: Iterable[str], extra_plugins: dict) -> None:
+        """Blocking a name no plug-in has is a typo, not a no-op: one line naming it."""
+        known = {m.rsplit(".", 1)[-1] for m in BUILTIN_PLUGINS} | set(BUILTIN_PLUGINS) | set(extra_plugins)
+        known |= {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        unknown = sorted(self.blocked - known)
+        if unknown:
+            where = BLOCK_ENV if unknown[0] in blocked_from_env() and unknown[0] not in set(block) else "block"
+            names = sorted(n for n in known if "." not in n)
+            raise PluginError(f"{where}: no plug-in named {unknown[0]!r} to block; plug-ins: {', '.join(names)}")
 
     # -- loading ----------------------------------------------------------------
     def _register(self, plugin: object, name: str, source: str) -> None:

@@ -32,6 +32,7 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self.note = ""  # added to unknown-name errors (e.g. which plug-ins are blocked)
 
     def add(self, name: str, obj: Any, *, plugin: str = "<unknown>") -> Any:
         if not isinstance(name, str) or not name:
@@ -54,6 +55,7 @@ class Registry:
         except KeyError:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._entries)) or '(none)'}"
+                + (f"; {self.note}" if self.note else "")
             ) from None
 
     def entry(self, name: str) -> Entry:

@@ -382,3 +382,26 @@ def test_malformed_model_metadata_is_one_line_naming_the_file(tmp_path, model_fi
     with pytest.raises(ModelFileError) as info:
         load_model(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value) and "\n" not in str(info.value)
+
+
+# -- plug-in blocking: a misspelt name is an error; a blocked plug-in is named where it is missed ---
+
+def test_blocking_an_unknown_plugin_is_an_error_and_a_blocked_one_is_named(monkeypatch):
+    import omkit
+    from omkit.plugin_manager import BLOCK_ENV
+    from omkit.registry import PluginError
+
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    try:
+        with pytest.raises(PluginError, match=r"^block: no plug-in named 'atention' to block; plug-ins: attention,"):
+            omkit.setup_plugins(block=["atention"])
+        monkeypatch.setenv(BLOCK_ENV, "nosuch")
+        with pytest.raises(PluginError, match=rf"^{BLOCK_ENV}: no plug-in named 'nosuch'"):
+            omkit.setup_plugins()
+        monkeypatch.delenv(BLOCK_ENV)
+        omkit.setup_plugins(block=["attention"])
+        with pytest.raises(KeyError, match=r"unknown attention 'cga'; available: \(none\); blocked plug-ins: attention"):
+            omkit.create_model("omnet_cga", width=0.125)
+    finally:
+        monkeypatch.delenv(BLOCK_ENV, raising=False)
+        omkit.setup_plugins()
