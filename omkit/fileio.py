@@ -221,12 +221,11 @@ def torch_load_weights_only(path: str | os.PathLike, map_location="cpu"):
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         text = " ".join(lines)
-        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
-        if reason is None and "WeightsUnpickler error:" in text:
-            reason = text.split("WeightsUnpickler error:", 1)[1].strip()
-        if isinstance(exc, pickle.UnpicklingError) and reason:
-            reason = reason.split(". ")[0].rstrip(".")  # torch goes on about allow-listing it: do not
+        unsafe = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and unsafe:
+            unsafe = unsafe.split(". ")[0].rstrip(".")  # torch goes on about allow-listing it: do not
             raise UnsafeFileError(f"{path}: refusing to load it: it holds objects other than tensors and plain "
-                                  f"data, which could run code ({reason})") from None
-        first = reason or (lines[0] if lines else "")
+                                  f"data, which could run code ({unsafe})") from None
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip() if "WeightsUnpickler error:" in text else None
+        first = (reason or (lines[0] if lines else "")).split(". ")[0]
         raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {first})") from None
