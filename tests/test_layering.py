@@ -47,8 +47,10 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.ablation": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.factory",
                                     "omkit.training", "omkit.inference", "omkit.evaluation", "omkit.metrics",
                                     "omkit.viz"},
-    # the package root re-exports the plug-in core and the model factory
-    "omkit": {"omkit.factory", "omkit.hookspecs", "omkit.models", "omkit.plugin_manager", "omkit.registry"},
+    # the package root re-exports the plug-in core and the model factory, and on first use
+    # omkit.nn and omkit.Segmenter
+    "omkit": {"omkit.factory", "omkit.hookspecs", "omkit.models", "omkit.plugin_manager", "omkit.registry",
+              "omkit.nn", "omkit.inference"},
     "omkit.__main__": {"omkit.cli"},
 }
 # the command line may use everything but the plug-ins; plug-ins everything but the command line

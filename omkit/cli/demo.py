@@ -105,8 +105,8 @@ def run(args) -> int:
     from omkit.devices import resolve_device
     from omkit.evaluation import evaluate_folders, format_table, write_evaluation
     from omkit.fileio import atomic_write_text
-    from omkit.inference import SegmentationPredictor
-    from omkit.inference.pipeline import load_for_prediction, predict_case, write_label_map
+    from omkit.inference.pipeline import load_for_prediction, write_label_map
+    from omkit.inference.segmenter import Segmenter
     from omkit.training import TrainConfig, train
     from omkit.viz import save_overlay
 
@@ -136,13 +136,13 @@ def run(args) -> int:
     model_path = Path(run_dir) / "model.pt"
 
     # -- predict the held-out cases, with and without post-processing
-    predictor = SegmentationPredictor.from_files([model_path], device=device, tiles=tiles,
-                                                 roi_dilation=args.roi_dilation)
+    segmenter = Segmenter.from_files([model_path], device=device, tiles=tiles, roi_dilation=args.roi_dilation,
+                                     postprocess=steps)
     pred_dir, raw_dir, overlay_dir = out_dir / "predictions", out_dir / "predictions_raw", out_dir / "overlays"
     for case_dir in held_out:
         t0 = time.perf_counter()
         case = load_for_prediction(case_dir, with_label=True)
-        result = predict_case(case, predictor, steps)
+        result = segmenter.segment_case(case)
         write_label_map(result.raw_labels, case, raw_dir / f"{case.case_id}.nii.gz", case.convention, force=True)
         if steps:
             write_label_map(result.labels, case, pred_dir / f"{case.case_id}.nii.gz", case.convention, force=True)

@@ -63,8 +63,8 @@ def run(args) -> int:
     from omkit.data import find_cases
     from omkit.devices import resolve_device
     from omkit.fileio import OutputExistsError
-    from omkit.inference import SegmentationPredictor
-    from omkit.inference.pipeline import case_id_of, load_for_prediction, predict_case, write_label_map, write_probabilities
+    from omkit.inference.pipeline import case_id_of, load_for_prediction, write_label_map, write_probabilities
+    from omkit.inference.segmenter import Segmenter
     from omkit.viz import save_overlay
 
     out_dir = Path(args.output)
@@ -84,13 +84,14 @@ def run(args) -> int:
         jobs.append((case_dir, paths))
     steps = postprocess_steps(args)
     device = resolve_device(args.device)
-    predictor = SegmentationPredictor.from_files(args.model, device=device, expect_preset=args.expect_preset,
-                                                 tiles=tiles, roi_dilation=args.roi_dilation, tta=tta)
+    # the one path from an image to labels, the one omkit.Segmenter users call
+    segmenter = Segmenter.from_files(args.model, device=device, expect_preset=args.expect_preset, tiles=tiles,
+                                     roi_dilation=args.roi_dilation, tta=tta, postprocess=steps)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     for case_dir, paths in progress:
         case = load_for_prediction(case_dir, with_label=None if args.overlay else False)
-        result = predict_case(case, predictor, steps, return_probabilities=args.save_probabilities)
+        result = segmenter.segment_case(case, return_probabilities=args.save_probabilities)
         convention = args.label_convention or case.convention
         write_label_map(result.labels, case, paths["labels"], convention, force=args.force)
         if args.save_probabilities:

@@ -267,16 +267,7 @@ def load_case(
             raise CaseError(f"{path}: {count} non-finite (NaN/inf) intensities")
         channels.append(to_omkit_axes(volume))
     image = np.ascontiguousarray(np.stack(channels))
-    brain = np.any(image != 0, axis=0)
-    if not brain.any():
-        raise CaseError(f"{paths['flair']}: all four modalities are zero (no brain)")
-    for c, key in enumerate(MODALITIES):
-        inside = image[c][brain]
-        low, high = float(inside.min()), float(inside.max())
-        if low == high:
-            what = "all zero" if low == 0 and not np.any(image[c]) else f"constant ({low:g}) inside the brain"
-            raise CaseError(f"{paths[key]}: the {key.upper()} modality is {what}; each of the four modalities "
-                            "must be a real image (a blank or missing modality cannot be segmented)")
+    brain = check_brain(image, paths)
     label = None
     if "seg" in paths:
         try:
@@ -300,6 +291,24 @@ def load_case(
         paths=paths,
         naming=naming,
     )
+
+
+def check_brain(image: np.ndarray, sources) -> np.ndarray:
+    """The brain mask (any modality non-zero) of ``image (4, D, H, W)``, after checking
+    that there is a brain and that no modality is constant inside it (a blank or missing
+    modality); ``sources[modality]`` (a file, or where an array came from) starts each
+    :class:`CaseError`'s message."""
+    brain = np.any(image != 0, axis=0)
+    if not brain.any():
+        raise CaseError(f"{sources['flair']}: all four modalities are zero (no brain)")
+    for c, key in enumerate(MODALITIES):
+        inside = image[c][brain]
+        low, high = float(inside.min()), float(inside.max())
+        if low == high:
+            what = "all zero" if low == 0 and not np.any(image[c]) else f"constant ({low:g}) inside the brain"
+            raise CaseError(f"{sources[key]}: the {key.upper()} modality is {what}; each of the four modalities "
+                            "must be a real image (a blank or missing modality cannot be segmented)")
+    return brain
 
 
 def _check_like(path: Path, img, data, ref_path: Path, ref_img, affine_tolerance: float) -> None:

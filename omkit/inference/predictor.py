@@ -120,10 +120,11 @@ class SegmentationPredictor:
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
                    expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
-        """Load the model files (``omkit.checkpoint``) of one model or an ensemble."""
+        """Load the model files (``omkit.checkpoint``) of one model or an ensemble; the
+        files' metadata are kept as ``metadata`` (one dict per model)."""
         from omkit.checkpoint import load_model
 
-        models = []
+        models, metadata = [], []
         for path in paths:
             model, meta = load_model(path, map_location=device, expect_preset=expect_preset)
             if models and _model_kind(model) != _model_kind(models[0]):
@@ -132,7 +133,10 @@ class SegmentationPredictor:
                     f"(members must share an architecture: {_model_kind(models[0])} vs {_model_kind(model)})"
                 )
             models.append(model)
-        return cls(models, sw_device=device, **kw)
+            metadata.append(meta)
+        predictor = cls(models, sw_device=device, **kw)
+        predictor.metadata = metadata
+        return predictor
 
     # -- per-tile networks -------------------------------------------------------
     def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int],
