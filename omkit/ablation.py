@@ -24,6 +24,7 @@ import io
 import json
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -147,7 +148,8 @@ def _train(settings: dict, log: Callable[[str], None]) -> Path:
     model = run_dir / "model.pt"
     if model.exists():
         return model
-    resume = (run_dir / "config.json").exists()
+    # a run killed before its first checkpoint starts over (its folder carries omkit's marker)
+    resume = (run_dir / "checkpoints" / "last.pt").exists()
     log(f"  training {settings['preset']} -> {run_dir}" + (" (resuming)" if resume else ""))
     train(settings, resume=resume, force=not resume)
     return model
@@ -184,6 +186,28 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
     return rows
 
 
+def read_scores(path: Path, row: str, split: str) -> dict | None:
+    """The saved result of ``row`` on ``split`` (JSON: nothing in it can run
+    code), or None when there is none; a malformed file is a warning naming
+    it, and the row is scored again (its training resumes or is reused)."""
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        ok = (isinstance(result, dict) and result.get("row") == row and result.get("split") == split
+              and isinstance(result.get("title"), str) and isinstance(result.get("parameters"), int)
+              and isinstance(result.get("cases"), list)
+              and all(isinstance(c, dict) and {"case", "variant", "region", "dice", "hd95"} <= set(c)
+                      for c in result["cases"]))
+        if not ok:
+            raise ValueError("not the scores of this row and split")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        warnings.warn(f"{path}: unreadable saved scores ({type(exc).__name__}: {exc}); scoring the row again",
+                      stacklevel=2)
+        return None
+    return result
+
+
 def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str], None] = print) -> dict:
     """Train ``row`` on ``split`` (or an ensemble of fold models for
     :data:`ENSEMBLE_ROW`), score the held-out cases; cached in ``scores.json``."""
@@ -194,8 +218,9 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
     out = Path(config.output)
     row_dir = out / "runs" / row.replace("*", "_ensemble") / split.name
     done = row_dir / "scores.json"
-    if done.exists():
-        return json.loads(done.read_text(encoding="utf-8"))
+    saved = read_scores(done, row, split.name)
+    if saved is not None:
+        return saved
     started = time.perf_counter()
     if row == ENSEMBLE_ROW:
         preset = "omnet_cga"

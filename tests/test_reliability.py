@@ -405,3 +405,24 @@ def test_blocking_an_unknown_plugin_is_an_error_and_a_blocked_one_is_named(monke
     finally:
         monkeypatch.delenv(BLOCK_ENV, raising=False)
         omkit.setup_plugins()
+
+
+# -- the ablation's resume state: JSON, checked, redone when malformed -----------------------
+
+def test_saved_ablation_scores_are_checked_and_never_run(tmp_path):
+    import pickle
+
+    from omkit.ablation import read_scores
+
+    path = tmp_path / "scores.json"
+    assert read_scores(path, "omnet", "fold0") is None  # nothing saved yet
+    good = {"row": "omnet", "split": "fold0", "title": "OM-Net", "parameters": 10,
+            "cases": [{"case": "c", "variant": "raw", "region": "WT", "dice": 0.5, "hd95": 3.0}]}
+    path.write_text(json.dumps(good))
+    assert read_scores(path, "omnet", "fold0") == good
+    flag = tmp_path / "ran"
+    for bad in (pickle.dumps(_Evil(flag)), b"{\"row\": 1}", json.dumps({**good, "split": "fold1"}).encode()):
+        path.write_bytes(bad)
+        with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: unreadable saved scores .*scoring the row again"):
+            assert read_scores(path, "omnet", "fold0") is None
+    assert not flag.exists()
