@@ -168,3 +168,37 @@ def test_real_ground_truth_against_itself_and_nothing(sample_data):
         none = region_lesionwise(np.zeros_like(gt), gt, zooms)
         assert none["lesions_tp"] == 0 and none["lesions_fp"] == 0
         assert none["lesionwise_dice"] == (1.0 if none["lesions_fn"] == 0 else 0.0)
+
+
+def test_evaluate_cli_writes_lesionwise_columns_and_parameters(tmp_path, capsys):
+    import csv
+    import json
+    import shutil
+
+    from omkit.cli import main
+    from omkit.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", num_cases=2, shape=(16, 32, 32))
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for case in (tmp_path / "data").iterdir():
+        shutil.copy(next(case.glob("*_seg.nii.gz")), preds / f"{case.name}.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "-i", str(preds), "--gt", str(tmp_path / "data"), "-o", str(out), "--lesionwise",
+                 "--challenge", "BraTS-MET-2023"]) == 0
+    assert "LW Dice" in capsys.readouterr().out
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["case", "region", "dice", "ppv", "sensitivity", "hd95", "lesionwise_dice",
+                             "lesionwise_hd95", "lesions_tp", "lesions_fn", "lesions_fp"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lesionwise"]["challenge"] == "BraTS-MET-2023" and summary["lesionwise"]["dilation"] == 1
+    assert summary["regions"]["WT"]["lesionwise_dice"]["mean"] == 1.0
+    assert summary["regions"]["WT"]["dice"]["mean"] == 1.0
+    # without --lesionwise: the voxel-wise columns only
+    assert main(["evaluate", "-i", str(preds), "--gt", str(tmp_path / "data"), "-o", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain" / "metrics.csv").read_text().splitlines()[0] == "case,region,dice,ppv,sensitivity,hd95"
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "-i", str(preds), "--gt", str(tmp_path / "data"), "-o", str(out), "--force",
+              "--lesionwise", "--challenge", "BraTS-XYZ"])
+    assert exit_.value.code == 2
