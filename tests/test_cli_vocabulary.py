@@ -28,7 +28,7 @@ def test_every_command_is_read():
 
 @pytest.mark.parametrize("flag", ["-i", "-o", "--device", "--max-minutes", "--tile-size", "--tile-keep",
                                   "--tile-stride", "--tile-batch", "--roi-dilation", "--no-postprocess",
-                                  "--disable-step", "--samplers", "--lr", "--width", "--force"])
+                                  "--disable-step", "--samplers", "--lr", "--width", "--force", "--precision"])
 def test_a_flag_means_one_setting_everywhere(flag):
     found = {name: options(p)[flag] for name, p in commands().items() if flag in options(p)}
     assert len(found) >= 2, f"{flag} is offered by fewer than two commands: {sorted(found)}"

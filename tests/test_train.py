@@ -72,8 +72,10 @@ def test_config_validation_names_the_option():
         TrainConfig(stage_epochs=(1, 2))
     with pytest.raises(ValueError, match="--patch-size: each size must be divisible by 8"):
         TrainConfig(patch_size=(12, 16, 16))
-    with pytest.raises(ValueError, match="--amp: mixed precision needs --device cuda"):
-        TrainConfig(amp=True, device="cpu")
+    with pytest.raises(ValueError, match="--precision: fp16 .* needs --device cuda; on a CPU use bf16"):
+        TrainConfig(precision="fp16", device="cpu")
+    with pytest.raises(ValueError, match="--precision: must be one of fp32, bf16, fp16"):
+        TrainConfig(precision="half")
     with pytest.raises(ValueError, match="--fold"):
         TrainConfig(folds=5)
     assert TrainConfig(patches_per_epoch=7).patches_per_epoch == (7, 7, 7)
@@ -374,8 +376,8 @@ def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
     assert cli_main(args + ["--resume", "--max-steps", "5"]) == 0  # already finished: nothing to do
     assert cli_main(args + ["--resume", "--width", "0.5"]) == 2
     assert "--width" in capsys.readouterr().err
-    assert cli_main(args[:-1] + ["--force", "--amp"]) == 2
-    assert "--amp" in capsys.readouterr().err
+    assert cli_main(args[:-1] + ["--force", "--device", "cpu", "--precision", "fp16"]) == 2
+    assert "--precision" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(args + ["--stage-epochs", "1,2"])
 
@@ -387,9 +389,9 @@ def test_progress_bar_shows_stage_epoch_losses_rate(data_dir, cache_dir, tmp_pat
     assert "loss t1=" in err and "t2=" in err and "patches/s" in err and "step" in err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision needs a CUDA device")
-def test_amp_on_gpu(data_dir, cache_dir, tmp_path):
-    run = train(config(data_dir, cache_dir, tmp_path / "run", device="cuda", amp=True))
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 mixed precision needs a CUDA device")
+def test_fp16_on_gpu(data_dir, cache_dir, tmp_path):
+    run = train(config(data_dir, cache_dir, tmp_path / "run", device="cuda", precision="fp16"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished"] and all(np.isfinite(e["loss_total"]) for e in metrics["per_epoch"])
     assert _state(run)["scaler"]["scale"] > 0

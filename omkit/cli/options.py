@@ -17,7 +17,10 @@ import dataclasses
 from typing import Any, Callable
 
 from omkit.cli import CLIError
-from omkit.devices import DEVICE_CHOICES
+from omkit.devices import DEVICE_CHOICES, PRECISIONS
+
+PRECISION_HELP = ("fp32, or mixed precision: the networks run under autocast to bf16 (bfloat16) or fp16 (float16, "
+                  "CUDA only; training adds a gradient scaler); the fused ops accumulate in float32")
 
 
 # -- value parsers ------------------------------------------------------------------------
@@ -68,6 +71,11 @@ def add_device_argument(parser) -> None:
     parser.add_argument("--device", default="auto",
                         help=f"{DEVICE_CHOICES} (default auto: CUDA when available); under torchrun each process "
                              "uses its local GPU")
+
+
+def add_precision_argument(parser) -> None:
+    """``--precision`` for inference (training has it among its TrainConfig options)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP + " (default fp32)")
 
 
 def add_postprocess_arguments(parser) -> None:
@@ -196,7 +204,7 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
     ("data", "workers", {"type": int}, "background processes preparing batches"),
     ("data", "threads", {"type": int}, "CPU threads per process for torch (default: torch's choice)"),
     ("run", "seed", {"type": int}, "seed of weights and patch sampling"),
-    ("run", "amp", {"action": "store_true", "default": None}, "mixed precision (float16 autocast; CUDA only)"),
+    ("run", "precision", {"choices": PRECISIONS}, PRECISION_HELP),
     ("data", "checkpoint_every", {"type": int}, "steps between checkpoints (also at every epoch end)"),
     ("data", "log_every", {"type": int}, "steps per metrics row"),
 ]

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 from omkit.cli import CLIError
-from omkit.cli.options import (add_device_argument, add_postprocess_arguments, add_tile_arguments, add_tta_argument,
-                               postprocess_steps, tile_settings, tta_setting)
+from omkit.cli.options import (add_device_argument, add_postprocess_arguments, add_precision_argument,
+                               add_tile_arguments, add_tta_argument, postprocess_steps, tile_settings, tta_setting)
 
 
 def add_arguments(parser):
@@ -29,6 +29,7 @@ def add_arguments(parser):
                         help="model file (RUN/model.pt); repeat for an ensemble (probabilities are averaged)")
     parser.add_argument("--expect-preset", metavar="PRESET", help="refuse model files that do not hold this preset")
     add_device_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument("--label-convention", choices=("2018", "2023", "2024"),
                         help="labels of the written maps: 2018 (4 = enhancing) or 2023/2024 (3 = enhancing; "
                              "no resection cavity is predicted); default: the convention of the input's file naming")
@@ -61,7 +62,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from omkit.data import find_cases
-    from omkit.devices import resolve_device
+    from omkit.devices import check_precision, resolve_device
     from omkit.fileio import OutputExistsError
     from omkit.inference.pipeline import case_id_of, load_for_prediction, write_label_map, write_probabilities
     from omkit.inference.segmenter import Segmenter
@@ -84,9 +85,11 @@ def run(args) -> int:
         jobs.append((case_dir, paths))
     steps = postprocess_steps(args)
     device = resolve_device(args.device)
+    check_precision(args.precision, device)
     # the one path from an image to labels, the one omkit.Segmenter users call
     segmenter = Segmenter.from_files(args.model, device=device, expect_preset=args.expect_preset, tiles=tiles,
-                                     roi_dilation=args.roi_dilation, tta=tta, postprocess=steps)
+                                     roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
+                                     precision=args.precision)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     for case_dir, paths in progress:

@@ -16,9 +16,17 @@ the MC baseline as a real cascade.
 
 Full-volume float buffers (one channel per class and task) exist only when
 probabilities are asked for.
+
+``precision`` (``fp32``, ``bf16``, ``fp16``) runs the networks under
+``torch.autocast`` of that dtype (softmax and everything after it in float32);
+:class:`SpeedSettings` holds the GPU speed settings (cuDNN autotuning for the
+fixed tile shape, channels-last-3d, ``torch.compile`` / CUDA-graph capture of the
+network call), all off by default until a GPU benchmark shows their gain
+(``benchmarks/test_bench_case.py`` measures each; ``make gpu-check`` reports).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from omkit.devices import autocast, check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
@@ -72,6 +81,32 @@ class TileSettings:
         self.batch = int(self.batch)
 
 
+@dataclass
+class SpeedSettings:
+    """GPU speed settings of the network calls, each off until measured (see the module
+    docstring). ``cudnn_benchmark``: let cuDNN pick the fastest convolution algorithms for
+    the one tile shape; ``channels_last``: models and tiles in channels-last-3d memory
+    format; ``compile``: ``torch.compile`` mode of each network call (``"default"``,
+    ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``), or None. With cuDNN
+    autotuning or compilation the last, smaller batch of tiles is padded to the full batch,
+    so every call has one shape."""
+
+    cudnn_benchmark: bool = False
+    channels_last: bool = False
+    compile: str | None = None
+
+    COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+    def __post_init__(self):
+        if self.compile is not None and self.compile not in self.COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(self.COMPILE_MODES)} or None, "
+                             f"got {self.compile!r}")
+
+    @property
+    def fixed_shapes(self) -> bool:
+        return self.cudnn_benchmark or self.compile is not None
+
+
 def _model_kind(model: nn.Module) -> tuple[str, int]:
     if isinstance(model, MCNet):
         return "cascade", model.num_tasks
@@ -88,7 +123,9 @@ class SegmentationPredictor:
     ``device``: where stitched maps live (default: ``sw_device``); ``tta``:
     test-time mirroring (:func:`omkit.inference.tta.mirror_flips`: ``True`` for
     the 8 flips of D, H, W, ``"H,W"`` for a subset of axes, None for none);
-    ``flips`` is the resolved list.
+    ``flips`` is the resolved list; ``precision``: ``fp32``, or autocast to
+    ``bf16`` / ``fp16`` (CUDA) for the network calls; ``speed``:
+    :class:`SpeedSettings`.
     """
 
     models: Sequence[nn.Module]
@@ -98,6 +135,8 @@ class SegmentationPredictor:
     device: torch.device | str | None = None
     progress: bool = False
     tta: bool | str | Sequence | None = None
+    precision: str = "fp32"
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
     def __post_init__(self):
         self.flips = mirror_flips(self.tta)
@@ -114,8 +153,17 @@ class SegmentationPredictor:
             self.sw_device = next(self.models[0].parameters()).device
         self.sw_device = torch.device(self.sw_device)
         self.device = torch.device(self.device) if self.device is not None else self.sw_device
+        check_precision(self.precision, self.sw_device)
         for model in self.models:
             model.eval()
+            if self.speed.channels_last:
+                model.to(memory_format=torch.channels_last_3d)
+        # the network calls: per member, the whole model (one pass) or task -> its network (cascade)
+        self._calls = [model if self.kind == "onepass" else dict(enumerate(model.networks)) for model in self.models]
+        if self.speed.compile is not None:
+            compile_ = lambda m: torch.compile(m, mode=self.speed.compile, dynamic=False)  # noqa: E731
+            self._calls = [compile_(c) if self.kind == "onepass" else {t: compile_(n) for t, n in c.items()}
+                           for c in self._calls]
 
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
@@ -145,26 +193,32 @@ class SegmentationPredictor:
         only the tiles' ``centre`` (spatial slices) when given; with mirroring,
         also the mean over the flips, all flipped copies in one network call."""
         flips, count = self.flips, batch.shape[0]
+        if self.speed.fixed_shapes and count < self.tiles.batch:  # one shape for every call: pad the last batch
+            batch = torch.cat([batch, batch.new_zeros((self.tiles.batch - count, *batch.shape[1:]))])
         if len(flips) > 1:
             batch = torch.cat([batch.flip([a + 2 for a in flip]) if flip else batch for flip in flips])
+        if self.speed.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         size = tuple(batch.shape[2:])
+        full = batch.shape[0] // len(flips)  # the padded batch: copy k of the flips is rows k*full ... k*full+count
         sums: list[Tensor | None] = [None] * len(tasks)
-        for model in self.models:
-            if self.kind == "cascade":
-                logits = [model.networks[t](batch) for t in tasks]
-            else:
-                outputs = model(batch)
-                logits = [outputs[t] for t in tasks]
+        for call in self._calls:
+            with autocast(self.sw_device, self.precision):
+                if self.kind == "cascade":
+                    logits = [call[t](batch) for t in tasks]
+                else:
+                    outputs = call(batch)
+                    logits = [outputs[t] for t in tasks]
             for i, lg in enumerate(logits):
                 for k, flip in enumerate(flips):
-                    part = lg[k * count:(k + 1) * count] if len(flips) > 1 else lg
+                    part = lg[k * full:k * full + count]
                     if centre is not None:  # the centre's mirror image, flipped back below
                         part = part[(slice(None), slice(None)) + mirrored_centre(centre, size, flip)]
                     if flip:
                         part = part.flip([a + 2 for a in flip])
                     p = torch.softmax(part.float(), dim=1)
                     sums[i] = p if sums[i] is None else sums[i] + p
-        return [s / (len(self.models) * len(flips)) for s in sums]
+        return [s / (len(self._calls) * len(flips)) for s in sums]
 
     def _run(self, image: Tensor, tasks: Sequence[int], reduce, out_channels: int, out_dtype,
              mask: Tensor, tile_counts: dict[str, int]) -> Tensor:
@@ -203,10 +257,24 @@ class SegmentationPredictor:
             brain_mask = torch.ones(image.shape[1:], dtype=torch.bool)
         brain_mask = torch.as_tensor(np.asarray(brain_mask, dtype=bool) if not isinstance(brain_mask, Tensor) else brain_mask).bool()
         run = self._predict_onepass if self.kind == "onepass" else self._predict_cascade
-        result = run(image, brain_mask, return_probabilities)
+        with self._cudnn_benchmark():
+            result = run(image, brain_mask, return_probabilities)
         # the volumes are skull-stripped: outside the brain is background by definition
         result.labels[~brain_mask] = BACKGROUND
         return result
+
+    @contextlib.contextmanager
+    def _cudnn_benchmark(self):
+        """``torch.backends.cudnn.benchmark`` as ``speed`` says, for the duration of a prediction."""
+        if not self.speed.cudnn_benchmark:
+            yield
+            return
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous
 
     def _predict_onepass(self, image: Tensor, brain_mask: Tensor, with_probs: bool) -> Prediction:
         tasks = list(range(self.num_tasks))

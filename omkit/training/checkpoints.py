@@ -122,6 +122,7 @@ def model_metadata(config, label_convention: str, state, stages, cases, held_out
             "fold": config.fold,
             "folds": config.folds,
             "seed": config.seed,
+            "precision": config.precision,
             "stopped_by": state.stopped_by,
         },
     }

@@ -28,7 +28,7 @@ from omkit.protocol import (
     WEIGHT_DECAY,
 )
 from omkit.data.sampler_specs import parse_spec
-from omkit.devices import DEVICE_CHOICES, is_valid_device_name
+from omkit.devices import DEVICE_CHOICES, PRECISIONS, is_valid_device_name
 
 # Named bundles of settings; settings given explicitly override a recipe's.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -96,7 +96,8 @@ class TrainConfig:
     weight_decay: float = WEIGHT_DECAY
     lr_step_epochs: int = LR_STEP_EPOCHS
     lr_gamma: float = LR_GAMMA
-    amp: bool = False
+    # fp32, or mixed precision: autocast to bf16, or fp16 with a gradient scaler (CUDA only)
+    precision: str = "fp32"
     seed: int = 0
     folds: int | None = None
     fold: int | None = None
@@ -191,8 +192,10 @@ class TrainConfig:
             bad("checkpoint_every" if self.checkpoint_every < 1 else "log_every", "must be >= 1")
         if not is_valid_device_name(self.device):
             bad("device", f"must be {DEVICE_CHOICES}, got {self.device!r}")
-        if self.amp and self.device.strip().lower() == "cpu":
-            bad("amp", "mixed precision needs --device cuda")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "fp16" and self.device.strip().lower() == "cpu":
+            bad("precision", "fp16 (float16 mixed precision) needs --device cuda; on a CPU use bf16")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -209,6 +212,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        if "amp" in d and "amp" not in names:  # config.json of runs made before --precision replaced --amp
+            amp = d["amp"]
+            d = {k: v for k, v in d.items() if k != "amp"}
+            d.setdefault("precision", "fp16" if amp else "fp32")
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")

@@ -56,7 +56,9 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 def build_scaler(config: TrainConfig):
-    return torch.amp.GradScaler("cuda", enabled=config.amp)
+    """The gradient scaler of float16 mixed precision (CUDA only); disabled otherwise
+    (bfloat16 has float32's range and needs none)."""
+    return torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
 
 
 def seed_process(seed: int, rank: int) -> None:

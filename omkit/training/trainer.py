@@ -30,7 +30,7 @@ from torch import nn
 
 from omkit.checkpoint import save_model
 from omkit.data.sampling import sampler_cache_key
-from omkit.devices import resolve_device
+from omkit.devices import autocast, check_precision, convolution_guard, resolve_device
 
 from . import distributed, run_folder
 from .checkpoints import (
@@ -90,8 +90,11 @@ class Trainer:
             run_folder.check_resumable(self.run_dir, config)
         self.config = config
         self.device = resolve_device(config.device)
-        if config.amp and self.device.type != "cuda":
-            raise ValueError(f"{flag('amp')}: mixed precision needs a CUDA device (--device cuda)")
+        check_precision(config.precision, self.device)
+        if config.precision == "bf16" and self.device.type == "cpu" and self.is_main:
+            warnings.warn("--precision bf16 on a CPU trains with torch's slower convolutions (oneDNN's bfloat16 "
+                          "conv3d weight gradient is wrong for depth-2 maps; omkit.devices.convolution_guard); "
+                          "use fp32 on a CPU, bf16 or fp16 on a GPU for speed", stacklevel=3)
         self.preset = _get_preset(config.preset)
         self.stages = plan_stages(self.preset, config.stage_epochs, config.epochs)
         self.model_tasks = sorted({t for s in self.stages for t in s.tasks})
@@ -212,12 +215,16 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------
     def _step(self, batches, tasks) -> tuple[list[float], int]:
+        with convolution_guard(self.device, self.config.precision):  # forward and backward
+            return self._train_step(batches, tasks)
+
+    def _train_step(self, batches, tasks) -> tuple[list[float], int]:
         labels = [None if b is None else np.asarray(b[1]) for b in batches]
         inputs = [None if b is None else torch.as_tensor(b[0]).to(self.device, non_blocking=True) for b in batches]
         transfers_np = self.transfer.select(labels, set(tasks)) if self.transfer is not None else {}
         targets = task_targets(labels, transfers_np)
         transfers = {d: [(s, torch.as_tensor(i)) for s, i in pairs] for d, pairs in transfers_np.items()} or None
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.config.amp):
+        with autocast(self.device, self.config.precision):
             outputs = self.net(inputs, transfers)
         losses, values = [], [math.nan] * 3
         for t in tasks:
