@@ -8,7 +8,8 @@ of the main ratios.
 Groups ``cga*`` and ``tiles*`` compare implementations (``extra_info["impl"]``);
 ``case`` compares whole-case variants against ``omnet_cga-paper`` (seconds,
 peak memory, tiles); ``train`` compares presets against ``omnet`` (patches/s,
-peak memory).
+peak memory). ``--goals`` adds the table of the GPU goals (:data:`GOALS`,
+:func:`goals`), which ``make gpu-check`` prints in its report.
 """
 from __future__ import annotations
 
@@ -134,12 +135,81 @@ def plot(groups: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+# The performance goals of a GPU run (benchmarks/RESULTS.md, "GPU"): what each compares.
+GOALS = (
+    ("whole case, file to file, full width, the paper's tiles", "< 2 s"),
+    ("OM-Net + CGA vs the MC3 cascade (case, paper's tiles)", ">= 2x faster"),
+    ("OM-Net + CGA vs MONAI sliding_window_inference (same network and tiles)", ">= 1.3x faster"),
+    ("fused CGA vs torch.compile of the eager head (every cga group)", ">= 1.5x faster"),
+    ("training step at the paper's batch, full width: peak CUDA memory", "< 4 GB"),
+)
+
+
+def _median(rows: dict, name: str):
+    bench = rows.get(name)
+    return bench["stats"]["median"] if bench else None
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "missed")
+
+
+def goals(groups: dict) -> list[tuple[str, str, str, str]]:
+    """(goal, target, measured, verdict) per entry of :data:`GOALS`; verdict ``met``,
+    ``missed`` or ``n/a`` (the rows are absent, or a smoke run / a CPU cannot say)."""
+    case, train = groups.get("case", {}), groups.get("train", {})
+    full_width = all(b["extra_info"].get("width", 1.0) == 1.0 for b in [*case.values(), *train.values()])
+    out = []
+    (g1, t1), (g2, t2), (g3, t3), (g4, t4), (g5, t5) = GOALS
+    seconds = _median(case, "omnet_cga-file")
+    if seconds is None:
+        out.append((g1, t1, "no omnet_cga-file row", "n/a"))
+    else:
+        where = "" if full_width else " (not full width)"
+        out.append((g1, t1, f"{seconds:.2f} s{where}", _verdict(seconds < 2.0 if full_width else None)))
+    one_pass = _median(case, "omnet_cga-paper")
+    for goal, target, other, need in ((g2, t2, "mc3-paper", 2.0), (g3, t3, "omnet_cga-monai", 1.3)):
+        theirs = _median(case, other)
+        if one_pass is None or theirs is None:
+            out.append((goal, target, f"no {'omnet_cga-paper' if one_pass is None else other} row", "n/a"))
+        else:
+            ratio = theirs / one_pass
+            out.append((goal, target, f"{ratio:.2f}x ({theirs:.2f} s vs {one_pass:.2f} s)", _verdict(ratio >= need)))
+    ratios = []
+    for group, rows in sorted(groups.items()):
+        if kind_of(group) == "cga" and _median(rows, "fused") and _median(rows, "compiled"):
+            ratios.append((group.removeprefix("cga "), _median(rows, "compiled") / _median(rows, "fused")))
+    if ratios:
+        measured = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios)
+        out.append((g4, t4, measured, _verdict(min(r for _, r in ratios) >= 1.5)))
+    else:
+        out.append((g4, t4, "no cga rows with fused and compiled", "n/a"))
+    peaks = {name: b["extra_info"].get("peak_cuda_mb") for name, b in train.items() if name.startswith("omnet_cga")}
+    if peaks.get("omnet_cga") is None:
+        out.append((g5, t5, "no CUDA peak of omnet_cga (a CPU run)" if "omnet_cga" in train else "no omnet_cga row",
+                    "n/a"))
+    else:
+        measured = ", ".join(f"{name} {mb / 1024:.2f} GB" for name, mb in peaks.items() if mb is not None)
+        batch = train["omnet_cga"]["extra_info"].get("batch_per_task")
+        measured += f" (batch {batch} per task)" if batch else ""
+        out.append((g5, t5, measured, _verdict(peaks["omnet_cga"] < 4096 if full_width else None)))
+    return out
+
+
+def goals_table(groups: dict) -> list[str]:
+    """:func:`goals` as markdown lines."""
+    lines = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
+    lines += [f"| {g} | {t} | {m} | {v} |" for g, t, m, v in goals(groups)]
+    return lines
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s); groups of later files win")
     parser.add_argument("--plot", metavar="PNG", help="also draw the main ratios")
+    parser.add_argument("--goals", action="store_true", help="also print the GPU goals' table")
     args = parser.parse_args(argv)
     groups: dict[str, dict[str, dict]] = {}
     heads = []
@@ -161,6 +231,8 @@ def main(argv: list[str]) -> int:
         else:
             lines = _ratio_table(rows, ratios, kind)
         print("\n".join(lines) + "\n")
+    if args.goals:
+        print("### goals\n\n" + "\n".join(goals_table(groups)) + "\n")
     if args.plot:
         plot(groups, args.plot, "omkit benchmarks: " + "; ".join(h.strip("_") for h in heads))
     return 0

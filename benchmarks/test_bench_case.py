@@ -18,7 +18,19 @@ Group ``case`` (baseline ``omnet_cga-paper``):
 * ``omnet_cga-tta``: the paper's tiles with test-time mirroring (all 8 flips
   of D, H, W in one batch per tile block); its speed-up against
   ``omnet_cga-paper`` is the inverse of TTA's cost ratio, and ``extra_info``
-  has the Dice between its labels and the plain ones.
+  has the Dice between its labels and the plain ones;
+* ``omnet_cga-file``: file to file: the case folder read (NIfTI), preprocessed,
+  predicted with the paper's tiles, post-processed and the label map written,
+  as ``omkit predict`` does for one case (the goal: under 2 s on a GPU at full
+  width);
+* ``omnet_cga-paper+SETTING``: the paper's tiles with one inference setting of
+  :class:`omkit.inference.SpeedSettings` or ``--precision``: ``+cudnn`` (cuDNN
+  autotuning for the fixed tile shape), ``+channels_last`` (channels-last-3d),
+  ``+compile`` (``torch.compile`` with CUDA graphs, ``mode="reduce-overhead"``),
+  ``+bf16``, ``+fp16`` (autocast). Each is kept as a default only if its
+  speed-up against ``omnet_cga-paper`` on a GPU says so; ``+cudnn``,
+  ``+compile`` and ``+fp16`` run on a GPU only, ``+channels_last`` and ``+bf16``
+  on a CPU only as a smoke test.
 
 The case: ``OMKIT_BENCH_CASE`` names a case folder of the sample data (e.g. one
 the trained models held out), else the first one.
@@ -40,7 +52,8 @@ import pytest
 import torch
 
 import omkit
-from omkit.inference import SegmentationPredictor, TileSettings, build_postprocessors, dilate, postprocess
+from omkit.inference import (SegmentationPredictor, SpeedSettings, TileSettings, build_postprocessors, dilate,
+                             postprocess)
 from omkit.labels import internal_regions
 from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
@@ -55,9 +68,10 @@ SAMPLE_DATA = Path(os.environ.get("OMKIT_SAMPLE_DATA", Path(__file__).resolve().
 
 
 @pytest.fixture(scope="module")
-def case():
-    """A preprocessed case with ground truth: the first real sample case, else synthetic."""
-    from omkit.data import find_cases, load_case, preprocess_case, synthetic
+def case_dir(tmp_path_factory) -> tuple[Path, str]:
+    """(case folder, kind): the first real sample case (or ``OMKIT_BENCH_CASE``), else a
+    synthetic case written as a BraTS folder."""
+    from omkit.data import find_cases, synthetic
 
     if not SMOKE and SAMPLE_DATA.is_dir():
         cases = find_cases(SAMPLE_DATA)
@@ -65,12 +79,31 @@ def case():
         source = next((c for c in cases if c.name == wanted), None) if wanted else cases[0]
         if source is None:
             raise FileNotFoundError(f"OMKIT_BENCH_CASE={wanted}: no such case folder in {SAMPLE_DATA}")
-        loaded, kind = load_case(source), f"real: {source.name}"
-    else:
-        loaded, kind = synthetic.make_case(shape=(16, 32, 32) if SMOKE else (155, 240, 240), seed=1), "synthetic"
-    pre = preprocess_case(loaded)
-    pre.kind = kind
+        return source, f"real: {source.name}"
+    made = synthetic.make_case(shape=(16, 32, 32) if SMOKE else (155, 240, 240), seed=1)
+    return synthetic.write_case(made, tmp_path_factory.mktemp("bench-case")), "synthetic"
+
+
+@pytest.fixture(scope="module")
+def case(case_dir):
+    """The preprocessed case with ground truth."""
+    from omkit.data import load_case, preprocess_case
+
+    pre = preprocess_case(load_case(case_dir[0]))
+    pre.kind = case_dir[1]
     return pre
+
+
+# +SETTING -> (SegmentationPredictor keywords, needs a GPU)
+SETTINGS = {
+    "cudnn": (dict(speed=SpeedSettings(cudnn_benchmark=True)), True),
+    "channels_last": (dict(speed=SpeedSettings(channels_last=True)), False),
+    "compile": (dict(speed=SpeedSettings(compile="reduce-overhead")), True),
+    "bf16": (dict(precision="bf16"), False),
+    "fp16": (dict(precision="fp16"), True),
+}
+VARIANTS = ["omnet_cga-paper", "mc3-paper", "omnet_cga-large", "omnet_cga-monai", "omnet_cga-tta", "omnet_cga-file"] + [
+    f"omnet_cga-paper+{name}" for name in SETTINGS]
 
 
 def _model(preset: str, env: str):
@@ -122,11 +155,15 @@ def _dice(a: np.ndarray, b: np.ndarray) -> dict:
 _labels_by_variant: dict[str, np.ndarray] = {}
 
 
-@pytest.mark.parametrize("variant", ["omnet_cga-paper", "mc3-paper", "omnet_cga-large", "omnet_cga-monai", "omnet_cga-tta"])
-def test_case_inference(benchmark, device, case, variant):
-    preset, tiling = variant.split("-")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
+    preset, rest = variant.split("-", 1)
+    tiling, _, setting = rest.partition("+")
     if tiling == "monai":
         pytest.importorskip("monai", reason="MONAI is an optional benchmark dependency")
+    extra_kw, gpu_only = SETTINGS.get(setting, ({}, False))
+    if setting and device != "cuda" and (gpu_only or not SMOKE):
+        pytest.skip(f"+{setting} is a GPU setting" + ("" if gpu_only else " (on a CPU: smoke runs only)"))
     trained_env = "OMKIT_BENCH_CASCADE_MODEL" if preset == "mc3" else "OMKIT_BENCH_ONEPASS_MODEL"
     model, trained = _model(preset, trained_env)
     model = model.to(device)
@@ -134,7 +171,7 @@ def test_case_inference(benchmark, device, case, variant):
     cls = {"monai": MonaiTilingPredictor}.get(tiling, SegmentationPredictor)
     if preset == "mc3" and not trained:
         cls = OracleROICascade
-    predictor = cls([model], tiles=tiles, sw_device=device, tta=tiling == "tta")
+    predictor = cls([model], tiles=tiles, sw_device=device, tta=tiling == "tta", **extra_kw)
     if cls is OracleROICascade:
         predictor.gt_whole_tumor = torch.as_tensor(internal_regions(case.label)["WT"])
     steps = build_postprocessors()
@@ -142,6 +179,15 @@ def test_case_inference(benchmark, device, case, variant):
     def whole_case():
         result = predictor.predict(case.image, case.brain_mask)
         return result, postprocess(result.labels.numpy(), case.image, steps)
+
+    if tiling == "file":  # from the case folder to the written label map, as omkit predict does
+        from omkit.inference.pipeline import load_for_prediction, predict_case, write_label_map
+
+        def whole_case():
+            loaded = load_for_prediction(case_dir[0])
+            result = predict_case(loaded, predictor, steps)
+            write_label_map(result.labels, loaded, tmp_path / "labels.nii.gz", loaded.convention, force=True)
+            return result, result.labels[result.preprocessed.bbox]  # the brain crop, as the other rows
 
     benchmark.group = "case"
     with PeakMemory() as peak:
@@ -153,6 +199,7 @@ def test_case_inference(benchmark, device, case, variant):
         "case": case.kind, "cropped_shape": list(case.image.shape[1:]), "width": WIDTH, "trained_weights": trained,
         "tiles": result.tiles, "tile_size": list(tiles.size), "stride": list(tiles.stride),
         "oracle_roi": cls is OracleROICascade, "tta_flips": len(predictor.flips),
+        "setting": setting or None, "precision": predictor.precision,
     })
     if trained:
         benchmark.extra_info["dice_vs_ground_truth"] = _dice(labels, case.label)

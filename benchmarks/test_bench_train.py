@@ -5,7 +5,11 @@ width) with the trainer's optimiser: forward of the three tasks through
 per-task cross-entropy, backward and the SGD step, as the trainer does.
 
 ``extra_info``: patches/s and peak memory (host RSS; CUDA allocator peak on a
-GPU). Group ``train``; the baseline of the group is ``omnet``.
+GPU). Group ``train``; the baseline of the group is ``omnet``. ``omnet_cga+bf16``
+and ``omnet_cga+fp16`` take the same step under ``--precision`` bf16 / fp16 (autocast,
+with the gradient scaler for fp16) on a GPU; on a CPU ``+bf16`` runs in smoke runs
+only (under ``omkit.devices.convolution_guard``, as the trainer's CPU bf16 steps).
+The goal of the paper's batch at full width: a peak under 4 GB.
 """
 from __future__ import annotations
 
@@ -16,23 +20,26 @@ import torch.nn.functional as F
 import omkit
 from omkit.labels import NUM_CLASSES_TASK
 from omkit.protocol import BATCH_PER_TASK as PAPER_BATCH, PATCH_SIZE
+from omkit.devices import autocast, convolution_guard
 from omkit.training import TrainConfig
-from omkit.training.optim import build_optimizer
+from omkit.training.optim import build_optimizer, build_scaler
 
 from .conftest import SMOKE
 from .memory import PeakMemory
 
-PRESETS = ("omnet", "omnet_cga", "mc3")
+PRESETS = ("omnet", "omnet_cga", "mc3", "omnet_cga+bf16", "omnet_cga+fp16")
 WIDTH = 0.125 if SMOKE else 1.0
 PATCH = (8, 16, 16) if SMOKE else PATCH_SIZE
 BATCH_PER_TASK = 2 if SMOKE else PAPER_BATCH
 CLASSES = NUM_CLASSES_TASK
 
 
-def make_step(preset: str, device: str):
+def make_step(preset: str, device: str, precision: str = "fp32"):
     torch.manual_seed(0)
     model = omkit.create_model(preset, width=WIDTH).to(device).train()
-    opt = build_optimizer(TrainConfig(), model)  # the paper's SGD, as the trainer builds it
+    config = TrainConfig(precision=precision, device=device)
+    opt = build_optimizer(config, model)  # the paper's SGD, as the trainer builds it
+    scaler = build_scaler(config)
     inputs = [torch.randn(BATCH_PER_TASK, 4, *PATCH, device=device) for _ in range(3)]
     labels = [torch.randint(0, k, (BATCH_PER_TASK, *PATCH), device=device) for k in CLASSES]
     transfers = None
@@ -45,10 +52,13 @@ def make_step(preset: str, device: str):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        outputs = model.forward_tasks(inputs, transfers)
-        loss = sum(F.cross_entropy(out, target) for out, target in zip(outputs, labels))
-        loss.backward()
-        opt.step()
+        with convolution_guard(torch.device(device), precision):
+            with autocast(torch.device(device), precision):
+                outputs = model.forward_tasks(inputs, transfers)
+            loss = sum(F.cross_entropy(out.float(), target) for out, target in zip(outputs, labels))
+            scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss
 
     patches = sum(t.shape[0] for t in labels)
@@ -57,11 +67,15 @@ def make_step(preset: str, device: str):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_train_step(benchmark, run_benchmark, device, preset):
-    step, patches = make_step(preset, device)
+    name, _, precision = preset.partition("+")
+    if precision and device != "cuda" and (precision == "fp16" or not SMOKE):
+        pytest.skip(f"--precision {precision} is measured on a GPU" + ("" if precision == "fp16" else
+                                                                         " (on a CPU: smoke runs only)"))
+    step, patches = make_step(name, device, precision or "fp32")
     step()  # first step allocates optimiser state
     with PeakMemory() as peak:
         run_benchmark(step, rounds=3, group="train", preset=preset, width=WIDTH, patches_per_step=patches,
-                      batch_per_task=BATCH_PER_TASK, patch=list(PATCH))
+                      batch_per_task=BATCH_PER_TASK, patch=list(PATCH), precision=precision or "fp32")
     benchmark.extra_info.update(peak.as_extra_info())
     mean = benchmark.stats.stats.mean if benchmark.stats else None
     if mean:

@@ -71,3 +71,36 @@ def test_main_ratios_pair_each_row_with_its_baseline(summarize, bench_json):
         "tiles gather+stitch: fused-labels vs reference-labels": pytest.approx(4.0),
         "train: mc3 vs omnet": pytest.approx(0.5),
     }
+
+
+def test_goals_compare_the_rows_the_gpu_check_measures(summarize):
+    groups = summarize.group_rows({"benchmarks": [
+        _bench("case", 1.0, "a", {"variant": "omnet_cga-paper"}, width=1.0),
+        _bench("case", 2.5, "b", {"variant": "mc3-paper"}, width=1.0),
+        _bench("case", 1.2, "c", {"variant": "omnet_cga-monai"}, width=1.0),
+        _bench("case", 1.5, "d", {"variant": "omnet_cga-file"}, width=1.0),
+        _bench("cga forward paper-20", 0.030, "e", impl="compiled"),
+        _bench("cga forward paper-20", 0.010, "f", impl="fused"),
+        _bench("cga forward+backward paper-20", 0.020, "g", impl="compiled"),
+        _bench("cga forward+backward paper-20", 0.010, "h", impl="fused"),
+        _bench("train", 1.0, "i", {"preset": "omnet_cga"}, preset="omnet_cga", peak_cuda_mb=3000.0, width=1.0,
+               batch_per_task=20),
+        _bench("train", 0.8, "j", {"preset": "omnet_cga+fp16"}, preset="omnet_cga+fp16", peak_cuda_mb=2000.0,
+               width=1.0),
+    ]})
+    table = {goal: (measured, verdict) for goal, _, measured, verdict in summarize.goals(groups)}
+    assert [g for g, _ in summarize.GOALS] == list(table)
+    rows = list(table.values())
+    assert rows[0] == ("1.50 s", "met")
+    assert rows[1] == ("2.50x (2.50 s vs 1.00 s)", "met")
+    assert rows[2] == ("1.20x (1.20 s vs 1.00 s)", "missed")
+    assert rows[3] == ("forward paper-20 3.00x, forward+backward paper-20 2.00x", "met")
+    assert rows[4] == ("omnet_cga 2.93 GB, omnet_cga+fp16 1.95 GB (batch 20 per task)", "met")
+    # a smoke run (not full width) or a CPU run cannot say
+    small = summarize.group_rows({"benchmarks": [
+        _bench("case", 0.1, "d", {"variant": "omnet_cga-file"}, width=0.125),
+        _bench("train", 1.0, "i", {"preset": "omnet_cga"}, preset="omnet_cga", peak_rss_mb=900.0, width=0.125)]})
+    verdicts = [v for *_, v in summarize.goals(small)]
+    assert verdicts == ["n/a"] * 5
+    lines = summarize.goals_table(small)
+    assert lines[0] == "| goal | target | measured | verdict |" and len(lines) == 2 + len(summarize.GOALS)
