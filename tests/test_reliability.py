@@ -62,7 +62,7 @@ def test_a_killed_writers_temporary_is_cleaned_a_live_ones_is_not(tmp_path):
         assert is_temporary(writing.name, "other.png")  # its writer holds the lock: kept
     finally:
         live.kill()
-        live.wait()
+        live.communicate()
     assert len(clean_stale_temporaries(target.parent)) == 1  # now it is stranded too
     atomic_write_text(target.parent / "a.txt", "x")
     assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
@@ -426,3 +426,157 @@ def test_saved_ablation_scores_are_checked_and_never_run(tmp_path):
         with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: unreadable saved scores .*scoring the row again"):
             assert read_scores(path, "omnet", "fold0") is None
     assert not flag.exists()
+
+
+# -- run folders: validated before replaced, only omkit's, locked while in use ----------------
+
+TINY_TRAIN = ["--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "2", "--patches-per-epoch", "4,4,2",
+              "--stage-epochs", "1,1,1", "--no-progress", "--device", "cpu", "--threads", "1"]
+
+
+def _train_cli(*argv, cache: Path, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMKIT_CACHE_DIR=str(cache))
+    return subprocess.run([sys.executable, "-m", "omkit", "train", *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=300, **kw)
+
+
+def _one_line_error(result, *needles: str) -> str:
+    err = result.stderr.strip()
+    assert result.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, case_dirs):
+    """A finished tiny run (and its cache) to copy."""
+    from omkit.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("run")
+    train(TrainConfig(preset="omnet_cga", input=str(case_dirs[0].parent), output=str(root / "run"),
+                      cache_dir=str(root / "cache"), width=0.125, patch_size=(8, 16, 16), batch_per_task=2,
+                      patches_per_epoch=(4, 4, 2), stage_epochs=(1, 1, 1), max_steps=2, progress=False))
+    return root
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    shutil.copytree(tiny_run / "cache", tmp_path / "cache")
+    return tmp_path / "run", tmp_path / "cache"
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.name != ".omkit-lock"}
+
+
+def test_a_run_folder_holds_omkits_marker_and_a_lock_file(tiny_run):
+    import json as _json
+
+    run = tiny_run / "run"
+    marker = _json.loads((run / ".omkit-run").read_text())
+    assert marker["format"] == "omkit-run" and marker["pid"] > 0 and marker["host"]
+    assert (run / ".omkit-lock").is_file()  # kept, unlocked: a lock dies with its process
+
+
+@pytest.mark.parametrize("problem", ["nan_input", "bad_fold", "bad_sampler", "seed"])
+def test_force_checks_everything_before_it_replaces_a_run(tmp_path, tiny_run, case_dirs, problem):
+    """Was: the old run deleted first, then the NaN input / --fold 3 refused."""
+    import shutil
+
+    run, cache = _copy_run(tiny_run, tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(case_dirs[0].parent, data)
+    extra = []
+    if problem == "nan_input":
+        _rewrite_volume(next((data / case_dirs[1].name).glob("*_t1.nii.gz")),
+                        lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a.astype(np.float32)))
+        needle = "non-finite"
+    elif problem == "bad_fold":
+        extra, needle = ["--folds", "2", "--fold", "3"], "--fold"
+    elif problem == "bad_sampler":
+        extra, needle = ["--samplers", "brain,nosuch,core"], "--samplers"
+    else:
+        extra, needle = ["--seed", "-1"], "--seed"
+    before = _snapshot(run)
+    result = _train_cli("-i", data, "-o", run, *TINY_TRAIN, "--max-steps", "1", "--force", *extra, cache=cache)
+    _one_line_error(result, needle)
+    assert _snapshot(run) == before  # the old run, untouched
+
+
+def test_force_never_deletes_a_folder_omkit_did_not_make(tmp_path, tiny_run, case_dirs):
+    """Was: a user folder holding config.json and checkpoints/notes.txt was deleted."""
+    _, cache = _copy_run(tiny_run, tmp_path)
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "config.json").write_text("{}")
+    (mine / "checkpoints" / "notes.txt").write_text("mine")
+    result = _train_cli("-i", case_dirs[0].parent, "-o", mine, *TINY_TRAIN, "--max-steps", "1", "--force", cache=cache)
+    _one_line_error(result, "not an omkit run folder", ".omkit-run")
+    assert sorted(p.name for p in mine.rglob("*")) == ["checkpoints", "config.json", "notes.txt"]
+
+
+def test_a_failed_new_run_leaves_nothing_behind(tmp_path, tiny_run, case_dirs):
+    _, cache = _copy_run(tiny_run, tmp_path)
+    for extra, needle in ((["--samplers", "brain,nosuch,core"], "--samplers"),
+                          (["--folds", "2", "--fold", "3"], "--fold"),
+                          (["--attention", "nosuch"], "--attention")):
+        target = tmp_path / "new" / "run"
+        _one_line_error(_train_cli("-i", case_dirs[0].parent, "-o", target, *TINY_TRAIN, *extra, cache=cache), needle)
+        assert not (tmp_path / "new").exists()  # not even the parent it made
+        target.mkdir(parents=True)
+        _one_line_error(_train_cli("-i", case_dirs[0].parent, "-o", target, *TINY_TRAIN, *extra, cache=cache), needle)
+        assert list(target.iterdir()) == []  # an empty folder stays empty
+        target.rmdir()
+        target.parent.rmdir()
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(tmp_path, tiny_run, case_dirs):
+    """Was: two trains on one folder, a second apart, both exited 0 and one's results replaced the other's."""
+    import socket
+
+    _, cache = _copy_run(tiny_run, tmp_path)
+    run = tmp_path / "busy"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMKIT_CACHE_DIR=str(cache))
+    first = subprocess.Popen([sys.executable, "-m", "omkit", "train", "-i", str(case_dirs[0].parent), "-o", str(run),
+                              *TINY_TRAIN, "--max-steps", "400", "--patches-per-epoch", "2000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (run / ".omkit-lock").is_file() or str(first.pid) not in (run / ".omkit-lock").read_text():
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.05)
+        for extra in ([], ["--force"]):
+            second = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--max-steps", "1", *extra,
+                                cache=cache)
+            _one_line_error(second, "in use by another omkit process", f"pid {first.pid} on {socket.gethostname()}")
+        assert first.poll() is None  # the first run goes on
+        resumed = _train_cli("-i", case_dirs[0].parent, "-o", run, "--resume", "--no-progress", cache=cache)
+        _one_line_error(resumed, "in use by another omkit process")
+    finally:
+        first.kill()
+        first.communicate()
+    # the holder died (kill -9 alike): the lock went with it
+    again = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--max-steps", "1", "--force", cache=cache)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_non_finite_loss_stops_training_without_a_model(tmp_path, tiny_run, case_dirs):
+    """Was: --lr 1e30 trained to the end and wrote a model.pt of NaN weights, exit 0."""
+    import json as _json
+
+    import torch
+
+    _, cache = _copy_run(tiny_run, tmp_path)
+    run = tmp_path / "diverged"
+    result = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--lr", "1e38", "--optimizer", "sgd",
+                        "--checkpoint-every", "1", cache=cache)
+    err = _one_line_error(result, "training diverged: non-finite loss", "no model.pt was written", "--lr")
+    assert f"{run / 'checkpoints' / 'last.pt'}, step 1" in err
+    assert not (run / "model.pt").exists()
+    kept = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # the step before, finite
+    assert kept["state"]["global_step"] == 1
+    assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
+    assert _json.loads((run / "metrics.json").read_text())["stopped_by"] == "diverged"

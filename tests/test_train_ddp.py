@@ -41,7 +41,8 @@ def test_two_process_training_keeps_weights_identical(tmp_path):
     assert weights_digest(model) == ranks[0]["weights_sha256"]
     # only rank 0 wrote: one set of outputs, no temporary files left behind
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.json", "loss_curve.png", "metrics.csv", "metrics.json", "model.pt"]
+        ".omkit-lock", ".omkit-run", "checkpoints", "config.json", "loss_curve.png", "metrics.csv", "metrics.json",
+        "model.pt"]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     # every process's RNG states, as plain tensors and numbers (loadable weights-only)
     per_rank = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["rng"]["per_rank"]

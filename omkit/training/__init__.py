@@ -13,7 +13,7 @@ Modules, one job each:
 * :mod:`.state`       ``TrainState``: where a run stands, its loss windows
 * :mod:`.checkpoints` ``checkpoints/last.pt`` (weights-only loadable), model metadata
 * :mod:`.distributed` DDP: ranks, process group, collectives
-* :mod:`.run_folder`  what a run folder holds; --force and --resume policy
+* :mod:`.run_folder`  what a run folder holds; its lock, marker, --force and --resume policy
 * :mod:`.report`      metrics CSV/JSON and the loss curve
 * :mod:`.trainer`     ``Trainer``: the loop; ``train``
 
@@ -24,10 +24,10 @@ from .config import RECIPES, TrainConfig, recipe_settings
 from .curriculum import Stage, plan_stages
 from .patches import TaskPatches
 from .state import TrainState
-from .trainer import Trainer, train
+from .trainer import Trainer, TrainingDiverged, train
 from .transfer import TransferRule, class_fraction, task3_target, task_targets
 
 __all__ = [
-    "RECIPES", "Stage", "TaskPatches", "TrainConfig", "TrainState", "Trainer", "TransferRule", "class_fraction",
-    "plan_stages", "recipe_settings", "task3_target", "task_targets", "train", "weights_digest",
+    "RECIPES", "Stage", "TaskPatches", "TrainConfig", "TrainState", "Trainer", "TrainingDiverged", "TransferRule",
+    "class_fraction", "plan_stages", "recipe_settings", "task3_target", "task_targets", "train", "weights_digest",
 ]

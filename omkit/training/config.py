@@ -54,6 +54,19 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Upper limits of what a run may ask for: each far beyond the paper's and any
+# useful run, but short of an allocation failure or an overflow deep inside it,
+# so that a slip of the keyboard is a one-line error naming the flag.
+MAX_WIDTH = 16.0  # 16x the paper's 32-256 feature maps (a model of ~3.5 G parameters)
+MAX_PATCH_SIDE = 256  # voxels (BraTS volumes are 155 x 240 x 240)
+MAX_BATCH_VOXELS = 2**27  # batch_per_task x voxels of one patch: 2 GiB of float32 input per task and step
+MAX_PATCHES_PER_EPOCH = 10**7  # per task (the paper's: 200k-400k); the sampler draws them up front
+MAX_SEED = 2**32 - 1  # numpy's seeds
+MAX_PROCESSES = 256  # --workers, --threads
+INT_SETTINGS = ("epochs", "batch_per_task", "lr_step_epochs", "seed", "folds", "fold", "workers", "threads",
+                "max_steps", "checkpoint_every", "log_every")
+
+
 def recipe_settings(name: str) -> dict[str, Any]:
     """The settings of recipe ``name``; an unknown name is a one-line error."""
     if name not in RECIPES:
@@ -141,6 +154,11 @@ class TrainConfig:
                 bad(name, f"must be a number, got {value!r}")
             if value is not None and not math.isfinite(value):
                 bad(name, f"must be a finite number, got {value}")
+        for name in INT_SETTINGS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                bad(name, f"must be an integer, got {value!r}")
+        self._check_limits(bad)
         if len(self.stage_epochs) != 3 or min(self.stage_epochs) < 0 or sum(self.stage_epochs) < 1:
             bad("stage_epochs", f"needs three non-negative epoch counts a,b,c with a positive sum, got {self.stage_epochs}")
         if self.epochs is not None and self.epochs < 1:
@@ -196,6 +214,35 @@ class TrainConfig:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "fp16" and self.device.strip().lower() == "cpu":
             bad("precision", "fp16 (float16 mixed precision) needs --device cuda; on a CPU use bf16")
+
+    def _check_limits(self, bad) -> None:
+        if self.width > MAX_WIDTH:
+            bad("width", f"must be at most {MAX_WIDTH:g} (16x the paper's feature maps), got {self.width:g}")
+        if any(p > MAX_PATCH_SIDE for p in self.patch_size):
+            bad("patch_size", f"each side must be at most {MAX_PATCH_SIDE} voxels, got {self.patch_size}")
+        voxels = self.batch_per_task * math.prod(self.patch_size)
+        if voxels > MAX_BATCH_VOXELS:
+            bad("batch_per_task", f"{self.batch_per_task} patches of {'x'.join(map(str, self.patch_size))} are "
+                                  f"{voxels} voxels per task and step, more than {MAX_BATCH_VOXELS}; lower "
+                                  f"{flag('batch_per_task')} or {flag('patch_size')}")
+        if max(self.patches_per_epoch, default=0) > MAX_PATCHES_PER_EPOCH:
+            bad("patches_per_epoch", f"must be at most {MAX_PATCHES_PER_EPOCH} per task (use more epochs), "
+                                     f"got {max(self.patches_per_epoch)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            bad("seed", f"must be in 0..{MAX_SEED}, got {self.seed}")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", f"must be in [0, 1), got {self.momentum:g}")
+        if self.weight_decay < 0:
+            bad("weight_decay", f"must be >= 0, got {self.weight_decay:g}")
+        if self.plateau_tol is not None and self.plateau_tol < 0:
+            bad("plateau_tol", f"must be >= 0, got {self.plateau_tol:g}")
+        if self.folds is not None and self.folds < 2:
+            bad("folds", f"must be at least 2, got {self.folds}")
+        if self.folds is not None and self.fold is not None and not 0 <= self.fold < self.folds:
+            bad("fold", f"must be in 0..{self.folds - 1} for {flag('folds')} {self.folds}, got {self.fold}")
+        for name in ("workers", "threads"):
+            if (getattr(self, name) or 0) > MAX_PROCESSES:
+                bad(name, f"must be at most {MAX_PROCESSES}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -17,6 +17,7 @@ process's RNG states and the curriculum stage, and a batch depends only on
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -50,6 +51,47 @@ from .state import TrainState
 from .transfer import TransferRule, task_targets
 
 
+class TrainingDiverged(ValueError):
+    """A loss became NaN or infinite: the run stops without writing the diverged model."""
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "DefaultCPUAllocator" in text))
+
+
+@contextlib.contextmanager
+def _fits_in_memory(config: TrainConfig, *names: str):
+    """An allocation failure (host or device) inside is a one-line error
+    naming the settings ``names`` that size it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        given = " ".join(f"{flag(n)} {_shown(getattr(config, n))}" for n in names)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{given}: does not fit in memory ({reason}); lower {' or '.join(flag(n) for n in names)}") \
+            from None
+
+
+def _memory_checked(steps, config: TrainConfig):
+    """``steps`` (batches are made as it is iterated), allocation failures named as by :func:`_fits_in_memory`."""
+    iterator = iter(steps)
+    while True:
+        with _fits_in_memory(config, "patch_size", "batch_per_task"):
+            item = next(iterator, None)
+        if item is None:
+            return
+        yield item
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else f"{value:g}" \
+        if isinstance(value, float) else str(value)
+
+
 class _TaskForward(nn.Module):
     """``forward`` = ``model.forward_tasks`` so DDP can wrap the training pass."""
 
@@ -75,6 +117,8 @@ class Trainer:
     """One process's training run; :func:`train` is the usual way in."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False):
+        self.claim: run_folder.RunClaim | None = None  # the main process's lock on the run folder
+        self.resume, self._committed, self._checkpoint_step = resume, False, None
         self.processes = distributed.start(config.device)
         try:
             self._setup(config, resume, force)
@@ -86,7 +130,8 @@ class Trainer:
         self.rank, self.world_size = self.processes.rank, self.processes.world_size
         self.is_main = self.processes.is_main
         self.run_dir = run_folder.require_output(config)
-        if resume:
+        if resume:  # fail fast; checked again under the folder's lock (run_folder.claim)
+            run_folder.check_free(self.run_dir)
             run_folder.check_resumable(self.run_dir, config)
         self.config = config
         self.device = resolve_device(config.device)
@@ -105,17 +150,16 @@ class Trainer:
         check_model_settings(config)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        self.model = build_model(config, self.device)
-        if self.is_main and not resume:
-            run_folder.prepare_new_run(self.run_dir, force)  # before the (slow) data preparation: fail fast
+        with _fits_in_memory(config, "width"):
+            self.model = build_model(config, self.device)
+        if self.is_main:  # lock the folder and check that it may be used (fast); it is replaced only at _commit
+            self.claim = run_folder.claim(self.run_dir, resume, force, config)
         distributed.barrier(self.processes)
         self.data = prepare_data(config, self.samplers, self.model_tasks, self.processes)
         self.patches, self.cases, self.held_out = self.data.patches, self.data.cases, self.data.held_out
         self.label_convention = self.data.label_convention
         if resume:
             run_folder.check_same_cases(self.run_dir, self.data.case_ids, config.input)
-        if self.is_main:
-            (self.run_dir / run_folder.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = build_scaler(config)
@@ -123,7 +167,36 @@ class Trainer:
         self.state = TrainState()
         if resume:
             self._load_checkpoint(run_folder.last_checkpoint(self.run_dir))
+            self._checkpoint_step = self.state.global_step
         self.net, self._net_tasks = None, None
+
+    def _commit(self) -> None:
+        """Make the run folder this run's, once: with ``--force`` the old run is
+        replaced only now, after the settings, the cases and (for a new run)
+        the first training step have passed; then config.json is written."""
+        if self._committed:
+            return
+        self._committed = True
+        if self.is_main:
+            self.claim.commit()
+            self._write_config()
+
+    def _check_finite(self, values: list[float], tasks) -> None:
+        """A non-finite loss stops the run: no checkpoint or model.pt from the
+        diverged weights; the checkpoints before it stay."""
+        if all(math.isfinite(values[t]) for t in tasks) and math.isfinite(values[3]):
+            return
+        state, cfg = self.state, self.config
+        state.stopped_by = "diverged"
+        if self._committed:
+            self._write_reports()  # the metrics up to the step before
+        losses = ", ".join(f"task {t + 1} {values[t]}" for t in tasks)
+        kept = (f"the checkpoint before it ({run_folder.last_checkpoint(self.run_dir)}, step {self._checkpoint_step}) "
+                "is kept" if self._checkpoint_step is not None else "there is no checkpoint before it")
+        raise TrainingDiverged(
+            f"training diverged: non-finite loss ({losses}) at step {state.global_step + 1} (epoch {state.epoch + 1}, "
+            f"stage {state.stage + 1}); no model.pt was written and {kept}; lower {flag('lr')} (was {cfg.lr:g})"
+        )
 
     def _net_for(self, tasks: tuple[int, ...]) -> nn.Module:
         """The training pass for a stage; under DDP wrapped once per stage, so
@@ -143,6 +216,7 @@ class Trainer:
     # -- checkpoints and models -------------------------------------------------------
     def _save_checkpoint(self) -> None:
         rng = distributed.gather(self.processes, rng_state(self.device))  # collective: every process takes part
+        self._checkpoint_step = self.state.global_step
         if not self.is_main:
             return
         save_training_checkpoint(
@@ -261,8 +335,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, state = self.config, self.state
-        if self.is_main:
-            self._write_config()
+        if self.resume:
+            self._commit()  # a resumed run is there already: this rewrites config.json
         if state.finished:
             if self.is_main:
                 print(f"omkit train: {self.run_dir} has finished training; nothing to resume", flush=True)
@@ -280,8 +354,12 @@ class Trainer:
                     unit="step", leave=True, mininterval=0.5,
                 )
                 self._net_for(stage.tasks).train()
-                for step, batches in iterate_steps(self.patches, state.epoch, stage.tasks, state.step, cfg.workers):
-                    values, own = self._step(batches, stage.tasks)
+                steps_iter = iterate_steps(self.patches, state.epoch, stage.tasks, state.step, cfg.workers)
+                for step, batches in _memory_checked(steps_iter, cfg):
+                    with _fits_in_memory(cfg, "patch_size", "batch_per_task", "width"):
+                        values, own = self._step(batches, stage.tasks)
+                    self._check_finite(values, stage.tasks)
+                    self._commit()  # after the first step: it fits in memory and its losses are finite
                     state.step = step + 1
                     state.global_step += 1
                     state.patches += own
@@ -313,6 +391,7 @@ class Trainer:
                     state.stage_starts.append(state.global_step)
         state.finished = state.stage >= len(self.stages)
         state.stopped_by = stop or "finished"
+        self._commit()
         self._save_checkpoint()
         extra = distributed.consistency_report(self.processes, self.model, self.patches.pool(0, self.stages[0].tasks[0]))
         self._snapshot(self.run_dir / run_folder.MODEL)
@@ -365,6 +444,9 @@ class Trainer:
             state.stage_epoch = stage.epochs  # the stage is done
 
     def close(self) -> None:
+        if self.claim is not None:  # a run that never started leaves the folder as it was
+            self.claim.close()
+            self.claim = None
         distributed.stop(self.processes)
 
 
