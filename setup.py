@@ -150,7 +150,13 @@ setup(
     ],
     extras_require={
         # MONAI: independent metric implementation for agreement tests, and the peer baselines
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "monai>=1.3"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "monai>=1.3",
+                 # omkit export: the ONNX parity tests run the file in onnxruntime
+                 "onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2"],
+        # omkit export --format onnx (torch's exporter needs onnx and onnxscript); onnxruntime runs
+        # the file (examples/onnx_runner.py). Checked with torch 2.13: onnx 1.23, onnxscript 0.7,
+        # onnxruntime 1.32.
+        "export": ["onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2"],
     },
     entry_points={"console_scripts": ["omkit = omkit.cli:main"]},
     ext_modules=ext_modules,

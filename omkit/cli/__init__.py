@@ -21,6 +21,7 @@ COMMANDS = {
     "predict": "predict",
     "evaluate": "evaluate",
     "explain": "explain",
+    "export": "export",
     "demo": "demo",
     "ablation": "ablation",
 }

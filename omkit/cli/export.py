@@ -1,0 +1,55 @@
+"""Export a trained model to ONNX or torch.export, to run without omkit.
+
+Examples::
+
+    omkit export -m runs/cga/model.pt -o cga.onnx                  # format from the suffix
+    omkit export -m runs/cga/model.pt -o cga.pt2 --format torch-export
+    python examples/onnx_runner.py -m cga.onnx -i BraTS2018/Brats18_CBICA_ABM_1 -o seg.nii.gz
+
+Writes the network that maps one batch of tiles ``(batch, 4, D, H, W)`` (dynamic
+batch, the tile size fixed: ``--tile-size``, default the paper's) to the tasks'
+logits, with omkit's fused ops lowered to standard operators. The metadata the
+runner needs (preset, tile geometry, preprocessing, fusion, label conventions;
+``--tile-keep``, ``--tile-stride``, ``--tile-batch`` and ``--roi-dilation`` are
+recorded as its defaults) are ONNX metadata props, or ``FILE.json`` beside a ``.pt2``.
+ONNX needs ``pip install 'omkit[export]'`` (onnx, onnxscript; onnxruntime to run it).
+"""
+from __future__ import annotations
+
+from omkit.cli import CLIError
+from omkit.cli.options import add_tile_arguments, tile_settings
+
+
+def add_arguments(parser):
+    from omkit.export import FORMATS
+
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file (RUN/model.pt)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="file to write (.onnx or .pt2; the suffix gives the format unless --format does)")
+    parser.add_argument("--format", choices=FORMATS, help="onnx or torch-export (default: from the suffix of -o)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_tile_arguments(parser)
+
+
+def run(args) -> int:
+    from omkit.export import ExportDependencyError, export_model, format_of
+
+    tiles = tile_settings(args)
+    try:
+        export_format = format_of(args.output, args.format)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        metadata = export_model(args.model, args.output, export_format, tile_size=tiles.size, keep=tiles.keep,
+                                stride=tiles.stride, batch=tiles.batch, roi_dilation=args.roi_dilation,
+                                force=args.force)
+    except ExportDependencyError as exc:
+        raise CLIError(str(exc)) from None
+    shapes = ", ".join(f"{name} {tuple(shape)}" for name, shape in metadata["outputs"].items())
+    print(f"wrote {args.output} ({export_format}): {metadata['preset']}, tiles {tuple(metadata['input']['shape'])} "
+          f"-> {shapes}")
+    if export_format == "torch-export":
+        from omkit.export import sidecar_path
+
+        print(f"wrote {sidecar_path(args.output)} (metadata)")
+    return 0

@@ -1,0 +1,337 @@
+"""Export a trained model for deployment without omkit: the network that maps one
+batch of tiles to the three tasks' logits, as ONNX or as a ``torch.export``
+program (``.pt2``).
+
+* The graph: ``tiles`` float32 ``(batch, 4, D, H, W)`` (FLAIR, T1, T1c, T2;
+  z-scored inside the brain; D the axial axis = NIfTI Z, H = X, W = Y) ->
+  ``task1`` ``(batch, 5, D, H, W)``, ``task2`` ``(batch, 5, D, H, W)``,
+  ``task3`` ``(batch, 2, D, H, W)`` logits (MC1 / MC2 models: their tasks
+  only). The batch axis is dynamic, the tile size fixed (``tile_size``; CGA and
+  SE heads pool over the whole tile, so keep the training patch size). An MC
+  model's graph runs its networks side by side on every tile; the runner's
+  fusion then gives what the cascade gives (each voxel's labels come from the
+  same tile either way).
+* omkit's ops are lowered to standard operators: the model is traced under
+  ``omkit.ops.use_backend("reference")`` (the pure-PyTorch formulas), and the
+  result is checked to hold no ``omkit`` op, so the file runs with onnxruntime or
+  plain PyTorch alone.
+* Metadata (:func:`export_metadata`: preset, tile geometry, label conventions,
+  preprocessing, fusion constants) travel with the file: ONNX metadata props
+  (key ``omkit``, a JSON document), and for a ``.pt2`` a JSON file beside it
+  (``FILE.json``) and the same document inside it (``extra_files["omkit.json"]``).
+
+``examples/onnx_runner.py`` is a small runner (numpy, nibabel, scipy,
+onnxruntime) that segments a case folder with an exported ONNX file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from omkit.fileio import atomic_path, atomic_write_text
+from omkit.labels import (BACKGROUND, CONVENTIONS, CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL,
+                          NUM_CLASSES_TASK, TUMOR_CLASSES)
+from omkit.protocol import COARSE_TUMOR_THRESHOLD, PATCH_DIVISOR, ROI_DILATION, TILE_KEEP
+
+FORMATS = ("onnx", "torch-export")
+SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
+EXPORT_FORMAT = "omkit-export"
+EXPORT_FORMAT_VERSION = 1
+METADATA_KEY = "omkit"  # ONNX metadata prop / the .pt2's extra file omkit.json
+INPUT_NAME = "tiles"
+# the largest batch the exported programs are specialised for (torch.export needs a bound)
+MAX_BATCH = 65536
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch's exporters report their progress and their own deprecations (torchvision not
+    installed, pytree renames): nothing a user of omkit export can act on."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class ExportDependencyError(ImportError):
+    """A package the chosen format needs is missing; the message says how to install it."""
+
+
+class TileNetwork(nn.Module):
+    """The exported graph: one batch of tiles ``(B, 4, D, H, W)`` -> the model's tasks'
+    logits as a tuple (``task1``, ``task2``, ``task3``; an MC1/MC2 model has fewer)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_tasks = int(getattr(model, "num_tasks", 3))
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f"task{t + 1}" for t in range(self.num_tasks)]
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(tiles)
+        return tuple(outputs[t] for t in range(self.num_tasks))
+
+
+def _omkit_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("omkit")
+    except PackageNotFoundError:
+        return None
+
+
+def export_metadata(meta: dict, tile_size: Sequence[int], keep: Sequence[int], stride: Sequence[int] | None = None,
+                    batch: int = 16, roi_dilation: float = ROI_DILATION, num_tasks: int = 3,
+                    architecture: str = "onepass", export_format: str | None = None) -> dict:
+    """Everything a runner needs besides the graph: what the input is, how to preprocess,
+    where the tiles go, how the tasks fuse into labels, and how labels are written."""
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "export_format": export_format,
+        "omkit_version": _omkit_version(),
+        "torch_version": torch.__version__,
+        "preset": meta.get("preset"),
+        "width": meta.get("width"),
+        "model_kw": meta.get("model_kw", {}),
+        "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 4, *[int(s) for s in tile_size]],
+            "dtype": "float32",
+            "modalities": ["flair", "t1", "t1c", "t2"],
+            "axes": "(batch, modality, D, H, W); D = NIfTI axis 3 (Z, axial), H = axis 1 (X), W = axis 2 (Y)",
+        },
+        "outputs": {f"task{t + 1}": ["batch", NUM_CLASSES_TASK[t], *[int(s) for s in tile_size]]
+                    for t in range(num_tasks)},
+        "preprocessing": {
+            **meta.get("preprocessing", {"normalization": "zscore-nonzero", "crop": "brain-bbox"}),
+            "brain_mask": "voxels where any modality is non-zero",
+            "zscore": "per modality over the brain mask (float64 mean and population std), zero outside it",
+        },
+        "tiles": {
+            "size": [int(s) for s in tile_size],
+            "keep": [int(s) for s in keep],
+            "stride": [int(s) for s in (stride if stride is not None else keep)],
+            "keep_offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, keep)],
+            "batch": int(batch),
+            "placement": "kept centres start at the crop's first voxel and advance by stride; tiles read zero "
+                         "outside the crop; only tiles whose kept centre touches the brain are needed",
+        },
+        "fusion": {
+            "classes": {"background": BACKGROUND, "normal": NORMAL, "ncr_net": NCR_NET, "edema": EDEMA,
+                        "enhancing": ENHANCING},
+            "tumor_classes": list(TUMOR_CLASSES),
+            "core_classes": list(CORE_CLASSES),
+            "non_tumor_classes": [BACKGROUND, NORMAL],
+            "coarse_tumor_threshold": COARSE_TUMOR_THRESHOLD,
+            "roi_dilation": float(roi_dilation),
+            "rule": "task 1: coarse tumor = sum of tumor-class probabilities > threshold; label = likeliest tumor "
+                    "class inside it, likeliest non-tumor class outside; ROI = coarse dilated by a Euclidean ball "
+                    "of roi_dilation voxels, within the brain; task 2 labels the ROI; task 3 (1 = enhancing) "
+                    "relabels the core classes inside the ROI (enhancing, else ncr_net); outside the brain: "
+                    "background",
+        },
+        "label_convention": meta.get("label_convention", "2018"),
+        "label_conventions": {name: {"ncr_net": c.ncr_net, "edema": c.edema, "enhancing": c.enhancing}
+                              for name, c in CONVENTIONS.items()},
+    }
+
+
+def _check_tiles(tile_size, keep, stride):
+    from omkit.inference.tiling import check_geometry
+
+    tile_size, stride, keep = check_geometry(tile_size, stride, keep)
+    if any(s % PATCH_DIVISOR for s in tile_size):
+        raise ValueError(f"tile size {list(tile_size)}: each side must be divisible by {PATCH_DIVISOR}")
+    return tile_size, keep, stride
+
+
+def export_program(model: nn.Module, tile_size: Sequence[int], in_channels: int = 4) -> torch.export.ExportedProgram:
+    """``torch.export`` of :class:`TileNetwork` (``model`` on the CPU, eval mode) with the
+    batch axis dynamic and omkit's ops lowered to their PyTorch references."""
+    from omkit import ops
+
+    network = TileNetwork(model).eval()
+    example = torch.zeros(2, in_channels, *tile_size)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with ops.use_backend("reference"), torch.no_grad(), _quiet_exporter():
+        program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},), strict=False)
+    foreign = sorted({str(node.target) for node in program.graph.nodes
+                      if node.op == "call_function" and "omkit" in str(node.target)})
+    if foreign:
+        raise RuntimeError(f"the exported program still calls omkit ops: {', '.join(foreign)}")
+    return program
+
+
+def _onnx_modules():
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ExportDependencyError(
+            f"--format onnx needs the packages onnx and onnxscript ({exc.name} is missing): "
+            "pip install 'omkit[export]'") from None
+    import onnx
+
+    return onnx
+
+
+def save_onnx(program: torch.export.ExportedProgram, output_names: Sequence[str], target: str | os.PathLike,
+              metadata: dict, force: bool = False) -> Path:
+    """Translate ``program`` to ONNX (torch's exporter, optimised graph), name the batch
+    axis ``batch``, attach ``metadata`` and write ``target`` atomically."""
+    onnx = _onnx_modules()
+    with _quiet_exporter():
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME],
+                                         output_names=list(output_names), optimize=True, verbose=False)
+    proto = onnx_program.model_proto
+    batch_symbol = str(next(n for n in program.graph.nodes if n.op == "placeholder"
+                            and n.name == program.graph_signature.user_inputs[0]).meta["val"].shape[0])
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == batch_symbol:
+                dim.dim_param = "batch"
+    foreign = sorted({node.domain for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise RuntimeError(f"the ONNX graph uses operators outside the standard domain: {', '.join(foreign)}")
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    onnx.checker.check_model(proto)
+    with atomic_path(target, force=force) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return Path(target)
+
+
+def sidecar_path(target: str | os.PathLike) -> Path:
+    """The metadata JSON beside a ``.pt2``: ``FILE.json``."""
+    return Path(target).with_suffix(".json")
+
+
+def save_torch_export(program: torch.export.ExportedProgram, target: str | os.PathLike, metadata: dict,
+                      force: bool = False) -> Path:
+    """Write ``program`` (``torch.export.save``, metadata inside as ``omkit.json``) and the
+    metadata beside it as ``FILE.json``, both atomically."""
+    text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    sidecar = sidecar_path(target)
+    if not force and sidecar.exists():
+        from omkit.fileio import OutputExistsError
+
+        raise OutputExistsError(None, None, str(sidecar))
+    with atomic_path(target, force=force) as tmp:
+        torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": text})
+    atomic_write_text(sidecar, text, force=True)
+    return Path(target)
+
+
+def format_of(target: str | os.PathLike, export_format: str | None = None) -> str:
+    """``export_format``, else the one the file name's suffix says (``.onnx``, ``.pt2``)."""
+    if export_format is not None:
+        if export_format not in FORMATS:
+            raise ValueError(f"unknown export format {export_format!r}; choose one of {', '.join(FORMATS)}")
+        return export_format
+    suffix = Path(target).suffix.lower()
+    for name, known in SUFFIXES.items():
+        if suffix == known:
+            return name
+    raise ValueError(f"{target}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
+                     f"give --format {' or '.join(FORMATS)}")
+
+
+@dataclass
+class PreparedExport:
+    """A traced model ready to be written in either format: the ``program``
+    (:func:`export_program`), its ``metadata`` (:func:`export_metadata`) and the names of
+    its outputs. :meth:`save` writes it; tracing once serves both formats."""
+
+    program: torch.export.ExportedProgram
+    metadata: dict
+    output_names: list[str]
+
+    def save(self, target: str | os.PathLike, export_format: str | None = None, force: bool = False) -> dict:
+        """Write ``target`` as ``export_format`` (default: from the suffix); returns its metadata."""
+        export_format = format_of(target, export_format)
+        metadata = {**self.metadata, "export_format": export_format}
+        if export_format == "onnx":
+            save_onnx(self.program, self.output_names, target, metadata, force=force)
+        else:
+            save_torch_export(self.program, target, metadata, force=force)
+        return metadata
+
+
+def prepare_export(model_path: str | os.PathLike, tile_size: Sequence[int] | None = None,
+                   keep: Sequence[int] = TILE_KEEP, stride: Sequence[int] | None = None, batch: int = 16,
+                   roi_dilation: float = ROI_DILATION) -> PreparedExport:
+    """Load the model file ``model_path`` (``omkit.checkpoint``) and trace its tile network.
+    The tile size defaults to the model's training patch size; ``keep``, ``stride``,
+    ``batch`` and ``roi_dilation`` are the runner's defaults, recorded in the metadata."""
+    from omkit.checkpoint import load_model
+    from omkit.models.omnet import MCNet
+
+    model, meta = load_model(model_path, map_location="cpu")
+    if int(getattr(model, "spatial_dims", 3)) != 3:
+        raise ValueError(f"{model_path}: only 3-D models export to tiles (this one has spatial_dims=2)")
+    tile_size = tuple(tile_size) if tile_size is not None else tuple(meta.get("patch_size", (16, 32, 32)))
+    tile_size, keep, stride = _check_tiles(tile_size, keep, stride)
+    network = TileNetwork(model)
+    metadata = export_metadata(meta, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation,
+                               num_tasks=network.num_tasks,
+                               architecture="cascade" if isinstance(model, MCNet) else "onepass")
+    program = export_program(model, tile_size, int(meta.get("model_kw", {}).get("in_channels", 4)))
+    return PreparedExport(program, metadata, network.output_names)
+
+
+def export_model(model_path: str | os.PathLike, target: str | os.PathLike, export_format: str | None = None,
+                 tile_size: Sequence[int] | None = None, keep: Sequence[int] = TILE_KEEP,
+                 stride: Sequence[int] | None = None, batch: int = 16, roi_dilation: float = ROI_DILATION,
+                 force: bool = False) -> dict:
+    """Export the model file ``model_path`` to ``target`` as ``export_format`` (``onnx`` or
+    ``torch-export``; default from the suffix): :func:`prepare_export`, then
+    :meth:`PreparedExport.save`. Returns the metadata."""
+    export_format = format_of(target, export_format)
+    if export_format == "onnx":
+        _onnx_modules()  # before the tracing
+    if not force and Path(target).exists():
+        from omkit.fileio import OutputExistsError
+
+        raise OutputExistsError(None, None, str(target))
+    prepared = prepare_export(model_path, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation)
+    return prepared.save(target, export_format, force=force)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of an exported file: an ONNX file's ``omkit`` prop, a ``.pt2``'s JSON."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        onnx = _onnx_modules()
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if METADATA_KEY not in props:
+            raise ValueError(f"{path}: no omkit metadata (not exported by omkit export)")
+        return json.loads(props[METADATA_KEY])
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    extra = {f"{METADATA_KEY}.json": ""}
+    torch.export.load(str(path), extra_files=extra)
+    if not extra[f"{METADATA_KEY}.json"]:
+        raise ValueError(f"{path}: no omkit metadata (not exported by omkit export)")
+    return json.loads(extra[f"{METADATA_KEY}.json"])
