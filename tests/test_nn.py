@@ -93,6 +93,31 @@ def test_se_backbone_and_omnet_shapes(spatial_dims):
         backbone(torch.randn(2, 4, *SPATIAL[other]))
 
 
+def test_a_3d_only_plugin_in_a_2d_model_is_a_one_line_error():
+    class Gate(nn.Module):  # a third party's attention, written for volumes
+        guided = False
+
+        def __init__(self, channels):
+            super().__init__()
+            self.gate = nn.Parameter(torch.ones(channels))
+
+        def forward(self, x):
+            return x * self.gate.view(1, -1, 1, 1, 1)
+
+    class Plugin:
+        @omkit.hookimpl
+        def omkit_register_attention(self, registry):
+            registry.add("gate3d", Gate)
+
+    omkit.setup_plugins(extra_plugins={"gate3d_plugin": Plugin()})
+    try:
+        assert omkit.create_model("omnet", width=TINY_WIDTH, attention="gate3d") is not None  # 3-D: unchanged
+        with pytest.raises(ValueError, match="attention 'gate3d' \\(Gate\\) takes no spatial_dims"):
+            omkit.create_model("omnet", width=TINY_WIDTH, attention="gate3d", spatial_dims=2)
+    finally:
+        omkit.setup_plugins()
+
+
 def test_every_preset_builds_in_2d_and_its_model_file_round_trips(tmp_path):
     from omkit.checkpoint import load_model, save_model
 

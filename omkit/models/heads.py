@@ -42,6 +42,12 @@ def build_head(channels: int, num_classes: int, attention: str | None, spatial_d
     cls = attention_class(attention)
     if spatial_dims != 3:
         attention_kw = {**attention_kw, "spatial_dims": spatial_dims}
-    if getattr(cls, "guided", False):
-        return cls(channels, num_classes=num_classes, **attention_kw)
-    return PlainHead(channels, num_classes, attention=cls(channels, **attention_kw), spatial_dims=spatial_dims)
+    guided = getattr(cls, "guided", False)
+    try:
+        module = cls(channels, num_classes=num_classes, **attention_kw) if guided else cls(channels, **attention_kw)
+    except TypeError as exc:
+        if spatial_dims != 3 and "spatial_dims" in str(exc):
+            raise ValueError(f"attention {attention!r} ({cls.__name__}) takes no spatial_dims: it builds 3-D "
+                             "modules only") from None
+        raise
+    return module if guided else PlainHead(channels, num_classes, attention=module, spatial_dims=spatial_dims)

@@ -37,7 +37,12 @@ def _backbone(name: str, in_channels: int, width: float, spatial_dims: int, back
 
     if check_spatial_dims(spatial_dims) != 3:
         backbone_kw = {**backbone_kw, "spatial_dims": spatial_dims}
-    return create_backbone(name, in_channels=in_channels, width=width, **backbone_kw)
+    try:
+        return create_backbone(name, in_channels=in_channels, width=width, **backbone_kw)
+    except TypeError as exc:
+        if spatial_dims != 3 and "spatial_dims" in str(exc):
+            raise ValueError(f"backbone {name!r} takes no spatial_dims: it builds 3-D networks only") from None
+        raise
 
 
 def _concat_active(inputs: Sequence[Tensor | None]) -> tuple[list[int], Tensor]:
