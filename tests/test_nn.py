@@ -172,6 +172,17 @@ def test_cga_and_se_compile_fullgraph(spatial_dims):
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_omnet_with_cga_compiles_fullgraph(spatial_dims):
+    torch._dynamo.reset()
+    model = onn.OMNet(width=TINY_WIDTH, attention=(None, "cga", "cga"), spatial_dims=spatial_dims).eval()
+    x = torch.randn(2, 4, *SPATIAL[spatial_dims])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        for got, want in zip(compiled(x), model(x)):
+            torch.testing.assert_close(got, want)
+
+
 # ---- CGA inside a MONAI network -------------------------------------------------------------
 
 def _blobs(spatial_dims: int, batch: int, size: int, generator: torch.Generator):
