@@ -580,3 +580,158 @@ def test_a_non_finite_loss_stops_training_without_a_model(tmp_path, tiny_run, ca
     assert kept["state"]["global_step"] == 1
     assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
     assert _json.loads((run / "metrics.json").read_text())["stopped_by"] == "diverged"
+
+
+# -- predict on a cohort: idempotent reruns, bad cases reported at the end, torchrun shards ----
+
+FAST_TILES = ["--tile-size", "8,16,16", "--tile-keep", "8,16,16", "--no-progress", "--device", "cpu"]
+
+
+def _predict(*argv) -> int:
+    from omkit.cli import main
+
+    return main(["predict", *FAST_TILES, *map(str, argv)])
+
+
+def test_predict_skip_existing_does_only_what_is_left(tmp_path, case_dirs, model_file, capsys):
+    out = tmp_path / "out"
+    assert _predict("-i", case_dirs[0].parent, "-o", out, "-m", model_file) == 0
+    assert "wrote 3 case(s)" in capsys.readouterr().out
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / f"{case_dirs[1].name}.nii.gz").unlink()
+    assert _predict("-i", case_dirs[0].parent, "-o", out, "-m", model_file, "--skip-existing") == 0
+    assert "wrote 1 case(s)" in (said := capsys.readouterr().out) and "2 had all their outputs already" in said
+    again = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(again) == set(first)
+    assert all(again[n] == first[n] for n in first if not n.startswith(case_dirs[1].name))  # the others untouched
+    # an overlay asked for later: only the overlays are written
+    assert _predict("-i", case_dirs[0].parent, "-o", out, "-m", model_file, "--skip-existing", "--overlay") == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".png")) == [f"{c.name}_overlay.png" for c in case_dirs]
+    assert all(out.joinpath(n).stat().st_mtime_ns == again[n] for n in again)
+    assert _predict("-i", case_dirs[0].parent, "-o", out, "-m", model_file, "--skip-existing", "--force") == 2
+
+
+def test_predict_skip_bad_cases_reports_them_at_the_end(tmp_path, case_dirs, model_file, capsys):
+    """Was: one bad case in a folder aborted the whole predict, with no way to go on."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(case_dirs[0].parent, data)
+    blank = next((data / case_dirs[0].name).glob("*_t2.nii.gz"))
+    _rewrite_volume(blank, np.zeros_like)
+    broken = next((data / case_dirs[2].name).glob("*_flair.nii.gz"))
+    broken.write_bytes(b"garbage")
+    out = tmp_path / "out"
+    assert _predict("-i", data, "-o", out, "-m", model_file) == 2
+    err = capsys.readouterr().err
+    assert str(blank) in err and "--skip-bad-cases goes on" in err and len(err.strip().splitlines()) == 1
+    assert _predict("-i", data, "-o", out, "-m", model_file, "--skip-bad-cases") == 1
+    captured = capsys.readouterr()
+    assert "wrote 1 case(s)" in captured.out
+    lines = captured.err.strip().splitlines()
+    assert lines[0].startswith(f"omkit predict: failed: {blank}: the T2 modality is all zero")
+    assert lines[1].startswith(f"omkit predict: failed: {broken}: unreadable NIfTI file")
+    assert lines[2] == "omkit predict: 2 of 3 case(s) failed (listed above); the others were written"
+    assert [p.name for p in out.iterdir()] == [f"{case_dirs[1].name}.nii.gz"]
+
+
+def test_predict_overlay_goes_on_without_a_broken_ground_truth(tmp_path, case_dirs, model_file, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(case_dirs[0].parent, data)
+    seg = next((data / case_dirs[0].name).glob("*_seg.nii.gz"))
+    seg.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match=rf"^{re.escape(str(seg))}: unreadable NIfTI file .*going on without"):
+        assert _predict("-i", data, "-o", tmp_path / "out", "-m", model_file, "--overlay") == 0
+    assert len(list((tmp_path / "out").glob("*_overlay.png"))) == 3
+
+
+def test_killed_predict_strands_nothing_after_a_rerun(tmp_path, case_dirs, model_file):
+    """kill -9 in the middle of writing a label map: was a '.<case>.nii.gz.*.tmp.nii.gz' left forever."""
+    out = tmp_path / "out"
+    killed = _python(f"""
+        import os, signal, sys
+        import nibabel as nib
+        real = nib.save
+        def save(image, path):
+            real(image, path)
+            os.kill(os.getpid(), signal.SIGKILL)
+        nib.save = save
+        from omkit.cli import main
+        main(["predict", *{FAST_TILES!r}, "-i", {str(case_dirs[0].parent)!r}, "-o", {str(out)!r},
+              "-m", {str(model_file)!r}])
+    """)
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    (stranded,) = out.iterdir()
+    assert is_temporary(stranded.name) and stranded.name.startswith(f".{case_dirs[0].name}.nii.gz.")
+    assert _predict("-i", case_dirs[0].parent, "-o", out, "-m", model_file, "--skip-existing") == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{c.name}.nii.gz" for c in case_dirs)
+
+
+def test_killed_training_strands_nothing_and_force_starts_over(tmp_path, tiny_run, case_dirs):
+    """kill -9 while writing the first checkpoint: was '.last.pt.*.tmp.pt' left, and a run that neither
+    --resume nor a plain rerun could use."""
+    _, cache = _copy_run(tiny_run, tmp_path)
+    run = tmp_path / "run2"
+    killed = _python(f"""
+        import os, signal, torch
+        real = torch.save
+        def save(obj, f, *a, **kw):
+            real(obj, f, *a, **kw)
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = save
+        from omkit.cli import main
+        main(["train", *{TINY_TRAIN!r}, "-i", {str(case_dirs[0].parent)!r}, "-o", {str(run)!r}, "--max-steps", "2",
+              "--cache-dir", {str(cache)!r}])
+    """)
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert any(is_temporary(p.name) for p in (run / "checkpoints").iterdir())
+    _one_line_error(_train_cli("-i", case_dirs[0].parent, "-o", run, "--resume", cache=cache), "nothing to resume")
+    again = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--max-steps", "2", "--force", cache=cache)
+    assert again.returncode == 0, again.stderr
+    assert [p for p in run.rglob(".*") if p.name not in (".omkit-run", ".omkit-lock")] == []
+
+
+def test_train_skip_bad_cases_covers_any_failure_of_one_case(tmp_path, case_dirs, monkeypatch):
+    from omkit.data import CaseError
+    from omkit.training import TrainConfig, data as training_data, train
+
+    real = training_data.region_indices
+
+    def region_indices(sampler, pre, *a, **kw):
+        if pre.case_id == case_dirs[1].name:
+            raise IndexError("a sampler that fails on this case")
+        return real(sampler, pre, *a, **kw)
+
+    monkeypatch.setattr(training_data, "region_indices", region_indices)
+    settings = dict(preset="omnet_cga", input=str(case_dirs[0].parent), cache_dir=str(tmp_path / "cache"), width=0.125,
+                    patch_size=(8, 16, 16), batch_per_task=2, patches_per_epoch=(4, 4, 2), stage_epochs=(1, 1, 1),
+                    max_steps=1, progress=False)
+    with pytest.raises(CaseError, match=rf"^{re.escape(str(case_dirs[1]))}: IndexError: a sampler that fails"):
+        train(TrainConfig(**settings, output=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+    with pytest.warns(UserWarning, match=rf"skipping case: {re.escape(str(case_dirs[1]))}: IndexError"):
+        run = train(TrainConfig(**settings, output=str(tmp_path / "run"), skip_bad_cases=True))
+    assert json.loads((run / "config.json").read_text())["cases"] == [case_dirs[0].name, case_dirs[2].name]
+
+
+@pytest.mark.skipif(not __import__("torch").distributed.is_available()
+                    or not __import__("torch").distributed.is_gloo_available(), reason="no gloo backend")
+def test_torchrun_predict_writes_every_case_exactly_once(tmp_path, model_file):
+    from omkit.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", num_cases=5, shape=(16, 32, 32), seed=40)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "omkit",
+               "predict", "-i", str(tmp_path / "data"), "-o", str(out), "-m", str(model_file), *FAST_TILES]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each process reports what it wrote: 3 + 2 writes for 5 files means each case was written once
+    assert f"wrote 5 case(s) to {out} (2 processes: 3 + 2)" in result.stdout, result.stdout
+    assert result.stdout.count("wrote ") == 1  # one report, from the first process
+    assert sorted(p.name for p in out.iterdir()) == [f"Synth18_{i:03d}.nii.gz" for i in range(5)]
+    rerun = subprocess.run(command + ["--skip-existing"], capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "wrote 0 case(s)" in rerun.stdout and "5 had all their outputs already" in rerun.stdout

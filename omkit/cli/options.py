@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any, Callable
 
 from omkit.cli import CLIError
@@ -35,6 +36,25 @@ def int_list(flag: str, counts: tuple[int, ...] = (3,)) -> Callable[[str], tuple
         if len(values) not in counts:
             raise argparse.ArgumentTypeError(f"{flag} expects {' or '.join(map(str, counts))} values, got {text!r}")
         return values
+
+    return parse
+
+
+def finite_float(flag: str, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number (NaN and infinities refused when the
+    command line is parsed), within ``[minimum, maximum]`` when given."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            low = "" if minimum is None else f"{minimum:g} <= "
+            high = "" if maximum is None else f" <= {maximum:g}"
+            raise argparse.ArgumentTypeError(f"{flag} must be {low}{flag.lstrip('-')}{high}, got {text!r}")
+        return value
 
     return parse
 
@@ -114,6 +134,10 @@ def tta_setting(args):
 
 # -- inference tiles ----------------------------------------------------------------------
 
+# far beyond the paper's 16 x 32 x 32 tiles, short of an allocation failure deep inside a case
+MAX_TILE_SIDE = 512
+MAX_TILE_BATCH_VOXELS = 2**27
+
 def add_tile_arguments(parser, roi_dilation: bool = True, **defaults) -> None:
     """``--tile-size``, ``--tile-keep``, ``--tile-stride``, ``--tile-batch`` (and
     ``--roi-dilation`` for commands that fuse the tasks); ``defaults``
@@ -134,7 +158,7 @@ def add_tile_arguments(parser, roi_dilation: bool = True, **defaults) -> None:
                    help=f"tiles per network call (default {fields['batch']})")
     if not roi_dilation:
         return
-    g.add_argument("--roi-dilation", type=float, default=ROI_DILATION, metavar="VOXELS",
+    g.add_argument("--roi-dilation", type=finite_float("--roi-dilation", 0, 1000), default=ROI_DILATION, metavar="VOXELS",
                    help="task 2's ROI: task 1's coarse tumor mask dilated by this many voxels "
                         f"(default {ROI_DILATION:g})")
 
@@ -144,9 +168,14 @@ def tile_settings(args):
     from omkit.inference import TileSettings
     from omkit.protocol import PATCH_DIVISOR
 
-    if any(s % PATCH_DIVISOR for s in args.tile_size):
-        raise CLIError(f"--tile-size: each side must be divisible by {PATCH_DIVISOR} (three 2x poolings), "
+    if any(s % PATCH_DIVISOR or s < PATCH_DIVISOR for s in args.tile_size):
+        raise CLIError(f"--tile-size: each side must be a positive multiple of {PATCH_DIVISOR} (three 2x poolings), "
                        f"got {_format_default(args.tile_size)}")
+    if max(args.tile_size) > MAX_TILE_SIDE:
+        raise CLIError(f"--tile-size: each side must be at most {MAX_TILE_SIDE} voxels, got {_format_default(args.tile_size)}")
+    if args.tile_batch > 0 and args.tile_batch * math.prod(args.tile_size) > MAX_TILE_BATCH_VOXELS:
+        raise CLIError(f"--tile-batch {args.tile_batch} tiles of {'x'.join(map(str, args.tile_size))} are more than "
+                       f"{MAX_TILE_BATCH_VOXELS} voxels per network call; lower --tile-batch or --tile-size")
     try:
         return TileSettings(size=args.tile_size, keep=args.tile_keep, stride=args.tile_stride, batch=args.tile_batch)
     except ValueError as exc:
@@ -247,6 +276,8 @@ def add_training_arguments(parser, groups=tuple(_GROUP_TITLES), recipe: str | No
             default = defaults.get(name)
             shown = "" if default in (None, {}, False) or kwargs.get("action") == "store_true" else \
                 f" (default {_format_default(default)})"
+            if kwargs.get("type") is float:  # NaN and infinities refused when the command line is parsed
+                kwargs = {**kwargs, "type": finite_float(f"--{name.replace('_', '-')}")}
             g.add_argument(f"--{name.replace('_', '-')}", help=text + shown, **{"default": own.get(name), **kwargs})
 
 

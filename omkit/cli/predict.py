@@ -10,11 +10,19 @@ Examples::
 Writes ``OUT/<case-id>.nii.gz`` (uint8 labels in the chosen BraTS convention,
 the input's affine and header), and on request ``OUT/<case-id>_probabilities.npz``
 (per-task probabilities) and ``OUT/<case-id>_overlay.png`` (paper Fig. 7 style).
-Under torchrun the cases are split between the processes.
+Under torchrun the cases are split between the processes (each case is
+written by exactly one), which report to the first at the end.
+
+For a cohort: ``--skip-existing`` skips the cases whose outputs are there
+(a rerun after an interruption does only what is left), and
+``--skip-bad-cases`` reports a case that fails (unreadable, blank modality,
+anything) at the end instead of stopping the others; the exit status is then
+1 when any case failed.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from omkit.cli import CLIError
@@ -37,6 +45,12 @@ def add_arguments(parser):
     parser.add_argument("--overlay", action="store_true",
                         help="also write OUT/<case-id>_overlay.png (FLAIR, ground truth when present, prediction)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out the cases whose outputs all exist (and write only the missing ones of the "
+                             "others): a rerun goes on where an interrupted one stopped")
+    parser.add_argument("--skip-bad-cases", action="store_true",
+                        help="a case that fails is reported at the end instead of stopping the others "
+                             "(exit status 1 when any failed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_postprocess_arguments(parser)
     add_tile_arguments(parser)
@@ -50,6 +64,31 @@ def shard(items: list, rank: int | None = None, world: int | None = None) -> lis
     return items[rank::world]
 
 
+def gather_reports(report: dict) -> list[dict]:
+    """Every process's ``report`` under torchrun (a gloo group for this
+    alone, rank order), else ``[report]``."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return [report]
+    import datetime
+
+    import torch.distributed as dist
+
+    owns = not dist.is_initialized()
+    if owns:  # processes finish their shares at different times: wait for the slowest
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, report)
+    if owns:
+        dist.destroy_process_group()
+    return gathered
+
+
+def _case_failure(case_dir: Path, exc: BaseException) -> str:
+    """One line naming the case (the message of a CaseError names its file already)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if text.startswith(str(case_dir)) else f"{case_dir}: {type(exc).__name__}: {text}"
+
+
 def output_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
     return {
         "labels": out_dir / f"{case_id}.nii.gz",
@@ -61,28 +100,40 @@ def output_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from omkit.data import find_cases
+    from omkit.data import CaseError, find_cases
     from omkit.devices import check_precision, resolve_device
-    from omkit.fileio import OutputExistsError
+    from omkit.fileio import OutputExistsError, clean_stale_temporaries
     from omkit.inference.pipeline import case_id_of, load_for_prediction, write_label_map, write_probabilities
     from omkit.inference.segmenter import Segmenter
     from omkit.viz import save_overlay
 
+    if args.force and args.skip_existing:
+        raise CLIError("--force and --skip-existing exclude each other")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"{out_dir}: exists and is not a folder")
     tiles = tile_settings(args)
     tta = tta_setting(args)
-    cases = shard(find_cases(args.input))
+    all_cases = find_cases(args.input)
+    cases = shard(all_cases)  # before --skip-existing looks: every process sees another's outputs appear
+    clean_stale_temporaries(out_dir)  # left by a process killed while writing (a live writer's are kept)
     wanted = ["labels"] + (["probabilities"] if args.save_probabilities else []) + (["overlay"] if args.overlay else [])
-    jobs = []
+    jobs, failures, already = [], [], 0
     for case_dir in cases:
-        paths = output_paths(out_dir, case_id_of(case_dir))
-        if not args.force:
-            for key in wanted:
-                if paths[key].exists():
-                    raise OutputExistsError(None, None, str(paths[key]))
-        jobs.append((case_dir, paths))
+        try:
+            paths = output_paths(out_dir, case_id_of(case_dir))
+        except CaseError as exc:
+            if not args.skip_bad_cases:
+                raise
+            failures.append(_case_failure(case_dir, exc))
+            continue
+        todo = [key for key in wanted if args.force or not paths[key].exists()]
+        if not args.force and not args.skip_existing and len(todo) < len(wanted):
+            raise OutputExistsError(None, None, str(next(paths[k] for k in wanted if k not in todo)))
+        if not todo:
+            already += 1
+            continue
+        jobs.append((case_dir, paths, todo))
     steps = postprocess_steps(args)
     device = resolve_device(args.device)
     check_precision(args.precision, device)
@@ -92,15 +143,38 @@ def run(args) -> int:
                                      precision=args.precision)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
-    for case_dir, paths in progress:
-        case = load_for_prediction(case_dir, with_label=None if args.overlay else False)
-        result = segmenter.segment_case(case, return_probabilities=args.save_probabilities)
-        convention = args.label_convention or case.convention
-        write_label_map(result.labels, case, paths["labels"], convention, force=args.force)
-        if args.save_probabilities:
-            write_probabilities(result.probabilities, paths["probabilities"], force=args.force)
-        if args.overlay:
-            save_overlay(paths["overlay"], case.image[0], result.labels, case.label, title=case.case_id, force=args.force)
+    written = []
+    for case_dir, paths, todo in progress:
+        try:
+            case = load_for_prediction(case_dir, with_label=None if "overlay" in todo else False)
+            result = segmenter.segment_case(case, return_probabilities="probabilities" in todo)
+            convention = args.label_convention or case.convention
+            if "labels" in todo:
+                write_label_map(result.labels, case, paths["labels"], convention, force=args.force)
+            if "probabilities" in todo:
+                write_probabilities(result.probabilities, paths["probabilities"], force=args.force)
+            if "overlay" in todo:
+                save_overlay(paths["overlay"], case.image[0], result.labels, case.label, title=case.case_id,
+                             force=args.force)
+        except (KeyboardInterrupt, OutputExistsError):
+            raise
+        except Exception as exc:  # this case's failure, whatever it is
+            if not args.skip_bad_cases:
+                hint = "; --skip-bad-cases goes on with the other cases" if len(all_cases) > 1 else ""
+                raise CLIError(_case_failure(case_dir, exc) + hint) from exc
+            failures.append(_case_failure(case_dir, exc))
+            continue
+        written.append(case.case_id)
+    reports = gather_reports({"written": written, "already": already, "failed": failures})
+    failed = [f for r in reports for f in r["failed"]]
     if main_process:
-        print(f"wrote {len(jobs)} label map(s) to {out_dir}")
-    return 0
+        counts = [len(r["written"]) for r in reports]
+        per = f" ({len(reports)} processes: {' + '.join(map(str, counts))})" if len(reports) > 1 else ""
+        done = sum(r["already"] for r in reports)
+        print(f"wrote {sum(counts)} case(s) to {out_dir}{per}" + (f"; {done} had all their outputs already" if done else ""))
+        for line in failed:
+            print(f"omkit predict: failed: {line}", file=sys.stderr)
+        if failed:
+            print(f"omkit predict: {len(failed)} of {len(all_cases)} case(s) failed (listed above); the others were "
+                  "written", file=sys.stderr)
+    return 1 if failed else 0

@@ -58,21 +58,25 @@ def split_cases(config: TrainConfig) -> tuple[list[Path], list[Path]]:
 
 def _load_cases(config: TrainConfig, case_dirs, samplers, tasks, cache, warn: bool):
     settings = dict(label_convention=config.label_convention, with_label=True)
-    cases, dirs = [], []
+    cases, dirs, regions = [], [], {t: [] for t in tasks}
     for case_dir in case_dirs:
-        try:
+        try:  # everything done for one case: a failure is this case's, named as such
             pre = cache.load(case_dir, **settings)
-        except CaseError as exc:
+            own = {t: region_indices(samplers[t], pre, cache, case_dir, settings) for t in tasks}
+        except Exception as exc:
+            error = exc if isinstance(exc, CaseError) else \
+                CaseError(f"{case_dir}: {type(exc).__name__}: {' '.join(str(exc).split())}")
             if not config.skip_bad_cases:
-                raise
+                raise error from None
             if warn:
-                warnings.warn(f"skipping case: {exc}", stacklevel=3)
+                warnings.warn(f"skipping case: {error}", stacklevel=3)
             continue
         cases.append(pre)
         dirs.append(case_dir)
+        for t in tasks:
+            regions[t].append(own[t])
     if not cases:
         raise CaseError(f"{config.input}: no usable cases left after skipping the bad ones")
-    regions = {t: [region_indices(samplers[t], pre, cache, d, settings) for pre, d in zip(cases, dirs)] for t in tasks}
     return cases, dirs, regions
 
 
