@@ -44,8 +44,8 @@ class ModelFileError(ValueError):
     pass
 
 
-# the widest model a file may ask for (16x the paper's 32-256 feature maps; see TrainConfig's --width)
-MAX_WIDTH = 16.0
+# the widest model a file may ask for (4x the paper's 32-256 feature maps; TrainConfig's limit of --width)
+MAX_WIDTH = 4.0
 
 
 def check_metadata(path: Path, meta: Any) -> dict:

@@ -57,7 +57,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Upper limits of what a run may ask for: each far beyond the paper's and any
 # useful run, but short of an allocation failure or an overflow deep inside it,
 # so that a slip of the keyboard is a one-line error naming the flag.
-MAX_WIDTH = 16.0  # 16x the paper's 32-256 feature maps (a model of ~3.5 G parameters)
+MAX_WIDTH = 4.0  # 4x the paper's 32-256 feature maps (a model of ~0.2 G parameters)
 MAX_PATCH_SIDE = 256  # voxels (BraTS volumes are 155 x 240 x 240)
 MAX_BATCH_VOXELS = 2**27  # batch_per_task x voxels of one patch: 2 GiB of float32 input per task and step
 MAX_PATCHES_PER_EPOCH = 10**7  # per task (the paper's: 200k-400k); the sampler draws them up front
@@ -217,7 +217,7 @@ class TrainConfig:
 
     def _check_limits(self, bad) -> None:
         if self.width > MAX_WIDTH:
-            bad("width", f"must be at most {MAX_WIDTH:g} (16x the paper's feature maps), got {self.width:g}")
+            bad("width", f"must be at most {MAX_WIDTH:g} ({MAX_WIDTH:g}x the paper's feature maps), got {self.width:g}")
         if any(p > MAX_PATCH_SIDE for p in self.patch_size):
             bad("patch_size", f"each side must be at most {MAX_PATCH_SIDE} voxels, got {self.patch_size}")
         voxels = self.batch_per_task * math.prod(self.patch_size)

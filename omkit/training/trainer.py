@@ -43,7 +43,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig, flag
 from .curriculum import Stage, plan_stages, plateaued, stages_record
-from .data import build_samplers, prepare_data
+from .data import build_samplers, prepare_data, split_cases
 from .optim import build_model, build_optimizer, build_scaler, build_scheduler, check_model_settings, seed_process
 from .patches import iterate_steps
 from .report import plot_losses, write_json, write_metrics_csv
@@ -148,6 +148,7 @@ class Trainer:
         # settings errors before anything is deleted or prepared
         self.samplers = build_samplers(config)
         check_model_settings(config)
+        split_cases(config)  # the input has cases and --folds/--fold fit them: before anything is built
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         with _fits_in_memory(config, "width"):
