@@ -735,3 +735,39 @@ def test_torchrun_predict_writes_every_case_exactly_once(tmp_path, model_file):
     rerun = subprocess.run(command + ["--skip-existing"], capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "wrote 0 case(s)" in rerun.stdout and "5 had all their outputs already" in rerun.stdout
+
+
+def test_crafted_or_malformed_resume_state_is_one_line_and_runs_nothing(tmp_path, tiny_run, case_dirs):
+    """Everything --resume reads: config.json (JSON) and last.pt (weights-only)."""
+    import pickle
+
+    import torch
+
+    from omkit.training import TrainConfig, train
+
+    run, cache = _copy_run(tiny_run, tmp_path)
+    flag = tmp_path / "ran"
+    config = TrainConfig(preset="omnet_cga", input=str(case_dirs[0].parent), output=str(run), cache_dir=str(cache),
+                         width=0.125, patch_size=(8, 16, 16), batch_per_task=2, patches_per_epoch=(4, 4, 2),
+                         stage_epochs=(1, 1, 1), progress=False)
+    last = run / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    for name, content in [("config.json", pickle.dumps(_Evil(flag))), ("config.json", b'{"config": [1, 2]}'),
+                          ("checkpoints/last.pt", {**payload, "model": "weights"}),
+                          ("checkpoints/last.pt", {**payload, "rng": {"per_rank": []}}),
+                          ("checkpoints/last.pt", {**payload, "model": {"x": torch.zeros(1)}})]:
+        run2 = tmp_path / "copy"
+        import shutil
+
+        shutil.rmtree(run2, ignore_errors=True)
+        shutil.copytree(run, run2)
+        target = run2 / name
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            torch.save(content, target)
+        with pytest.raises(ValueError) as info:
+            train(TrainConfig(**{**config.to_dict(), "output": str(run2)}), resume=True)
+        message = str(info.value)
+        assert message.startswith(str(target)) and "\n" not in message, message
+    assert not flag.exists()

@@ -11,7 +11,6 @@ tensors, not pickled objects). It is rewritten atomically.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import random
 from pathlib import Path
 
@@ -100,6 +99,13 @@ def load_training_checkpoint(path: Path) -> dict:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: training checkpoint version {payload.get('version')!r}, this omkit reads "
                          f"{CHECKPOINT_VERSION}; start a new run")
+    kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "state": dict, "rng": dict,
+             "world_size": int, "sampler": dict}
+    for key, kind in kinds.items():
+        if not isinstance(payload.get(key), kind):
+            raise ValueError(f"{path}: malformed training checkpoint ({key!r} is not a {kind.__name__})")
+    if not isinstance(payload["rng"].get("per_rank"), list) or not payload["rng"]["per_rank"]:
+        raise ValueError(f"{path}: malformed training checkpoint (no RNG states)")
     return payload
 
 

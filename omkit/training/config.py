@@ -276,10 +276,11 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)
-        try:
+        try:  # JSON: nothing in it can run code; anything malformed is one line naming the file
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a readable omkit run configuration ({exc})") from None
+        except (OSError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable omkit run configuration ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
 
     def differences(self, other: "TrainConfig") -> list[str]:
         """Names of the settings that differ and may not change on resume."""

@@ -230,6 +230,14 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path) -> None:
         payload = load_training_checkpoint(path)
+        try:
+            self._restore(path, payload)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{path}: does not fit this run ({type(exc).__name__}: {first}); start a new run") \
+                from None
+
+    def _restore(self, path: Path, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
