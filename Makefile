@@ -13,7 +13,19 @@ MAX_JOBS ?= 2
 OP_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 CMAKE_BUILD_DIR ?= build-cmake
 
-.PHONY: install test demo bench bench-smoke cuda-build cmake-test clean
+# The GPU acceptance run (scripts/gpu_check.py; benchmarks/RESULTS.md, "GPU"): on a machine with an
+# NVIDIA GPU, with the machine's own torch (PYTHON), into GPU_CHECK_OUT; gpu-check-dry is what
+# runs without a GPU (CI). gpu-wheels and gpu-data fill the git-ignored folders that travel with
+# the checkout to a GPU machine without network.
+GPU_CHECK_OUT ?= gpu_check_out
+GPU_CHECK_ARGS ?=
+GPU_WHEELS ?= gpu_wheels
+GPU_DATA_CASES ?= 2
+# what the checks import that a bare GPU machine may lack (the others come with torch and pytest)
+GPU_WHEEL_PACKAGES ?= "nibabel>=5,<6" hypothesis sortedcontainers typing_extensions packaging tqdm matplotlib \
+	contourpy cycler fonttools kiwisolver pillow pyparsing python-dateutil six
+
+.PHONY: install test demo bench bench-smoke cuda-build cmake-test clean gpu-check gpu-check-dry gpu-wheels gpu-data
 
 $(STAMP): setup.py $(OP_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +61,22 @@ cmake-test: $(STAMP)
 	cmake -S . -B $(CMAKE_BUILD_DIR) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > $(CMAKE_BUILD_DIR).log 2>&1 || { cat $(CMAKE_BUILD_DIR).log; exit 1; }
 	cmake --build $(CMAKE_BUILD_DIR) -j $(MAX_JOBS)
 	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure
+
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-check-dry: $(STAMP)
+	$(PY) scripts/gpu_check.py --dry-run $(GPU_CHECK_OUT)-dry $(GPU_CHECK_ARGS)
+
+# py3-none-any / cp312 manylinux wheels for the GPU machine's Python 3.12 (MONAI without its deps)
+gpu-wheels:
+	$(PYTHON) -m pip download -q --python-version 3.12 --only-binary=:all: --no-deps \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_WHEELS) $(GPU_WHEEL_PACKAGES) monai
+	du -sh $(GPU_WHEELS)
+
+gpu-data:
+	$(PYTHON) scripts/gpu_data.py --cases $(GPU_DATA_CASES) --wheels $(GPU_WHEELS)
 
 clean:
 	rm -rf build *.egg-info demo_out .pytest_cache $(CMAKE_BUILD_DIR) omkit/_C*.so

@@ -6,6 +6,8 @@
   measures the kernels, not their launch.
 * ``record_bandwidth`` puts bytes moved and the achieved GB/s in
   ``extra_info`` (after the run, from the mean time).
+* ``OMKIT_BENCH_MAX_ROUNDS=N`` caps every benchmark's rounds (``make gpu-check``
+  uses 5: a GPU's rounds vary little, and its window is short).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 SMOKE = os.environ.get("OMKIT_BENCH_SMOKE", "0") == "1"
+MAX_ROUNDS = int(os.environ.get("OMKIT_BENCH_MAX_ROUNDS", "0")) or None
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -54,7 +57,8 @@ def run_benchmark(benchmark):
         benchmark.extra_info.update(extra)
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        result = benchmark.pedantic(synchronized(fn), rounds=1 if SMOKE else rounds, warmup_rounds=0 if SMOKE else 1,
+        rounds = 1 if SMOKE else min(rounds, MAX_ROUNDS or rounds)
+        result = benchmark.pedantic(synchronized(fn), rounds=rounds, warmup_rounds=0 if SMOKE else 1,
                                     iterations=1)
         if DEVICE == "cuda":
             benchmark.extra_info["peak_cuda_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -93,6 +93,16 @@ def convolution_guard(device, precision: str):
 
     import torch
 
-    if precision == "bf16" and device.type == "cpu":
-        return torch.backends.mkldnn.flags(enabled=False)
-    return contextlib.nullcontext()
+    if precision != "bf16" or device.type != "cpu":
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def without_onednn():  # torch.backends.mkldnn.flags would also reset (and warn about) TF32 settings
+        previous = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            yield
+        finally:
+            torch._C._set_mkldnn_enabled(previous)
+
+    return without_onednn()

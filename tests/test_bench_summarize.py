@@ -99,6 +99,8 @@ def test_goals_compare_the_rows_the_gpu_check_measures(summarize):
     # a smoke run (not full width) or a CPU run cannot say
     small = summarize.group_rows({"benchmarks": [
         _bench("case", 0.1, "d", {"variant": "omnet_cga-file"}, width=0.125),
+        _bench("cga forward smoke", 0.030, "e", impl="compiled"),
+        _bench("cga forward smoke", 0.010, "f", impl="fused"),
         _bench("train", 1.0, "i", {"preset": "omnet_cga"}, preset="omnet_cga", peak_rss_mb=900.0, width=0.125)]})
     verdicts = [v for *_, v in summarize.goals(small)]
     assert verdicts == ["n/a"] * 5

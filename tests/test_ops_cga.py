@@ -112,9 +112,10 @@ def test_guidance_gets_no_gradient_and_optional_biases():
     assert_close(out, ref, torch.float64)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_gradcheck_cga(variant):
-    features, guidance, params = make_inputs(2, 3, 2, (2, 3, 2), requires_grad=True, k_out=3)
+def test_gradcheck_cga(variant, device):
+    features, guidance, params = make_inputs(2, 3, 2, (2, 3, 2), device=device, requires_grad=True, k_out=3)
     names = [n for n, t in params.items() if t is not None]
 
     def fn(features, *tensors):
@@ -123,10 +124,11 @@ def test_gradcheck_cga(variant):
     assert torch.autograd.gradcheck(fn, (features, *[params[n] for n in names]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["full", "neg"])
-def test_gradcheck_whole_head_op_all_outputs(variant):
+def test_gradcheck_whole_head_op_all_outputs(variant, device):
     """omkit::cga returns (out, m, l1_norm); gradients arriving through m and l1_norm are honoured."""
-    features, guidance, params = make_inputs(2, 3, 2, (2, 2, 3), requires_grad=True)
+    features, guidance, params = make_inputs(2, 3, 2, (2, 2, 3), device=device, requires_grad=True)
     names = [n for n, t in params.items() if t is not None]
 
     def fn(features, *tensors):
@@ -135,9 +137,10 @@ def test_gradcheck_whole_head_op_all_outputs(variant):
     assert torch.autograd.gradcheck(fn, (features, *[params[n] for n in names]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("eps", [1e-12, 1e3])  # 1e3: the L1 norm is clamped, the gradient skips the norm
-def test_gradcheck_pool_both_outputs(eps):
-    features, guidance, _ = make_inputs(2, 4, 1, (3, 2, 3), requires_grad=True)
+def test_gradcheck_pool_both_outputs(eps, device):
+    features, guidance, _ = make_inputs(2, 4, 1, (3, 2, 3), device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f: torch.ops.omkit.cga_pool(f, guidance, eps), (features,))
 
 
@@ -152,41 +155,45 @@ def test_gradgrad_not_required_but_backward_ops_are_ops():
     assert dF.shape == features.shape
 
 
-def _opcheck_samples():
-    features, guidance, params = make_inputs(2, 5, 3, (2, 3, 3))
-    features_g, _, params_g = make_inputs(2, 5, 3, (2, 3, 3), requires_grad=True)
+def _opcheck_samples(device="cpu"):
+    features, guidance, params = make_inputs(2, 5, 3, (2, 3, 3), device=device)
+    features_g, _, params_g = make_inputs(2, 5, 3, (2, 3, 3), device=device, requires_grad=True)
     m = OF.category_importance_reference(features, guidance)
     return features, guidance, params, features_g, params_g, m
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_cga_pool(requires_grad):
-    features, guidance, _, features_g, _, _ = _opcheck_samples()
+def test_opcheck_cga_pool(requires_grad, device):
+    features, guidance, _, features_g, _, _ = _opcheck_samples(device)
     torch.library.opcheck(torch.ops.omkit.cga_pool.default, (features_g if requires_grad else features, guidance, 1e-12))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("variant", ["full", "pos"])
-def test_opcheck_cga_recalibrate(requires_grad, variant):
-    features, guidance, params, features_g, params_g, m = _opcheck_samples()
+def test_opcheck_cga_recalibrate(requires_grad, variant, device):
+    features, guidance, params, features_g, params_g, m = _opcheck_samples(device)
     f, p = (features_g, params_g) if requires_grad else (features, params)
     mm = m.clone().requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.omkit.cga_recalibrate.default, (f, guidance, mm, *p.values(), variant))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_cga_whole_head(requires_grad):
-    features, guidance, params, features_g, params_g, _ = _opcheck_samples()
+def test_opcheck_cga_whole_head(requires_grad, device):
+    features, guidance, params, features_g, params_g, _ = _opcheck_samples(device)
     f, p = (features_g, params_g) if requires_grad else (features, params)
     torch.library.opcheck(torch.ops.omkit.cga.default, (f, guidance, *p.values(), "full", 1e-12))
 
 
-def test_opcheck_backward_ops():
-    features, guidance, params, _, _, m = _opcheck_samples()
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_ops(device):
+    features, guidance, params, _, _, m = _opcheck_samples(device)
     _, norm = torch.ops.omkit.cga_pool(features, guidance, 1e-12)
     torch.library.opcheck(torch.ops.omkit.cga_pool_backward.default,
                           (torch.randn_like(m), torch.randn_like(norm), m, norm, guidance, 1e-12))
-    grad_out = torch.randn(2, 3, 2, 3, 3, dtype=torch.float64)
+    grad_out = torch.randn(2, 3, 2, 3, 3, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.omkit.cga_recalibrate_backward.default,
                           (grad_out, features, guidance, m, *params.values(), "minus"))
     torch.library.opcheck(torch.ops.omkit.cga_backward.default,

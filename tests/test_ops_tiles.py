@@ -143,15 +143,18 @@ def test_tile_layout_property(shape, roi, data, channels, num_tiles):
     assert torch.equal(out, oracle.stitch_tiles(torch.zeros(channels, *shape), tiles, origins, offset, keep))
 
 
-def test_opcheck_tile_ops():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_tile_ops(device):
     g = torch.Generator().manual_seed(23)
-    volume = torch.randn(2, 5, 6, 7, generator=g)
-    origins = random_origins(6, (3, 4, 4), (5, 6, 7), g)
+    volume = torch.randn(2, 5, 6, 7, generator=g).to(device)
+    origins = random_origins(6, (3, 4, 4), (5, 6, 7), g).to(device)
     torch.library.opcheck(torch.ops.omkit.gather_tiles.default, (volume, origins, [3, 4, 4]))
-    tiles = torch.randn(6, 2, 3, 4, 4, generator=g)
-    torch.library.opcheck(torch.ops.omkit.stitch_tiles_.default, (torch.zeros(2, 5, 6, 7), tiles, origins, [1, 1, 1], [1, 2, 2]))
+    tiles = torch.randn(6, 2, 3, 4, 4, generator=g).to(device)
+    torch.library.opcheck(torch.ops.omkit.stitch_tiles_.default,
+                          (torch.zeros(2, 5, 6, 7, device=device), tiles, origins, [1, 1, 1], [1, 2, 2]))
     torch.library.opcheck(torch.ops.omkit.stitch_tiles_argmax_.default,
-                          (torch.zeros(5, 6, 7, dtype=torch.uint8), tiles, origins, [1, 1, 1], [1, 2, 2], None))
+                          (torch.zeros(5, 6, 7, dtype=torch.uint8, device=device), tiles, origins, [1, 1, 1], [1, 2, 2],
+                           None))
 
 
 def test_tile_argument_errors():

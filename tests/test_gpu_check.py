@@ -1,0 +1,117 @@
+"""scripts/gpu_check.py, the GPU acceptance run: its report (one row per step with
+result, reason, seconds and log; the goals; the sizes that travel), a failing or
+stuck step that does not stop the run, the dry mode on this machine, and that its
+benchmark selections pick the rows the goals need. (CI also runs the whole dry
+mode: make gpu-check-dry.)"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("omkit_gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(report: str, heading: str) -> list[list[str]]:
+    """The rows of the markdown table under ``## heading``."""
+    section = report.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_a_failing_or_stuck_step_does_not_stop_the_run(gpu_check, tmp_path, monkeypatch):
+    """Steps stubbed: one passes, one raises, one runs past its limit, one is not selected;
+    every row is in the report with its result, reason, seconds and log, and the run ends."""
+    def passes(check, result, log, limit):
+        rc, _ = check.run([sys.executable, "-c", "print('fine')"], log, limit)
+        result.status, result.why = ("pass", "printed") if rc == 0 else ("fail", "?")
+
+    def raises(check, result, log, limit):
+        raise RuntimeError("the step's own bug")
+
+    def stuck(check, result, log, limit):
+        rc, _ = check.run([sys.executable, "-c", "import time; time.sleep(30)"], log, 1.0)
+        result.status, result.why = ("fail", "timed out") if rc is None else ("pass", "")
+
+    stubs = dict.fromkeys(gpu_check.STEPS, passes)
+    stubs.update(build=raises, sanitizer=stuck)
+    monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", stubs)
+    monkeypatch.setattr(gpu_check, "probe_environment", lambda check: check.env.update(torch="stub", git="abc"))
+    code = gpu_check.main([str(tmp_path / "out"), "--dry-run", "--steps",
+                           ",".join(s for s in gpu_check.STEPS if s != "amp")])
+    assert code == 1  # a step failed
+    report = (tmp_path / "out" / "report.md").read_text()
+    rows = {row[1].split(":")[0]: row for row in _table(report, "Steps")}
+    assert list(rows) == list(gpu_check.STEPS)
+    assert [rows[s][2] for s in gpu_check.STEPS] == [
+        "**pass**", "**fail**", "**pass**", "**pass**", "**fail**", "**pass**", "**skip**", "**pass**"]
+    assert "RuntimeError: the step's own bug" in rows["build"][3]
+    assert rows["sanitizer"][3] == "timed out" and rows["amp"][3] == "not selected (--steps)"
+    for name, row in rows.items():
+        assert re.fullmatch(r"\d+\.\d", row[4]), row
+        if name != "amp":
+            log = row[5].strip("`")
+            assert (tmp_path / "out" / log).is_file(), log
+    assert "timeout after 1 s" in (tmp_path / "out" / rows["sanitizer"][5].strip("`")).read_text()
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["status"] for s in saved["steps"]].count("fail") == 2 and saved["dry_run"]
+    assert _table(report, "Goals") == [["(the bench step did not run)", "", "", ""]]
+    travel = _table(report, "Inputs that travel with the checkout")
+    assert [r[0] for r in travel] == ["gpu_wheels/", "gpu_data/", "total"] and "64 MiB" in travel[-1][1]
+
+
+def test_budget_spent_skips_the_rest(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "probe_environment", lambda check: None)
+    monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", dict.fromkeys(gpu_check.STEPS, lambda *a: None))
+    assert gpu_check.main([str(tmp_path), "--dry-run", "--budget-s", "5"]) == 0
+    rows = _table((tmp_path / "report.md").read_text(), "Steps")
+    assert {row[2] for row in rows} == {"**skip**"} and all("time budget" in row[3] for row in rows)
+
+
+def test_dry_run_on_this_machine(tmp_path):
+    """The script itself, in its dry mode, on the cheap steps: the environment table, a row
+    per step, the selftest's table in the details."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), str(tmp_path), "--dry-run",
+                           "--steps", "setup,build,selftest"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# omkit GPU check (dry run, no GPU)")
+    env = dict((row[0], row[1]) for row in _table(report, "Environment"))
+    assert env["torch"].startswith("2.") and env["python_executable"] == sys.executable
+    rows = {row[1].split(":")[0]: row[2] for row in _table(report, "Steps")}
+    assert rows["setup"] == "**pass**" and rows["build"] == "**skip**" and rows["selftest"] == "**pass**"
+    assert all(rows[s] == "**skip**" for s in ("tests", "sanitizer", "cli", "amp", "bench"))
+    assert "omkit selftest: device cpu" in report and " checks: " in report
+    assert "gpu_check: selftest  pass" in proc.stdout
+
+
+def _collected(args: list[str]) -> set[str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly",
+                           "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMKIT_BENCH_SMOKE": "0"})
+    return {line.split("::")[-1] for line in proc.stdout.splitlines() if "::" in line}
+
+
+def test_gpu_benchmark_suites_select_the_goal_rows(gpu_check):
+    suites = {name: args for name, args, _ in gpu_check.bench_suites(dry=False)}
+    case = _collected(suites["case"])
+    assert case == {f"test_case_inference[{v}]" for v in
+                    ("omnet_cga-paper", "mc3-paper", "omnet_cga-monai", "omnet_cga-file")}
+    settings = _collected(suites["case-settings"])
+    assert "test_case_inference[omnet_cga-large]" in settings and "test_case_inference[omnet_cga-paper+fp16]" in settings
+    assert not any("compile" in name for name in settings) and not settings & case
+    assert _collected(suites["case-compile"]) == {"test_case_inference[omnet_cga-paper+compile]"}
