@@ -3,7 +3,7 @@
 with an NVIDIA GPU that builds the CUDA kernels for that GPU and runs every check
 that needs one, in a few minutes, writing what it finds into one folder.
 
-    python3 scripts/gpu_check.py [OUT] [--dry-run] [--budget-s 450] [--steps a,b] [--no-build]
+    python3 scripts/gpu_check.py [OUT] [--dry-run] [--budget-s 470] [--steps a,b] [--no-build]
 
 OUT (default ``gpu_check_out/``, git-ignored) receives ``report.md`` (environment,
 one row per step: pass / fail / skip, why, seconds, log file; the goals table;
@@ -25,8 +25,9 @@ Steps (``--steps`` picks some; the others are reported as not selected):
                  training and inference, the predictor on CUDA);
 5. ``sanitizer`` ``compute-sanitizer`` memcheck, racecheck and initcheck over
                  ``scripts/sanitizer_driver.py`` (every op forward and backward on odd
-                 shapes), the three at once; a missing or refusing tool is a skip;
-6. ``cli``       ``omkit train --device cuda --precision fp16`` (one minute), ``omkit
+                 shapes), the three at once and in the background of steps 4, 6 and 7
+                 (collected before the benchmarks); a missing or refusing tool is a skip;
+6. ``cli``       ``omkit train --device cuda --precision fp16`` (half a minute), ``omkit
                  predict`` on the real cases, ``omkit evaluate``;
 7. ``amp``       fp16 (gradient scaler) and bf16 training steps of every preset;
 8. ``bench``     the benchmark suites at full size, each with its own time limit, then
@@ -59,13 +60,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("setup", "build", "selftest", "tests", "sanitizer", "cli", "amp", "bench")
+# the order they run in: the sanitizer (launched before the tests, in the background) is collected
+# after the mixed-precision steps, so that the benchmarks have the GPU to themselves
+RUN_ORDER = ("setup", "build", "selftest", "tests", "cli", "amp", "sanitizer", "bench")
 TITLES = {
     "setup": "Python, modules, wheels", "build": "build the CUDA extension", "selftest": "omkit selftest",
     "tests": "CUDA tests", "sanitizer": "compute-sanitizer", "cli": "CLI end to end",
     "amp": "mixed-precision steps of every preset", "bench": "benchmarks and goals",
 }
 # step -> seconds it may take at most (the run's budget may leave less)
-LIMITS = {"setup": 120, "build": 300, "selftest": 60, "tests": 180, "sanitizer": 150, "cli": 180, "amp": 120,
+LIMITS = {"setup": 120, "build": 240, "selftest": 60, "tests": 120, "sanitizer": 150, "cli": 150, "amp": 90,
           "bench": 420}
 # module -> distribution, for the modules the checks import
 MODULES = {"numpy": "numpy", "pytest": "pytest", "pluggy": "pluggy", "scipy": "scipy", "sklearn": "scikit-learn",
@@ -90,6 +94,7 @@ class Step:
     seconds: float = 0.0
     log: str = ""
     details: str = ""
+    seconds_from: float | None = None  # a step started before its row (the sanitizer): when
 
 
 class Check:
@@ -106,6 +111,7 @@ class Check:
         self.env: dict = {}
         self.goals: list[tuple] = []
         self.bench_tables = ""
+        self.sanitizer: dict | None = None  # the background compute-sanitizer runs
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     # -- running commands ------------------------------------------------------------------
@@ -151,8 +157,9 @@ class Check:
                 fn(result, log, limit)
             except Exception as exc:  # the step's own code failed: a row, and the run goes on
                 result.status, result.why = "fail", f"gpu_check error: {type(exc).__name__}: {exc}"
-        result.seconds = time.monotonic() - began
+        result.seconds = time.monotonic() - (result.seconds_from or began)
         self.steps.append(result)
+        self.steps.sort(key=lambda step: STEPS.index(step.name))
         self.write_report()
         print(f"gpu_check: {name:9s} {result.status:4s} {result.seconds:6.1f} s  {result.why}", flush=True)
         return result
@@ -305,8 +312,9 @@ def step_build(check: Check, result: Step, log: Path, limit: float) -> None:
             f", built for torch {build.get('torch')}, {'CUDA ' + '+'.join(build['cuda_archs']) if build.get('cuda') else 'CPU kernels only'}"
             if build else f", not loaded: {info.get('why_not')}")
         return
-    if check.no_build:
-        result.status, result.why = "skip", "--no-build: the installed extension is used"
+    built = not check.no_build
+    if not built:
+        result.why = "--no-build: the installed extension is used"
     else:
         arch = f"{cap[0]}.{cap[1]}"
         env = {"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count() or 4), "FORCE_CUDA": "1",
@@ -335,8 +343,8 @@ def step_build(check: Check, result: Step, log: Path, limit: float) -> None:
         result.status, result.why = "fail", "the extension has no CUDA kernels"
     elif not info.get("arch_runs"):
         result.status, result.why = "fail", f"built for {'+'.join(build['cuda_archs'])}, which does not run on sm_{cap[0]}{cap[1]}"
-    elif result.status != "skip":
-        result.status = "pass"
+    else:
+        result.status = "pass" if built else "skip"
         result.why += f"; CUDA code {'+'.join(build['cuda_archs'])}, every op on the cuda kernel" if all(
             v == "cuda-kernel" for v in info["backends"].values()) else f"; backends {info['backends']}"
 
@@ -400,11 +408,47 @@ def find_sanitizer() -> str | None:
     return None
 
 
+def _sanitizer_command(tool: str, name: str, check: Check, filtered: bool) -> tuple[list[str], dict, Path]:
+    report = check.out / "logs" / f"sanitizer-{name}.txt"
+    cmd = [tool, "--tool", name, "--error-exitcode", "99", "--print-limit", "30", "--log-file", str(report)]
+    if filtered:  # only omkit's kernels: torch's own are not under test (and initcheck would flag its workspaces)
+        cmd += ["--kernel-name", "kns=omkit"]
+    cmd += [check.python, str(REPO / "scripts" / "sanitizer_driver.py"), "--device", "cuda"]
+    env = dict(os.environ)
+    if name in ("memcheck", "initcheck"):  # one allocation per tensor: out-of-bounds accesses are seen
+        env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
+    return cmd, env, report
+
+
+def launch_sanitizer(check: Check) -> None:
+    """Start memcheck, racecheck and initcheck (in the background: they run while the tests, the
+    CLI and the mixed-precision steps do, and the sanitizer step collects them)."""
+    tool = find_sanitizer()
+    if tool is None:
+        return
+    check.sanitizer = {"tool": tool, "started": time.monotonic(), "procs": {}}
+    for name in SANITIZER_TOOLS:
+        cmd, env, report = _sanitizer_command(tool, name, check, filtered=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+        check.sanitizer["procs"][name] = (cmd, report, proc)
+
+
+def _finish(proc, timeout: float):
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, timeout))
+        return proc.returncode, out or ""
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        return None, out or ""
+
+
 def step_sanitizer(check: Check, result: Step, log: Path, limit: float) -> None:
-    driver = str(REPO / "scripts" / "sanitizer_driver.py")
     tool = find_sanitizer()
     if check.dry or not check.env.get("cuda_available"):
-        rc, out = check.run([check.python, driver, "--device", "cpu"], log, limit)
+        rc, out = check.run([check.python, str(REPO / "scripts" / "sanitizer_driver.py"), "--device", "cpu"], log,
+                            limit)
         result.status = "skip" if rc == 0 else "fail"
         line = _tail(out, 1)
         result.why = (f"no GPU: compute-sanitizer {'found' if tool else 'not found'}, not run; the driver ran on the "
@@ -413,28 +457,26 @@ def step_sanitizer(check: Check, result: Step, log: Path, limit: float) -> None:
     if tool is None:
         result.status, result.why = "skip", "compute-sanitizer not found (PATH, CUDA_HOME/bin, /usr/local/cuda/bin)"
         return
-    procs, rows, failed, refused = {}, [], [], []
-    for name in SANITIZER_TOOLS:  # the three at once: they share the GPU, not the time budget
-        report = check.out / "logs" / f"sanitizer-{name}.txt"
-        cmd = [tool, "--tool", name, "--error-exitcode", "99", "--print-limit", "30", "--log-file", str(report),
-               "--kernel-name", "kns=omkit", check.python, driver, "--device", "cuda"]
-        env = dict(os.environ)
-        if name in ("memcheck", "initcheck"):  # one allocation per tensor: out-of-bounds accesses are seen
-            env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
-        procs[name] = (cmd, env, report, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                                          stderr=subprocess.STDOUT, text=True, errors="replace"))
-    deadline = time.monotonic() + limit
-    for name, (cmd, env, report, proc) in procs.items():
-        try:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-            rc = None
-        text = (report.read_text(errors="replace") if report.exists() else "") + (out or "")
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"$ {' '.join(cmd)}\n{text}\n[exit status {rc}]\n\n")
+    if check.sanitizer is None:
+        launch_sanitizer(check)
+    started = check.sanitizer["started"]
+    deadline = started + LIMITS["sanitizer"] + LIMITS["tests"] + LIMITS["cli"] + LIMITS["amp"]
+    deadline = min(deadline, time.monotonic() + limit)
+    rows, failed, refused = [], [], []
+    for name, (cmd, report, proc) in check.sanitizer["procs"].items():
+        rc, out = _finish(proc, deadline - time.monotonic())
+        text = (report.read_text(errors="replace") if report.exists() else "") + out
+        if rc not in (0, 99, None) and re.search(r"kernel-name|nrecognized|nvalid|nknown option", text):
+            # this compute-sanitizer does not take the kernel filter: every kernel, torch's too
+            cmd, env, report = _sanitizer_command(tool, name, check, filtered=False)
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(f"$ {' '.join(cmd)}  (again, without the kernel filter)\n{text}\n")
+            rc, out = check.run(cmd, log, max(5.0, deadline - time.monotonic()), env=env)
+            text = (report.read_text(errors="replace") if report.exists() else "") + out
+            name = f"{name} (all kernels)"
+        else:
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(f"$ {' '.join(cmd)}\n{text}\n[exit status {rc}]\n\n")
         summary = next((line.strip() for line in text.splitlines() if "ERROR SUMMARY" in line), "")
         if rc == 0:
             rows.append((name, "pass", summary or "no errors"))
@@ -449,11 +491,12 @@ def step_sanitizer(check: Check, result: Step, log: Path, limit: float) -> None:
                           _tail(text, 1))
             rows.append((name, "skip", f"the tool or the driver stopped (exit {rc}): {reason[:160]}"))
             refused.append(name)
-    result.details = "| tool | result | summary |\n|---|---|---|\n" + "".join(
-        f"| {n} | {s} | {w} |\n" for n, s, w in rows) + "\nReports: " + ", ".join(
-        f"`logs/sanitizer-{n}.txt`" for n in SANITIZER_TOOLS) + "\n"
+    result.seconds_from = started  # launched before the tests: its row counts from then
+    result.details = "The three tools ran at once, in the background of the tests, CLI and mixed-precision steps.\n\n" \
+        "| tool | result | summary |\n|---|---|---|\n" + "".join(f"| {n} | {s} | {w} |\n" for n, s, w in rows) + \
+        "\nReports: " + ", ".join(f"`logs/sanitizer-{n}.txt`" for n in SANITIZER_TOOLS) + "\n"
     if failed:
-        result.status, result.why = "fail", f"{', '.join(failed)} found errors"
+        result.status, result.why = "fail", f"{', '.join(failed)} found errors or timed out"
     elif refused and len(refused) == len(rows):
         result.status, result.why = "skip", f"compute-sanitizer did not run ({rows[0][2]})"
     else:
@@ -509,7 +552,7 @@ def step_cli(check: Check, result: Step, log: Path, limit: float) -> None:
         kind = "synthetic cases" if gpu else kind
     if gpu:
         precision = "fp16"
-        train = ["--recipe", "cpu-budget", "--device", "cuda", "--precision", precision, "--max-minutes", "1"]
+        train = ["--recipe", "cpu-budget", "--device", "cuda", "--precision", precision, "--max-minutes", "0.5"]
         predict = ["--device", "cuda", "--precision", precision]
     else:  # bf16 training on a CPU runs without oneDNN (omkit.devices.convolution_guard): slow; the tests cover it
         precision = "bf16 (predict; train fp32)"
@@ -562,7 +605,7 @@ def step_amp(check: Check, result: Step, log: Path, limit: float) -> None:
                 "--patch", "8,16,16", "--batch", "1", "--steps", "1"]
     else:
         args = ["--device", "cuda", "--precisions", "fp16,bf16" if check.env.get("bf16", True) else "fp16",
-                "--width", "1.0", "--patch", "16,32,32", "--batch", "4", "--steps", "3"]
+                "--width", "1.0", "--patch", "16,32,32", "--batch", "4", "--steps", "2"]
     rc, out = check.run([check.python, script, *args, "--json", str(out_json)], log, limit)
     rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
     result.details = "| precision | preset | finite | losses | CGA op | peak CUDA MB | s/step |\n|---|---|---|---|---|---|---|\n" + "".join(
@@ -718,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for report.md, report.json, logs/ and bench/ (default gpu_check_out/)")
     parser.add_argument("--dry-run", action="store_true", help="no GPU work: what runs without one, on the CPU")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for the whole run (default 450 with a GPU, 900 dry); steps past it are skipped")
+                        help="seconds for the whole run (default 470 with a GPU: under 8 minutes; 900 dry); steps past it "
+                             "are skipped")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--no-build", action="store_true", help="use the installed extension")
     parser.add_argument("--python", default=sys.executable, help="the Python with torch (default: this one)")
@@ -738,9 +782,12 @@ def main(argv: list[str] | None = None) -> int:
     if not check.env.get("cuda_available") and not check.dry:
         print("gpu_check: no CUDA device visible: a dry run", flush=True)
         check.dry = True
-    check.budget_s = args.budget_s or (900.0 if check.dry else 450.0)
+    check.budget_s = args.budget_s or (900.0 if check.dry else 470.0)
     check.deadline = check.start + check.budget_s
-    for name in STEPS:
+    for name in RUN_ORDER:
+        if name == "tests" and "sanitizer" in selected and not check.dry and check.env.get("cuda_available") \
+                and not any(s.name == "build" and s.status == "fail" for s in check.steps):
+            launch_sanitizer(check)
         check.step(name, lambda result, log, limit, _n=name: STEP_FUNCTIONS[_n](check, result, log, limit),
                    name in selected)
     failed = [s.name for s in check.steps if s.status == "fail"]

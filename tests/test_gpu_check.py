@@ -115,3 +115,91 @@ def test_gpu_benchmark_suites_select_the_goal_rows(gpu_check):
     assert "test_case_inference[omnet_cga-large]" in settings and "test_case_inference[omnet_cga-paper+fp16]" in settings
     assert not any("compile" in name for name in settings) and not settings & case
     assert _collected(suites["case-compile"]) == {"test_case_inference[omnet_cga-paper+compile]"}
+
+
+def test_gpu_mode_paths_with_a_simulated_gpu(gpu_check, tmp_path, monkeypatch):
+    """Every GPU branch of the script, with the machine simulated: commands answer as they
+    would on a GPU (a fake compute-sanitizer on PATH, canned outputs, the files pytest and
+    the drivers write). What cannot run here is the GPU; the script's own logic does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "compute-sanitizer"
+    tool.write_text("#!/bin/sh\necho '========= ERROR SUMMARY: 0 errors'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    data = tmp_path / "data" / "brats"
+    for case in ("Brats18_A", "Brats18_B", "Brats18_C"):
+        (data / case).mkdir(parents=True)
+        (data / case / f"{case}_flair.nii.gz").write_bytes(b"x")
+    ran = []
+
+    def bench_json(name):
+        rows = {"case": [("case", 1.0, {"variant": "omnet_cga-paper"}), ("case", 2.4, {"variant": "mc3-paper"}),
+                         ("case", 1.5, {"variant": "omnet_cga-monai"}), ("case", 1.8, {"variant": "omnet_cga-file"})],
+                "train": [("train", 0.5, {"preset": "omnet_cga"})],
+                "cga": [("cga forward paper-20", 0.004, {}), ("cga forward paper-20", 0.002, {})]}.get(name, [])
+        out = []
+        for i, (group, median, params) in enumerate(rows):
+            info = {"width": 1.0, "preset": params.get("preset"), "peak_cuda_mb": 3500.0, "batch_per_task": 20}
+            if group.startswith("cga"):
+                info["impl"] = ("compiled", "fused")[i]
+            out.append({"group": group, "name": f"t{i}", "params": params, "extra_info": info,
+                        "stats": {"median": median, "mean": median, "stddev": 0.0, "rounds": 5}})
+        return {"benchmarks": out}
+
+    def fake_run(self, cmd, log, timeout, env=None, cwd=None):
+        ran.append(cmd)
+        text = " ".join(map(str, cmd))
+        with open(log, "a") as fh:
+            fh.write(f"$ {text}\n")
+        if "MISSING" in text:
+            return 0, "MISSING[]\n"
+        if "BUILD" in text:
+            return 0, 'BUILD{"loaded": true, "why_not": null, "build": {"torch": "2.11.0", "cuda": true, ' \
+                      '"cuda_archs": ["sm_90"], "debug": false}, "backends": {"cga": "cuda-kernel"}, "arch_runs": true}\n'
+        if "INC" in text:
+            return 0, "INC/nonexistent\n"
+        if "omkit selftest" in text or text.endswith("selftest --device cuda"):
+            return 0, "omkit selftest: device cuda (H200, sm_90)\nop dtype\n30 checks: 30 passed, 0 failed, 0 skipped\n"
+        if "pytest" in text and "--junitxml" in text:
+            xml = next(a for a in cmd if a.startswith("--junitxml=")).split("=", 1)[1]
+            Path(xml).write_text('<testsuites><testsuite tests="40" failures="0" errors="0" skipped="2">'
+                                 '</testsuite></testsuites>')
+            return 0, "38 passed, 2 skipped\n"
+        if "mixed_precision_steps" in text:
+            path = cmd[cmd.index("--json") + 1]
+            Path(path).write_text(json.dumps({"rows": [{"preset": "omnet_cga", "precision": "fp16", "finite": True,
+                                                        "losses": [4.1, 4.0], "ops": ["cga:float16:kernel"],
+                                                        "peak_cuda_mb": 900.0, "seconds_per_step": 0.05}]}))
+            return 0, "mixed_precision_steps: 1/1 preset steps finite on cuda\n"
+        if "--benchmark-json" in text:
+            path = Path(next(a for a in cmd if a.startswith("--benchmark-json=")).split("=", 1)[1])
+            path.write_text(json.dumps(bench_json(path.stem)))
+            return 0, "4 passed in 3.00s\n"
+        if "evaluate" in text:
+            out = Path(cmd[cmd.index("-o") + 1])
+            out.mkdir(parents=True)
+            (out / "summary.json").write_text(json.dumps({"regions": {"WT": {"dice": {"mean": 0.5}}}}))
+        return 0, "done\n"
+
+    monkeypatch.setattr(gpu_check.Check, "run", fake_run)
+    monkeypatch.setattr(gpu_check, "probe_environment", lambda check: check.env.update(
+        torch="2.11.0+cu130", cuda="13.0", cuda_available=True, capability=[9, 0], gpu="NVIDIA H200", bf16=True))
+    out = tmp_path / "out"
+    assert gpu_check.main([str(out), "--data", str(tmp_path / "data"), "--python", sys.executable]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# omkit GPU check (GPU)")
+    rows = {row[1].split(":")[0]: (row[2], row[3]) for row in _table(report, "Steps")}
+    assert {status for status, _ in rows.values()} == {"**pass**"}, rows
+    assert "TORCH_CUDA_ARCH_LIST=9.0" in rows["build"][1] and "sm_90" in rows["build"][1]
+    assert rows["sanitizer"][1] == "no errors in the omkit kernels"
+    assert "2 real cases" in rows["cli"][1] and "fp16" in rows["cli"][1]
+    pip = next(c for c in ran if "pip" in c and "-e" in c)
+    assert "--no-build-isolation" in pip and str(out / "venv" / "bin" / "python") == pip[0]
+    train = next(c for c in ran if "train" in c)
+    assert train[train.index("--device") + 1] == "cuda" and "--max-minutes" in train
+    goals = {row[0]: row[3] for row in _table(report, "Goals")}
+    assert list(goals.values()) == ["met", "met", "met", "met", "met"], goals
+    assert "| memcheck | pass | ========= ERROR SUMMARY: 0 errors |" in report
+    suites = [Path(a.split("=", 1)[1]).stem for c in ran for a in c if str(a).startswith("--benchmark-json=")]
+    assert suites[:3] == ["case", "train", "cga"]
