@@ -129,7 +129,8 @@ def run(args) -> int:
             continue
         todo = [key for key in wanted if args.force or not paths[key].exists()]
         if not args.force and not args.skip_existing and len(todo) < len(wanted):
-            raise OutputExistsError(None, None, str(next(paths[k] for k in wanted if k not in todo)))
+            raise CLIError(f"{next(paths[k] for k in wanted if k not in todo)}: exists; pass --force to overwrite it "
+                           "or --skip-existing to keep it and do only what is missing")
         if not todo:
             already += 1
             continue

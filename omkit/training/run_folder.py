@@ -240,7 +240,7 @@ def check_resumable(run: Path, given: TrainConfig) -> None:
     """``given`` may continue the run in ``run``: it has a checkpoint and the
     settings that change what is computed are the saved ones."""
     if not last_checkpoint(run).is_file():
-        raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINTS}/{LAST})")
+        raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINTS}/{LAST}); --force starts over")
     saved = TrainConfig.load(run / CONFIG)
     differs = saved.differences(given)
     if differs:
