@@ -89,6 +89,8 @@ def _writer_alive(path: Path) -> bool:
             return time.time() - path.stat().st_mtime < UNLOCKED_GRACE_S
         except FileNotFoundError:
             return True  # gone already
+    except OSError:  # not ours to read (another user's): leave it
+        return True
     try:
         locked = _lock(fd)
         if locked is None:  # no locks here: only an old temporary is stale
@@ -121,7 +123,7 @@ def clean_stale_temporaries(folder: str | os.PathLike, target: str | None = None
         path = Path(entry.path)
         if _writer_alive(path):
             continue
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
