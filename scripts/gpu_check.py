@@ -605,7 +605,7 @@ def step_amp(check: Check, result: Step, log: Path, limit: float) -> None:
                 "--patch", "8,16,16", "--batch", "1", "--steps", "1"]
     else:
         args = ["--device", "cuda", "--precisions", "fp16,bf16" if check.env.get("bf16", True) else "fp16",
-                "--width", "1.0", "--patch", "16,32,32", "--batch", "4", "--steps", "2"]
+                "--width", "1.0", "--patch", "16,32,32", "--batch", "4", "--steps", "3"]
     rc, out = check.run([check.python, script, *args, "--json", str(out_json)], log, limit)
     rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
     result.details = "| precision | preset | finite | losses | CGA op | peak CUDA MB | s/step |\n|---|---|---|---|---|---|---|\n" + "".join(

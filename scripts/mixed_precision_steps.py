@@ -1,7 +1,8 @@
 """A few mixed-precision training steps of every preset (``omkit.list_presets()``),
 as the trainer takes them: autocast forward, float32 losses, the gradient scaler for
-fp16, SGD; checks that every loss and gradient is finite and says which path the
-CGA op took. Part of ``make gpu-check`` (fp16 and bf16 on a GPU; bf16 on a CPU in its
+fp16, SGD; checks that every loss is finite and that the gradients are (for fp16: in
+every step the scaler did not skip, and it may skip all but one: its first scale,
+2**16, can overflow float16 once), and says which path the CGA op took. Part of ``make gpu-check`` (fp16 and bf16 on a GPU; bf16 on a CPU in its
 dry mode).
 
 Usage: python scripts/mixed_precision_steps.py [--device cuda] [--precisions fp16,bf16]
@@ -36,7 +37,7 @@ def run_preset(preset: str, device, precision: str, width: float, patch, batch: 
     g = torch.Generator().manual_seed(1)
     inputs = [torch.randn(batch, 4, *patch, generator=g).to(device) for _ in range(n)] + [None] * (3 - n)
     labels = [torch.randint(0, k, (batch, *patch), generator=g).to(device) for k in NUM_CLASSES_TASK[:n]]
-    losses, finite, paths = [], True, set()
+    losses, finite, paths, skipped = [], True, set(), 0
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -48,8 +49,13 @@ def run_preset(preset: str, device, precision: str, width: float, patch, batch: 
                 outputs = model.forward_tasks(inputs, None)
             loss = sum(F.cross_entropy(o.float(), y) for o, y in zip(outputs, labels) if o is not None)
             scaler.scale(loss).backward()
-        scaler.unscale_(opt) if precision == "fp16" else None
-        finite &= all(torch.isfinite(p.grad).all().item() for p in model.parameters() if p.grad is not None)
+        if precision == "fp16":
+            scaler.unscale_(opt)
+        grads_finite = all(torch.isfinite(p.grad).all().item() for p in model.parameters() if p.grad is not None)
+        if precision == "fp16" and not grads_finite:
+            skipped += 1  # the scaler skips this step and lowers its scale
+        else:
+            finite &= grads_finite
         scaler.step(opt)
         scaler.update()
         losses.append(float(loss.detach()))
@@ -57,9 +63,9 @@ def run_preset(preset: str, device, precision: str, width: float, patch, batch: 
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    finite &= all(math.isfinite(v) for v in losses)
+    finite &= all(math.isfinite(v) for v in losses) and skipped < steps
     row = {"preset": preset, "precision": precision, "losses": [round(v, 5) for v in losses], "finite": finite,
-           "ops": sorted(paths), "seconds_per_step": round(seconds / steps, 4)}
+           "ops": sorted(paths), "seconds_per_step": round(seconds / steps, 4), "skipped_by_scaler": skipped}
     if device.type == "cuda":
         row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return row

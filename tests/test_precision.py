@@ -65,7 +65,9 @@ def _train_step(model, inputs, labels, device, precision):
     """One step as the trainer takes it: autocast forward, float32 losses, scaled backward for
     fp16; returns (loss, {parameter: gradient}, dispatch decisions)."""
     model.zero_grad(set_to_none=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    # a modest scale: the default 2**16 may overflow float16 on a first step, which a scaler then
+    # skips (the trainer's behaviour); this compares one step's gradients
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, enabled=precision == "fp16")
     with convolution_guard(torch.device(device), precision):  # as the trainer's step (see the module docstring)
         with autocast(torch.device(device), precision), ops.record_dispatch() as calls:
             outputs = model.forward_tasks(inputs, None)
