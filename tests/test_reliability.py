@@ -434,10 +434,20 @@ TINY_TRAIN = ["--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task",
               "--stage-epochs", "1,1,1", "--no-progress", "--device", "cpu", "--threads", "1"]
 
 
-def _train_cli(*argv, cache: Path, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMKIT_CACHE_DIR=str(cache))
-    return subprocess.run([sys.executable, "-m", "omkit", "train", *map(str, argv)], capture_output=True, text=True,
-                          env=env, timeout=300, **kw)
+def _train_cli(*argv, cache: Path) -> subprocess.CompletedProcess:
+    """``omkit train ARGV`` in this process (what it prints to stderr, its exit status)."""
+    import contextlib
+    import io
+
+    from omkit.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(["train", *map(str, argv), "--cache-dir", str(cache)])
+        except SystemExit as exc:  # argparse
+            code = exc.code
+    return subprocess.CompletedProcess(["omkit", "train", *map(str, argv)], code, "", err.getvalue())
 
 
 def _one_line_error(result, *needles: str) -> str:
@@ -771,3 +781,22 @@ def test_crafted_or_malformed_resume_state_is_one_line_and_runs_nothing(tmp_path
         message = str(info.value)
         assert message.startswith(str(target)) and "\n" not in message, message
     assert not flag.exists()
+
+
+def test_two_trains_started_together_one_runs_the_other_is_refused(tmp_path, tiny_run, case_dirs):
+    _, cache = _copy_run(tiny_run, tmp_path)
+    run = tmp_path / "race"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "omkit", "train", "-i", str(case_dirs[0].parent), "-o", str(run),
+                               *TINY_TRAIN, "--max-steps", "4", "--seed", str(seed), "--cache-dir", str(cache)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for seed in (1, 2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    results = [(p.returncode, err) for p, err in zip(procs, errors)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    winner = [i for i, (code, _) in enumerate(results) if code == 0][0]
+    loser_err = results[1 - winner][1].strip()
+    assert len(loser_err.splitlines()) == 1 and ("in use by another omkit process" in loser_err
+                                                 or "run folder exists" in loser_err), loser_err
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == winner + 1  # the winner's run, whole
+    assert (run / "model.pt").is_file()
