@@ -763,6 +763,7 @@ def test_crafted_or_malformed_resume_state_is_one_line_and_runs_nothing(tmp_path
     last = run / "checkpoints" / "last.pt"
     payload = torch.load(last, weights_only=True)
     for name, content in [("config.json", pickle.dumps(_Evil(flag))), ("config.json", b'{"config": [1, 2]}'),
+                          ("checkpoints/last.pt", {**payload, "state": {**payload["state"], "x": _Evil(flag)}}),
                           ("checkpoints/last.pt", {**payload, "model": "weights"}),
                           ("checkpoints/last.pt", {**payload, "rng": {"per_rank": []}}),
                           ("checkpoints/last.pt", {**payload, "model": {"x": torch.zeros(1)}})]:
