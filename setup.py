@@ -52,7 +52,9 @@ def _cuda_code_targets() -> list:
         flags = _get_cuda_arch_flags()
     except Exception:
         return []
-    codes = {code for flag in flags for code in re.findall(r"code=(\w+)", flag)}
+    # -gencode=arch=compute_90,code=sm_90 (or code=[sm_90,compute_90]): the targets after ",code="
+    codes = {code for flag in flags for group in re.findall(r",code=\[?([\w,]+)\]?", flag)
+             for code in group.split(",") if code}
     return sorted(codes, key=lambda c: (c.startswith("compute"), c))
 
 

@@ -1,7 +1,8 @@
 """Load a built omkit op library and check that it registers exactly the ops of
 omkit/ops/manifest.py, each with the kernels it should have; then run each
 forward CGA op and the tile gather on CPU against its reference in
-omkit/ops/reference.py as a smoke test.
+omkit/ops/reference.py as a smoke test; and that the module's build_info() says
+what it was built with (CUDA kernels and their code targets, unless --no-cuda).
 
 Runs where omkit may not be installed (a venv with another torch): the manifest
 and the references are loaded by their file paths, and omkit itself is never
@@ -12,6 +13,7 @@ Usage: python scripts/check_ops_registered.py path/to/_C.so [--no-cuda]
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -67,6 +69,23 @@ def smoke_errors(manifest, reference) -> list[str]:
     return errors
 
 
+def build_info_errors(path: str, cuda: bool) -> list[str]:
+    """What is wrong with the library's ``build_info()`` (it is importable as ``omkit._C``)."""
+    spec = importlib.util.spec_from_file_location("omkit._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    info = module.build_info()
+    errors = []
+    if info.get("torch") != torch.__version__.split("+")[0]:
+        errors.append(f"build_info() torch {info.get('torch')!r}, the library was loaded by torch {torch.__version__}")
+    if bool(info.get("cuda")) != cuda:
+        errors.append(f"build_info() cuda={info.get('cuda')!r}, expected {cuda}")
+    archs = [a for a in str(info.get("cuda_archs", "")).split("+") if a]
+    if cuda and (not archs or not all(re.fullmatch(r"(sm|compute)_\d+[a-z]?", a) for a in archs)):
+        errors.append(f"build_info() cuda_archs {info.get('cuda_archs')!r} are not CUDA code targets (sm_90, ...)")
+    return errors
+
+
 def main(argv: list[str]) -> int:
     paths = [a for a in argv if not a.startswith("--")]
     if len(paths) != 1:
@@ -77,6 +96,7 @@ def main(argv: list[str]) -> int:
     devices = ["cpu"] if "--no-cuda" in argv else list(manifest.KERNEL_BACKENDS)
     torch.ops.load_library(paths[0])
     errors = registration_errors(manifest, devices) + smoke_errors(manifest, reference)
+    errors += build_info_errors(paths[0], cuda="--no-cuda" not in argv)
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 1
