@@ -75,6 +75,20 @@ void test_cga() {
     threw = true;
   }
   expect(threw, "cga_pool rejects a guidance of the wrong shape");
+
+  // bfloat16 (what torch.autocast gives on a CPU) is accumulated in float: within bfloat16's
+  // rounding of the double result on the same (rounded) inputs.
+  auto bf = [](const Tensor& t) { return t.to(at::kBFloat16); };
+  auto whole = op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, Opt, Opt, Opt, Opt, Opt, Opt,
+                                                     c10::string_view, double)>("omkit::cga");
+  auto [out_bf, m_bf, l1_bf] = whole.call(bf(F), bf(P), bf(w_pos), bf(b_pos), bf(w_neg), bf(b_neg), bf(w_out),
+                                          bf(b_out), "full", 1e-12);
+  auto d = [](const Tensor& t) { return t.to(at::kDouble); };
+  auto [out_d, m_d, l1_d] = whole.call(d(bf(F)), d(bf(P)), d(bf(w_pos)), d(bf(b_pos)), d(bf(w_neg)), d(bf(b_neg)),
+                                       d(bf(w_out)), d(bf(b_out)), "full", 1e-12);
+  const double scale = out_d.abs().max().item<double>();
+  expect(out_bf.scalar_type() == at::kBFloat16 && (d(out_bf) - out_d).abs().max().item<double>() <= 2e-2 * scale,
+         "cga in bfloat16 matches float64 within bfloat16 rounding");
 }
 
 void test_tiles() {
