@@ -38,6 +38,13 @@ reference uses DeepMind's surface-distance package (surface elements weighted
 by their area); Dice, counts and the 374 mm penalties agree exactly, HD95 per
 lesion differs by a fraction of a millimetre on smooth lesions (docs/RESULTS.md).
 
+Later editions changed the rules, and these are not reproduced: the BraTS 2024
+organisers' code sets parameters per region (e.g. glioma: ET threshold 10,
+other regions 20, dilation 5 for NETC, SNFH and RC), merges lesions across
+tissues and drops small predicted lesions; the ``brats-evaluation`` package
+(BraTS 2025+) matches lesions one-to-one with ``panoptica`` instead of by
+dilation. Only the 2023 table is offered here.
+
 Connected components come from ``connected-components-3d`` (``cc3d``, what the
 reference uses; 6-12 times faster than ``scipy.ndimage.label`` on a BraTS
 volume), dilation from ``scipy.ndimage``.
