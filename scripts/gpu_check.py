@@ -252,11 +252,11 @@ def step_setup(check: Check, result: Step, log: Path, limit: float) -> None:
             # --without-pip: the machine's pip runs inside the venv (no ensurepip needed)
             rc, out = check.run([check.python, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
                                 log, 60)
-            if rc != 0:
-                result.status, result.why = "fail", f"could not create the venv {venv}: {_tail(out, 1)}"
-                return
-        check.python = str(venv / "bin" / "python")
-        notes.append(f"venv {venv} over the machine's site-packages (its torch)")
+        if (venv / "bin" / "python").exists():
+            check.python = str(venv / "bin" / "python")
+            notes.append(f"venv {venv} over the machine's site-packages (its torch)")
+        else:  # go on with the machine's Python (the build then installs into it)
+            notes.append(f"no venv ({_tail(out, 1)}): the machine's Python is used")
     code = ("import importlib.util, json; print('MISSING' + json.dumps([m for m in %r "
             "if importlib.util.find_spec(m) is None]))" % sorted(MODULES))
     rc, out = check.py(code, log, 60)
@@ -319,14 +319,18 @@ def step_build(check: Check, result: Step, log: Path, limit: float) -> None:
         arch = f"{cap[0]}.{cap[1]}"
         env = {"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count() or 4), "FORCE_CUDA": "1",
                "OMKIT_REQUIRE_EXTENSION": "1"}
-        # the CUDA library headers that torch's headers include, from the pip CUDA wheels when there
-        rc, out = check.py("import os, sysconfig; print('INC' + os.path.join(sysconfig.get_paths()['purelib'], "
-                           "'nvidia', 'cu13', 'include'))", log, 60)
+        # the CUDA library headers that torch's headers include, from the pip CUDA wheels beside torch
+        rc, out = check.py("import os, torch; print('INC' + os.path.join(os.path.dirname(os.path.dirname("
+                           "torch.__file__)), 'nvidia', 'cu13', 'include'))", log, 60)
         inc = next((line[3:] for line in out.splitlines() if line.startswith("INC")), "")
         if inc and Path(inc).is_dir():
             env["OMKIT_EXTRA_INCLUDE_DIRS"] = inc
-        rc, out = check.run([check.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e",
-                             str(REPO)], log, limit - 20, env=env)
+        rc, out = check.py("import sys, sysconfig, os; print('MANAGED' + str(sys.prefix == sys.base_prefix and "
+                           "os.path.exists(os.path.join(sysconfig.get_paths()['stdlib'], 'EXTERNALLY-MANAGED'))))",
+                           log, 60)
+        managed = ["--break-system-packages"] if "MANAGEDTrue" in out else []  # no venv, a distribution's Python
+        rc, out = check.run([check.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", *managed,
+                             "-e", str(REPO)], log, limit - 20, env=env)
         if rc != 0:
             result.status = "fail"
             result.why = "timed out" if rc is None else f"pip install failed (exit {rc}): {_tail(out, 1)}"

@@ -152,6 +152,10 @@ def test_gpu_mode_paths_with_a_simulated_gpu(gpu_check, tmp_path, monkeypatch):
         text = " ".join(map(str, cmd))
         with open(log, "a") as fh:
             fh.write(f"$ {text}\n")
+        if "-m venv" in text:  # the venv over the machine's site-packages
+            (Path(cmd[-1]) / "bin").mkdir(parents=True)
+            (Path(cmd[-1]) / "bin" / "python").symlink_to(sys.executable)
+            return 0, ""
         if "MISSING" in text:
             return 0, "MISSING[]\n"
         if "BUILD" in text:
