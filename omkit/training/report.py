@@ -10,6 +10,8 @@ from typing import Sequence
 
 from omkit.fileio import atomic_path, atomic_write_text
 
+from .run_folder import LOSS_CURVE, METRICS_CSV, METRICS_JSON
+
 METRIC_FIELDS = (
     "step", "epoch", "stage", "lr", "loss_task1", "loss_task2", "loss_task3", "loss_total",
     "patches", "patches_per_s", "elapsed_s",
@@ -68,3 +70,26 @@ def plot_losses(rows: Sequence[dict], stage_starts: Sequence[int], path: Path, t
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def write_run_reports(run_dir: Path, state, config, world_size: int, extra: dict | None = None) -> None:
+    """The run folder's ``metrics.csv``, ``metrics.json`` (totals, per-epoch losses,
+    ``extra``) and ``loss_curve.png`` for a :class:`~omkit.training.state.TrainState`."""
+    write_metrics_csv(state.rows, run_dir / METRICS_CSV)
+    summary = {
+        "preset": config.preset,
+        "finished": state.finished,
+        "stopped_by": state.stopped_by,
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "patches": state.patches,
+        "elapsed_s": round(state.elapsed_s, 3),
+        "patches_per_s": round(state.patches / state.elapsed_s, 3) if state.elapsed_s else None,
+        "world_size": world_size,
+        "per_epoch": state.epoch_rows,
+    }
+    summary.update(extra or {})
+    write_json(summary, run_dir / METRICS_JSON)
+    if state.rows:
+        plot_losses(state.rows, state.stage_starts, run_dir / LOSS_CURVE,
+                    title=f"{config.preset} (width {config.width:g})")

@@ -17,7 +17,6 @@ process's RNG states and the curriculum stage, and a batch depends only on
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -44,52 +43,12 @@ from .checkpoints import (
 from .config import TrainConfig, flag
 from .curriculum import Stage, plan_stages, plateaued, stages_record
 from .data import build_samplers, prepare_data, split_cases
+from .guards import TrainingDiverged, fits_in_memory, memory_checked
 from .optim import build_model, build_optimizer, build_scaler, build_scheduler, check_model_settings, seed_process
 from .patches import iterate_steps
-from .report import plot_losses, write_json, write_metrics_csv
+from .report import write_json, write_run_reports
 from .state import TrainState
 from .transfer import TransferRule, task_targets
-
-
-class TrainingDiverged(ValueError):
-    """A loss became NaN or infinite: the run stops without writing the diverged model."""
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "DefaultCPUAllocator" in text))
-
-
-@contextlib.contextmanager
-def _fits_in_memory(config: TrainConfig, *names: str):
-    """An allocation failure (host or device) inside is a one-line error
-    naming the settings ``names`` that size it."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        given = " ".join(f"{flag(n)} {_shown(getattr(config, n))}" for n in names)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ValueError(f"{given}: does not fit in memory ({reason}); lower {' or '.join(flag(n) for n in names)}") \
-            from None
-
-
-def _memory_checked(steps, config: TrainConfig):
-    """``steps`` (batches are made as it is iterated), allocation failures named as by :func:`_fits_in_memory`."""
-    iterator = iter(steps)
-    while True:
-        with _fits_in_memory(config, "patch_size", "batch_per_task"):
-            item = next(iterator, None)
-        if item is None:
-            return
-        yield item
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else f"{value:g}" \
-        if isinstance(value, float) else str(value)
 
 
 class _TaskForward(nn.Module):
@@ -151,7 +110,7 @@ class Trainer:
         split_cases(config)  # the input has cases and --folds/--fold fit them: before anything is built
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        with _fits_in_memory(config, "width"):
+        with fits_in_memory(config, "width"):
             self.model = build_model(config, self.device)
         if self.is_main:  # lock the folder and check that it may be used (fast); it is replaced only at _commit
             self.claim = run_folder.claim(self.run_dir, resume, force, config)
@@ -274,27 +233,8 @@ class Trainer:
         write_json(info, self.run_dir / run_folder.CONFIG)
 
     def _write_reports(self, extra: dict | None = None) -> None:
-        if not self.is_main:
-            return
-        state = self.state
-        write_metrics_csv(state.rows, self.run_dir / run_folder.METRICS_CSV)
-        summary = {
-            "preset": self.config.preset,
-            "finished": state.finished,
-            "stopped_by": state.stopped_by,
-            "epochs": state.epoch,
-            "steps": state.global_step,
-            "patches": state.patches,
-            "elapsed_s": round(state.elapsed_s, 3),
-            "patches_per_s": round(state.patches / state.elapsed_s, 3) if state.elapsed_s else None,
-            "world_size": self.world_size,
-            "per_epoch": state.epoch_rows,
-        }
-        summary.update(extra or {})
-        write_json(summary, self.run_dir / run_folder.METRICS_JSON)
-        if state.rows:
-            plot_losses(state.rows, state.stage_starts, self.run_dir / run_folder.LOSS_CURVE,
-                        title=f"{self.config.preset} (width {self.config.width:g})")
+        if self.is_main:
+            write_run_reports(self.run_dir, self.state, self.config, self.world_size, extra)
 
     # -- training ---------------------------------------------------------------------
     def _step(self, batches, tasks) -> tuple[list[float], int]:
@@ -364,8 +304,8 @@ class Trainer:
                 )
                 self._net_for(stage.tasks).train()
                 steps_iter = iterate_steps(self.patches, state.epoch, stage.tasks, state.step, cfg.workers)
-                for step, batches in _memory_checked(steps_iter, cfg):
-                    with _fits_in_memory(cfg, "patch_size", "batch_per_task", "width"):
+                for step, batches in memory_checked(steps_iter, cfg):
+                    with fits_in_memory(cfg, "patch_size", "batch_per_task", "width"):
                         values, own = self._step(batches, stage.tasks)
                     self._check_finite(values, stage.tasks)
                     self._commit()  # after the first step: it fits in memory and its losses are finite
