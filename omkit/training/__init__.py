@@ -15,6 +15,7 @@ Modules, one job each:
 * :mod:`.distributed` DDP: ranks, process group, collectives
 * :mod:`.run_folder`  what a run folder holds; its lock, marker, --force and --resume policy
 * :mod:`.report`      metrics CSV/JSON and the loss curve
+* :mod:`.guards`      allocation failures named by their settings; a non-finite loss stops the run
 * :mod:`.trainer`     ``Trainer``: the loop; ``train``
 
 What a run folder holds: :mod:`.run_folder`.
