@@ -28,10 +28,11 @@ struct CgaParams {
 CgaParams check_params(const Tensor& features, const Tensor& m, const std::optional<Tensor>& w_pos,
                        const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
                        const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out,
-                       const std::optional<Tensor>& b_out, const std::string& variant, const char* op) {
+                       const std::optional<Tensor>& b_out, const std::string& variant, const char* op,
+                       int64_t m_rows = -1) {
   CgaParams p;
   p.coef = variant_coefficients(variant);
-  const int64_t B = features.size(0), C = features.size(1);
+  const int64_t B = m_rows >= 0 ? m_rows : features.size(0), C = features.size(1);
   p.num_channels = C;
   check_same_device_dtype(m, features, op, "m");
   TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == B && m.size(1) == 2 && m.size(2) == C, op,
@@ -144,6 +145,15 @@ VariantCoefficients variant_coefficients(const std::string& variant) {
   if (variant == "pos") return {0.0, 1.0, 0.0, 0.0, true, false};
   if (variant == "neg") return {0.0, 0.0, 1.0, -1.0, false, true};
   TORCH_CHECK_VALUE(false, "unknown CGA variant '", variant, "'; choose one of full, minus, pos, neg");
+}
+
+FoldedHead fold_cga_head(const Tensor& features, const Tensor& m, const std::optional<Tensor>& w_pos,
+                         const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+                         const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out,
+                         const std::optional<Tensor>& b_out, const std::string& variant, const char* op) {
+  CgaParams params = check_params(features, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, op, m.size(0));
+  Folded f = fold(params, m, accumulate_type(features.scalar_type()));
+  return {f.M0, f.M1, f.c0, f.c1, params.num_outputs};
 }
 
 at::ScalarType accumulate_type(at::ScalarType dtype) {

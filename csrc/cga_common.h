@@ -9,12 +9,30 @@
 #include <ATen/ATen.h>
 #include <c10/util/ArrayRef.h>
 
+#include <algorithm>
+#include <optional>
 #include <string>
 #include <tuple>
 
 namespace omkit {
 
 using at::Tensor;
+
+// Geometry of the window-consistent ops (window_sums, block_linear, cga_windowed), per axis
+// (D, H, W) of a feature map of `size` voxels: block k covers [origin + k block, origin + (k + 1)
+// block) within [0, size); its window starts `offset` voxels before it and is `window` voxels
+// long, zero outside [0, size); `blocks` blocks per axis; voxels before `origin` are in none.
+struct WindowGeometry {
+  int64_t size[3], window[3], block[3], offset[3], origin[3], blocks[3];
+  int64_t num_blocks() const { return blocks[0] * blocks[1] * blocks[2]; }
+  // [lo, hi) of block k's window along `axis`, clipped to [0, size).
+  int64_t window_lo(int axis, int64_t k) const {
+    return std::min(std::max<int64_t>(origin[axis] + k * block[axis] - offset[axis], 0), size[axis]);
+  }
+  int64_t window_hi(int axis, int64_t k) const {
+    return std::min(std::max<int64_t>(origin[axis] + k * block[axis] - offset[axis] + window[axis], 0), size[axis]);
+  }
+};
 
 // The passes over the feature map that each backend implements.
 // Shapes: F (B, C, N) contiguous, P (B, N) contiguous in F's dtype.
@@ -43,6 +61,15 @@ struct CgaKernels {
   // dF = M0^T G + P * M1^T G + base + slope * P (base/slope (B, C) in the accumulation dtype).
   Tensor (*mix_input_grad)(const Tensor& G, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& base,
                            const Tensor& slope);
+  // Window-consistent passes; x (B, C, D, H, W) contiguous, P (B, D, H, W) contiguous in x's
+  // dtype or undefined. window_sums: Z (B, R, C, nD, nH, nW) in the accumulation dtype, rows
+  // [sum P x, sum x] (R = 2) or [sum x] (R = 1, P undefined); one pass over x (running sums).
+  Tensor (*window_sums)(const Tensor& x, const Tensor& P, const WindowGeometry& g);
+  // block_mix: out (B, K, D, H, W) in x's dtype = M0[b, blk(v)] x[b, :, v] + c0 + P (M1[b, blk(v)]
+  // x[b, :, v] + c1), zero before the origin; M0/M1 (B, num_blocks, K, C), c0/c1 (K) in the
+  // accumulation dtype, contiguous; M1 and c1 both defined (guided) or both undefined.
+  Tensor (*block_mix)(const Tensor& x, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
+                      const Tensor& c1, const WindowGeometry& g);
 };
 
 // How a variant merges the two branches: out = alpha(P) S_t + beta(P) S_n with
@@ -100,6 +127,32 @@ Grads7 cga_backward(const CgaKernels& kernels, const Tensor& grad_out, const Opt
                     const OptionalTensor& w_neg, const OptionalTensor& b_neg, const OptionalTensor& w_out,
                     const OptionalTensor& b_out, c10::string_view variant, double eps);
 
+// Window-consistent inference (window_common.cpp): no autograd, no backward ops.
+Tensor window_sums(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance,
+                   c10::IntArrayRef window, c10::IntArrayRef block, c10::IntArrayRef offset, c10::IntArrayRef origin);
+Tensor block_linear(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance, const Tensor& m0,
+                    const OptionalTensor& c0, const OptionalTensor& m1, const OptionalTensor& c1,
+                    c10::IntArrayRef block, c10::IntArrayRef origin);
+std::tuple<Tensor, Tensor> cga_windowed(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
+                                        const OptionalTensor& w_pos, const OptionalTensor& b_pos,
+                                        const OptionalTensor& w_neg, const OptionalTensor& b_neg,
+                                        const OptionalTensor& w_out, const OptionalTensor& b_out,
+                                        c10::IntArrayRef window, c10::IntArrayRef block, c10::IntArrayRef offset,
+                                        c10::IntArrayRef origin, c10::string_view variant, double eps);
+
 }  // namespace impl
+
+// The CGA head's 1x1x1 weights with importance vectors m (N, 2, C) folded in, for any N (one row
+// per sample, or per sample and block): out = M0 F + c0 + Pt (M1 F + c1), M0/M1 (N, K2, C), c0/c1
+// (K2) in the accumulation dtype; M1/c1 undefined for the unguided variant (minus). Checks the
+// weights against the variant and `features` (device, dtype, C).
+struct FoldedHead {
+  Tensor M0, M1, c0, c1;
+  int64_t num_outputs;
+};
+FoldedHead fold_cga_head(const Tensor& features, const Tensor& m, const std::optional<Tensor>& w_pos,
+                         const std::optional<Tensor>& b_pos, const std::optional<Tensor>& w_neg,
+                         const std::optional<Tensor>& b_neg, const std::optional<Tensor>& w_out,
+                         const std::optional<Tensor>& b_out, const std::string& variant, const char* op);
 
 }  // namespace omkit

@@ -31,6 +31,13 @@
 //   origins[i] + ko, clipped, later tiles win; stitch_tiles_argmax_: labels (D, H, W)
 //   uint8 <- label_map[argmax_k tiles[i, k, ko:ko+ks]] (or the index itself when
 //   label_map is None), the class map without a float full-volume buffer.
+// * Window-consistent (dense) inference, no autograd (contract: omkit/ops/reference.py, where the
+//   geometry is described; WindowGeometry in cga_common.h):
+//   window_sums: x (B, C, D, H, W), guidance? -> (B, nD, nH, nW, R, C) sums over each block's
+//   window, rows [sum Pt x, sum x] (R = 2) or [sum x] (R = 1), in the accumulation dtype;
+//   block_linear: a 1x1x1 conv with per-block weights m0/m1 (B, nD, nH, nW, K, C), biases c0/c1
+//   (K,): out = m0 x + c0 + Pt (m1 x + c1); cga_windowed: the CGA head with each block's m pooled
+//   over its window -> (out (B, K, D, H, W), m (B, nD, nH, nW, 2, C)).
 #pragma once
 
 #define OMKIT_OPS(X)                                                                                              \
@@ -56,4 +63,13 @@
     "(Tensor(a!) out, Tensor tiles, Tensor origins, int[] keep_offset, int[] keep_size) -> ()")                   \
   X(stitch_tiles_argmax_,                                                                                         \
     "(Tensor(a!) labels, Tensor tiles, Tensor origins, int[] keep_offset, int[] keep_size, Tensor? label_map) "   \
-    "-> ()")
+    "-> ()")                                                                                                      \
+  X(window_sums,                                                                                                  \
+    "(Tensor x, Tensor? guidance, int[] window, int[] block, int[] offset, int[] origin) -> Tensor")              \
+  X(block_linear,                                                                                                 \
+    "(Tensor x, Tensor? guidance, Tensor m0, Tensor? c0, Tensor? m1, Tensor? c1, int[] block, int[] origin) "     \
+    "-> Tensor")                                                                                                  \
+  X(cga_windowed,                                                                                                 \
+    "(Tensor features, Tensor guidance, Tensor? w_pos, Tensor? b_pos, Tensor? w_neg, Tensor? b_neg, "             \
+    "Tensor? w_out, Tensor? b_out, int[] window, int[] block, int[] offset, int[] origin, str variant, "          \
+    "float eps) -> (Tensor out, Tensor m)")

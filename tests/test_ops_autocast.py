@@ -63,6 +63,11 @@ def _op_args(op: manifest.Op, device: str) -> tuple:
         "stitch_tiles": (torch.zeros(2, 4, 5, 6, device=device), tiles, origins, [1, 1, 1], [1, 2, 2]),
         "stitch_tiles_argmax": (torch.zeros(4, 5, 6, dtype=torch.uint8, device=device), tiles, origins, [1, 1, 1],
                                 [1, 2, 2], None),
+        # blocks of (1, 2, 3) voxels in windows of (2, 3, 4): a grid of (3, 3, 2) blocks
+        "window_sums": (features, guidance, [2, 3, 4], [1, 2, 3], [0, 1, 0], [0, 0, 1]),
+        "block_linear": (features, guidance, torch.randn(2, 3, 3, 2, 3, 6, generator=torch.Generator().manual_seed(3))
+                         .to(device), weights[1], None, None, [1, 2, 3], [0, 0, 1]),
+        "cga_windowed": (features, guidance, *weights, [2, 3, 4], [1, 2, 3], [0, 1, 0], [0, 0, 1], "full", 1e-12),
     }
     assert set(args) == set(manifest.BY_NAME), "a sample call per op of the manifest"
     return args[op.name]
@@ -104,7 +109,9 @@ def test_op_under_autocast_matches_float32(op, device, dtype):
     if op.inplace:  # the result is the first argument
         expected, got = expected_args[0], got_args[0]
     for i, (a, e) in enumerate(zip(_outputs(got), _outputs(expected), strict=True)):
-        if op.autocast == "lower":
+        if op.name == "window_sums":  # sums stay in the accumulation dtype
+            assert a.dtype == torch.float32, (op.name, i, a.dtype)
+        elif op.autocast == "lower":
             assert a.dtype == dtype, (op.name, i, a.dtype)
         else:
             assert a.dtype == e.dtype, (op.name, i, a.dtype)
@@ -134,6 +141,9 @@ def test_public_function_takes_the_kernel_path_under_autocast(function, device, 
                                                  (1, 1, 1), (1, 2, 2)),
         "stitch_tiles_argmax": lambda: ops.stitch_tiles_argmax(torch.zeros(4, 5, 6, dtype=torch.uint8, device=device),
                                                                tiles, origins, (1, 1, 1), (1, 2, 2)),
+        "window_sums": lambda: ops.window_sums(features, guidance, window=(2, 3, 4), block=(1, 2, 3)),
+        "block_linear": lambda: ops.block_linear(features, torch.randn(2, 3, 3, 3, 3, 6, device=device), block=(1, 2, 3)),
+        "cga_windowed": lambda: ops.cga_windowed(features, guidance, *weights, window=(2, 3, 4), block=(1, 2, 3)),
     }
     with ops.use_backend("auto"), torch.autocast(device, dtype=dtype), ops.record_dispatch() as decisions:
         calls[function]()

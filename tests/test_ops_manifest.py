@@ -153,6 +153,10 @@ def _op_args(name: str, dtype=torch.float64):
         "gather_tiles": (volume, origins, [3, 3, 3]),
         "stitch_tiles": (torch.zeros(2, 4, 5, 6, dtype=dtype), tiles, origins, [1, 1, 1], [1, 2, 2]),
         "stitch_tiles_argmax": (torch.zeros(4, 5, 6, dtype=torch.uint8), tiles, origins, [1, 1, 1], [1, 2, 2], None),
+        # blocks of (1, 1, 2) voxels in windows of (2, 2, 2): a grid of (2, 3, 2) blocks
+        "window_sums": (features, guidance, [2, 2, 2], [1, 1, 2], [0, 1, 0], [0, 0, 1]),
+        "block_linear": (features, guidance, rand(2, 2, 3, 2, 2, 3), weights[1], None, None, [1, 1, 2], [0, 0, 1]),
+        "cga_windowed": (features, guidance, *weights, [2, 2, 2], [1, 1, 2], [0, 1, 0], [0, 0, 1], "full", 1e-12),
     }[name]
 
 
@@ -200,6 +204,10 @@ def _public_calls():
         "gather_tiles": lambda: ops.gather_tiles(*_op_args("gather_tiles")),
         "stitch_tiles": lambda: ops.stitch_tiles(*_op_args("stitch_tiles")),
         "stitch_tiles_argmax": lambda: ops.stitch_tiles_argmax(*_op_args("stitch_tiles_argmax")),
+        "window_sums": lambda: ops.window_sums(features, guidance, window=2, block=(1, 1, 2), offset=(0, 1, 0)),
+        "block_linear": lambda: ops.block_linear(features, _op_args("block_linear")[2], block=(1, 1, 2),
+                                                 origin=(0, 0, 1)),
+        "cga_windowed": lambda: ops.cga_windowed(features, guidance, *weights, window=2, block=(1, 1, 2)),
     }
 
 

@@ -13,6 +13,11 @@ public functions that run them.
   and :func:`stitch_tiles_argmax` (stitches uint8 class labels straight from
   the tiles' scores, without a float full-volume buffer); contract of
   ``omkit.inference.tiling``.
+* Window-consistent (dense) inference: :func:`window_sums` (every block's
+  window summed, with and without the guidance, by separable prefix sums),
+  :func:`block_linear` (a 1x1x1 convolution whose weights change per block) and
+  :func:`cga_windowed` (the CGA head with each block's m pooled over its window:
+  both passes fused); the geometry is described in ``omkit.ops.reference``.
 
 The ops are listed once in :mod:`omkit.ops.manifest`. Every public function
 checks its arguments and goes through ``_library.call``, which runs the
@@ -41,6 +46,7 @@ __all__ = [
     "BACKENDS", "CGA_VARIANTS", "DEFAULT_EPS", "backend_report", "build_info", "category_importance", "cga",
     "cga_pool", "cga_recalibrate", "extension_loaded", "fallbacks", "gather_tiles", "get_backend", "load_error",
     "manifest", "record_dispatch", "reference", "set_backend", "stitch_tiles", "stitch_tiles_argmax", "use_backend",
+    "block_linear", "cga_windowed", "window_sums",
 ]
 
 
@@ -127,3 +133,47 @@ def stitch_tiles_argmax(
     ko, ks = _as_list3("keep_offset", keep_offset), _as_list3("keep_size", keep_size)
     call("stitch_tiles_argmax", labels, tiles, origins, ko, ks, label_map)
     return labels
+
+
+def _centred(window, block, offset):
+    """``offset`` as a list, by default the centred block of the paper's tiles: (window - block) // 2."""
+    if offset is None:
+        return [(w - b) // 2 for w, b in zip(_as_list3("window", window), _as_list3("block", block))]
+    return _as_list3("offset", offset)
+
+
+def window_sums(x: Tensor, guidance: Tensor | None = None, *, window, block, offset=None, origin=0) -> Tensor:
+    """Sums over each block's window, ``(B, nD, nH, nW, R, C)``: R = 2 rows
+    ``[sum Pt * x, sum x]`` with ``guidance`` Pt (B, 1, D, H, W), R = 1 without; ``x``
+    (B, C, D, H, W); float32 for half-precision ``x``. Blocks of ``block`` voxels start at
+    ``origin`` (and every ``block`` after it); each block's window is ``window`` voxels
+    starting ``offset`` (default: centred) before it, zero outside the volume. Cost: one
+    pass over ``x``, whatever the windows' overlap. No gradient."""
+    args = (x, guidance, _as_list3("window", window), _as_list3("block", block), _centred(window, block, offset),
+            _as_list3("origin", origin))
+    return call("window_sums", *args)
+
+
+def block_linear(x: Tensor, m0: Tensor, c0: Tensor | None = None, *, guidance: Tensor | None = None,
+                 m1: Tensor | None = None, c1: Tensor | None = None, block, origin=0) -> Tensor:
+    """A 1x1x1 convolution whose weights change per block: ``out[:, v] = m0[blk(v)] x[:, v] + c0
+    + Pt[v] (m1[blk(v)] x[:, v] + c1)`` (the guided term only with ``m1``/``c1``, which need
+    ``guidance``). ``x`` (B, C, D, H, W), ``m0``/``m1`` (B, nD, nH, nW, K, C), ``c0``/``c1``
+    (K,); returns (B, K, D, H, W) in ``x``'s dtype, zero before ``origin``. No gradient."""
+    return call("block_linear", x, guidance, m0, c0, m1, c1, _as_list3("block", block), _as_list3("origin", origin))
+
+
+def cga_windowed(features: Tensor, guidance: Tensor, w_pos: Tensor | None, b_pos: Tensor | None,
+                 w_neg: Tensor | None, b_neg: Tensor | None, w_out: Tensor | None = None,
+                 b_out: Tensor | None = None, *, window, block, offset=None, origin=0, variant: str = "full",
+                 eps: float = DEFAULT_EPS, return_importance: bool = False):
+    """The CGA head (:func:`cga`) with each block's importance ``m`` pooled over its window
+    instead of the whole map: every voxel gets the scores the tile of its block would have
+    given it, from one feature map. Geometry as in :func:`window_sums`. Returns the scores
+    (B, K, D, H, W), zero before ``origin``, and with ``return_importance`` also ``m``
+    (B, nD, nH, nW, 2, C). Inference only (no gradient)."""
+    check_variant(variant)
+    out, m = call("cga_windowed", features, guidance.detach(), w_pos, b_pos, w_neg, b_neg, w_out, b_out,
+                  _as_list3("window", window), _as_list3("block", block), _centred(window, block, offset),
+                  _as_list3("origin", origin), variant, eps)
+    return (out, m) if return_importance else out

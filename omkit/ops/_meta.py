@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from omkit.ops.manifest import OPS
-from omkit.ops.reference import branch_weights, check_features_guidance, check_variant
+from omkit.ops.reference import _accumulate_dtype, _check_volume, branch_weights, check_features_guidance
+from omkit.ops.reference import check_variant, window_geometry
 
 _undefined = [op.qualname for op in OPS if not torch._C._dispatch_has_kernel(op.qualname)]
 if _undefined:  # imported by torch for a library that failed to load, or before loading it
@@ -99,6 +100,34 @@ def _stitch_tiles_fake(out, tiles, origins, keep_offset, keep_size):
 @torch.library.register_fake("omkit::stitch_tiles_argmax_")
 def _stitch_tiles_argmax_fake(labels, tiles, origins, keep_offset, keep_size, label_map):
     return None
+
+
+@torch.library.register_fake("omkit::window_sums")
+def _window_sums_fake(x, guidance, window, block, offset, origin):
+    _check_volume("window_sums", x, guidance)
+    *_, blocks = window_geometry(x.shape[2:], window, block, offset, origin)
+    rows = 1 if guidance is None else 2
+    return x.new_empty((x.shape[0], *blocks, rows, x.shape[1]), dtype=_accumulate_dtype(x.dtype))
+
+
+@torch.library.register_fake("omkit::block_linear")
+def _block_linear_fake(x, guidance, m0, c0, m1, c1, block, origin):
+    _check_volume("block_linear", x, guidance)
+    *_, blocks = window_geometry(x.shape[2:], block, block, 0, origin)
+    if m0.dim() != 6 or tuple(m0.shape[:4]) != (x.shape[0], *blocks) or m0.shape[5] != x.shape[1]:
+        raise ValueError(f"block_linear: m0 must be (B, nD, nH, nW, K, C) = ({x.shape[0]}, "
+                         f"{', '.join(map(str, blocks))}, K, {x.shape[1]}), got shape {tuple(m0.shape)}")
+    return x.new_empty((x.shape[0], m0.shape[4], *x.shape[2:]))
+
+
+@torch.library.register_fake("omkit::cga_windowed")
+def _cga_windowed_fake(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, window, block, offset, origin,
+                       variant, eps):
+    _check_volume("cga_windowed", features, guidance)
+    *_, blocks = window_geometry(features.shape[2:], window, block, offset, origin)
+    k = _num_outputs(variant, w_pos, w_neg, w_out)
+    b, c = features.shape[:2]
+    return features.new_empty((b, k, *features.shape[2:])), features.new_empty((b, *blocks, 2, c))
 
 
 # ---- autograd ---------------------------------------------------------------------------------

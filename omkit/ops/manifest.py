@@ -93,6 +93,11 @@ OPS: tuple[Op, ...] = (
        autocast="keep"),
     Op("stitch_tiles_argmax", "stitch_tiles_argmax_", ("stitch_tiles_argmax",), "stitch_tiles_argmax", TILE_DTYPES,
        inplace=True, autocast="keep"),
+    # Window-consistent (dense) inference, no autograd: each block's window summed (SE's mean,
+    # CGA's pooling), a 1x1x1 conv with per-block weights, and the whole windowed CGA head.
+    Op("window_sums", "window_sums", ("window_sums",), "window_sums", CGA_DTYPES),
+    Op("block_linear", "block_linear", ("block_linear",), "block_linear", CGA_DTYPES),
+    Op("cga_windowed", "cga_windowed", ("cga_windowed",), "cga_windowed", CGA_DTYPES),
 )
 
 BY_NAME: Mapping[str, Op] = {op.name: op for op in OPS}

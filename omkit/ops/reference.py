@@ -226,3 +226,137 @@ def stitch_tiles_argmax(labels: Tensor, tiles: Tensor, origins: Tensor, keep_off
         index = tiles[(t, slice(None)) + box].argmax(0)
         labels[vol] = (label_map.to(index.device)[index] if label_map is not None else index).to(torch.uint8)
     return labels
+
+
+# ---- window-consistent (dense) inference ---------------------------------------------------------
+#
+# The paper predicts a volume tile by tile, keeping each tile's centre; CGA and SE pool over the
+# whole tile. Dense inference computes the features once per voxel and gives every voxel the
+# attention its tile would have given it: the voxels are split into *blocks* (the kept centres,
+# one per tile of the stride grid) and each block's attention is pooled over its *window* (the
+# tile). Per axis of a feature map of extent N: block k (k = 0, 1, ...) covers
+# [origin + k * block, origin + (k + 1) * block) within [0, N); its window starts ``offset``
+# voxels before the block and is ``window`` voxels long; what a window holds outside [0, N) reads
+# as zero (as ``gather_tiles`` reads a tile). Voxels before ``origin`` belong to no block.
+
+def window_geometry(shape: Sequence[int], window, block, offset, origin) -> tuple[tuple[int, int, int], ...]:
+    """``(window, block, offset, origin, blocks)``: the geometry as triples after checking it
+    against a spatial ``shape`` (D, H, W); ``blocks`` is the number of blocks per axis."""
+    window, block = _triple("window", window), _triple("block", block)
+    offset, origin = _triple("offset", offset), _triple("origin", origin)
+    for name, value in (("window", window), ("block", block)):
+        if min(value) < 1:
+            raise ValueError(f"{name} must be at least 1 voxel on every axis, got {list(value)}")
+    if min(origin) < 0:
+        raise ValueError(f"origin must be >= 0 on every axis, got {list(origin)}")
+    if any(not 0 <= o <= w - b for o, w, b in zip(offset, window, block)):
+        raise ValueError(f"every block must lie inside its window: 0 <= offset <= window - block on every axis, "
+                         f"got offset {list(offset)}, window {list(window)}, block {list(block)}")
+    blocks = tuple(max(0, -(-(n - g) // b)) for n, g, b in zip(shape, origin, block))
+    return window, block, offset, origin, blocks  # type: ignore[return-value]
+
+
+def _check_volume(op: str, x: Tensor, guidance: Tensor | None) -> None:
+    if x.dim() != 5:
+        raise ValueError(f"{op}: features must be (B, C, D, H, W), got shape {tuple(x.shape)}")
+    if guidance is not None:
+        check_features_guidance(op, x, guidance)
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def window_sums(x: Tensor, guidance: Tensor | None, window, block, offset, origin) -> Tensor:
+    """Sums over every block's window: ``(B, nD, nH, nW, R, C)`` with R = 2, rows
+    ``[sum Pt * x, sum x]``, when ``guidance`` Pt (B, 1, D, H, W) is given, R = 1 (``sum x``)
+    otherwise; ``x`` (B, C, D, H, W). In float32 for half-precision ``x``, else in its dtype.
+    Separable prefix sums, so the cost does not grow with the windows' overlap."""
+    _check_volume("window_sums", x, guidance)
+    window, block, offset, origin, blocks = window_geometry(x.shape[2:], window, block, offset, origin)
+    values = x.to(_accumulate_dtype(x.dtype))
+    rows = [values * guidance.to(values.dtype), values] if guidance is not None else [values]
+    sums = torch.stack(rows, 1)  # (B, R, C, D, H, W)
+    for axis in range(3):
+        dim, n = 3 + axis, x.shape[2 + axis]
+        starts = origin[axis] + block[axis] * torch.arange(blocks[axis], device=x.device) - offset[axis]
+        lo, hi = starts.clamp(0, n), (starts + window[axis]).clamp(0, n)
+        prefix = torch.cat([torch.zeros_like(sums.narrow(dim, 0, 1)), sums.cumsum(dim)], dim)
+        sums = prefix.index_select(dim, hi) - prefix.index_select(dim, lo)
+    return sums.permute(0, 3, 4, 5, 1, 2).contiguous()
+
+
+def _block_boxes(shape, block, origin, blocks):
+    """(block index (i, j, k), its voxel slices) of every block, D-major."""
+    for index in torch.cartesian_prod(*(torch.arange(n) for n in blocks)).reshape(-1, 3).tolist():
+        yield index, tuple(slice(g + i * b, min(g + (i + 1) * b, n)) for i, g, b, n in zip(index, origin, block, shape))
+
+
+def block_linear(x: Tensor, guidance: Tensor | None, m0: Tensor, c0: Tensor | None, m1: Tensor | None,
+                 c1: Tensor | None, block, origin) -> Tensor:
+    """A 1x1x1 convolution whose weights change from block to block:
+    ``out[:, v] = m0[blk(v)] x[:, v] + c0 + Pt[v] (m1[blk(v)] x[:, v] + c1)``, ``(B, K, D, H, W)``
+    in ``x``'s dtype, zero before ``origin``. ``x`` (B, C, D, H, W); ``m0``, ``m1``
+    (B, nD, nH, nW, K, C) per block; ``c0``, ``c1`` (K,); the guided term needs ``guidance``."""
+    _check_volume("block_linear", x, guidance)
+    _, _, _, _, blocks = window_geometry(x.shape[2:], block, block, 0, origin)
+    b, c = x.shape[:2]
+    for name, weight in (("m0", m0), ("m1", m1)):
+        if weight is not None and (weight.dim() != 6 or tuple(weight.shape[:4]) != (b, *blocks)
+                                   or weight.shape[5] != c or weight.shape[4] != m0.shape[4]):
+            raise ValueError(f"block_linear: {name} must be (B, nD, nH, nW, K, C) = ({b}, "
+                             f"{', '.join(map(str, blocks))}, K, {c}), got shape {tuple(weight.shape)}")
+    if (m1 is not None or c1 is not None) and guidance is None:
+        raise ValueError("block_linear: the guided term (m1, c1) needs guidance")
+    k = m0.shape[4]
+    acc = _accumulate_dtype(x.dtype)
+    out = torch.zeros((b, k, *x.shape[2:]), dtype=acc, device=x.device)
+
+    def bias(value):
+        return 0 if value is None else value.to(acc).view(1, -1, 1, 1, 1)
+
+    for (i, j, l), box in _block_boxes(x.shape[2:], _triple("block", block), _triple("origin", origin), blocks):
+        part = x[(slice(None), slice(None)) + box].to(acc)
+        res = torch.einsum("bkc,bc...->bk...", m0[:, i, j, l].to(acc), part) + bias(c0)
+        if m1 is not None or c1 is not None:
+            guided = bias(c1) if m1 is None else torch.einsum("bkc,bc...->bk...", m1[:, i, j, l].to(acc), part) + bias(c1)
+            res = res + guidance[(slice(None), slice(None)) + box].to(acc) * guided
+        out[(slice(None), slice(None)) + box] = res
+    return out.to(x.dtype)
+
+
+def cga_windowed(features: Tensor, guidance: Tensor, w_pos: Tensor | None, b_pos: Tensor | None,
+                 w_neg: Tensor | None, b_neg: Tensor | None, w_out: Tensor | None, b_out: Tensor | None, window,
+                 block, offset, origin, variant: str, eps: float) -> tuple[Tensor, Tensor]:
+    """Window-consistent CGA, literally: for every block, cut its window out of ``features`` and
+    ``guidance`` (zero outside, as a tile is cut), run the CGA head on that tile and keep the
+    block. Returns ``(out (B, K, D, H, W), m (B, nD, nH, nW, 2, C))``, out zero before ``origin``."""
+    check_variant(variant)
+    _check_volume("cga_windowed", features, guidance)
+    window, block, offset, origin, blocks = window_geometry(features.shape[2:], window, block, offset, origin)
+    guidance = guidance.detach()
+    b, c = features.shape[:2]
+    m_all = features.new_zeros((b, *blocks, 2, c))
+    out = None
+    for (i, j, l), box in _block_boxes(features.shape[2:], block, origin, blocks):
+        start = [s.start - o for s, o in zip(box, offset)]
+        kept = tuple(slice(o, o + s.stop - s.start) for s, o in zip(box, offset))
+        origins = torch.tensor([start], dtype=torch.long)
+        for n in range(b):
+            tile = gather_tiles(features[n], origins, window)
+            tile_guidance = gather_tiles(guidance[n], origins, window)
+            scores, m, _ = cga_head(tile, tile_guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps)
+            if out is None:
+                out = features.new_zeros((b, scores.shape[1], *features.shape[2:]))
+            out[(n, slice(None)) + box] = scores[0][(slice(None),) + kept]
+            m_all[n, i, j, l] = m[0]
+    if out is None:  # no block at all
+        k = _num_scores(variant, w_pos, w_neg, w_out)
+        out = features.new_zeros((b, k, *features.shape[2:]))
+    return out, m_all
+
+
+def _num_scores(variant, w_pos, w_neg, w_out) -> int:
+    w_pos, w_neg = branch_weights("cga_windowed", variant, w_pos, w_neg)
+    weight = w_pos if w_pos is not None else w_neg
+    return w_out.shape[0] if w_out is not None else weight.shape[0]

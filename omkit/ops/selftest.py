@@ -92,17 +92,31 @@ def _max_error(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> flo
     return max((_rel_error(g, w) for g, w in zip(got, want)), default=0.0)
 
 
+# window, block, offset, origin of the window-consistent ops' checks
+_WINDOWS = ([2, 4, 4], [1, 2, 3], [0, 1, 0], [0, 1, 0])
+
+
 def _forward(op: Op, device, dtype):
     """(the op's arguments, float64 reference call) of a forward CGA op; the reference returns
     the op's outputs."""
     features, guidance, weights = _cga_inputs(device, dtype)
     f64, g64, w64 = features.double(), guidance.double(), [w.double() for w in weights]
     m = ref.cga_pool(f64, g64)[0].to(dtype)
+    grid = ref.window_geometry(features.shape[2:], *_WINDOWS)[-1]
+    blocks = torch.randn(features.shape[0], *grid, 3, features.shape[1], generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
     calls = {
         "cga_pool": ((features, guidance, 1e-12), lambda: ref.cga_pool(f64, g64, 1e-12)),
         "cga_recalibrate": ((features, guidance, m, *weights, "full"),
                             lambda: ref.cga_recalibrate(f64, g64, m.double(), *w64, "full")),
         "cga": ((features, guidance, *weights, "full", 1e-12), lambda: ref.cga_head(f64, g64, *w64, "full", 1e-12)),
+        # windows (2, 4, 4) around blocks (1, 2, 3) from voxel (0, 1, 0): borders and a partial block
+        "window_sums": ((features, guidance, *_WINDOWS), lambda: ref.window_sums(f64, g64, *_WINDOWS)),
+        "block_linear": ((features, guidance, blocks.to(dtype), weights[1], blocks.to(dtype), weights[3],
+                          *_WINDOWS[1::2]),
+                         lambda: ref.block_linear(f64, g64, blocks, w64[1], blocks, w64[3], *_WINDOWS[1::2])),
+        "cga_windowed": ((features, guidance, *weights, *_WINDOWS, "full", 1e-12),
+                         lambda: ref.cga_windowed(f64, g64, *w64, *_WINDOWS, "full", 1e-12)),
     }
     return calls[op.name]
 
@@ -250,7 +264,8 @@ def check_autocast(op: Op, device: torch.device, dtype: torch.dtype) -> Check:
 
         (got, calls), ms = _timed(run, device)
         got = got if isinstance(got, (tuple, list)) else (got,)
-        wrong = [g.dtype for g in got if g.dtype != dtype]
+        # window sums stay in the accumulation dtype (float32)
+        wrong = [g.dtype for g in got if g.dtype != (torch.float32 if op.name == "window_sums" else dtype)]
         if wrong:
             raise AssertionError(f"outputs in {wrong[0]}, not the autocast dtype {_name(dtype)}")
         path = calls[0].path if calls else "?"
