@@ -17,6 +17,14 @@ the MC baseline as a real cascade.
 Full-volume float buffers (one channel per class and task) exist only when
 probabilities are asked for.
 
+``inference="dense"`` (:mod:`.dense`, :class:`DenseSettings`) replaces the tiles
+by window-consistent dense inference: the backbone once per voxel over the
+mask's region (in slabs along D when ``DenseSettings.max_voxels`` says so),
+each head's attention pooled per block (kept centre) over the tile that would
+have predicted it; the same reductions, fusion, ensembles, mirroring and
+outputs. It needs ``stride == keep`` and OM-Net (plain, SE, CGA heads) or MC
+models. Tile inference stays the default.
+
 ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the networks under
 ``torch.autocast`` of that dtype (softmax and everything after it in float32);
 :class:`SpeedSettings` holds the GPU speed settings (cuDNN autotuning for the
@@ -29,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +49,7 @@ from omkit.models.omnet import MCNet
 
 from omkit.protocol import PATCH_SIZE, ROI_DILATION, TILE_KEEP
 
+from .dense import DenseSettings, check_dense, run_dense
 from .fusion import argmax_labels, core_mask, dilate, fuse, task1_labels
 from .sliding import overlap_tile_inference, tiles_touching
 from .tiling import check_geometry, keep_centre, tile_origins
@@ -52,7 +61,8 @@ class Prediction(NamedTuple):
     dilated coarse tumor mask (task 2's ROI); ``probabilities``: per task
     (``"task1"``, ...) ``(K, D, H, W)`` float32 when asked for, else None (for
     a cascade, zero where that task's network did not run); ``tiles``: tiles
-    computed per task."""
+    computed per task (dense inference: the blocks computed, one per tile the
+    tile path would compute)."""
 
     labels: Tensor
     roi: Tensor
@@ -125,7 +135,11 @@ class SegmentationPredictor:
     the 8 flips of D, H, W, ``"H,W"`` for a subset of axes, None for none);
     ``flips`` is the resolved list; ``precision``: ``fp32``, or autocast to
     ``bf16`` / ``fp16`` (CUDA) for the network calls; ``speed``:
-    :class:`SpeedSettings`.
+    :class:`SpeedSettings`; ``inference``: ``"tiles"`` (overlap tiles, the
+    default) or ``"dense"`` (window-consistent dense inference, :mod:`.dense`:
+    the backbone once per voxel; needs ``tiles.stride == tiles.keep`` and OM-Net
+    or MC models; ``speed.compile`` does not apply); ``dense``:
+    :class:`~omkit.inference.dense.DenseSettings` (or its fields as a dict).
     """
 
     models: Sequence[nn.Module]
@@ -137,8 +151,16 @@ class SegmentationPredictor:
     tta: bool | str | Sequence | None = None
     precision: str = "fp32"
     speed: SpeedSettings = field(default_factory=SpeedSettings)
+    inference: str = "tiles"
+    dense: DenseSettings = field(default_factory=DenseSettings)
+
+    INFERENCE_MODES = ("tiles", "dense")
 
     def __post_init__(self):
+        if self.inference not in self.INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {', '.join(self.INFERENCE_MODES)}, got {self.inference!r}")
+        if isinstance(self.dense, Mapping):
+            self.dense = DenseSettings(**self.dense)
         self.flips = mirror_flips(self.tta)
         if isinstance(self.models, nn.Module):
             self.models = [self.models]
@@ -154,6 +176,8 @@ class SegmentationPredictor:
         self.sw_device = torch.device(self.sw_device)
         self.device = torch.device(self.device) if self.device is not None else self.sw_device
         check_precision(self.precision, self.sw_device)
+        if self.inference == "dense":
+            check_dense(self)
         for model in self.models:
             model.eval()
             if self.speed.channels_last:
@@ -223,7 +247,13 @@ class SegmentationPredictor:
     def _run(self, image: Tensor, tasks: Sequence[int], reduce, out_channels: int, out_dtype,
              mask: Tensor, tile_counts: dict[str, int]) -> Tensor:
         """Tasks ``tasks`` on the tiles whose kept centre touches ``mask``,
-        reduced per batch by ``reduce`` to ``out_channels`` maps."""
+        reduced per batch by ``reduce`` to ``out_channels`` maps (dense
+        inference: over those tiles' kept centres, reduced once)."""
+        if self.inference == "dense":
+            out, blocks = run_dense(self, image, tasks, reduce, out_channels, out_dtype, mask)
+            for task in tasks:
+                tile_counts[f"task{task + 1}"] = blocks
+            return out
         t = self.tiles
         origins = tiles_touching(mask, tile_origins(image.shape[1:], t.size, t.stride, t.keep), t.size, t.keep)
         for task in tasks:

@@ -26,6 +26,7 @@ from omkit.data import Case, to_nifti_axes
 from omkit.labels import get_convention
 from omkit.protocol import ROI_DILATION
 
+from .dense import DenseSettings
 from .pipeline import CaseResult, predict_case
 from .postprocess import Step, build_postprocessors
 from .predictor import SegmentationPredictor, TileSettings
@@ -88,7 +89,7 @@ class Segmenter:
     returns the label map ``(X, Y, Z)`` uint8 in ``label_convention``, of the
     input's kind (numpy, or a torch tensor on the input's device). It preprocesses
     as the model was trained (z-score inside the brain, crop to the brain), runs
-    the overlap-tile inference (``predictor``: one pass, cascade or ensemble),
+    the overlap-tile (or dense) inference (``predictor``: one pass, cascade or ensemble),
     fuses the tasks, post-processes and puts the crop back. ``affine`` and
     ``spacing`` describe the voxels; omkit does not resample, so they change no
     label: they travel into :meth:`segment`'s result (``to_nifti()``).
@@ -113,13 +114,16 @@ class Segmenter:
     def from_files(cls, models: str | os.PathLike | Sequence[str | os.PathLike], device: str = "auto",
                    tiles: TileSettings | Mapping | None = None, tta=None, postprocess=True,
                    label_convention: str | None = None, roi_dilation: float = ROI_DILATION,
-                   expect_preset: str | None = None, **predictor_kw) -> "Segmenter":
+                   expect_preset: str | None = None, inference: str = "tiles",
+                   dense: DenseSettings | Mapping | None = None, **predictor_kw) -> "Segmenter":
         """A segmenter of the model files ``models`` (one, or several for an ensemble whose
         probabilities are averaged). ``device``: ``auto`` (CUDA when available), ``cpu``,
         ``cuda``, ``cuda:N``; ``tiles``: a :class:`TileSettings` or its fields as a dict
         (default: the paper's tiles); ``tta``: test-time mirroring (None, True for the 8
-        flips, or axes such as ``"H,W"``); ``roi_dilation``: task 2's ROI; further keywords
-        go to :class:`SegmentationPredictor`."""
+        flips, or axes such as ``"H,W"``); ``roi_dilation``: task 2's ROI; ``inference``:
+        ``"tiles"`` or ``"dense"`` (window-consistent dense inference, :mod:`.dense`) with
+        ``dense`` a :class:`DenseSettings` or its fields as a dict; further keywords go to
+        :class:`SegmentationPredictor`."""
         from omkit.devices import resolve_device
 
         paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
@@ -130,7 +134,9 @@ class Segmenter:
             tiles = TileSettings(**tiles)
         predictor = SegmentationPredictor.from_files(paths, device=device, expect_preset=expect_preset,
                                                      tiles=tiles if tiles is not None else TileSettings(),
-                                                     roi_dilation=roi_dilation, tta=tta, **predictor_kw)
+                                                     roi_dilation=roi_dilation, tta=tta, inference=inference,
+                                                     dense=dense if dense is not None else DenseSettings(),
+                                                     **predictor_kw)
         return cls(predictor, postprocess=postprocess, label_convention=label_convention,
                    metadata=predictor.metadata)
 

@@ -1,0 +1,421 @@
+"""Dense, window-consistent inference: the backbone runs once per voxel, and each task
+head gives every voxel the attention the tile that predicts it would have given it.
+
+Tile inference (:mod:`.sliding`) sends every voxel through the backbone about
+``prod(size / keep)`` times (8 with the paper's 16 x 32 x 32 tiles and 5 x 20 x 20
+kept centres). Here the voxels are split into *blocks*: the kept centres of the tile
+grid with ``stride == keep``, which starts at volume voxel 0 on every axis (as
+:func:`omkit.inference.tiling.tile_origins` places them). Each block's *window* is the
+tile that would have predicted it (``TileSettings.size``, the block
+``keep_offset(size, keep)`` voxels inside it). Then:
+
+1. the *region*: the blocks whose block touches the mask's bounding box (the brain,
+   task 2's ROI or the core), the union of their windows, padded at its end so that
+   each side is divisible by the backbone's ``min_divisor``; the image reads zero
+   outside the volume, as a tile does;
+2. the backbone once over the region, in one call, or (more than
+   :attr:`DenseSettings.max_voxels`) in slabs along D whose cores are multiples of
+   ``min_divisor`` (from the region's start, so pooling phases match), each with
+   :attr:`DenseSettings.halo` voxels of context on both sides, of which only the core
+   is kept;
+3. the heads on the region's features: a plain head is fully convolutional; SE
+   (``omkit.models.attention.SE``) takes each block's channel mean over its window
+   (``omkit.ops.window_sums``) and applies its scale as per-block classifier weights
+   (``omkit.ops.block_linear``); CGA and its variants pool each block's category
+   importance over its window (``omkit.ops.cga_windowed``). Guidance between tasks as
+   in ``OMNet.forward`` (the preceding task's positive probability), except what a
+   CGA head guided by a CGA head (OM-Net + CGA's task 3) pools: inside a tile, the
+   guidance on the whole tile comes from the preceding head with *that tile's*
+   importance, while the dense guidance of a neighbouring block comes from that
+   block's. So those sums are taken window by window (:func:`local_guided_sums`:
+   the preceding CGA head's 1x1x1 convs over each window with the block's importance,
+   ``TileSettings.batch`` windows at a time, no backbone) and the head's scores follow
+   from them (:func:`cga_from_sums`), each voxel merged by its own guidance;
+4. softmax, averaged over ensemble members (and flips), reduced like tile inference;
+   only the blocks touching the mask are kept, so the output is zero exactly where
+   tile inference computes no tile.
+
+What stays different from tile inference: the backbone sees each voxel's real
+neighbourhood instead of a tile's zero padding (the point of it), and so do the heads'
+3x3x3 convs on the one-voxel shell of every window, which SE's mean and the task-1
+guidance that CGA pools include (the kept centres lie inside that shell, so their own
+convolutions are the tiles'). With a backbone and heads without spatial context, dense
+and tile inference agree to float rounding for plain, SE and every CGA head, the MC
+cascade, ensembles and mirroring (``tests/test_dense_inference.py`` checks it). A CGA
+head guided by an SE head (a custom attention tuple) pools the SE head's dense
+guidance: close to, not exactly, its tiles'.
+
+Slab seams (only with ``max_voxels``): a seam is exact when the halo covers the
+backbone's receptive field (FusionNet's spans about 180 voxels); short of that, the
+slabs' zero padding reaches the kept cores. Measured against one call, with a seam
+every 16 planes: a briefly trained width-0.25 OM-Net + CGA on a real BraTS case
+(960k brain voxels, 9 seams), largest probability difference and labels changed:
+halo 64 (the default) 1.5e-5, none; 48: 1.4e-3, 6; 32: 0.16, 510; 16: 0.6, 1.3 % of
+the brain. Width-0.125 models with random weights (what the tests use): at most
+7e-4 with halo 64, a few near-tie labels; ``tests/test_dense_inference.py`` asserts
+< 2e-3.
+
+Test-time mirroring flips the region: in the mirrored region the blocks start at the
+mirror image of the last block's end and sit ``size - keep - offset`` voxels inside
+their windows, which is where a mirrored tile's kept centre lies.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from omkit import ops
+from omkit.devices import autocast
+from omkit.models.attention import CGA, SE
+from omkit.models.heads import PlainHead
+from omkit.models.omnet import MCNet, OMNet, positive_probability
+
+from .tiling import keep_offset
+
+# voxels of backbone context on each side of a slab; see the module docstring
+DEFAULT_HALO = 64
+
+
+def _whole(name: str, value, minimum: int) -> int:
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"dense {name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class DenseSettings:
+    """Dense inference (``SegmentationPredictor(inference="dense")``). ``halo``: voxels
+    of backbone context on each side of a slab (rounded up to the backbone's
+    ``min_divisor``); ``max_voxels``: the most voxels per backbone call, halos included
+    (the memory knob, like MONAI's ``sw_batch_size``), None: the whole region in one
+    call. On the command line: ``--dense-halo``, ``--dense-max-voxels``."""
+
+    halo: int = DEFAULT_HALO
+    max_voxels: int | None = None
+
+    def __post_init__(self):
+        self.halo = _whole("halo", self.halo, 0)
+        if self.max_voxels is not None:
+            self.max_voxels = _whole("max_voxels", self.max_voxels, 1)
+
+
+class Region(NamedTuple):
+    """Where dense inference computes for one mask. ``start``: volume coordinates of the
+    region's first voxel (negative before the volume); ``shape``: its size, each side
+    divisible by the backbone's ``min_divisor``; ``origin``: the first block's start
+    inside it; ``blocks``: blocks per axis; ``touched`` ``(nD, nH, nW)`` bool: the blocks
+    whose block holds a mask voxel (those tile inference computes)."""
+
+    start: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    origin: tuple[int, int, int]
+    blocks: tuple[int, int, int]
+    touched: Tensor
+
+    def kept(self, keep: Sequence[int]) -> Tensor:
+        """``(D, H, W)`` bool of the region: the voxels of the touched blocks."""
+        cube = self.touched
+        for axis, k in enumerate(keep):
+            cube = cube.repeat_interleave(k, dim=axis)
+        out = torch.zeros(self.shape, dtype=torch.bool, device=cube.device)
+        out[tuple(slice(g, g + c) for g, c in zip(self.origin, cube.shape))] = cube
+        return out
+
+
+def dense_region(mask: Tensor, size: Sequence[int], keep: Sequence[int], divisor: int = 1) -> Region | None:
+    """The :class:`Region` of ``mask (D, H, W)`` for tiles of ``size`` keeping ``keep``
+    (stride = keep); None for an empty mask."""
+    mask = mask.to("cpu", torch.bool)
+    if not bool(mask.any()):
+        return None
+    offset = keep_offset(size, keep)
+    start, shape, origin, blocks, first = [], [], [], [], []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = mask.any(dim=others).nonzero().flatten()
+        k0, k1 = int(hits[0]) // keep[axis], int(hits[-1]) // keep[axis]
+        n = k1 - k0 + 1
+        length = (n - 1) * keep[axis] + size[axis]  # the union of the blocks' windows
+        start.append(k0 * keep[axis] - offset[axis])
+        shape.append(-(-length // divisor) * divisor)
+        origin.append(offset[axis])
+        blocks.append(n)
+        first.append(k0 * keep[axis])
+    # the blocks' voxels of the mask (zero past the volume), one cell per block
+    cells = torch.zeros([n * k for n, k in zip(blocks, keep)], dtype=torch.bool)
+    src = tuple(slice(f, min(f + n * k, s)) for f, n, k, s in zip(first, blocks, keep, mask.shape))
+    cells[tuple(slice(0, s.stop - s.start) for s in src)] = mask[src]
+    touched = cells.reshape(blocks[0], keep[0], blocks[1], keep[1], blocks[2], keep[2]).any(5).any(3).any(1)
+    return Region(tuple(start), tuple(shape), tuple(origin), tuple(blocks), touched)
+
+
+def window_geometry(region: Region, size: Sequence[int], keep: Sequence[int], flip: Sequence[int] = ()) -> dict:
+    """The window/block keywords of the ``omkit.ops`` window ops for ``region``, mirrored
+    along the axes of ``flip`` (the region flipped there)."""
+    offset, origin = list(keep_offset(size, keep)), list(region.origin)
+    for a in flip:
+        offset[a] = size[a] - keep[a] - offset[a]
+        origin[a] = region.shape[a] - region.origin[a] - region.blocks[a] * keep[a]
+    return {"window": tuple(size), "block": tuple(keep), "offset": tuple(offset), "origin": tuple(origin)}
+
+
+# -- which models --------------------------------------------------------------------------
+
+def _check_head(head: nn.Module) -> None:
+    if isinstance(head, CGA) and type(head).forward is CGA.forward:
+        return
+    if isinstance(head, PlainHead) and type(head).forward is PlainHead.forward:
+        att = head.attention
+        if type(att) is nn.Identity or (isinstance(att, SE) and type(att).forward is SE.forward):
+            return
+        raise ValueError(f"dense inference cannot pool attention {type(att).__name__} per window; "
+                         "use tile inference (inference='tiles', --inference tiles)")
+    raise ValueError(f"dense inference cannot run head {type(head).__name__}; "
+                     "use tile inference (inference='tiles', --inference tiles)")
+
+
+def check_dense_model(model: nn.Module) -> None:
+    """A one-line ``ValueError`` unless dense inference can run ``model``: OM-Net
+    (``OMNet``: plain, SE or CGA-like heads) or the MC cascade, in 3-D."""
+    if getattr(model, "spatial_dims", 3) != 3:
+        raise ValueError("dense inference runs 3-D models only; use tile inference (inference='tiles')")
+    if isinstance(model, MCNet):
+        heads = [net.head for net in model.networks]
+    elif isinstance(model, OMNet):
+        heads = list(model.heads)
+    else:
+        raise ValueError(f"dense inference runs OM-Net and MC models, not {type(model).__name__}; "
+                         "use tile inference (inference='tiles', --inference tiles)")
+    for head in heads:
+        _check_head(head)
+
+
+def min_divisor(model: nn.Module) -> int:
+    """The spatial divisor the model's backbone(s) need (1 when they declare none)."""
+    backbones = [net.backbone for net in model.networks] if isinstance(model, MCNet) else [model.backbone]
+    return math.lcm(*(int(getattr(b, "min_divisor", 1)) for b in backbones))
+
+
+# -- the computation -----------------------------------------------------------------------
+
+def slab_spans(depth: int, plane: int, settings: DenseSettings, divisor: int) -> list[tuple[int, int, int, int]]:
+    """``(core start, core end, input start, input end)`` along D of the backbone calls
+    over a region of ``depth`` planes of ``plane`` voxels (``depth`` divisible by
+    ``divisor``): one call, or slabs of at most ``settings.max_voxels`` voxels."""
+    if settings.max_voxels is None or depth * plane <= settings.max_voxels:
+        return [(0, depth, 0, depth)]
+    halo = -(-settings.halo // divisor) * divisor
+    core = (settings.max_voxels // plane - 2 * halo) // divisor * divisor
+    if core < divisor:
+        raise ValueError(f"dense max_voxels {settings.max_voxels} is too small: a slab of {divisor} planes of "
+                         f"{plane} voxels with a {halo}-voxel halo on each side needs "
+                         f"{(divisor + 2 * halo) * plane}; raise --dense-max-voxels or lower --dense-halo")
+    return [(c, min(depth, c + core), max(0, c - halo), min(depth, c + core + halo)) for c in range(0, depth, core)]
+
+
+def backbone_features(backbone: nn.Module, x: Tensor, settings: DenseSettings, divisor: int = 1,
+                      progress: bool = False) -> Tensor:
+    """The backbone's features of ``x (B, C, D, H, W)`` over the whole of it, in slabs
+    along D when it holds more than ``settings.max_voxels`` voxels (see
+    :func:`slab_spans`)."""
+    spans = slab_spans(x.shape[2], x.shape[3] * x.shape[4], settings, divisor)
+    if len(spans) == 1:
+        return backbone(x)
+    if progress:
+        from tqdm.auto import tqdm
+
+        spans = tqdm(spans, desc="dense slabs", unit="slab", leave=False)
+    out = None
+    for c0, c1, s0, s1 in spans:
+        part = backbone(x[:, :, s0:s1])
+        if out is None:
+            out = part.new_empty((part.shape[0], part.shape[1], *x.shape[2:]))
+        out[:, :, c0:c1] = part[:, :, c0 - s0:c1 - s0]
+    return out
+
+
+def head_logits(head: nn.Module, features: Tensor, guidance: Tensor | None,
+                geometry: dict) -> tuple[Tensor, Tensor | None]:
+    """A task head's logits on ``features`` with its attention pooled per block over
+    the block's window (``geometry``: :func:`window_geometry`), and for a CGA head its
+    importance ``m`` per block (B, nD, nH, nW, 2, C) (else None)."""
+    if isinstance(head, CGA):
+        return ops.cga_windowed(features, guidance, *_cga_weights(head), **geometry, variant=head.variant,
+                                eps=head.eps, return_importance=True)
+    if type(head.attention) is nn.Identity:
+        return head(features), None
+    # SE: each block's channel mean over its window scales the classifier's input channels
+    x = head.conv(features)
+    mean = ops.window_sums(x, **geometry)[..., 0, :] / math.prod(geometry["window"])
+    scale = head.attention.fc(mean.to(x.dtype))  # (B, nD, nH, nW, C)
+    weight = head.classifier.weight.flatten(1)  # (K, C)
+    m0 = weight * scale[..., None, :].to(weight.dtype)
+    return ops.block_linear(x, m0, head.classifier.bias, block=geometry["block"], origin=geometry["origin"]), None
+
+
+def _cga_weights(head: CGA) -> tuple:
+    """``(w_pos, b_pos, w_neg, b_neg, w_out, b_out)``: the head's 1x1x1 convs flattened, as
+    ``CGA.forward`` passes them to ``omkit.functional.cga``."""
+    return (*head._flat(head.score_pos), *head._flat(head.score_neg), *head._flat(head.final))
+
+
+def _block_windows(features: Tensor, geometry: dict) -> tuple[Tensor, list[int]]:
+    """Origins (T, 3) in ``features``' coordinates of every block's window, D-major as the
+    window ops number the blocks, and the blocks per axis."""
+    counts = [max(0, -(-(n - g) // b)) for n, g, b in zip(features.shape[2:], geometry["origin"], geometry["block"])]
+    axes = [g + b * torch.arange(n, dtype=torch.long) - o
+            for n, g, b, o in zip(counts, geometry["origin"], geometry["block"], geometry["offset"])]
+    return torch.cartesian_prod(*axes).reshape(-1, 3), counts
+
+
+def local_guided_sums(features: Tensor, source_task: int, source: CGA, source_guidance: Tensor, source_m: Tensor,
+                      geometry: dict, batch: int) -> Tensor:
+    """Every block's window sums ``[sum Pt_b * F, sum F]`` (B, nD, nH, nW, 2, C), where
+    ``Pt_b`` is the guidance a tile of the block would have had: the positive
+    probability of the preceding CGA head ``source`` (of task ``source_task``, guided by
+    ``source_guidance``) evaluated over the window with
+    that block's importance ``source_m`` (as the tile computes it), not the neighbouring
+    blocks'. ``batch`` windows at a time (``TileSettings.batch``)."""
+    origins, counts = _block_windows(features, geometry)
+    b, c = features.shape[:2]
+    acc = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
+    out = torch.zeros((b, origins.shape[0], 2, c), dtype=acc, device=features.device)
+    weights = _cga_weights(source)
+    for n in range(b):
+        m_all = source_m[n].reshape(-1, *source_m.shape[-2:])
+        for start in range(0, origins.shape[0], batch):
+            part = origins[start:start + batch].to(features.device)
+            f = ops.gather_tiles(features[n], part, geometry["window"])
+            g = ops.gather_tiles(source_guidance[n], part, geometry["window"])
+            scores = ops.cga_recalibrate(f, g, m_all[start:start + batch].to(f.dtype), *weights,
+                                         variant=source.variant)
+            pt = positive_probability(source_task, scores.float()).to(acc)
+            flat = f.to(acc).flatten(2)
+            out[n, start:start + batch, 0] = torch.einsum("tcv,tv->tc", flat, pt.flatten(1))
+            out[n, start:start + batch, 1] = flat.sum(-1)
+    return out.reshape(b, *counts, 2, c)
+
+
+def cga_from_sums(head: CGA, features: Tensor, guidance: Tensor, sums: Tensor, geometry: dict) -> Tensor:
+    """The CGA head's scores with each block's importance ``m`` from given window sums
+    ``[sum Pt * F, sum F]`` (B, nD, nH, nW, 2, C) (CSCI pooling's L1 normalisation, as
+    ``omkit.ops.reference.cga_pool``), and the CompSeg merge by the voxel's own
+    ``guidance``, as one per-block linear map (``omkit.ops.block_linear``)."""
+    z = torch.stack([sums[..., 0, :], sums[..., 1, :] - sums[..., 0, :]], -2)
+    m = z / z.abs().sum(-1, keepdim=True).clamp_min(head.eps)
+    w_pos, b_pos, w_neg, b_neg, w_out, b_out = _cga_weights(head)
+    k = (w_pos if w_pos is not None else w_neg).shape[0]
+    zero_w = m.new_zeros((*m.shape[:4], k, m.shape[-1]))
+    zero_b = m.new_zeros(k)
+    wt = w_pos.to(m.dtype) * m[..., 0:1, :] if w_pos is not None else zero_w
+    wn = w_neg.to(m.dtype) * m[..., 1:2, :] if w_neg is not None else zero_w
+    bp = b_pos.to(m.dtype) if b_pos is not None and w_pos is not None else zero_b
+    bn = b_neg.to(m.dtype) if b_neg is not None and w_neg is not None else zero_b
+    # S = m0 F + c0 + Pt (m1 F + c1) for each variant's merge of S_t = Wt F + bp, S_n = Wn F + bn
+    if head.variant == "minus":
+        m0, c0, m1, c1 = wt + wn, bp + bn, None, None
+    elif head.variant == "pos":
+        m0, c0, m1, c1 = zero_w, None, wt, bp
+    elif head.variant == "neg":
+        m0, c0, m1, c1 = wn, bn, -wn, -bn
+    else:
+        m0, c0, m1, c1 = wn, bn, wt - wn, bp - bn
+    if w_out is not None:
+        w_out = w_out.to(m.dtype)
+        m0 = torch.einsum("jk,...kc->...jc", w_out, m0)
+        c0 = w_out @ (c0 if c0 is not None else zero_b) + (b_out.to(m.dtype) if b_out is not None else 0)
+        if m1 is not None:
+            m1, c1 = torch.einsum("jk,...kc->...jc", w_out, m1), w_out @ c1
+    return ops.block_linear(features, m0, c0, guidance=guidance if m1 is not None else None, m1=m1, c1=c1,
+                            block=geometry["block"], origin=geometry["origin"])
+
+
+def member_logits(model: nn.Module, x: Tensor, tasks: Sequence[int], geometry: dict, settings: DenseSettings,
+                  divisor: int, progress: bool = False, batch: int = 16) -> list[Tensor]:
+    """One model's logits of ``tasks`` over the region ``x (1, C, D, H, W)``. A CGA head
+    guided by a CGA head (OM-Net + CGA's task 3) pools the guidance its tiles would have
+    had (:func:`local_guided_sums`); ``batch`` windows at a time."""
+    if isinstance(model, MCNet):
+        out = []
+        for task in tasks:
+            net = model.networks[task]
+            out.append(net.head(backbone_features(net.backbone, x, settings, divisor, progress)))
+        return out
+    features = backbone_features(model.backbone, x, settings, divisor, progress)
+    logits: dict[int, Tensor] = {}
+    guidance: Tensor | None = None  # the guidance of the current task
+    previous: tuple | None = None  # (task, CGA head, its guidance, its m) of the preceding task
+    for task in range(max(tasks) + 1):
+        head = model.heads[task]
+        if isinstance(head, CGA) and previous is not None:
+            sums = local_guided_sums(features, *previous, geometry, batch)
+            logits[task], m = cga_from_sums(head, features, guidance, sums, geometry), None
+        else:
+            logits[task], m = head_logits(head, features, guidance if head.guided else None, geometry)
+        previous = (task, head, guidance, m) if isinstance(head, CGA) and m is not None else None
+        if task < 2 and model.heads[task + 1].guided:
+            guidance = positive_probability(task, logits[task])
+    return [logits[t] for t in tasks]
+
+
+def run_dense(predictor, image: Tensor, tasks: Sequence[int],
+              reduce: Callable[[list[Tensor]], Tensor], out_channels: int, out_dtype: torch.dtype,
+              mask: Tensor) -> tuple[Tensor, int]:
+    """Dense counterpart of the tile run of ``predictor`` (a
+    :class:`~omkit.inference.predictor.SegmentationPredictor`): ``tasks`` over the blocks touching
+    ``mask``, ensemble- (and flip-) mean softmax reduced by ``reduce`` (which maps
+    ``[(1, K, *region)]`` to ``(1, out_channels, *region)``) on the compute device.
+    Returns ``((out_channels, D, H, W)`` of ``out_dtype`` on ``predictor.device``, zero
+    where no touched block lies, and the number of blocks (= tiles) computed)."""
+    p = predictor
+    tiles, spatial = p.tiles, tuple(image.shape[1:])
+    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=p.device)
+    divisor = math.lcm(*(min_divisor(m) for m in p.models))
+    region = dense_region(mask, tiles.size, tiles.keep, divisor)
+    if region is None:
+        return out, 0
+    volume = image.to(p.sw_device)
+    origins = torch.tensor([region.start], dtype=torch.long, device=p.sw_device)
+    x = ops.gather_tiles(volume, origins, region.shape)  # zero outside the volume, as a tile reads
+    sums: list[Tensor | None] = [None] * len(tasks)
+    for model in p.models:
+        for flip in p.flips:
+            axes = [a + 2 for a in flip]
+            xf = x.flip(axes) if flip else x
+            if p.speed.channels_last:
+                xf = xf.contiguous(memory_format=torch.channels_last_3d)
+            geometry = window_geometry(region, tiles.size, tiles.keep, flip)
+            with autocast(p.sw_device, p.precision):
+                logits = member_logits(model, xf, tasks, geometry, p.dense, divisor, p.progress, tiles.batch)
+            for i, lg in enumerate(logits):
+                prob = torch.softmax((lg.flip(axes) if flip else lg).float(), dim=1)
+                sums[i] = prob if sums[i] is None else sums[i].add_(prob)
+    count = len(p.models) * len(p.flips)
+    reduced = reduce([s / count for s in sums])[0]
+    kept = region.kept(tiles.keep).to(reduced.device)
+    reduced = torch.where(kept, reduced, torch.zeros((), dtype=reduced.dtype, device=reduced.device))
+    dst = tuple(slice(max(0, s), min(n, s + r)) for s, r, n in zip(region.start, region.shape, spatial))
+    src = tuple(slice(d.start - s, d.stop - s) for d, s in zip(dst, region.start))
+    out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(p.device, out_dtype)
+    return out, int(region.touched.sum())
+
+
+def check_dense(predictor) -> None:
+    """One-line ``ValueError`` when ``predictor``'s settings or models rule dense inference out."""
+    tiles = predictor.tiles
+    if tuple(tiles.stride) != tuple(tiles.keep):
+        raise ValueError(f"dense inference needs the tile stride equal to the kept centre (every voxel in one "
+                         f"block), got stride {list(tiles.stride)} and keep {list(tiles.keep)}")
+    if predictor.speed.compile is not None:
+        raise ValueError("dense inference does not compile the networks (speed.compile); use tile inference "
+                         "or leave compile off")
+    for model in predictor.models:
+        check_dense_model(model)

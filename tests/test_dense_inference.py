@@ -1,0 +1,328 @@
+"""Dense, window-consistent inference (``SegmentationPredictor(inference="dense")``,
+``omkit.inference.dense``) against tile inference.
+
+The oracle: a *pointwise* backbone (1x1x1 convolutions only, registered through the
+plug-in manager) computes on a tile exactly what it computes on the whole region, so
+dense inference must give what tile inference gives, to float rounding, for every
+head kind, the MC cascade, ensembles and mirroring, on a volume whose brain touches
+its border and on one smaller than a tile. The heads of the attention models get
+their 3x3x3 conv cut to its centre tap: in a tile, that conv reads zero padding on
+the tile's one-voxel shell, which SE's mean and the guidance CGA pools include, while
+dense inference reads the real neighbours there (the one difference by design,
+measured in ``test_window_shell_is_the_one_difference``). With the real FusionNet
+backbone, the backbone's context differs by design, so those tests bound the
+difference instead.
+"""
+from __future__ import annotations
+
+import types
+import pytest
+import torch
+from torch import nn
+
+import omkit
+from omkit.data.synthetic import make_case
+from omkit.inference import DenseSettings, SegmentationPredictor, SpeedSettings, TileSettings
+from omkit.inference import dense as dense_module
+from omkit.inference.dense import dense_region, slab_spans
+from omkit.inference.sliding import tiles_touching
+from omkit.inference.tiling import tile_origins
+
+from conftest import TINY_WIDTH
+
+# tiles of 8 x 16 x 16 keeping 4 x 8 x 8: blocks 2 x 4 x 4 voxels inside their windows
+TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
+TILE_FLAGS = ["--tile-size", "8,16,16", "--tile-keep", "4,8,8"]
+ATTENTION_PRESETS = ["omnet_se", "omnet_cga", "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n"]
+
+
+class PointwiseBackbone(nn.Module):
+    """Features of each voxel from that voxel alone (1x1x1 convs, no pooling)."""
+
+    def __init__(self, in_channels: int = 4, width: float = 1.0, min_divisor: int = 8):
+        super().__init__()
+        self.out_channels = max(2, int(32 * width))
+        self.min_divisor = min_divisor
+        c = self.out_channels
+        self.net = nn.Sequential(nn.Conv3d(in_channels, c, 1), nn.ReLU(), nn.Conv3d(c, c, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Gate(nn.Module):
+    """An unguided attention plug-in dense inference knows nothing about."""
+
+    guided = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1, 1)
+
+
+@omkit.hookimpl
+def _backbones(registry):
+    registry.add("pointwise_test", PointwiseBackbone)
+
+
+@omkit.hookimpl
+def _attention(registry):
+    registry.add("gate_test", Gate)
+
+
+PLUGIN = types.SimpleNamespace(omkit_register_backbones=_backbones, omkit_register_attention=_attention)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugins():
+    omkit.setup_plugins(extra_plugins={"dense_test_plugin": PLUGIN})
+    yield
+    omkit.setup_plugins()
+
+
+def centre_taps_only(model: nn.Module) -> nn.Module:
+    """Every 3x3x3 conv of the heads reduced to its centre tap (a 1x1x1 conv)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d) and m.kernel_size == (3, 3, 3):
+            with torch.no_grad():
+                centre = m.weight[..., 1, 1, 1].clone()
+                m.weight.zero_()
+                m.weight[..., 1, 1, 1] = centre
+    return model
+
+
+def pointwise_model(preset: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = omkit.create_model(preset, width=TINY_WIDTH, backbone="pointwise_test")
+    return centre_taps_only(model) if preset in ATTENTION_PRESETS else model
+
+
+VOLUMES = {
+    # the brain touches the volume's first D and W faces; sizes no multiple of anything
+    "border": ((14, 30, 27), (slice(0, 10), slice(3, 25), slice(0, 20))),
+    # smaller than one tile on every axis
+    "small": ((6, 12, 10), (slice(1, 6), slice(0, 12), slice(2, 9))),
+}
+
+
+def volume(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    shape, box = VOLUMES[name]
+    image = torch.randn((4, *shape), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[box] = True
+    return image, mask
+
+
+def both(models, image, mask, **kw):
+    tiles = SegmentationPredictor(models, tiles=TILES, **kw).predict(image, mask, return_probabilities=True)
+    dense = SegmentationPredictor(models, tiles=TILES, inference="dense", **kw).predict(image, mask,
+                                                                                      return_probabilities=True)
+    return tiles, dense
+
+
+def assert_same(tiles, dense, atol=1e-5):
+    assert dense.tiles == tiles.tiles
+    assert torch.equal(dense.roi, tiles.roi)
+    assert dense.probabilities.keys() == tiles.probabilities.keys()
+    for task, want in tiles.probabilities.items():
+        got = dense.probabilities[task]
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m: f"{task}: {m}")
+    assert torch.equal(dense.labels, tiles.labels)
+
+
+# -- the oracle: a pointwise backbone ----------------------------------------------------------
+
+@pytest.mark.parametrize("where", sorted(VOLUMES))
+@pytest.mark.parametrize("preset", ["omnet", *ATTENTION_PRESETS, "mc3"])
+def test_dense_equals_tiles_with_a_pointwise_backbone(preset, where):
+    image, mask = volume(where)
+    tiles, dense = both([pointwise_model(preset)], image, mask)
+    assert_same(tiles, dense)
+    if where == "border":  # the check means something: a tumor found, every task (network) ran
+        assert tiles.roi.any() and min(tiles.tiles.values()) > 0
+
+
+def test_dense_equals_tiles_for_an_ensemble_and_with_mirroring():
+    image, mask = volume("border")
+    members = [pointwise_model("omnet_cga", seed) for seed in (0, 1)]
+    assert_same(*both(members, image, mask))
+    assert_same(*both(members, image, mask, tta="D,W"))
+    assert_same(*both([pointwise_model("mc3")], image, mask, tta=True))
+
+
+@pytest.mark.parametrize("preset", ["omnet_se", "omnet_cga"])
+def test_dense_under_bf16_autocast_stays_with_tiles(preset):
+    """Mixed precision: bfloat16 rounding apart (measured up to 1.5e-3), the same."""
+    image, mask = volume("border")
+    tiles, dense = both([pointwise_model(preset)], image, mask, precision="bf16")
+    assert dense.tiles == tiles.tiles
+    for task, want in tiles.probabilities.items():
+        assert dense.probabilities[task].dtype == torch.float32
+        torch.testing.assert_close(dense.probabilities[task], want, atol=1e-2, rtol=0)
+    assert (tiles.labels == dense.labels).float().mean() > 0.99
+
+
+def test_the_oracle_sees_a_misplaced_window(monkeypatch):
+    """Windows one voxel off their blocks: the oracle must notice."""
+    image, mask = volume("border")
+    model = pointwise_model("omnet_cga")
+    geometry = dense_module.window_geometry
+
+    def shifted(*args, **kw):
+        out = geometry(*args, **kw)
+        return {**out, "offset": tuple(o + 1 for o in out["offset"])}
+
+    monkeypatch.setattr(dense_module, "window_geometry", shifted)
+    tiles, dense = both([model], image, mask)
+    diff = max((dense.probabilities[k] - tiles.probabilities[k]).abs().max().item() for k in ("task2", "task3"))
+    assert diff > 1e-3
+
+
+def test_window_shell_is_the_one_difference():
+    """With the heads' 3x3x3 convs whole, a plain head still matches (its kept centre is
+    inside the tile), while SE's window mean includes the shell where a tile reads zero
+    padding: close, not equal."""
+    image, mask = volume("border")
+    torch.manual_seed(0)
+    plain = omkit.create_model("omnet", width=TINY_WIDTH, backbone="pointwise_test")
+    assert_same(*both([plain], image, mask))
+    torch.manual_seed(0)
+    se = omkit.create_model("omnet_se", width=TINY_WIDTH, backbone="pointwise_test")
+    tiles, dense = both([se], image, mask)
+    diff = max((dense.probabilities[k] - tiles.probabilities[k]).abs().max().item() for k in tiles.probabilities)
+    assert 1e-6 < diff < 0.2
+    assert (dense.labels == tiles.labels).float().mean() > 0.9
+
+
+def test_the_region_follows_the_tile_grid():
+    _, mask = volume("border")
+    region = dense_region(mask, TILES.size, TILES.keep, divisor=8)
+    origins = tile_origins(mask.shape, TILES.size, TILES.stride, TILES.keep)
+    touching = tiles_touching(mask, origins, TILES.size, TILES.keep)
+    assert int(region.touched.sum()) == touching.shape[0]
+    assert tuple(region.start) == tuple(touching.min(0).values.tolist())  # the first window is the first tile
+    assert all(s % 8 == 0 for s in region.shape)
+    assert region.origin == (2, 4, 4)
+    assert dense_region(torch.zeros(4, 8, 8, dtype=torch.bool), TILES.size, TILES.keep) is None
+
+
+# -- the real backbone --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def case():
+    from omkit.data import preprocess_case
+
+    pre = preprocess_case(make_case((24, 40, 40), seed=0))
+    return torch.as_tensor(pre.image), torch.as_tensor(pre.brain_mask)
+
+
+def test_slabs_agree_with_one_call_within_the_stated_tolerance():
+    """Seams every 16 planes with the default halo (64): within 2e-3 of one call (the
+    module docstring's measurement); without a halo they are far off, so the halo is
+    what keeps them close."""
+    shape = (168, 16, 16)  # tall enough for slabs of 16 + 2 x 64 planes
+    image = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(shape, dtype=torch.bool)
+    torch.manual_seed(0)
+    model = omkit.create_model("omnet_cga", width=TINY_WIDTH)
+    region = dense_region(mask, TILES.size, TILES.keep, 8)
+    plane = region.shape[1] * region.shape[2]
+    one = SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
+
+    def slabs(halo):
+        settings = DenseSettings(halo=halo, max_voxels=(16 + 2 * halo) * plane)
+        assert len(slab_spans(region.shape[0], plane, settings, 8)) > 1
+        return SegmentationPredictor([model], tiles=TILES, inference="dense", dense=settings,
+                                     progress=True).predict(image, mask, True)
+
+    got = slabs(DenseSettings().halo)
+    assert max((got.probabilities[k] - one.probabilities[k]).abs().max().item() for k in one.probabilities) < 2e-3
+    assert (got.labels == one.labels).float().mean() > 0.999
+    bare = slabs(0)
+    assert max((bare.probabilities[k] - one.probabilities[k]).abs().max().item() for k in one.probabilities) > 0.05
+
+
+def test_slab_spans_are_aligned_and_cover_the_region():
+    settings = DenseSettings(halo=5, max_voxels=40 * 10)
+    spans = slab_spans(72, 10, settings, 8)
+    assert [(c0, c1) for c0, c1, _, _ in spans] == [(0, 24), (24, 48), (48, 72)]  # halo 5 -> 8; cores of 24
+    assert all(v % 8 == 0 for span in spans for v in span)
+    assert spans[0][2] == 0 and spans[-1][3] == 72 and spans[1][2:] == (16, 56)
+    assert slab_spans(72, 10, DenseSettings(), 8) == [(0, 72, 0, 72)]
+    with pytest.raises(ValueError, match="dense max_voxels 70 is too small: a slab of 8 planes"):
+        slab_spans(72, 10, DenseSettings(halo=0, max_voxels=70), 8)
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+
+
+def test_dense_is_close_to_tiles_with_fusionnet(case):
+    """Loose: the backbone sees each voxel's real neighbourhood instead of a tile's zero
+    padding, and a random-weight network's labels hang on that. Tiles with a margin
+    of 6 to 12 voxels around their kept centres (the paper's have 5.5 and 6)."""
+    image, mask = case
+    torch.manual_seed(0)
+    model = omkit.create_model("omnet_cga", width=TINY_WIDTH)
+    geometry = TileSettings(size=(16, 32, 32), keep=(4, 8, 8), batch=8)
+    tiles = SegmentationPredictor([model], tiles=geometry).predict(image, mask, True)
+    dense = SegmentationPredictor([model], tiles=geometry, inference="dense").predict(image, mask, True)
+    assert dense.tiles == tiles.tiles
+    for task, want in tiles.probabilities.items():
+        got = dense.probabilities[task]
+        assert got.dtype == torch.float32 and got.shape == want.shape == (want.shape[0], *mask.shape)
+    assert dense.labels.dtype == torch.uint8 and dense.labels.shape == mask.shape
+    assert not dense.labels[~mask].any()  # outside the brain: background
+    assert (dense.labels >= 2).any() and (dense.labels < 2)[mask].any()
+    assert dice(dense.labels >= 2, tiles.labels >= 2) > 0.8  # whole tumor (measured 0.94)
+    assert (dense.labels == tiles.labels)[mask].float().mean() > 0.7  # every class (measured 0.88)
+
+
+def test_dense_outputs_stay_where_tiles_compute(case):
+    """Zero where no tile would be computed: the cascade's later tasks only near the tumor."""
+    image, mask = case
+    torch.manual_seed(0)
+    tiles, dense = both([omkit.create_model("mc3", width=TINY_WIDTH)], image, mask)
+    assert dense.tiles == tiles.tiles
+    for task, want in tiles.probabilities.items():
+        assert torch.equal(dense.probabilities[task].sum(0) == 0, want.sum(0) == 0), task
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def test_dense_errors():
+    model = pointwise_model("omnet_cga")
+    with pytest.raises(ValueError, match=r"stride equal to the kept centre.*stride \[2, 8, 8\]"):
+        SegmentationPredictor([model], tiles=TileSettings(size=(8, 16, 16), keep=(4, 8, 8), stride=(2, 8, 8)),
+                              inference="dense")
+    with pytest.raises(ValueError, match="inference must be one of tiles, dense, got 'dense2'"):
+        SegmentationPredictor([model], tiles=TILES, inference="dense2")
+    with pytest.raises(ValueError, match="speed.compile"):
+        SegmentationPredictor([model], tiles=TILES, inference="dense", speed=SpeedSettings(compile="default"))
+    torch.manual_seed(0)
+    gated = omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test")
+    with pytest.raises(ValueError, match="cannot pool attention Gate per window; use tile inference"):
+        SegmentationPredictor([gated], tiles=TILES, inference="dense")
+    SegmentationPredictor([gated], tiles=TILES)  # tiles take any attention
+
+    class Custom(nn.Module):
+        num_tasks = 3
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(4, 5, 1)
+
+    with pytest.raises(ValueError, match="dense inference runs OM-Net and MC models, not Custom; use tile inference"):
+        SegmentationPredictor([Custom()], tiles=TILES, inference="dense")
+    for bad, message in (({"halo": -1}, "dense halo must be a whole number >= 0, got -1"),
+                         ({"max_voxels": 0}, "dense max_voxels must be a whole number >= 1, got 0"),
+                         ({"halo": 2.5}, "dense halo must be a whole number >= 0, got 2.5")):
+        with pytest.raises(ValueError, match=message):
+            DenseSettings(**bad)
+    predictor = SegmentationPredictor([model], tiles=TILES, inference="dense", dense={"max_voxels": 10})
+    with pytest.raises(ValueError, match="dense max_voxels 10 is too small"):
+        predictor.predict(*volume("border"))
