@@ -58,6 +58,9 @@ class AblationConfig:
     # overlap-tile settings (omkit.inference.TileSettings fields)
     tiles: dict = field(default_factory=dict)
     roi_dilation: float = ROI_DILATION
+    # "tiles" or "dense" (omkit.inference.DenseSettings fields in dense)
+    inference: str = "tiles"
+    dense: dict = field(default_factory=dict)
     label_convention: str | None = None
 
     def __post_init__(self):
@@ -77,6 +80,11 @@ class AblationConfig:
                 raise ValueError(f"--ensemble must be at least 2 folds, got {self.ensemble}")
         if self.folds is None and self.val_cases < 1:
             raise ValueError(f"--val-cases must be >= 1, got {self.val_cases}")
+        if self.inference not in ("tiles", "dense"):
+            raise ValueError(f"--inference must be tiles or dense, got {self.inference!r}")
+        from .inference import DenseSettings
+
+        self.dense = asdict(DenseSettings(**self.dense))  # checked before any training
 
 
 @dataclass
@@ -164,7 +172,8 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
     from .metrics import case_metrics_internal
 
     predictor = SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
-                                                 tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation)
+                                                 tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation,
+                                                 inference=config.inference, dense=dict(config.dense))
     steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
     rows = []
     for case_dir in cases:
@@ -317,6 +326,8 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
         per.append(f"| {row} | " + " | ".join(cells) + " |")
     protocol = (f"{config.folds}-fold cross-validation" if config.folds
                 else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
+    if config.inference == "dense":
+        protocol += ", dense inference"
     head = [f"Protocol: {protocol}; HD95 in mm (mean and median over held-out cases); budget: {json.dumps(config.train)}.", ""]
     return "\n".join(head + lines + per) + "\n"
 

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from omkit.cli import build_parser
+from omkit.inference import DenseSettings
 from omkit.training import TrainConfig
 
 
@@ -28,7 +29,8 @@ def test_every_command_is_read():
 
 @pytest.mark.parametrize("flag", ["-i", "-o", "--device", "--max-minutes", "--tile-size", "--tile-keep",
                                   "--tile-stride", "--tile-batch", "--roi-dilation", "--no-postprocess",
-                                  "--disable-step", "--samplers", "--lr", "--width", "--force", "--precision"])
+                                  "--disable-step", "--samplers", "--lr", "--width", "--force", "--precision",
+                                  "--inference", "--dense-max-voxels", "--dense-halo"])
 def test_a_flag_means_one_setting_everywhere(flag):
     found = {name: options(p)[flag] for name, p in commands().items() if flag in options(p)}
     assert len(found) >= 2, f"{flag} is offered by fewer than two commands: {sorted(found)}"
@@ -36,6 +38,10 @@ def test_a_flag_means_one_setting_everywhere(flag):
     assert len(dests) == 1, f"{flag} sets different settings: {dests}"
     if flag == "--device":
         assert {a.default for a in found.values()} == {"auto"}
+    if flag in ("--inference", "--dense-halo"):  # predict, demo, ablation; tiles stays the default for now
+        assert {"predict", "demo", "ablation"} <= set(found)
+        assert {a.default for a in found.values()} == ({"tiles"} if flag == "--inference" else {DenseSettings().halo})
+        assert all("(default" in a.help for a in found.values())
     if flag in ("-i", "-o"):
         long = {"-i": "--input", "-o": "--output"}[flag]
         assert all(long in a.option_strings for a in found.values())

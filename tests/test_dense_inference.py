@@ -16,12 +16,19 @@ difference instead.
 from __future__ import annotations
 
 import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import omkit
-from omkit.data.synthetic import make_case
+from omkit.checkpoint import save_model
+from omkit.cli import main
+from omkit.data import find_cases
+from omkit.data.synthetic import make_case, make_dataset
 from omkit.inference import DenseSettings, SegmentationPredictor, SpeedSettings, TileSettings
 from omkit.inference import dense as dense_module
 from omkit.inference.dense import dense_region, slab_spans
@@ -326,3 +333,60 @@ def test_dense_errors():
     predictor = SegmentationPredictor([model], tiles=TILES, inference="dense", dense={"max_voxels": 10})
     with pytest.raises(ValueError, match="dense max_voxels 10 is too small"):
         predictor.predict(*volume("border"))
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dense")
+    make_dataset(root / "data", num_cases=1, shape=(24, 40, 40))
+    torch.manual_seed(0)
+    save_model(omkit.create_model("omnet_cga", width=TINY_WIDTH), root / "model.pt")
+    return root
+
+
+def test_omkit_predict_dense_writes_what_the_api_gives(workspace, tmp_path):
+    case_dir = find_cases(workspace / "data")[0]
+    out = tmp_path / "out"
+    assert main(["predict", "--no-progress", "-i", str(case_dir), "-o", str(out), "-m", str(workspace / "model.pt"),
+                 "--inference", "dense", "--dense-max-voxels", "200000", *TILE_FLAGS]) == 0
+    written = np.asanyarray(nib.load(str(out / f"{case_dir.name}.nii.gz")).dataobj)
+    seg = omkit.Segmenter.from_files(workspace / "model.pt", device="cpu", tiles={"size": (8, 16, 16),
+                                     "keep": (4, 8, 8)}, inference="dense", dense={"max_voxels": 200000})
+    assert seg.predictor.inference == "dense" and seg.predictor.dense.max_voxels == 200000
+    stacked = np.stack([nib.load(str(next(Path(case_dir).glob(f"*_{s}.nii*")))).get_fdata(dtype=np.float32)
+                        for s in ("flair", "t1", "t1ce", "t2")])
+    np.testing.assert_array_equal(seg(stacked), written)
+    assert set(np.unique(written).tolist()) - {0}
+
+
+def test_dense_flags_are_checked(workspace, tmp_path, capsys):
+    base = ["predict", "-i", str(workspace / "data"), "-o", str(tmp_path), "-m", str(workspace / "model.pt")]
+    assert main(base + ["--inference", "dense", *TILE_FLAGS, "--tile-stride", "2,8,8"]) == 2
+    assert "--inference dense needs --tile-stride equal to --tile-keep" in capsys.readouterr().err
+    assert main(base + ["--inference", "dense", "--dense-halo", "-3"]) == 2
+    assert "--dense-halo/--dense-max-voxels: dense halo must be a whole number >= 0, got -3" in capsys.readouterr().err
+
+
+def test_the_ablation_runner_predicts_with_the_dense_settings(workspace, tmp_path, monkeypatch):
+    from omkit import ablation
+
+    config = ablation.AblationConfig(input=str(workspace / "data"), output=str(tmp_path), rows=["omnet_cga"],
+                                     tiles={"size": (8, 16, 16), "keep": (4, 8, 8)}, inference="dense",
+                                     dense={"max_voxels": 100000})
+    assert config.dense == {"halo": DenseSettings().halo, "max_voxels": 100000}
+    seen = {}
+
+    def from_files(paths, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(SegmentationPredictor, "from_files", staticmethod(from_files))
+    with pytest.raises(RuntimeError, match="stop here"):
+        ablation._score_cases([workspace / "model.pt"], [], config, tmp_path, print)
+    assert seen["inference"] == "dense" and seen["dense"] == {"halo": DenseSettings().halo, "max_voxels": 100000}
+    with pytest.raises(ValueError, match="dense halo must be a whole number >= 0"):
+        ablation.AblationConfig(input="x", output="y", rows=["omnet"], dense={"halo": -2})
+    with pytest.raises(ValueError, match="--inference must be tiles or dense, got 'tile'"):
+        ablation.AblationConfig(input="x", output="y", rows=["omnet"], inference="tile")

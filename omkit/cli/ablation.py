@@ -1,12 +1,14 @@
 """Reproduce the paper's Table I ablation: train, predict and score each row on the same split and budget."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from omkit.cli.options import (
     add_device_argument,
     add_postprocess_arguments,
     add_tile_arguments,
+    inference_settings,
     add_training_arguments,
     training_settings,
 )
@@ -34,7 +36,7 @@ def add_arguments(parser):
     parser.add_argument("--cache-dir", default=None, help="preprocessed-case cache shared by every row "
                                                           "(default STUDY/cache)")
     add_postprocess_arguments(parser)
-    add_tile_arguments(parser)
+    add_tile_arguments(parser, dense=True)
 
 
 def run(args) -> int:
@@ -48,11 +50,14 @@ def run(args) -> int:
     seed = train.pop("seed")
     train["cache_dir"] = args.cache_dir or str(Path(args.output) / "cache")
     tiles = {"size": args.tile_size, "keep": args.tile_keep, "stride": args.tile_stride, "batch": args.tile_batch}
+    inference = inference_settings(args)
+    dense = dataclasses.asdict(inference["dense"])
     config = AblationConfig(
         input=args.input, output=args.output, rows=[r.strip() for r in args.rows.split(",") if r.strip()],
         folds=args.folds, val_cases=args.val_cases, ensemble=args.ensemble, postprocess=not args.no_postprocess,
         disable_steps=args.disable_step, seed=seed, device=args.device, train=train, tiles=tiles,
         roi_dilation=args.roi_dilation, label_convention=args.label_convention,
+        inference=inference["inference"], dense=dense,
     )
     paths = run_ablation(config)
     print(Path(paths["markdown"]).read_text(encoding="utf-8"))

@@ -6,7 +6,8 @@ maps for ``evaluate``), ``-o/--output`` what it writes, ``-m/--model`` a model
 file; ``--device`` is ``auto`` by default; a training setting's flag is its
 :class:`omkit.training.TrainConfig` field with dashes, and its default is read
 from the dataclass (or the recipe a command starts from), never restated;
-tile options are ``--tile-<field>`` of :class:`omkit.inference.TileSettings`;
+tile options are ``--tile-<field>`` of :class:`omkit.inference.TileSettings`,
+dense-inference options ``--dense-<field>`` of :class:`omkit.inference.DenseSettings`;
 ``--roi-dilation`` is task 2's ROI at inference, while the training sampler's
 dilation is an option of its spec (``dilated_tumor(radius=5)``).
 """
@@ -138,16 +139,34 @@ def tta_setting(args):
 MAX_TILE_SIDE = 512
 MAX_TILE_BATCH_VOXELS = 2**27
 
-def add_tile_arguments(parser, roi_dilation: bool = True, **defaults) -> None:
+def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, **defaults) -> None:
     """``--tile-size``, ``--tile-keep``, ``--tile-stride``, ``--tile-batch`` (and
-    ``--roi-dilation`` for commands that fuse the tasks); ``defaults``
-    (TileSettings fields) override the paper's."""
-    from omkit.inference import TileSettings
+    ``--roi-dilation`` for commands that fuse the tasks; ``--inference``,
+    ``--dense-max-voxels``, ``--dense-halo`` for commands that predict cases with
+    ``dense``); ``defaults`` (TileSettings fields) override the paper's."""
+    from omkit.inference import DenseSettings, TileSettings
     from omkit.protocol import ROI_DILATION
 
     fields = {f.name: f.default for f in dataclasses.fields(TileSettings)}
     fields.update(defaults)
-    g = parser.add_argument_group("overlap-tile inference (sizes in D,H,W = axial,X,Y order)")
+    title = "overlap-tile inference (sizes in D,H,W = axial,X,Y order)"
+    if dense:
+        title = "inference: overlap tiles, or dense with the tiles' windows (sizes in D,H,W = axial,X,Y order)"
+    g = parser.add_argument_group(title)
+    if dense:
+        dense_fields = {f.name: f.default for f in dataclasses.fields(DenseSettings)}
+        g.add_argument("--inference", choices=("tiles", "dense"), default="tiles",
+                       help="tiles: predict tile by tile, keeping each tile's centre; dense: the backbone once per "
+                            "voxel, each kept centre's attention pooled over its tile (needs --tile-stride equal to "
+                            "--tile-keep; OM-Net and MC models) (default tiles)")
+        max_voxels = dense_fields["max_voxels"]
+        g.add_argument("--dense-max-voxels", type=int, default=max_voxels, metavar="N",
+                       help="dense: the most voxels per backbone call; a larger region goes through in slabs along "
+                            "D (default " + ("none: the whole region in one call" if max_voxels is None else
+                                             str(max_voxels)) + ")")
+        g.add_argument("--dense-halo", type=int, default=dense_fields["halo"], metavar="VOXELS",
+                       help="dense: backbone context on each side of a slab, rounded up to a multiple of 8 "
+                            f"(default {dense_fields['halo']})")
     g.add_argument("--tile-size", type=int_list("--tile-size"), default=fields["size"], metavar="D,H,W",
                    help=f"tile size; each side divisible by 8 (default {_format_default(fields['size'])})")
     g.add_argument("--tile-keep", type=int_list("--tile-keep"), default=fields["keep"], metavar="D,H,W",
@@ -180,6 +199,21 @@ def tile_settings(args):
         return TileSettings(size=args.tile_size, keep=args.tile_keep, stride=args.tile_stride, batch=args.tile_batch)
     except ValueError as exc:
         raise CLIError(f"--tile-size/--tile-keep/--tile-stride/--tile-batch: {exc}") from None
+
+
+def inference_settings(args) -> dict:
+    """``inference`` and ``dense`` of :class:`omkit.inference.SegmentationPredictor` that
+    ``--inference``, ``--dense-max-voxels`` and ``--dense-halo`` give."""
+    from omkit.inference import DenseSettings
+
+    try:
+        dense = DenseSettings(halo=args.dense_halo, max_voxels=args.dense_max_voxels)
+    except ValueError as exc:
+        raise CLIError(f"--dense-halo/--dense-max-voxels: {exc}") from None
+    if args.inference == "dense" and tuple(args.tile_stride or args.tile_keep) != tuple(args.tile_keep):
+        raise CLIError(f"--inference dense needs --tile-stride equal to --tile-keep, got "
+                       f"{_format_default(args.tile_stride)} and {_format_default(args.tile_keep)}")
+    return {"inference": args.inference, "dense": dense}
 
 
 # -- training settings ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ Examples::
     omkit predict -i BraTS2018/ -o preds/ -m fold0/model.pt -m fold1/model.pt --overlay
     torchrun --nproc_per_node=2 -m omkit predict -i BraTS2018/ -o preds/ -m runs/cga/model.pt --device cuda
     omkit predict -i BraTS2018/ -o preds/ -m runs/cga/model.pt --tta          # test-time mirroring, 8 flips
+    omkit predict -i BraTS2018/ -o preds/ -m runs/cga/model.pt --inference dense   # backbone once per voxel
 
 Writes ``OUT/<case-id>.nii.gz`` (uint8 labels in the chosen BraTS convention,
 the input's affine and header), and on request ``OUT/<case-id>_probabilities.npz``
@@ -27,7 +28,8 @@ from pathlib import Path
 
 from omkit.cli import CLIError
 from omkit.cli.options import (add_device_argument, add_postprocess_arguments, add_precision_argument,
-                               add_tile_arguments, add_tta_argument, postprocess_steps, tile_settings, tta_setting)
+                               add_tile_arguments, add_tta_argument, inference_settings, postprocess_steps,
+                               tile_settings, tta_setting)
 
 
 def add_arguments(parser):
@@ -53,7 +55,7 @@ def add_arguments(parser):
                              "(exit status 1 when any failed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_postprocess_arguments(parser)
-    add_tile_arguments(parser)
+    add_tile_arguments(parser, dense=True)
     add_tta_argument(parser)
 
 
@@ -113,6 +115,7 @@ def run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"{out_dir}: exists and is not a folder")
     tiles = tile_settings(args)
+    inference = inference_settings(args)
     tta = tta_setting(args)
     all_cases = find_cases(args.input)
     cases = shard(all_cases)  # before --skip-existing looks: every process sees another's outputs appear
@@ -141,7 +144,7 @@ def run(args) -> int:
     # the one path from an image to labels, the one omkit.Segmenter users call
     segmenter = Segmenter.from_files(args.model, device=device, expect_preset=args.expect_preset, tiles=tiles,
                                      roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
-                                     precision=args.precision)
+                                     precision=args.precision, **inference)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     written = []
