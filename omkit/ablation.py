@@ -169,6 +169,8 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
     from .devices import resolve_device
     from .inference import SegmentationPredictor, TileSettings, build_postprocessors
     from .inference.pipeline import load_for_prediction, predict_case, write_label_map
+    from .labels import internal_regions
+    from .lesionwise import false_positive_components
     from .metrics import case_metrics_internal
 
     predictor = SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
@@ -187,9 +189,12 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
         for variant, labels in variants.items():
             write_label_map(labels, case, pred_dir / variant / f"{case.case_id}.nii.gz", case.convention, force=True)
             scores = case_metrics_internal(labels, case.label, case.spacing)
+            pred_regions, gt_regions = internal_regions(labels), internal_regions(case.label)
             for region in REGIONS:
+                # false tumor no true tumor explains: components of the prediction touching no ground truth
+                fp_count, fp_voxels = false_positive_components(pred_regions[region], gt_regions[region])
                 rows.append({"case": case.case_id, "variant": variant, "region": region, "seconds": seconds,
-                             **scores[region]})
+                             **scores[region], "fp_components": fp_count, "fp_voxels": fp_voxels})
         wt = {v: case_metrics_internal(l, case.label, case.spacing)["WT"]["dice"] for v, l in variants.items()}
         log(f"    {case.case_id}: Dice WT " + ", ".join(f"{v} {d:.3f}" for v, d in wt.items()))
     return rows
@@ -283,6 +288,13 @@ def summarize_results(results: Sequence[dict]) -> tuple[list[dict], list[dict]]:
             values = [c["hd95"] for c in cases if c["region"] == region]
             line[f"hd95_{region}"] = _mean(values)
             line[f"hd95_median_{region}"] = float(np.median(values)) if values else float("nan")
+        # the whole tumor's precision and its false-positive components (scores saved before
+        # they were measured have none: NaN)
+        wt = [c for c in cases if c["region"] == "WT"]
+        ppv = [c.get("ppv", float("nan")) for c in wt]
+        line["ppv_WT"] = _mean(ppv)
+        line["ppv_min_WT"] = float(np.nanmin(ppv)) if ppv and not all(v != v for v in ppv) else float("nan")
+        line["fp_components_WT"] = _mean(c.get("fp_components", float("nan")) for c in wt)
         table.append(line)
         for res in mine:
             split_cases = [c for c in res["cases"] if c["variant"] == variant]
@@ -302,19 +314,47 @@ def _csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
-def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: AblationConfig) -> str:
+def per_case_lines(per_case: Sequence[dict]) -> list[str]:
+    """Markdown lines: per held-out case and (row, variant), the whole tumor's Dice,
+    precision and false-positive components (components touching no true tumor), so the
+    false-tumor failure mode stays visible next to the means."""
+    wt = [c for c in per_case if c.get("region") == "WT"]
+    if not wt:
+        return []
+    columns = list(dict.fromkeys((c["row"], c["variant"]) for c in wt))
+    cases = sorted({c["case"] for c in wt})
+    lines = ["", "Whole tumor per held-out case: Dice / precision / false-positive components:", "",
+             "| Case | " + " | ".join(f"{row}{'+p' if variant == 'post' else ''}" for row, variant in columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
+    for case in cases:
+        cells = []
+        for row, variant in columns:
+            hit = [c for c in wt if c["case"] == case and c["row"] == row and c["variant"] == variant]
+            if not hit:
+                cells.append("")
+                continue
+            c = hit[0]
+            fp = c.get("fp_components")
+            cells.append(f"{c['dice']:.3f} / {c.get('ppv', float('nan')):.2f} / {'n/a' if fp is None else fp}")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: AblationConfig,
+                   per_case: Sequence[dict] | None = None) -> str:
     def f(v, digits=3):
         return "n/a" if v != v else f"{v:.{digits}f}"
 
     lines = [
         "| Method | Params (M) | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET "
-        "| median HD95 WT | median HD95 TC | median HD95 ET |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| median HD95 WT | median HD95 TC | median HD95 ET | WT precision (mean / min) | false WT components per case |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for t in table:
         lines.append(f"| {t['method']} | {t['params_M']:.3f} | {f(t['dice_WT'])} | {f(t['dice_TC'])} | {f(t['dice_ET'])} | "
                      f"{f(t['hd95_WT'], 1)} | {f(t['hd95_TC'], 1)} | {f(t['hd95_ET'], 1)} | "
-                     f"{f(t['hd95_median_WT'], 1)} | {f(t['hd95_median_TC'], 1)} | {f(t['hd95_median_ET'], 1)} |")
+                     f"{f(t['hd95_median_WT'], 1)} | {f(t['hd95_median_TC'], 1)} | {f(t['hd95_median_ET'], 1)} | "
+                     f"{f(t['ppv_WT'], 2)} / {f(t['ppv_min_WT'], 2)} | {f(t['fp_components_WT'], 1)} |")
     splits = sorted({p["split"] for p in per_split})
     per = ["", "Mean Dice per split (WT / TC / ET):", "",
            "| Row | " + " | ".join(splits) + " |", "| --- |" + " ---: |" * len(splits)]
@@ -324,6 +364,7 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
             match = [p for p in per_split if p["row"] == row and p["split"] == s]
             cells.append(" / ".join(f(match[0][f"dice_{r}"], 2) for r in REGIONS) if match else "")
         per.append(f"| {row} | " + " | ".join(cells) + " |")
+    per += per_case_lines(per_case or [])
     protocol = (f"{config.folds}-fold cross-validation" if config.folds
                 else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
     if config.inference == "dense":
@@ -391,10 +432,10 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
     table, per_split = summarize_results(results)
     paths = {"markdown": out / "ablation.md", "csv": out / "ablation.csv", "per_split_csv": out / "ablation_per_split.csv",
              "per_case_csv": out / "ablation_per_case.csv"}
-    atomic_write_text(paths["markdown"], markdown_table(table, per_split, config))
+    per_case = [{"row": r["row"], "split": r["split"], **c} for r in results for c in r["cases"]]
+    atomic_write_text(paths["markdown"], markdown_table(table, per_split, config, per_case))
     atomic_write_text(paths["csv"], _csv(table))
     atomic_write_text(paths["per_split_csv"], _csv(per_split))
-    per_case = [{"row": r["row"], "split": r["split"], **c} for r in results for c in r["cases"]]
     atomic_write_text(paths["per_case_csv"], _csv(per_case))
     overlays = write_extreme_overlays(results, config)
     return {**{k: str(v) for k, v in paths.items()}, "overlays": [str(p) for p in overlays]}

@@ -44,6 +44,14 @@ def test_cross_validation_table_and_resume(data_dir, tmp_path, capsys):
     assert (out / "predictions" / "omnet_cga" / "fold1" / "post").is_dir()
     # the best and the worst held-out case of each row, drawn from the saved label maps
     per_case = _read_csv(out / "ablation_per_case.csv")
+    # the false-tumor failure mode stays visible: precision and false-positive components per case
+    assert all(r["fp_components"].isdigit() and r["fp_voxels"].isdigit() for r in per_case)
+    assert all(0.0 <= float(r["ppv_WT"]) <= 1.0 and float(r["ppv_min_WT"]) <= float(r["ppv_WT"]) for r in table)
+    assert "WT precision (mean / min)" in markdown and "false-positive components" in markdown
+    wt_rows = [r for r in per_case if r["region"] == "WT" and r["row"] == "omnet_cga" and r["variant"] == "post"]
+    first = wt_rows[0]
+    assert f"| {first['case']} |" in markdown and f"{float(first['dice']):.3f} / {float(first['ppv']):.2f} / " \
+        f"{first['fp_components']}" in markdown
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert len(overlays) == 4 and all(name.endswith(".png") for name in overlays)
     for row in ("mc1", "omnet_cga"):

@@ -202,3 +202,23 @@ def test_evaluate_cli_writes_lesionwise_columns_and_parameters(tmp_path, capsys)
         main(["evaluate", "-i", str(preds), "--gt", str(tmp_path / "data"), "-o", str(out), "--force",
               "--lesionwise", "--challenge", "BraTS-XYZ"])
     assert exit_.value.code == 2
+
+
+def test_false_positive_components_count_only_components_touching_no_truth():
+    from omkit.lesionwise import false_positive_components
+
+    gt = np.zeros((10, 10, 10), dtype=bool)
+    gt[2:4, 2:4, 2:4] = True
+    pred = np.zeros_like(gt)
+    pred[3:6, 3:6, 3:6] = True   # overlaps the truth: not a false positive
+    pred[8:10, 0:2, 0:3] = True  # 12 voxels far away
+    pred[0, 9, 9] = True         # one voxel
+    pred[7, 7, 7] = True         # two voxels beyond the overlapping block: its own component
+    count, voxels = false_positive_components(pred, gt)
+    assert (count, voxels) == (3, 14)
+    assert false_positive_components(np.zeros_like(gt), gt) == (0, 0)
+    assert false_positive_components(gt, gt) == (0, 0)
+    # 26-connectivity: a corner-touching voxel joins the component that overlaps the truth
+    pred2 = gt.copy()
+    pred2[4, 4, 4] = True
+    assert false_positive_components(pred2, gt) == (0, 0)
