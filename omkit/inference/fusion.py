@@ -34,14 +34,22 @@ def task1_labels(prob1: Tensor) -> tuple[Tensor, Tensor]:
     likeliest non-tumor class outside), both uint8 ``(B, ...)``."""
     tumor = prob1[:, list(TUMOR_CLASSES)]
     coarse = tumor.sum(1) > COARSE_TUMOR_THRESHOLD
-    tumor_label = torch.tensor(TUMOR_CLASSES, device=prob1.device)[tumor.argmax(1)]
-    other_label = torch.tensor(NON_TUMOR_CLASSES, device=prob1.device)[prob1[:, list(NON_TUMOR_CLASSES)].argmax(1)]
+    tumor_label = torch.tensor(TUMOR_CLASSES, device=prob1.device)[class_index(tumor)]
+    other_label = torch.tensor(NON_TUMOR_CLASSES, device=prob1.device)[class_index(prob1[:, list(NON_TUMOR_CLASSES)])]
     return coarse.to(torch.uint8), torch.where(coarse, tumor_label, other_label).to(torch.uint8)
+
+
+def class_index(prob: Tensor) -> Tensor:
+    """``prob.argmax(1)``: the first likeliest class per voxel of ``(B, K, ...)``. Computed as
+    ``max(1).indices``, the same indices (first maximum; NaN wins): on a CPU, torch 2.13's
+    ``argmax`` over a non-innermost dimension is about 9x slower (0.61 s against 0.07 s for
+    five classes of a 4.3-million-voxel brain region)."""
+    return prob.max(1).indices
 
 
 def argmax_labels(prob: Tensor) -> Tensor:
     """Class index per voxel, uint8 ``(B, ...)``."""
-    return prob.argmax(1).to(torch.uint8)
+    return class_index(prob).to(torch.uint8)
 
 
 def dilate(mask: Tensor, radius: float) -> Tensor:
