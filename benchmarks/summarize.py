@@ -142,6 +142,9 @@ GOALS = (
     ("OM-Net + CGA vs MONAI sliding_window_inference (same network and tiles)", ">= 1.3x faster"),
     ("fused CGA vs torch.compile of the eager head (every cga group)", ">= 1.5x faster"),
     ("training step at the paper's batch, full width: peak CUDA memory", "< 4 GB"),
+    ("dense inference vs the paper's tiles (OM-Net + CGA, case)", ">= 4x faster"),
+    ("dense inference vs MONAI sliding_window_inference (same network and tiles)", ">= 3x faster"),
+    ("whole case, tensors to labels, full width, dense inference", "< 1 s"),
 )
 
 
@@ -160,7 +163,7 @@ def goals(groups: dict) -> list[tuple[str, str, str, str]]:
     case, train = groups.get("case", {}), groups.get("train", {})
     full_width = all(b["extra_info"].get("width", 1.0) == 1.0 for b in [*case.values(), *train.values()])
     out = []
-    (g1, t1), (g2, t2), (g3, t3), (g4, t4), (g5, t5) = GOALS
+    (g1, t1), (g2, t2), (g3, t3), (g4, t4), (g5, t5), (g6, t6), (g7, t7), (g8, t8) = GOALS
     seconds = _median(case, "omnet_cga-file")
     if seconds is None:
         out.append((g1, t1, "no omnet_cga-file row", "n/a"))
@@ -195,6 +198,21 @@ def goals(groups: dict) -> list[tuple[str, str, str, str]]:
         batch = train["omnet_cga"]["extra_info"].get("batch_per_task")
         measured += f" (batch {batch} per task)" if batch else ""
         out.append((g5, t5, measured, _verdict(peaks["omnet_cga"] < 4096 if full_width else None)))
+    dense = _median(case, "omnet_cga-dense")
+    for goal, target, other, need in ((g6, t6, "omnet_cga-paper", 4.0), (g7, t7, "omnet_cga-monai", 3.0)):
+        theirs = _median(case, other)
+        if dense is None or theirs is None:
+            out.append((goal, target, f"no {'omnet_cga-dense' if dense is None else other} row", "n/a"))
+        else:
+            ratio = theirs / dense
+            where = "" if full_width else " (not full width)"
+            out.append((goal, target, f"{ratio:.2f}x ({theirs:.2f} s vs {dense:.2f} s){where}", _verdict(ratio >= need)))
+    gpu = case.get("omnet_cga-dense", {}).get("extra_info", {}).get("device") == "cuda"
+    if dense is None:
+        out.append((g8, t8, "no omnet_cga-dense row", "n/a"))
+    else:
+        out.append((g8, t8, f"{dense:.2f} s" + ("" if full_width else " (not full width)") + ("" if gpu else " (CPU)"),
+                    _verdict(dense < 1.0 if (full_width and gpu) else None)))
     return out
 
 

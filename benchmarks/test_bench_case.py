@@ -23,6 +23,12 @@ Group ``case`` (baseline ``omnet_cga-paper``):
   predicted with the paper's tiles, post-processed and the label map written,
   as ``omkit predict`` does for one case (the goal: under 2 s on a GPU at full
   width);
+* ``omnet_cga-demo``: the demo's tiles (16 x 32 x 32, kept 8 x 24 x 24: every voxel
+  through the backbone about 3.5 times instead of 8);
+* ``omnet_cga-dense`` / ``mc3-dense``: dense, window-consistent inference
+  (``inference="dense"``): the backbone once per voxel of the brain's region,
+  each head's attention pooled over the paper tile of each kept block;
+  ``extra_info`` has the Dice between its labels and the paper-tile labels;
 * ``omnet_cga-paper+SETTING``: the paper's tiles with one inference setting of
   :class:`omkit.inference.SpeedSettings` or ``--precision``: ``+cudnn`` (cuDNN
   autotuning for the fixed tile shape), ``+channels_last`` (channels-last-3d),
@@ -33,7 +39,10 @@ Group ``case`` (baseline ``omnet_cga-paper``):
   on a CPU only as a smoke test.
 
 The case: ``OMKIT_BENCH_CASE`` names a case folder of the sample data (e.g. one
-the trained models held out), else the first one.
+the trained models held out), else the first one. ``OMKIT_BENCH_CROP=D,H,W`` cuts
+the preprocessed case to that size around its tumor's centre (full-width models on
+a CPU: a whole case with the paper's tiles takes many minutes); the file-to-file
+row, which reads the whole case, is skipped then.
 
 Weights: random (seeded) unless ``OMKIT_BENCH_ONEPASS_MODEL`` /
 ``OMKIT_BENCH_CASCADE_MODEL`` name trained model files. A random task-1
@@ -60,10 +69,13 @@ from omkit.protocol import PATCH_SIZE, TILE_KEEP
 from .conftest import SMOKE
 from .memory import PeakMemory
 
-WIDTH = 0.125 if SMOKE else 1.0
+# OMKIT_BENCH_WIDTH: the channel width of the random-weight models (default: the paper's 1.0)
+WIDTH = 0.125 if SMOKE else float(os.environ.get("OMKIT_BENCH_WIDTH", "1.0"))
 PAPER_TILES = dict(size=(8, 16, 16), keep=(4, 8, 8)) if SMOKE else dict(size=PATCH_SIZE, keep=TILE_KEEP)
 LARGE_TILES = dict(size=(16, 32, 32), keep=(10, 24, 24)) if SMOKE else dict(size=(32, 64, 64), keep=(22, 52, 52))
+DEMO_TILES = dict(size=(8, 16, 16), keep=(4, 12, 12)) if SMOKE else dict(size=PATCH_SIZE, keep=(8, 24, 24))
 SW_BATCH = 16 if SMOKE else 32
+CROP = tuple(int(v) for v in os.environ["OMKIT_BENCH_CROP"].split(",")) if os.environ.get("OMKIT_BENCH_CROP") else None
 SAMPLE_DATA = Path(os.environ.get("OMKIT_SAMPLE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats2018-sample"))
 
 
@@ -91,7 +103,25 @@ def case(case_dir):
 
     pre = preprocess_case(load_case(case_dir[0]))
     pre.kind = case_dir[1]
+    if CROP:
+        _crop_around_tumor(pre, CROP)
+        pre.kind += f" cropped to {'x'.join(map(str, CROP))}"
     return pre
+
+
+def _crop_around_tumor(pre, size) -> None:
+    """Cut ``pre``'s image, label and brain mask to ``size`` around the tumor's centre
+    (the brain's when there is no tumor), in place."""
+    focus = pre.label > 0 if pre.label is not None and (pre.label > 0).any() else pre.brain_mask
+    centre = [int(np.mean(ix)) for ix in np.nonzero(focus)]
+    box = []
+    for c, n, full in zip(centre, size, pre.brain_mask.shape):
+        start = min(max(c - n // 2, 0), max(full - n, 0))
+        box.append(slice(start, start + n))
+    box = tuple(box)
+    pre.image = np.ascontiguousarray(pre.image[(slice(None), *box)])
+    pre.label = None if pre.label is None else np.ascontiguousarray(pre.label[box])
+    pre.brain_mask = np.ascontiguousarray(pre.brain_mask[box])
 
 
 # +SETTING -> (SegmentationPredictor keywords, needs a GPU)
@@ -102,7 +132,8 @@ SETTINGS = {
     "bf16": (dict(precision="bf16"), False),
     "fp16": (dict(precision="fp16"), True),
 }
-VARIANTS = ["omnet_cga-paper", "mc3-paper", "omnet_cga-large", "omnet_cga-monai", "omnet_cga-tta", "omnet_cga-file"] + [
+VARIANTS = ["omnet_cga-paper", "omnet_cga-dense", "omnet_cga-demo", "mc3-paper", "mc3-dense", "omnet_cga-large",
+            "omnet_cga-monai", "omnet_cga-tta", "omnet_cga-file"] + [
     f"omnet_cga-paper+{name}" for name in SETTINGS]
 
 
@@ -167,10 +198,13 @@ def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
     trained_env = "OMKIT_BENCH_CASCADE_MODEL" if preset == "mc3" else "OMKIT_BENCH_ONEPASS_MODEL"
     model, trained = _model(preset, trained_env)
     model = model.to(device)
-    tiles = TileSettings(**(LARGE_TILES if tiling == "large" else PAPER_TILES), batch=SW_BATCH)
+    geometry = {"large": LARGE_TILES, "demo": DEMO_TILES}.get(tiling, PAPER_TILES)
+    tiles = TileSettings(**geometry, batch=SW_BATCH)
     cls = {"monai": MonaiTilingPredictor}.get(tiling, SegmentationPredictor)
     if preset == "mc3" and not trained:
         cls = OracleROICascade
+    if tiling == "dense":
+        extra_kw = {**extra_kw, "inference": "dense"}
     predictor = cls([model], tiles=tiles, sw_device=device, tta=tiling == "tta", **extra_kw)
     if cls is OracleROICascade:
         predictor.gt_whole_tumor = torch.as_tensor(internal_regions(case.label)["WT"])
@@ -180,6 +214,8 @@ def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
         result = predictor.predict(case.image, case.brain_mask)
         return result, postprocess(result.labels.numpy(), case.image, steps)
 
+    if tiling == "file" and CROP:
+        pytest.skip("OMKIT_BENCH_CROP: the file-to-file row reads the whole case")
     if tiling == "file":  # from the case folder to the written label map, as omkit predict does
         from omkit.inference.pipeline import load_for_prediction, predict_case, write_label_map
 
@@ -199,9 +235,11 @@ def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
         "case": case.kind, "cropped_shape": list(case.image.shape[1:]), "width": WIDTH, "trained_weights": trained,
         "tiles": result.tiles, "tile_size": list(tiles.size), "stride": list(tiles.stride),
         "oracle_roi": cls is OracleROICascade, "tta_flips": len(predictor.flips),
-        "setting": setting or None, "precision": predictor.precision,
+        "setting": setting or None, "precision": predictor.precision, "device": device,
+        "inference": predictor.inference,
     })
     if trained:
         benchmark.extra_info["dice_vs_ground_truth"] = _dice(labels, case.label)
-    if variant != "omnet_cga-paper" and "omnet_cga-paper" in _labels_by_variant and preset == "omnet_cga":
-        benchmark.extra_info["dice_vs_paper_tiles"] = _dice(labels, _labels_by_variant["omnet_cga-paper"])
+    paper = f"{preset}-paper"
+    if variant != paper and paper in _labels_by_variant:
+        benchmark.extra_info["dice_vs_paper_tiles"] = _dice(labels, _labels_by_variant[paper])

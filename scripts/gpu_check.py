@@ -634,11 +634,13 @@ def bench_suites(dry: bool) -> list[tuple[str, list[str], int]]:
     if dry:  # toy sizes, a few rows of three suites in one process: enough for the JSON and the goals table
         return [("smoke", ["benchmarks/test_bench_case.py", "benchmarks/test_bench_cga.py",
                            "benchmarks/test_bench_train.py", "-k",
-                           "((omnet_cga-paper or omnet_cga-file) and not +) or (test_cga_forward and (fused or compiled)"
+                           "((omnet_cga-paper or omnet_cga-dense or omnet_cga-file) and not +) or "
+                           "(test_cga_forward and (fused or compiled)"
                            " and not inference) or (test_train_step and omnet_cga and not +)"], 180)]
     return [
         ("case", ["benchmarks/test_bench_case.py", "-k",
-                  "(omnet_cga-paper or mc3-paper or omnet_cga-monai or omnet_cga-file) and not +"], 120),
+                  "(omnet_cga-paper or omnet_cga-dense or mc3-paper or omnet_cga-monai or omnet_cga-file) and not +"],
+         150),
         ("train", ["benchmarks/test_bench_train.py"], 60),
         ("cga", ["benchmarks/test_bench_cga.py"], 150),
         ("tiles", ["benchmarks/test_bench_tiles.py"], 60),

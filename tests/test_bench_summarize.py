@@ -79,6 +79,7 @@ def test_goals_compare_the_rows_the_gpu_check_measures(summarize):
         _bench("case", 2.5, "b", {"variant": "mc3-paper"}, width=1.0),
         _bench("case", 1.2, "c", {"variant": "omnet_cga-monai"}, width=1.0),
         _bench("case", 1.5, "d", {"variant": "omnet_cga-file"}, width=1.0),
+        _bench("case", 0.2, "k", {"variant": "omnet_cga-dense"}, width=1.0, device="cuda"),
         _bench("cga forward paper-20", 0.030, "e", impl="compiled"),
         _bench("cga forward paper-20", 0.010, "f", impl="fused"),
         _bench("cga forward+backward paper-20", 0.020, "g", impl="compiled"),
@@ -96,6 +97,9 @@ def test_goals_compare_the_rows_the_gpu_check_measures(summarize):
     assert rows[2] == ("1.20x (1.20 s vs 1.00 s)", "missed")
     assert rows[3] == ("forward paper-20 3.00x, forward+backward paper-20 2.00x", "met")
     assert rows[4] == ("omnet_cga 2.93 GB, omnet_cga+fp16 1.95 GB (batch 20 per task)", "met")
+    assert rows[5] == ("5.00x (1.00 s vs 0.20 s)", "met")
+    assert rows[6] == ("6.00x (1.20 s vs 0.20 s)", "met")
+    assert rows[7] == ("0.20 s", "met")
     # a smoke run (not full width) or a CPU run cannot say
     small = summarize.group_rows({"benchmarks": [
         _bench("case", 0.1, "d", {"variant": "omnet_cga-file"}, width=0.125),
@@ -103,6 +107,6 @@ def test_goals_compare_the_rows_the_gpu_check_measures(summarize):
         _bench("cga forward smoke", 0.010, "f", impl="fused"),
         _bench("train", 1.0, "i", {"preset": "omnet_cga"}, preset="omnet_cga", peak_rss_mb=900.0, width=0.125)]})
     verdicts = [v for *_, v in summarize.goals(small)]
-    assert verdicts == ["n/a"] * 5
+    assert verdicts == ["n/a"] * len(summarize.GOALS)
     lines = summarize.goals_table(small)
     assert lines[0] == "| goal | target | measured | verdict |" and len(lines) == 2 + len(summarize.GOALS)
