@@ -194,3 +194,24 @@ def test_model_file_round_trip(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="junk.pt"):
         load_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("preset", ["omnet_cga", "omnet_se", "mc2"])
+def test_fold_batch_norm_keeps_the_function_and_removes_every_norm(preset):
+    from omkit.models.blocks import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = omkit.create_model(preset, width=0.125)
+    model.train()
+    with torch.no_grad():  # running statistics away from the identity
+        for _ in range(3):
+            model(torch.randn(2, 4, 8, 16, 16) * 2 + 1)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())  # the original is untouched
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        for want, got in zip(model(x), folded(x)):
+            if want is not None:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

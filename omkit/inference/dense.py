@@ -71,6 +71,7 @@ from torch import Tensor, nn
 from omkit import ops
 from omkit.devices import autocast
 from omkit.models.attention import CGA, SE
+from omkit.models.blocks import fold_batch_norm
 from omkit.models.heads import PlainHead
 from omkit.models.omnet import MCNet, OMNet, positive_probability
 
@@ -386,7 +387,7 @@ def run_dense(predictor, image: Tensor, tasks: Sequence[int],
     origins = torch.tensor([region.start], dtype=torch.long, device=p.sw_device)
     x = ops.gather_tiles(volume, origins, region.shape)  # zero outside the volume, as a tile reads
     sums: list[Tensor | None] = [None] * len(tasks)
-    for model in p.models:
+    for model in dense_models(p):
         for flip in p.flips:
             axes = [a + 2 for a in flip]
             xf = x.flip(axes) if flip else x
@@ -406,6 +407,18 @@ def run_dense(predictor, image: Tensor, tasks: Sequence[int],
     src = tuple(slice(d.start - s, d.stop - s) for d, s in zip(dst, region.start))
     out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(p.device, out_dtype)
     return out, int(region.touched.sum())
+
+
+def dense_models(predictor) -> list[nn.Module]:
+    """The predictor's models with their BatchNorms folded into the convolutions
+    (``omkit.models.blocks.fold_batch_norm``: the same function, one pass over the whole
+    region's activations less per folded pair), made once and kept on the predictor."""
+    cached = getattr(predictor, "_dense_models", None)
+    if cached is None or len(cached) != len(predictor.models) or any(
+            source is not model for source, (model, _) in zip(predictor.models, cached)):
+        cached = [(model, fold_batch_norm(model)) for model in predictor.models]
+        predictor._dense_models = cached
+    return [folded for _, folded in cached]
 
 
 def check_dense(predictor) -> None:
