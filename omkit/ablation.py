@@ -314,6 +314,72 @@ def _csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def paired_differences(per_case: Sequence[dict], metrics: Sequence[str] = ("dice", "hd95"),
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[dict]:
+    """Every pair of rows (in their order) compared on the cases both held out: per
+    variant, region and metric, the mean of the per-case differences (first row minus
+    second) with a 95 % percentile-bootstrap confidence interval over cases
+    (``resamples`` resamples, seeded), and whether it excludes zero ("beyond noise").
+    Cases where a metric is not finite for either row are left out of that comparison."""
+    rng = np.random.default_rng(seed)
+    index: dict[tuple, float] = {}
+    for c in per_case:
+        for metric in metrics:
+            if metric in c:
+                index[(c["row"], c["variant"], c["region"], metric, c["case"])] = float(c[metric])
+    rows = list(dict.fromkeys(c["row"] for c in per_case))
+    variants = list(dict.fromkeys(c["variant"] for c in per_case))
+    out = []
+    for i, first in enumerate(rows):
+        for second in rows[i + 1:]:
+            for variant in variants:
+                for region in REGIONS:
+                    for metric in metrics:
+                        cases = sorted({k[4] for k in index if k[:4] == (first, variant, region, metric)}
+                                       & {k[4] for k in index if k[:4] == (second, variant, region, metric)})
+                        diffs = np.array([index[(first, variant, region, metric, c)]
+                                          - index[(second, variant, region, metric, c)] for c in cases])
+                        diffs = diffs[np.isfinite(diffs)]
+                        if diffs.size < 2:
+                            continue
+                        means = diffs[rng.integers(0, diffs.size, size=(resamples, diffs.size))].mean(axis=1)
+                        low, high = np.percentile(means, [2.5, 97.5])
+                        out.append({"first": first, "second": second, "variant": variant, "region": region,
+                                    "metric": metric, "cases": int(diffs.size), "mean_difference": float(diffs.mean()),
+                                    "ci_low": float(low), "ci_high": float(high),
+                                    "beyond_noise": bool(low > 0 or high < 0)})
+    return out
+
+
+def paired_lines(pairs: Sequence[dict]) -> list[str]:
+    """Markdown lines of :func:`paired_differences` for Dice (post-processed maps when there are)."""
+    dice = [p for p in pairs if p["metric"] == "dice"]
+    if not dice:
+        return []
+    variant = "post" if any(p["variant"] == "post" for p in dice) else "raw"
+    lines = ["", f"Paired differences of Dice ({'post-processed' if variant == 'post' else 'raw'} maps), first row minus "
+             "second, over the cases both held out: mean and 95 % bootstrap confidence interval "
+             f"({BOOTSTRAP_RESAMPLES} resamples); **bold** where the interval excludes zero:", "",
+             "| first | second | cases | WT | TC | ET |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    pairs_seen = list(dict.fromkeys((p["first"], p["second"]) for p in dice if p["variant"] == variant))
+    for first, second in pairs_seen:
+        cells, count = [], 0
+        for region in REGIONS:
+            hit = [p for p in dice if (p["first"], p["second"], p["variant"], p["region"]) == (first, second, variant, region)]
+            if not hit:
+                cells.append("")
+                continue
+            p = hit[0]
+            count = max(count, p["cases"])
+            text = f"{p['mean_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+            cells.append(f"**{text}**" if p["beyond_noise"] else text)
+        lines.append(f"| {first} | {second} | {count} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def per_case_lines(per_case: Sequence[dict]) -> list[str]:
     """Markdown lines: per held-out case and (row, variant), the whole tumor's Dice,
     precision and false-positive components (components touching no true tumor), so the
@@ -364,6 +430,7 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
             match = [p for p in per_split if p["row"] == row and p["split"] == s]
             cells.append(" / ".join(f(match[0][f"dice_{r}"], 2) for r in REGIONS) if match else "")
         per.append(f"| {row} | " + " | ".join(cells) + " |")
+    per += paired_lines(paired_differences(per_case or []))
     per += per_case_lines(per_case or [])
     protocol = (f"{config.folds}-fold cross-validation" if config.folds
                 else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
@@ -431,11 +498,12 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
             results.append(run_row(config, row, split, log))
     table, per_split = summarize_results(results)
     paths = {"markdown": out / "ablation.md", "csv": out / "ablation.csv", "per_split_csv": out / "ablation_per_split.csv",
-             "per_case_csv": out / "ablation_per_case.csv"}
+             "per_case_csv": out / "ablation_per_case.csv", "paired_csv": out / "ablation_paired.csv"}
     per_case = [{"row": r["row"], "split": r["split"], **c} for r in results for c in r["cases"]]
     atomic_write_text(paths["markdown"], markdown_table(table, per_split, config, per_case))
     atomic_write_text(paths["csv"], _csv(table))
     atomic_write_text(paths["per_split_csv"], _csv(per_split))
     atomic_write_text(paths["per_case_csv"], _csv(per_case))
+    atomic_write_text(paths["paired_csv"], _csv(paired_differences(per_case)))
     overlays = write_extreme_overlays(results, config)
     return {**{k: str(v) for k, v in paths.items()}, "overlays": [str(p) for p in overlays]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from omkit.cli import main
@@ -48,6 +49,15 @@ def test_cross_validation_table_and_resume(data_dir, tmp_path, capsys):
     assert all(r["fp_components"].isdigit() and r["fp_voxels"].isdigit() for r in per_case)
     assert all(0.0 <= float(r["ppv_WT"]) <= 1.0 and float(r["ppv_min_WT"]) <= float(r["ppv_WT"]) for r in table)
     assert "WT precision (mean / min)" in markdown and "false-positive components" in markdown
+    # paired differences between the rows, per case, with a bootstrap interval
+    paired = _read_csv(out / "ablation_paired.csv")
+    dice_wt = [p for p in paired if (p["first"], p["second"], p["variant"], p["region"], p["metric"])
+               == ("mc1", "omnet_cga", "post", "WT", "dice")]
+    assert len(dice_wt) == 1 and int(dice_wt[0]["cases"]) == 5
+    p = dice_wt[0]
+    assert float(p["ci_low"]) <= float(p["mean_difference"]) <= float(p["ci_high"])
+    assert p["beyond_noise"] == str(float(p["ci_low"]) > 0 or float(p["ci_high"]) < 0)
+    assert "Paired differences of Dice" in markdown
     wt_rows = [r for r in per_case if r["region"] == "WT" and r["row"] == "omnet_cga" and r["variant"] == "post"]
     first = wt_rows[0]
     assert f"| {first['case']} |" in markdown and f"{float(first['dice']):.3f} / {float(first['ppv']):.2f} / " \
@@ -98,3 +108,23 @@ def test_bad_arguments_are_one_line_errors(data_dir, tmp_path, capsys):
     assert "--ensemble needs the hold-out protocol" in capsys.readouterr().err
     assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--recipe", "fast"]) == 2
     assert "--recipe: unknown recipe 'fast'" in capsys.readouterr().err
+
+
+def test_paired_differences_say_which_differences_are_beyond_noise():
+    from omkit.ablation import paired_differences
+
+    def cases(row, values):
+        return [{"row": row, "variant": "post", "region": region, "case": f"c{i}", "dice": v + (0.1 if region == "TC" else 0),
+                 "hd95": float("inf") if i == 0 else 5.0}
+                for i, v in enumerate(values) for region in ("WT", "TC", "ET")]
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.6, 0.8, size=12)
+    per_case = cases("a", base + 0.10) + cases("b", base) + cases("c", base + rng.normal(0, 0.05, size=12))
+    pairs = {(p["first"], p["second"], p["region"], p["metric"]): p for p in paired_differences(per_case, resamples=2000)}
+    ab = pairs[("a", "b", "WT", "dice")]
+    assert ab["mean_difference"] == pytest.approx(0.10) and ab["beyond_noise"] and ab["ci_low"] > 0.09
+    bc = pairs[("b", "c", "WT", "dice")]
+    assert not bc["beyond_noise"] and bc["ci_low"] < 0 < bc["ci_high"]
+    assert pairs[("a", "b", "WT", "hd95")]["cases"] == 11  # the case with an infinite HD95 is left out
+    assert ("b", "a", "WT", "dice") not in pairs  # each pair once, in the rows' order
