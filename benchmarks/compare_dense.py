@@ -73,9 +73,15 @@ def markdown(rows: list[dict], seconds: dict) -> str:
         lines.append("| " + " | ".join([r["case"], r["fold"]] + [f"{r[c]:.3f}" for c in cols]) + " |")
     means = [float(np.mean([r[c] for r in rows])) for c in cols]
     lines.append("| **mean** | | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
-    diffs = {r: float(np.mean([x[f"dense_{r}"] - x[f"tiles_{r}"] for x in rows])) for r in REGIONS}
+    from omkit.ablation import paired_differences
+
+    per_case = [{"row": way, "variant": "post", "region": r, "case": x["case"], "dice": x[f"{way}_{r}"]}
+                for x in rows for way in ("dense", "tiles") for r in REGIONS]
+    pairs = {p["region"]: p for p in paired_differences(per_case, metrics=("dice",))}
     lines.append("")
-    lines.append("Mean Dice difference dense - tiles: " + ", ".join(f"{r} {d:+.3f}" for r, d in diffs.items())
+    lines.append("Dice difference dense - tiles, mean over cases [95 % bootstrap interval]: " + ", ".join(
+        f"{r} {pairs[r]['mean_difference']:+.3f} [{pairs[r]['ci_low']:+.3f}, {pairs[r]['ci_high']:+.3f}]"
+        for r in REGIONS if r in pairs)
                  + f"; seconds per case (predict + post-process): tiles {seconds.get('tiles', 0):.1f}, "
                    f"dense {seconds.get('dense', 0):.1f}.")
     return "\n".join(lines)

@@ -203,8 +203,9 @@ def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
     cls = {"monai": MonaiTilingPredictor}.get(tiling, SegmentationPredictor)
     if preset == "mc3" and not trained:
         cls = OracleROICascade
-    if tiling == "dense":
-        extra_kw = {**extra_kw, "inference": "dense"}
+    # every row says how it infers: "dense" rows dense, the others tile by tile (the library's
+    # default, "auto", would run them dense)
+    extra_kw = {**extra_kw, "inference": "dense" if tiling == "dense" else "tiles"}
     predictor = cls([model], tiles=tiles, sw_device=device, tta=tiling == "tta", **extra_kw)
     if cls is OracleROICascade:
         predictor.gt_whole_tumor = torch.as_tensor(internal_regions(case.label)["WT"])

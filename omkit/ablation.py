@@ -58,8 +58,9 @@ class AblationConfig:
     # overlap-tile settings (omkit.inference.TileSettings fields)
     tiles: dict = field(default_factory=dict)
     roi_dilation: float = ROI_DILATION
-    # "tiles" or "dense" (omkit.inference.DenseSettings fields in dense)
-    inference: str = "tiles"
+    # "auto" (dense where the models allow it), "dense" or "tiles" (omkit.inference.SegmentationPredictor);
+    # dense: omkit.inference.DenseSettings fields
+    inference: str = "auto"
     dense: dict = field(default_factory=dict)
     label_convention: str | None = None
 
@@ -80,8 +81,8 @@ class AblationConfig:
                 raise ValueError(f"--ensemble must be at least 2 folds, got {self.ensemble}")
         if self.folds is None and self.val_cases < 1:
             raise ValueError(f"--val-cases must be >= 1, got {self.val_cases}")
-        if self.inference not in ("tiles", "dense"):
-            raise ValueError(f"--inference must be tiles or dense, got {self.inference!r}")
+        if self.inference not in ("auto", "tiles", "dense"):
+            raise ValueError(f"--inference must be auto, tiles or dense, got {self.inference!r}")
         from .inference import DenseSettings
 
         self.dense = asdict(DenseSettings(**self.dense))  # checked before any training
@@ -434,8 +435,8 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
     per += per_case_lines(per_case or [])
     protocol = (f"{config.folds}-fold cross-validation" if config.folds
                 else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
-    if config.inference == "dense":
-        protocol += ", dense inference"
+    protocol += {"dense": ", dense inference", "tiles": ", overlap-tile inference",
+                 "auto": ", dense inference where the models allow it (else tiles)"}[config.inference]
     head = [f"Protocol: {protocol}; HD95 in mm (mean and median over held-out cases); budget: {json.dumps(config.train)}.", ""]
     return "\n".join(head + lines + per) + "\n"
 

@@ -38,9 +38,9 @@ def test_a_flag_means_one_setting_everywhere(flag):
     assert len(dests) == 1, f"{flag} sets different settings: {dests}"
     if flag == "--device":
         assert {a.default for a in found.values()} == {"auto"}
-    if flag in ("--inference", "--dense-halo"):  # predict, demo, ablation; tiles stays the default for now
+    if flag in ("--inference", "--dense-halo"):  # predict, demo, ablation
         assert {"predict", "demo", "ablation"} <= set(found)
-        assert {a.default for a in found.values()} == ({"tiles"} if flag == "--inference" else {DenseSettings().halo})
+        assert {a.default for a in found.values()} == ({"auto"} if flag == "--inference" else {DenseSettings().halo})
         assert all("(default" in a.help for a in found.values())
     if flag in ("-i", "-o"):
         long = {"-i": "--input", "-o": "--output"}[flag]

@@ -124,7 +124,8 @@ def volume(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def both(models, image, mask, **kw):
-    tiles = SegmentationPredictor(models, tiles=TILES, **kw).predict(image, mask, return_probabilities=True)
+    tiles = SegmentationPredictor(models, tiles=TILES, inference="tiles", **kw).predict(image, mask,
+                                                                                      return_probabilities=True)
     dense = SegmentationPredictor(models, tiles=TILES, inference="dense", **kw).predict(image, mask,
                                                                                       return_probabilities=True)
     return tiles, dense
@@ -276,7 +277,7 @@ def test_dense_is_close_to_tiles_with_fusionnet(case):
     torch.manual_seed(0)
     model = omkit.create_model("omnet_cga", width=TINY_WIDTH)
     geometry = TileSettings(size=(16, 32, 32), keep=(4, 8, 8), batch=8)
-    tiles = SegmentationPredictor([model], tiles=geometry).predict(image, mask, True)
+    tiles = SegmentationPredictor([model], tiles=geometry, inference="tiles").predict(image, mask, True)
     dense = SegmentationPredictor([model], tiles=geometry, inference="dense").predict(image, mask, True)
     assert dense.tiles == tiles.tiles
     for task, want in tiles.probabilities.items():
@@ -299,6 +300,36 @@ def test_dense_outputs_stay_where_tiles_compute(case):
         assert torch.equal(dense.probabilities[task].sum(0) == 0, want.sum(0) == 0), task
 
 
+# -- the default: auto ----------------------------------------------------------------------------
+
+def test_auto_runs_dense_where_it_applies_and_says_why_not_elsewhere():
+    model = pointwise_model("omnet_cga")
+    auto = SegmentationPredictor([model], tiles=TILES)
+    assert auto.inference == "dense" and auto.inference_note == "dense inference (auto)"
+    torch.manual_seed(0)
+    gated = omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test")
+    fallback = SegmentationPredictor([gated], tiles=TILES)
+    assert fallback.inference == "tiles"
+    assert fallback.inference_note.startswith("tile inference (auto): dense inference cannot pool attention Gate")
+    strided = SegmentationPredictor([model], tiles=TileSettings(size=(8, 16, 16), keep=(4, 8, 8), stride=(2, 8, 8)))
+    assert strided.inference == "tiles" and "stride equal to the kept centre" in strided.inference_note
+    # auto's dense is dense: the same result as asking for it
+    image, mask = volume("border")
+    want = SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
+    got = auto.predict(image, mask, True)
+    assert torch.equal(got.labels, want.labels)
+
+
+def test_omkit_predict_says_when_auto_falls_back_to_tiles(workspace, tmp_path, capsys):
+    case_dir = find_cases(workspace / "data")[0]
+    args = ["predict", "--no-progress", "-i", str(case_dir), "-m", str(workspace / "model.pt"), *TILE_FLAGS]
+    assert main(args + ["-o", str(tmp_path / "auto")]) == 0
+    assert "omkit predict:" not in capsys.readouterr().err  # dense, silently
+    assert main(args + ["-o", str(tmp_path / "strided"), "--tile-stride", "2,8,8"]) == 0
+    assert "omkit predict: tile inference (auto): dense inference needs the tile stride equal to the kept centre" \
+        in capsys.readouterr().err
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 def test_dense_errors():
@@ -306,7 +337,7 @@ def test_dense_errors():
     with pytest.raises(ValueError, match=r"stride equal to the kept centre.*stride \[2, 8, 8\]"):
         SegmentationPredictor([model], tiles=TileSettings(size=(8, 16, 16), keep=(4, 8, 8), stride=(2, 8, 8)),
                               inference="dense")
-    with pytest.raises(ValueError, match="inference must be one of tiles, dense, got 'dense2'"):
+    with pytest.raises(ValueError, match="inference must be one of auto, dense, tiles, got 'dense2'"):
         SegmentationPredictor([model], tiles=TILES, inference="dense2")
     with pytest.raises(ValueError, match="speed.compile"):
         SegmentationPredictor([model], tiles=TILES, inference="dense", speed=SpeedSettings(compile="default"))
@@ -388,5 +419,5 @@ def test_the_ablation_runner_predicts_with_the_dense_settings(workspace, tmp_pat
     assert seen["inference"] == "dense" and seen["dense"] == {"halo": DenseSettings().halo, "max_voxels": 100000}
     with pytest.raises(ValueError, match="dense halo must be a whole number >= 0"):
         ablation.AblationConfig(input="x", output="y", rows=["omnet"], dense={"halo": -2})
-    with pytest.raises(ValueError, match="--inference must be tiles or dense, got 'tile'"):
+    with pytest.raises(ValueError, match="--inference must be auto, tiles or dense, got 'tile'"):
         ablation.AblationConfig(input="x", output="y", rows=["omnet"], inference="tile")

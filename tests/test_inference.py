@@ -97,7 +97,7 @@ def test_dilation_is_a_euclidean_ball():
 def test_onepass_tiling_equals_whole_volume(ensemble_size):
     image, brain = volume_and_brain()
     models = [PointwiseOMNet(seed) for seed in range(ensemble_size)]
-    result = SegmentationPredictor(models, SMALL_TILES, roi_dilation=2).predict(image, brain)
+    result = SegmentationPredictor(models, SMALL_TILES, roi_dilation=2, inference="tiles").predict(image, brain)
     assert isinstance(result, Prediction) and result.labels.dtype == torch.uint8
     expected = expected_labels(models, image, brain, roi_dilation=2)
     assert torch.equal(result.labels, expected)
@@ -115,7 +115,8 @@ def test_cascade_matches_onepass_fusion_and_skips_tiles(num_tasks):
         omnet.convs[0].bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]))
     image[0] = image[0].clamp(max=1.0)
     image[0, 6:9, 20:26, 20:26] = 8.0
-    cascade = SegmentationPredictor([pointwise_cascade(omnet, num_tasks)], SMALL_TILES, roi_dilation=2).predict(image, brain)
+    cascade = SegmentationPredictor([pointwise_cascade(omnet, num_tasks)], SMALL_TILES, roi_dilation=2,
+                                    inference="tiles").predict(image, brain)
     expected = expected_labels([omnet], image, brain, num_tasks=num_tasks, roi_dilation=2)
     assert torch.equal(cascade.labels, expected)
     assert cascade.roi.any()
@@ -125,7 +126,7 @@ def test_cascade_matches_onepass_fusion_and_skips_tiles(num_tasks):
 
 def test_probabilities_give_the_same_labels():
     image, brain = volume_and_brain(1)
-    predictor = SegmentationPredictor([PointwiseOMNet(3)], SMALL_TILES)
+    predictor = SegmentationPredictor([PointwiseOMNet(3)], SMALL_TILES, inference="tiles")
     plain = predictor.predict(image, brain)
     with_probs = predictor.predict(image, brain, return_probabilities=True)
     assert plain.probabilities is None
@@ -143,7 +144,7 @@ def test_real_tiny_models_predict_a_synthetic_case():
     for preset in ("omnet_cga", "mc3"):
         model = omkit.create_model(preset, width=0.125)
         no_overlap = TileSettings(size=(8, 16, 16), keep=(8, 16, 16), batch=16)
-        result = SegmentationPredictor([model], no_overlap).predict(pp.image, pp.brain_mask)
+        result = SegmentationPredictor([model], no_overlap, inference="tiles").predict(pp.image, pp.brain_mask)
         assert result.labels.shape == pp.brain_mask.shape
         assert result.labels.max() <= ENHANCING
         assert (result.labels[torch.from_numpy(~pp.brain_mask)] == BACKGROUND).all()

@@ -146,7 +146,7 @@ TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
 
 def _predict(model, case, **kw):
     with ops.record_dispatch() as calls:
-        result = SegmentationPredictor([model], tiles=TILES, **kw).predict(case.image, case.brain_mask,
+        result = SegmentationPredictor([model], tiles=TILES, inference="tiles", **kw).predict(case.image, case.brain_mask,
                                                                           return_probabilities=True)
     return result, {(c.op, c.dtype, c.path) for c in calls}
 

@@ -61,8 +61,8 @@ def image_and_brain(seed=0, shape=(12, 24, 20)):
 def test_an_equivariant_model_is_unchanged_by_mirroring(tiles):
     model = FlipEquivariant().eval()
     image, brain = image_and_brain()
-    plain = SegmentationPredictor([model], tiles=tiles).predict(image, brain, return_probabilities=True)
-    mirrored = SegmentationPredictor([model], tiles=tiles, tta=True).predict(image, brain, return_probabilities=True)
+    plain = SegmentationPredictor([model], tiles=tiles, inference="tiles").predict(image, brain, return_probabilities=True)
+    mirrored = SegmentationPredictor([model], tiles=tiles, inference="tiles", tta=True).predict(image, brain, return_probabilities=True)
     for task in plain.probabilities:
         torch.testing.assert_close(mirrored.probabilities[task], plain.probabilities[task], atol=1e-5, rtol=1e-5)
     assert torch.equal(mirrored.labels, plain.labels)
@@ -72,7 +72,7 @@ class LoopedFlips(SegmentationPredictor):
     """The reference: one network call per flip, each flipped back."""
 
     def _mean_probabilities(self, batch, tasks, centre=None):
-        plain = SegmentationPredictor(self.models, tiles=self.tiles)
+        plain = SegmentationPredictor(self.models, tiles=self.tiles, inference="tiles")
         total = None
         for flip in self.flips:
             dims = [a + 2 for a in flip]
@@ -90,9 +90,9 @@ def test_batched_mirroring_equals_a_loop_over_the_flips(preset, tta, tiles):
     torch.manual_seed(1)
     models = [omkit.create_model(preset, width=0.125).eval() for _ in range(2 if preset == "omnet_cga" else 1)]
     image, brain = image_and_brain(seed=2, shape=(16, 32, 24))
-    batched = SegmentationPredictor(models, tiles=tiles, tta=tta).predict(image, brain, return_probabilities=True)
-    looped = LoopedFlips(models, tiles=tiles, tta=tta).predict(image, brain, return_probabilities=True)
-    plain = SegmentationPredictor(models, tiles=tiles).predict(image, brain, return_probabilities=True)
+    batched = SegmentationPredictor(models, tiles=tiles, inference="tiles", tta=tta).predict(image, brain, return_probabilities=True)
+    looped = LoopedFlips(models, tiles=tiles, inference="tiles", tta=tta).predict(image, brain, return_probabilities=True)
+    plain = SegmentationPredictor(models, tiles=tiles, inference="tiles").predict(image, brain, return_probabilities=True)
     for task in batched.probabilities:
         torch.testing.assert_close(batched.probabilities[task], looped.probabilities[task], atol=2e-5, rtol=1e-4)
     # a real network is not flip-equivariant: mirroring changes its probabilities

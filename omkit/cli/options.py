@@ -145,6 +145,7 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
     ``--dense-max-voxels``, ``--dense-halo`` for commands that predict cases with
     ``dense``); ``defaults`` (TileSettings fields) override the paper's."""
     from omkit.inference import DenseSettings, TileSettings
+    from omkit.inference.predictor import DEFAULT_INFERENCE, INFERENCE_MODES
     from omkit.protocol import ROI_DILATION
 
     fields = {f.name: f.default for f in dataclasses.fields(TileSettings)}
@@ -155,10 +156,11 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
     g = parser.add_argument_group(title)
     if dense:
         dense_fields = {f.name: f.default for f in dataclasses.fields(DenseSettings)}
-        g.add_argument("--inference", choices=("tiles", "dense"), default="tiles",
-                       help="tiles: predict tile by tile, keeping each tile's centre; dense: the backbone once per "
-                            "voxel, each kept centre's attention pooled over its tile (needs --tile-stride equal to "
-                            "--tile-keep; OM-Net and MC models) (default tiles)")
+        g.add_argument("--inference", choices=INFERENCE_MODES, default=DEFAULT_INFERENCE,
+                       help="dense: the backbone once per voxel, each kept centre's attention pooled over its tile "
+                            "(needs --tile-stride equal to --tile-keep; OM-Net and MC models with plain, SE or CGA "
+                            "heads); tiles: predict tile by tile, keeping each tile's centre; auto: dense where it "
+                            f"applies, else tiles (default {DEFAULT_INFERENCE})")
         max_voxels = dense_fields["max_voxels"]
         g.add_argument("--dense-max-voxels", type=int, default=max_voxels, metavar="N",
                        help="dense: the most voxels per backbone call; a larger region goes through in slabs along "

@@ -146,6 +146,8 @@ def run(args) -> int:
                                      roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
                                      precision=args.precision, **inference)
     main_process = int(os.environ.get("RANK", 0)) == 0
+    if main_process and args.inference == "auto" and segmenter.predictor.inference == "tiles":
+        print(f"omkit predict: {segmenter.predictor.inference_note}", file=sys.stderr)
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     written = []
     for case_dir, paths, todo in progress:

@@ -189,6 +189,9 @@ def check_dense_model(model: nn.Module) -> None:
     if getattr(model, "spatial_dims", 3) != 3:
         raise ValueError("dense inference runs 3-D models only; use tile inference (inference='tiles')")
     if isinstance(model, MCNet):
+        if not all(hasattr(net, "backbone") and hasattr(net, "head") for net in model.networks):
+            raise ValueError("dense inference runs MC networks made of a backbone and a head; use tile inference "
+                             "(inference='tiles', --inference tiles)")
         heads = [net.head for net in model.networks]
     elif isinstance(model, OMNet):
         heads = list(model.heads)

@@ -70,6 +70,13 @@ class Prediction(NamedTuple):
     tiles: dict[str, int]
 
 
+# Inference modes of SegmentationPredictor (and --inference). The default is dense where it
+# applies: with the same models it scored within 0.01 mean Dice of the paper's tiles on every
+# region (docs/RESULTS.md, "Dense, window-consistent inference").
+INFERENCE_MODES = ("auto", "dense", "tiles")
+DEFAULT_INFERENCE = "auto"
+
+
 @dataclass
 class TileSettings:
     """Overlap-tile geometry and batching (defaults: the paper's). ``size``:
@@ -135,11 +142,13 @@ class SegmentationPredictor:
     the 8 flips of D, H, W, ``"H,W"`` for a subset of axes, None for none);
     ``flips`` is the resolved list; ``precision``: ``fp32``, or autocast to
     ``bf16`` / ``fp16`` (CUDA) for the network calls; ``speed``:
-    :class:`SpeedSettings`; ``inference``: ``"tiles"`` (overlap tiles, the
-    default) or ``"dense"`` (window-consistent dense inference, :mod:`.dense`:
-    the backbone once per voxel; needs ``tiles.stride == tiles.keep`` and OM-Net
-    or MC models; ``speed.compile`` does not apply); ``dense``:
-    :class:`~omkit.inference.dense.DenseSettings` (or its fields as a dict).
+    :class:`SpeedSettings`; ``inference``: ``"dense"`` (window-consistent dense
+    inference, :mod:`.dense`: the backbone once per voxel; needs ``tiles.stride ==
+    tiles.keep`` and OM-Net or MC models with plain, SE or CGA heads; ``speed.compile``
+    does not apply), ``"tiles"`` (overlap tiles) or ``"auto"`` (the default: dense when
+    those hold, else tiles; ``inference`` then holds the mode chosen and
+    ``inference_note`` why). ``dense``: :class:`~omkit.inference.dense.DenseSettings`
+    (or its fields as a dict).
     """
 
     models: Sequence[nn.Module]
@@ -151,10 +160,10 @@ class SegmentationPredictor:
     tta: bool | str | Sequence | None = None
     precision: str = "fp32"
     speed: SpeedSettings = field(default_factory=SpeedSettings)
-    inference: str = "tiles"
+    inference: str = DEFAULT_INFERENCE
     dense: DenseSettings = field(default_factory=DenseSettings)
 
-    INFERENCE_MODES = ("tiles", "dense")
+    INFERENCE_MODES = INFERENCE_MODES
 
     def __post_init__(self):
         if self.inference not in self.INFERENCE_MODES:
@@ -176,8 +185,15 @@ class SegmentationPredictor:
         self.sw_device = torch.device(self.sw_device)
         self.device = torch.device(self.device) if self.device is not None else self.sw_device
         check_precision(self.precision, self.sw_device)
+        self.inference_note = f"{self.inference} inference, as asked"
         if self.inference == "dense":
             check_dense(self)
+        elif self.inference == "auto":
+            try:
+                check_dense(self)
+                self.inference, self.inference_note = "dense", "dense inference (auto)"
+            except ValueError as exc:
+                self.inference, self.inference_note = "tiles", f"tile inference (auto): {exc}"
         for model in self.models:
             model.eval()
             if self.speed.channels_last:

@@ -29,7 +29,7 @@ from omkit.protocol import ROI_DILATION
 from .dense import DenseSettings
 from .pipeline import CaseResult, predict_case
 from .postprocess import Step, build_postprocessors
-from .predictor import SegmentationPredictor, TileSettings
+from .predictor import DEFAULT_INFERENCE, SegmentationPredictor, TileSettings
 
 
 @dataclass
@@ -114,15 +114,16 @@ class Segmenter:
     def from_files(cls, models: str | os.PathLike | Sequence[str | os.PathLike], device: str = "auto",
                    tiles: TileSettings | Mapping | None = None, tta=None, postprocess=True,
                    label_convention: str | None = None, roi_dilation: float = ROI_DILATION,
-                   expect_preset: str | None = None, inference: str = "tiles",
+                   expect_preset: str | None = None, inference: str = DEFAULT_INFERENCE,
                    dense: DenseSettings | Mapping | None = None, **predictor_kw) -> "Segmenter":
         """A segmenter of the model files ``models`` (one, or several for an ensemble whose
         probabilities are averaged). ``device``: ``auto`` (CUDA when available), ``cpu``,
         ``cuda``, ``cuda:N``; ``tiles``: a :class:`TileSettings` or its fields as a dict
         (default: the paper's tiles); ``tta``: test-time mirroring (None, True for the 8
         flips, or axes such as ``"H,W"``); ``roi_dilation``: task 2's ROI; ``inference``:
-        ``"tiles"`` or ``"dense"`` (window-consistent dense inference, :mod:`.dense`) with
-        ``dense`` a :class:`DenseSettings` or its fields as a dict; further keywords go to
+        ``"auto"`` (dense where the models allow it, else tiles), ``"dense"`` (window-consistent
+        dense inference, :mod:`.dense`) or ``"tiles"``, with ``dense`` a :class:`DenseSettings`
+        or its fields as a dict; further keywords go to
         :class:`SegmentationPredictor`."""
         from omkit.devices import resolve_device
 
