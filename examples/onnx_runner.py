@@ -7,7 +7,7 @@ Needs numpy, scipy, nibabel and onnxruntime only::
 
 Everything it needs besides the graph comes from the file's metadata (key
 ``omkit``): the tile geometry, the preprocessing, how the three tasks fuse, the
-label conventions. The steps are omkit's (``omkit predict --no-postprocess``):
+label conventions. The steps are omkit's (``omkit predict --no-postprocess --inference tiles``):
 
 1. read the four modalities (2018 names ``_flair/_t1/_t1ce/_t2`` or 2023 names
    ``-t2f/-t1n/-t1c/-t2w``, ``.nii`` or ``.nii.gz``) and put them in the network's

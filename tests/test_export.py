@@ -173,12 +173,12 @@ def test_metadata_travel_with_the_files(exported):
 
 def test_onnx_runner_segments_like_omkit_predict(exported, tmp_path):
     """examples/onnx_runner.py (numpy, scipy, nibabel, onnxruntime; omkit blocked) writes the
-    label map `omkit predict --no-postprocess` writes."""
+    label map `omkit predict --no-postprocess --inference tiles` writes (the runner predicts tiles)."""
     make_dataset(tmp_path / "data", num_cases=1, shape=(16, 40, 40))
     case = find_cases(tmp_path / "data")[0]
     model = exported["omnet_cga"]
     assert main(["predict", "--no-progress", "-i", str(case), "-o", str(tmp_path / "pred"), "-m", str(model["model"]),
-                 "--no-postprocess", "--label-convention", "2023", *TILE_FLAGS]) == 0
+                 "--no-postprocess", "--inference", "tiles", "--label-convention", "2023", *TILE_FLAGS]) == 0
     runner = REPO / "examples" / "onnx_runner.py"
     block = "import sys; sys.modules['omkit'] = None; sys.argv = sys.argv[1:]; import runpy; " \
             f"runpy.run_path({str(runner)!r}, run_name='__main__')"

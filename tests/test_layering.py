@@ -47,7 +47,7 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.export": FOUNDATION | {"omkit.ops", "omkit.models", "omkit.checkpoint", "omkit.inference"},
     "omkit.ablation": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.factory",
                                     "omkit.training", "omkit.inference", "omkit.evaluation", "omkit.metrics",
-                                    "omkit.viz"},
+                                    "omkit.lesionwise", "omkit.viz"},
     # the package root re-exports the plug-in core and the model factory, and on first use
     # omkit.nn and omkit.Segmenter
     "omkit": {"omkit.factory", "omkit.hookspecs", "omkit.models", "omkit.plugin_manager", "omkit.registry",
