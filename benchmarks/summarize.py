@@ -157,6 +157,15 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "missed")
 
 
+def _speedup(goal: str, target: str, case: dict, fast: str, slow: str, need: float, note: str = "") -> tuple:
+    """The goal row "``fast`` is at least ``need`` times faster than ``slow``" (case rows)."""
+    ours, theirs = _median(case, fast), _median(case, slow)
+    if ours is None or theirs is None:
+        return goal, target, f"no {fast if ours is None else slow} row", "n/a"
+    ratio = theirs / ours
+    return goal, target, f"{ratio:.2f}x ({theirs:.2f} s vs {ours:.2f} s){note}", _verdict(ratio >= need)
+
+
 def goals(groups: dict) -> list[tuple[str, str, str, str]]:
     """(goal, target, measured, verdict) per entry of :data:`GOALS`; verdict ``met``,
     ``missed`` or ``n/a`` (the rows are absent, or a smoke run / a CPU cannot say)."""
@@ -170,14 +179,8 @@ def goals(groups: dict) -> list[tuple[str, str, str, str]]:
     else:
         where = "" if full_width else " (not full width)"
         out.append((g1, t1, f"{seconds:.2f} s{where}", _verdict(seconds < 2.0 if full_width else None)))
-    one_pass = _median(case, "omnet_cga-paper")
-    for goal, target, other, need in ((g2, t2, "mc3-paper", 2.0), (g3, t3, "omnet_cga-monai", 1.3)):
-        theirs = _median(case, other)
-        if one_pass is None or theirs is None:
-            out.append((goal, target, f"no {'omnet_cga-paper' if one_pass is None else other} row", "n/a"))
-        else:
-            ratio = theirs / one_pass
-            out.append((goal, target, f"{ratio:.2f}x ({theirs:.2f} s vs {one_pass:.2f} s)", _verdict(ratio >= need)))
+    out.append(_speedup(g2, t2, case, "omnet_cga-paper", "mc3-paper", 2.0))
+    out.append(_speedup(g3, t3, case, "omnet_cga-paper", "omnet_cga-monai", 1.3))
     ratios = []
     for group, rows in sorted(groups.items()):
         if kind_of(group) == "cga" and _median(rows, "fused") and _median(rows, "compiled"):
@@ -198,15 +201,10 @@ def goals(groups: dict) -> list[tuple[str, str, str, str]]:
         batch = train["omnet_cga"]["extra_info"].get("batch_per_task")
         measured += f" (batch {batch} per task)" if batch else ""
         out.append((g5, t5, measured, _verdict(peaks["omnet_cga"] < 4096 if full_width else None)))
+    where = "" if full_width else " (not full width)"
+    out.append(_speedup(g6, t6, case, "omnet_cga-dense", "omnet_cga-paper", 4.0, where))
+    out.append(_speedup(g7, t7, case, "omnet_cga-dense", "omnet_cga-monai", 3.0, where))
     dense = _median(case, "omnet_cga-dense")
-    for goal, target, other, need in ((g6, t6, "omnet_cga-paper", 4.0), (g7, t7, "omnet_cga-monai", 3.0)):
-        theirs = _median(case, other)
-        if dense is None or theirs is None:
-            out.append((goal, target, f"no {'omnet_cga-dense' if dense is None else other} row", "n/a"))
-        else:
-            ratio = theirs / dense
-            where = "" if full_width else " (not full width)"
-            out.append((goal, target, f"{ratio:.2f}x ({theirs:.2f} s vs {dense:.2f} s){where}", _verdict(ratio >= need)))
     gpu = case.get("omnet_cga-dense", {}).get("extra_info", {}).get("device") == "cuda"
     if dense is None:
         out.append((g8, t8, "no omnet_cga-dense row", "n/a"))

@@ -39,3 +39,16 @@ def sample_2023() -> Path:
     if not SAMPLE_2023.is_dir():
         pytest.skip(f"BraTS 2023-naming sample not found at {SAMPLE_2023} (set OMKIT_SAMPLE_DATA_2023)")
     return SAMPLE_2023
+
+
+def model_workspace(root: Path, shape=(16, 40, 40), preset: str = "omnet_cga") -> Path:
+    """``root`` with one synthetic case under ``data/`` and a tiny random ``preset`` model
+    file ``model.pt`` (seeded): what the command-line tests predict with."""
+    import omkit
+    from omkit.checkpoint import save_model
+    from omkit.data.synthetic import make_dataset
+
+    make_dataset(root / "data", num_cases=1, shape=shape)
+    torch.manual_seed(0)
+    save_model(omkit.create_model(preset, width=TINY_WIDTH), root / "model.pt")
+    return root

@@ -25,17 +25,16 @@ import torch
 from torch import nn
 
 import omkit
-from omkit.checkpoint import save_model
 from omkit.cli import main
 from omkit.data import find_cases
-from omkit.data.synthetic import make_case, make_dataset
+from omkit.data.synthetic import make_case
 from omkit.inference import DenseSettings, SegmentationPredictor, SpeedSettings, TileSettings
 from omkit.inference import dense as dense_module
 from omkit.inference.dense import dense_region, slab_spans
 from omkit.inference.sliding import tiles_touching
 from omkit.inference.tiling import tile_origins
 
-from conftest import TINY_WIDTH
+from conftest import TINY_WIDTH, model_workspace
 
 # tiles of 8 x 16 x 16 keeping 4 x 8 x 8: blocks 2 x 4 x 4 voxels inside their windows
 TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
@@ -370,11 +369,7 @@ def test_dense_errors():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dense")
-    make_dataset(root / "data", num_cases=1, shape=(24, 40, 40))
-    torch.manual_seed(0)
-    save_model(omkit.create_model("omnet_cga", width=TINY_WIDTH), root / "model.pt")
-    return root
+    return model_workspace(tmp_path_factory.mktemp("dense"), shape=(24, 40, 40))
 
 
 def test_omkit_predict_dense_writes_what_the_api_gives(workspace, tmp_path):

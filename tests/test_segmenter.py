@@ -13,9 +13,8 @@ import omkit
 from omkit.checkpoint import save_model
 from omkit.cli import main
 from omkit.data import CaseError, find_cases
-from omkit.data.synthetic import make_dataset
 
-from conftest import TINY_PATCH, TINY_WIDTH
+from conftest import TINY_PATCH, TINY_WIDTH, model_workspace
 
 TILES = {"size": TINY_PATCH, "keep": TINY_PATCH}
 TILE_FLAGS = ["--tile-size", ",".join(map(str, TINY_PATCH)), "--tile-keep", ",".join(map(str, TINY_PATCH))]
@@ -25,11 +24,7 @@ SUFFIXES = ("flair", "t1", "t1ce", "t2")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("segmenter")
-    make_dataset(root / "data", num_cases=1, shape=(16, 40, 40))
-    torch.manual_seed(0)
-    save_model(omkit.create_model("omnet_cga", width=TINY_WIDTH), root / "model.pt")
-    return root
+    return model_workspace(tmp_path_factory.mktemp("segmenter"), shape=(16, 40, 40))
 
 
 def read_volumes(case_dir: Path) -> dict[str, np.ndarray]:

@@ -31,18 +31,6 @@ namespace {
 
 using c10::BFloat16;
 
-// The accumulation type of a storage type (accumulate_type() of cga_common.h, as a C++ type).
-template <typename T>
-struct AccOf {
-  using type = T;
-};
-template <>
-struct AccOf<BFloat16> {
-  using type = float;
-};
-template <typename T>
-using Acc = typename AccOf<T>::type;
-
 // The dispatch over the dtypes of kCgaDtypes below.
 #define OMKIT_DISPATCH_CGA_TYPES(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 

@@ -7,6 +7,8 @@
 // each clone gets its own vectorisation of the same source.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define OMKIT_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
 #else
@@ -28,3 +30,20 @@
 #define OMKIT_SIMD
 #define OMKIT_SIMD_REDUCTION2(a, b)
 #endif
+
+namespace omkit {
+
+// The accumulation type of a storage type (accumulate_type() of cga_common.h, as a C++ type):
+// bfloat16 is read and written as bfloat16 and accumulated in float by every CPU kernel.
+template <typename T>
+struct AccOf {
+  using type = T;
+};
+template <>
+struct AccOf<c10::BFloat16> {
+  using type = float;
+};
+template <typename T>
+using Acc = typename AccOf<T>::type;
+
+}  // namespace omkit

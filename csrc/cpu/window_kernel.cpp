@@ -25,17 +25,6 @@ namespace {
 
 using c10::BFloat16;
 
-template <typename T>
-struct AccOf {
-  using type = T;
-};
-template <>
-struct AccOf<BFloat16> {
-  using type = float;
-};
-template <typename T>
-using Acc = typename AccOf<T>::type;
-
 // Running-sum window sums of one line (`len` elements at `stride`) into out[k * out_stride].
 template <typename In, typename Out, typename Load>
 inline void line_window_sums(const In* line, int64_t stride, Out* out, int64_t out_stride, const WindowGeometry& g,
