@@ -23,7 +23,8 @@ mask's region (in slabs along D when ``DenseSettings.max_voxels`` says so),
 each head's attention pooled per block (kept centre) over the tile that would
 have predicted it; the same reductions, fusion, ensembles, mirroring and
 outputs. It needs ``stride == keep`` and OM-Net (plain, SE, CGA heads) or MC
-models. Tile inference stays the default.
+models; the default, ``inference="auto"``, runs it where those hold and tiles
+elsewhere.
 
 ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the networks under
 ``torch.autocast`` of that dtype (softmax and everything after it in float32);
