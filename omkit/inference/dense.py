@@ -274,7 +274,7 @@ def _cga_weights(head: CGA) -> tuple:
 def _block_windows(features: Tensor, geometry: dict) -> tuple[Tensor, list[int]]:
     """Origins (T, 3) in ``features``' coordinates of every block's window, D-major as the
     window ops number the blocks, and the blocks per axis."""
-    counts = [max(0, -(-(n - g) // b)) for n, g, b in zip(features.shape[2:], geometry["origin"], geometry["block"])]
+    counts = list(ops.reference.window_geometry(features.shape[2:], **geometry)[-1])
     axes = [g + b * torch.arange(n, dtype=torch.long) - o
             for n, g, b, o in zip(counts, geometry["origin"], geometry["block"], geometry["offset"])]
     return torch.cartesian_prod(*axes).reshape(-1, 3), counts

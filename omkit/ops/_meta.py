@@ -17,18 +17,12 @@ from __future__ import annotations
 import torch
 
 from omkit.ops.manifest import OPS
-from omkit.ops.reference import _accumulate_dtype, _check_volume, branch_weights, check_features_guidance
-from omkit.ops.reference import check_variant, window_geometry
+from omkit.ops.reference import _accumulate_dtype, _check_volume, check_features_guidance, check_variant
+from omkit.ops.reference import num_outputs, window_geometry
 
 _undefined = [op.qualname for op in OPS if not torch._C._dispatch_has_kernel(op.qualname)]
 if _undefined:  # imported by torch for a library that failed to load, or before loading it
     raise ImportError(f"omkit.ops._meta needs the compiled omkit ops loaded; missing {', '.join(_undefined)}")
-
-
-def _num_outputs(variant, w_pos, w_neg, w_out) -> int:
-    w_pos, w_neg = branch_weights("cga_recalibrate", variant, w_pos, w_neg)
-    weight = w_pos if w_pos is not None else w_neg
-    return w_out.shape[0] if w_out is not None else weight.shape[0]
 
 
 @torch.library.register_fake("omkit::cga_pool")
@@ -46,7 +40,7 @@ def _cga_pool_backward_fake(grad_m, grad_l1_norm, m, l1_norm, guidance, eps):
 @torch.library.register_fake("omkit::cga_recalibrate")
 def _cga_recalibrate_fake(features, guidance, m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant):
     check_features_guidance("cga_recalibrate", features, guidance)
-    k = _num_outputs(variant, w_pos, w_neg, w_out)
+    k = num_outputs("cga_recalibrate", variant, w_pos, w_neg, w_out)
     return features.new_empty((features.shape[0], k, *features.shape[2:]))
 
 
@@ -69,7 +63,7 @@ def _cga_recalibrate_backward_fake(grad_out, features, guidance, m, w_pos, b_pos
 @torch.library.register_fake("omkit::cga")
 def _cga_fake(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant, eps):
     check_features_guidance("cga", features, guidance)
-    k = _num_outputs(variant, w_pos, w_neg, w_out)
+    k = num_outputs("cga", variant, w_pos, w_neg, w_out)
     b, c = features.shape[:2]
     return (features.new_empty((b, k, *features.shape[2:])), features.new_empty((b, 2, c)),
             features.new_empty((b, 2)))
@@ -125,7 +119,7 @@ def _cga_windowed_fake(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_
                        variant, eps):
     _check_volume("cga_windowed", features, guidance)
     *_, blocks = window_geometry(features.shape[2:], window, block, offset, origin)
-    k = _num_outputs(variant, w_pos, w_neg, w_out)
+    k = num_outputs("cga_windowed", variant, w_pos, w_neg, w_out)
     b, c = features.shape[:2]
     return features.new_empty((b, k, *features.shape[2:])), features.new_empty((b, *blocks, 2, c))
 

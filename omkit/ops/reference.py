@@ -351,12 +351,14 @@ def cga_windowed(features: Tensor, guidance: Tensor, w_pos: Tensor | None, b_pos
             out[(n, slice(None)) + box] = scores[0][(slice(None),) + kept]
             m_all[n, i, j, l] = m[0]
     if out is None:  # no block at all
-        k = _num_scores(variant, w_pos, w_neg, w_out)
+        k = num_outputs("cga_windowed", variant, w_pos, w_neg, w_out)
         out = features.new_zeros((b, k, *features.shape[2:]))
     return out, m_all
 
 
-def _num_scores(variant, w_pos, w_neg, w_out) -> int:
-    w_pos, w_neg = branch_weights("cga_windowed", variant, w_pos, w_neg)
+def num_outputs(op: str, variant: str, w_pos, w_neg, w_out) -> int:
+    """Output channels of a CGA op: ``w_out``'s rows, else the used branch weight's
+    (ValueError naming ``op`` when a branch the variant uses has no weight)."""
+    w_pos, w_neg = branch_weights(op, variant, w_pos, w_neg)
     weight = w_pos if w_pos is not None else w_neg
     return w_out.shape[0] if w_out is not None else weight.shape[0]
