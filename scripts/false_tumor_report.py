@@ -1,7 +1,8 @@
 """Where is the false tumor? Per case of a prediction folder: the whole-tumor components
 that touch no true tumor (26-connectivity), their size, labels, depth below the brain's
-surface, the modalities' z-scores inside them, and which task put them there when
-per-task probabilities are given; optionally a figure of one case's worst slice.
+surface and the modalities' z-scores inside them; optionally a figure of one case's
+worst slice. Which task puts them there, and whether task 2 vetoes them, is
+``scripts/task_veto_report.py``.
 
     python scripts/false_tumor_report.py PRED_DIR DATA [--figure OUT.png --case CASE_ID]
                                          [--compare OTHER_PRED_DIR --labels BEFORE,AFTER]
@@ -58,6 +59,7 @@ def report_case(pred_path: Path, data: Path) -> dict:
         values, counts = np.unique(pred[comp], return_counts=True)
         comps.append({"voxels": int(comp.sum()), "labels": dict(zip(values.tolist(), counts.tolist())),
                       "depth_median": float(np.median(depth[comp])), "within_8": float(np.mean(depth[comp] <= 8)),
+                      "within_2": float(np.mean(depth[comp] <= 2)),  # the partial-volume rim
                       **{m: float(zz[comp].mean()) for m, zz in zip(MODALITIES, z)}})
     comps.sort(key=lambda c: -c["voxels"])
     return {"case": case_id, "precision": tp / max(int(wt_p.sum()), 1), "sensitivity": tp / max(int(wt_g.sum()), 1),
@@ -120,7 +122,7 @@ def main(argv=None) -> None:
               f"true tumor's median depth {r['true_depth_median']:.1f}")
         for c in r["false_components"][:5]:
             print(f"    {c['voxels']:6d} voxels, labels {c['labels']}, depth median {c['depth_median']:.1f} "
-                  f"({100 * c['within_8']:.0f} % within 8 voxels of the surface), "
+                  f"({100 * c['within_8']:.0f} % within 8 voxels of the surface, {100 * c['within_2']:.0f} % within 2), "
                   + ", ".join(f"{m} {c[m]:+.2f}" for m in MODALITIES))
     if args.figure:
         folders = [args.pred] + ([args.compare] if args.compare else [])

@@ -1,0 +1,59 @@
+"""The measurement helpers of the analysis scripts under scripts/ (loaded by path)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_edge_exposure_patch_shares_match_counting():
+    edge = _script("edge_exposure")
+    rng = np.random.default_rng(0)
+    masks = [rng.random((9, 11, 13)) < p for p in (0.3, 0.6, 0.1)]
+    size = (4, 6, 5)
+    centres = np.array([[0, 0, 0], [4, 5, 6], [8, 10, 12], [2, 9, 1]])
+    shares = edge.patch_shares(centres, *masks, size)
+    for row, centre in zip(shares, centres):
+        lo = centre - np.array(size) // 2
+        box = tuple(slice(max(a, 0), max(a + s, 0)) for a, s in zip(lo, size))
+        expected = [m[box].sum() / np.prod(size) for m in masks]  # voxels outside the volume count as none
+        np.testing.assert_allclose(row, expected)
+
+
+def test_edge_exposure_depth_counts_the_volume_edge_as_outside():
+    edge = _script("edge_exposure")
+    brain = np.ones((5, 5, 5), dtype=bool)
+    depth = edge.depth_below_surface(brain)
+    assert depth[0, 2, 2] == 1 and depth[2, 2, 2] == 3
+    brain[2, 2, 0] = False
+    assert edge.depth_below_surface(brain)[2, 2, 1] == 1
+
+
+def test_false_components_are_those_touching_no_truth():
+    report = _script("false_tumor_report")
+    pred = np.zeros((6, 6, 6), dtype=np.uint8)
+    gt = np.zeros_like(pred)
+    pred[0:2, 0:2, 0:2] = 2  # touches the truth
+    gt[1, 1, 1] = 1
+    pred[4:6, 4:6, 4:6] = 2  # touches none
+    labels, false = report.false_components(pred, gt)
+    assert len(false) == 1 and (labels == false[0]).sum() == 8
+    assert labels[5, 5, 5] == false[0]
+
+
+@pytest.mark.parametrize("name", ["task_veto_report", "edge_exposure", "false_tumor_report"])
+def test_scripts_print_their_usage(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        _script(name).main(["--help"])
+    assert info.value.code == 0 and "usage" in capsys.readouterr().out
