@@ -57,3 +57,22 @@ def test_scripts_print_their_usage(name, capsys):
     with pytest.raises(SystemExit) as info:
         _script(name).main(["--help"])
     assert info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_compare_studies_pairs_cases_across_study_folders(tmp_path, capsys):
+    compare = _script("compare_studies")
+    fields = ["row", "split", "case", "variant", "region", "dice", "hd95"]
+    for study, shift in (("a", 0.1), ("b", 0.0)):
+        (tmp_path / study).mkdir()
+        with (tmp_path / study / "ablation_per_case.csv").open("w") as fh:
+            fh.write(",".join(fields) + "\n")
+            for k in range(6):
+                for region in ("WT", "TC", "ET"):
+                    fh.write(f"omnet_cga,fold0,case{k},post,{region},{0.5 + 0.05 * k + shift},{10 - k}\n")
+    compare.main([f"{tmp_path / 'a'}:omnet_cga=with", f"{tmp_path / 'b'}:omnet_cga=without", "--metrics", "dice,hd95"])
+    out = capsys.readouterr().out
+    assert "with minus without, post maps (6 cases)" in out
+    assert "| dice | WT | 0.725 | 0.625 | **+0.100 [+0.100, +0.100]** |" in out
+    assert "| hd95 | WT | 7.500 | 7.500 | +0.000 [+0.000, +0.000] |" in out
+    with pytest.raises(SystemExit, match="no row 'mc3'"):
+        compare.main([f"{tmp_path / 'a'}:mc3", f"{tmp_path / 'b'}:omnet_cga"])
