@@ -1,6 +1,7 @@
 """Paired per-case differences between rows of different ``omkit ablation`` studies run on
 the same cases and folds (e.g. a row trained with an option against the same row without
-it), with the studies' own bootstrap intervals (``omkit.ablation.paired_differences``).
+it), with the studies' own bootstrap intervals (``omkit.ablation.paired_differences``),
+over the cases both have scored.
 
     python scripts/compare_studies.py STUDY_A:ROW[=NAME] STUDY_B:ROW[=NAME]
                                       [--metrics dice,ppv,sensitivity,hd95,fp_components]
@@ -11,7 +12,7 @@ B) with its 95 % interval, bold where the interval excludes zero, and each side'
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +22,19 @@ from omkit.labels import REGIONS
 
 
 def read_row(spec: str) -> tuple[str, list[dict]]:
-    """(name, per-case records) of ``STUDY:ROW[=NAME]``."""
+    """(name, per-case records) of ``STUDY:ROW[=NAME]``, from each scored split's
+    ``scores.json`` (so a study still running, or stopped, compares on the splits it has)."""
     study, _, rest = spec.rpartition(":")
     row, _, name = rest.partition("=")
-    path = Path(study) / "ablation_per_case.csv"
-    if not path.is_file():
-        raise SystemExit(f"{path}: no per-case table (run omkit ablation on {study} first)")
-    with path.open(newline="") as fh:
-        records = [r for r in csv.DictReader(fh) if r["row"] == row]
-    if not records:
-        raise SystemExit(f"{path}: no row {row!r}")
+    files = sorted((Path(study) / "runs" / row.replace("*", "_ensemble")).glob("*/scores.json"))
+    if not files:
+        raise SystemExit(f"{Path(study) / 'runs' / row}: no scored split (scores.json); no row {row!r} to compare")
     name = name or f"{Path(study).name}/{row}"
-    return name, [{**r, "row": name} for r in records]
+    records = []
+    for path in files:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        records += [{**case, "row": name, "split": result["split"]} for case in result["cases"]]
+    return name, records
 
 
 def main(argv=None) -> None:
@@ -43,10 +45,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     metrics = [m for m in args.metrics.split(",") if m]
     (a, first), (b, second) = read_row(args.first), read_row(args.second)
+    shared = {r["case"] for r in first} & {r["case"] for r in second}
+    if not shared:
+        raise SystemExit(f"{a} and {b} have no held-out case in common")
+    first, second = ([r for r in rows if r["case"] in shared] for rows in (first, second))
     records = first + second
     pairs = paired_differences(records, metrics=metrics)
     for variant in dict.fromkeys(r["variant"] for r in records):
-        print(f"\n{a} minus {b}, {variant} maps ({len({r['case'] for r in first})} cases):\n")
+        print(f"\n{a} minus {b}, {variant} maps ({len(shared)} cases both scored):\n")
         print("| metric | region | mean A | mean B | A - B [95 % CI] |")
         print("|---|---|---:|---:|---:|")
         for metric in metrics:

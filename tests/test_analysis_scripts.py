@@ -60,19 +60,21 @@ def test_scripts_print_their_usage(name, capsys):
 
 
 def test_compare_studies_pairs_cases_across_study_folders(tmp_path, capsys):
+    import json
+
     compare = _script("compare_studies")
-    fields = ["row", "split", "case", "variant", "region", "dice", "hd95"]
-    for study, shift in (("a", 0.1), ("b", 0.0)):
-        (tmp_path / study).mkdir()
-        with (tmp_path / study / "ablation_per_case.csv").open("w") as fh:
-            fh.write(",".join(fields) + "\n")
-            for k in range(6):
-                for region in ("WT", "TC", "ET"):
-                    fh.write(f"omnet_cga,fold0,case{k},post,{region},{0.5 + 0.05 * k + shift},{10 - k}\n")
+    for study, shift, splits in (("a", 0.1, (0, 1)), ("b", 0.0, (0, 1, 2))):
+        for split in splits:  # study a stopped after two splits: the comparison uses the cases both have
+            cases = [{"case": f"case{split}{k}", "variant": "post", "region": region,
+                      "dice": 0.5 + 0.05 * k + shift, "hd95": 10.0 - k}
+                     for k in range(3) for region in ("WT", "TC", "ET")]
+            folder = tmp_path / study / "runs" / "omnet_cga" / f"fold{split}"
+            folder.mkdir(parents=True)
+            (folder / "scores.json").write_text(json.dumps({"split": f"fold{split}", "cases": cases}))
     compare.main([f"{tmp_path / 'a'}:omnet_cga=with", f"{tmp_path / 'b'}:omnet_cga=without", "--metrics", "dice,hd95"])
     out = capsys.readouterr().out
-    assert "with minus without, post maps (6 cases)" in out
-    assert "| dice | WT | 0.725 | 0.625 | **+0.100 [+0.100, +0.100]** |" in out
-    assert "| hd95 | WT | 7.500 | 7.500 | +0.000 [+0.000, +0.000] |" in out
+    assert "with minus without, post maps (6 cases both scored)" in out
+    assert "| dice | WT | 0.650 | 0.550 | **+0.100 [+0.100, +0.100]** |" in out
+    assert "| hd95 | WT | 9.000 | 9.000 | +0.000 [+0.000, +0.000] |" in out
     with pytest.raises(SystemExit, match="no row 'mc3'"):
         compare.main([f"{tmp_path / 'a'}:mc3", f"{tmp_path / 'b'}:omnet_cga"])
