@@ -93,27 +93,6 @@ def test_forward_tasks_appends_transferred_patches_in_order():
     torch.testing.assert_close(o3, direct3.task3)
 
 
-def test_forward_tasks_appends_hard_negatives_chosen_from_task1_logits():
-    model = omkit.create_model("omnet_cga", width=TINY_WIDTH).eval()
-    x1, x2, x3 = _tiny_batches((3, 2, 1))
-    seen = []
-
-    def choose(task1_logits):
-        seen.append(task1_logits)
-        return torch.tensor([1])
-
-    with torch.no_grad():
-        o1, o2, _ = model.forward_tasks([x1, x2, x3], {1: [(0, torch.tensor([2]))]}, hard_negatives=choose)
-        direct = model(torch.cat([x2, x1[[2]], x1[[1]]]))
-    assert len(seen) == 1 and not seen[0].requires_grad
-    torch.testing.assert_close(seen[0], o1)  # called with task 1's logits of its own patches
-    assert o2.shape[0] == 4
-    torch.testing.assert_close(o2, direct.task2)  # own, transferred, then hard negatives
-    mc = omkit.create_model("mc3", width=TINY_WIDTH)
-    with pytest.raises(ValueError, match="trained independently"):
-        mc.forward_tasks([x1, x2, x3], None, hard_negatives=choose)
-
-
 def test_curriculum_stage_with_only_task_one_computes_only_task_one():
     model = omkit.create_model("omnet_cga", width=TINY_WIDTH)
     outputs = model.forward_tasks([torch.randn(2, 4, *TINY_PATCH), None, None])

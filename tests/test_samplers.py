@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +30,6 @@ from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_
 from omkit.morphology import dilate_ball
 from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler
 from omkit.training import TaskPatches, TransferRule, class_fraction, task3_target, task_targets
-from omkit.training.transfer import false_tumor_fraction
 
 TINY_PATCH = (8, 16, 16)
 
@@ -408,41 +406,6 @@ def test_task_targets_order_and_task3_relabel():
     np.testing.assert_array_equal(targets[2][0], task3[0] == ENHANCING)  # NCR -> 0, enhancing -> 1
     np.testing.assert_array_equal(targets[2][1], task3_target(task1[0]))
     assert class_fraction(task1, (ENHANCING,)).tolist() == [0.6, 0.0]
-
-
-def _task1_logits_calling(classes: np.ndarray) -> torch.Tensor:
-    """Task-1 logits (B, 5, ...) whose argmax is ``classes``."""
-    return torch.nn.functional.one_hot(torch.as_tensor(classes, dtype=torch.long), 5).movedim(-1, 1).float()
-
-
-def test_hard_negatives_are_task1_patches_it_calls_tumor_where_there_is_none():
-    labels = _batch_with_fractions([0.0, 0.0, 0.5, 0.0], NORMAL)  # no tumor in any patch
-    labels[2].reshape(-1)[:20] = EDEMA  # patch 2: 20 % true tumor
-    predicted = np.full_like(labels, NORMAL)
-    predicted[0].reshape(-1)[:5] = EDEMA  # 5 % false tumor
-    predicted[1].reshape(-1)[:4] = ENHANCING  # 4 %
-    predicted[2].reshape(-1)[:20] = EDEMA  # exactly the true tumor: no false tumor
-    predicted[3].reshape(-1)[:10] = NORMAL
-    np.testing.assert_allclose(false_tumor_fraction(predicted, labels), [0.05, 0.04, 0.0, 0.0])
-    logits = _task1_logits_calling(predicted)
-    np.testing.assert_array_equal(TransferRule(hard_negative_threshold=0.05).hard_negatives(logits, labels), [0])
-    np.testing.assert_array_equal(TransferRule(hard_negative_threshold=0.04).hard_negatives(logits, labels), [0, 1])
-    # patches Ineq. (1) already sends to task 2 are not sent twice
-    np.testing.assert_array_equal(
-        TransferRule(hard_negative_threshold=0.04).hard_negatives(logits, labels, already=np.array([0])), [1])
-    assert TransferRule().hard_negatives(logits, labels).size == 0  # off by default: the paper
-    with pytest.raises(ValueError, match="hard_negative_threshold"):
-        TransferRule(hard_negative_threshold=0.0)
-    with pytest.raises(ValueError, match="differ in shape"):
-        false_tumor_fraction(predicted[:, :2], labels)
-
-
-def test_task_targets_append_hard_negatives_after_transfers():
-    task1 = _batch_with_fractions([0.6, 0.0, 0.0], EDEMA)
-    task2 = _batch_with_fractions([0.2], EDEMA)
-    targets = task_targets([task1, task2, None], {1: [(0, np.array([0]))]}, hard_negatives=np.array([2, 1]))
-    np.testing.assert_array_equal(targets[1], np.concatenate([task2, task1[[0]], task1[[2, 1]]]))
-    assert targets[2] is None
 
 
 # -- the per-process patch source --------------------------------------------------------

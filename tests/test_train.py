@@ -159,22 +159,6 @@ def test_short_budget_options_adam_and_sampler_mixture(data_dir, cache_dir, tmp_
         config(data_dir, cache_dir, tmp_path / "bad", optimizer="rmsprop")
 
 
-def test_hard_negative_transfer_trains_task2_on_task1_false_tumor(data_dir, cache_dir, tmp_path):
-    # an untrained task 1 calls tumor nearly everywhere: its tumor-free patches become task 2's hard negatives
-    run = train(config(data_dir, cache_dir, tmp_path / "run", hard_negative_transfer=0.01, stage_epochs=(0, 0, 2),
-                       samplers=("brain", "dilated_tumor", "core")))
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["hard_negatives_sent_this_session"] > 0
-    assert json.loads((run / "config.json").read_text())["config"]["hard_negative_transfer"] == 0.01
-    plain = train(config(data_dir, cache_dir, tmp_path / "plain", stage_epochs=(0, 0, 2)))
-    assert "hard_negatives_sent_this_session" not in json.loads((plain / "metrics.json").read_text())
-    for preset in ("mc3", "omnet0"):  # no shared features to transfer
-        with pytest.raises(ValueError, match=f"--hard-negative-transfer: preset {preset} has no online data transfer"):
-            Trainer(config(data_dir, cache_dir, tmp_path / preset, preset=preset, hard_negative_transfer=0.02))
-    with pytest.raises(ValueError, match=r"--hard-negative-transfer: must be a fraction in \(0, 1\]"):
-        config(data_dir, cache_dir, tmp_path / "bad", hard_negative_transfer=0.0)
-
-
 # -- a whole run ---------------------------------------------------------------------------
 
 def test_run_folder_contents(data_dir, cache_dir, tmp_path):

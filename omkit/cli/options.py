@@ -239,9 +239,6 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
      "online data transfer: a task-1 patch with at least this fraction of tumor also trains task 2"),
     ("schedule", "transfer_core_threshold", {"type": float, "metavar": "FRACTION"},
      "online data transfer: a task-1/2 patch with at least this fraction of core also trains task 3"),
-    ("schedule", "hard_negative_transfer", {"type": float, "metavar": "FRACTION"},
-     "not in the paper: a task-1 patch in which task 1 calls at least this fraction of non-tumor voxels tumor "
-     "also trains task 2, so task 2 learns to veto task 1's false tumor (off unless given; 0.02 was measured)"),
     ("run", "max_minutes", {"type": float},
      "stop (with a checkpoint and model.pt) once the run's total training time reaches this "
      "(data preparation not counted); not carried over by --resume"),

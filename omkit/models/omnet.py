@@ -1,7 +1,7 @@
 """OM-Net (one shared backbone, three task heads, one pass) and the MC cascade baseline."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -125,12 +125,7 @@ class OMNet(nn.Module):
             guidance = positive_probability(prev, logits)
         return guidance
 
-    def forward_tasks(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None,
-                      hard_negatives: Callable[[Tensor], Tensor] | None = None) -> list[Tensor | None]:
-        """``hard_negatives``, when given, is called with task 1's logits on its
-        own patches once they are computed and returns the indices of the task-1
-        patches whose features also train task 2, after ``transfers``' (the
-        prediction-based transfer of :mod:`omkit.training.transfer`)."""
+    def forward_tasks(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None) -> list[Tensor | None]:
         if len(inputs) != 3:
             raise ValueError(f"forward_tasks takes one batch (or None) per task, got {len(inputs)}")
         active, batch = _concat_active(inputs)
@@ -139,10 +134,7 @@ class OMNet(nn.Module):
         outputs: list[Tensor | None] = [None, None, None]
         for task in range(3):
             parts = [own[task]] if task in own else []
-            selections = list((transfers or {}).get(task, ()))
-            if task == 1 and hard_negatives is not None and outputs[0] is not None:
-                selections.append((0, hard_negatives(outputs[0][: own[0].shape[0]].detach())))
-            for src, index in selections:
+            for src, index in (transfers or {}).get(task, ()):
                 if src in own and index.numel():
                     parts.append(own[src].index_select(0, index.to(features.device)))
             if not parts:
@@ -191,9 +183,8 @@ class MCNet(nn.Module):
         outputs = [net(x) for net in self.networks] + [None] * (3 - self.num_tasks)
         return TaskOutputs(*outputs)
 
-    def forward_tasks(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None,
-                      hard_negatives: Callable[[Tensor], Tensor] | None = None) -> list[Tensor | None]:
-        if transfers or hard_negatives is not None:
+    def forward_tasks(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None) -> list[Tensor | None]:
+        if transfers:
             raise ValueError("MC networks are trained independently: online data transfer does not apply")
         outputs: list[Tensor | None] = [None, None, None]
         for t, net in enumerate(self.networks):

@@ -103,9 +103,6 @@ class TrainConfig:
     # online data transfer (Sec. III-B): fractions of tumor / core voxels
     transfer_tumor_threshold: float = TRANSFER_TUMOR_THRESHOLD
     transfer_core_threshold: float = TRANSFER_CORE_THRESHOLD
-    # not in the paper: task-1 patches task 1 calls tumor where there is none also
-    # train task 2 (a fraction of false-tumor voxels; None: off; see training.transfer)
-    hard_negative_transfer: float | None = None
     optimizer: str = "sgd"  # sgd (the paper's) or adam
     lr: float = LR
     momentum: float = MOMENTUM
@@ -151,7 +148,7 @@ class TrainConfig:
             raise ValueError(f"{flag(name)}: {why}")
 
         for name in ("width", "lr", "momentum", "weight_decay", "lr_gamma", "transfer_tumor_threshold",
-                     "transfer_core_threshold", "hard_negative_transfer", "max_minutes", "plateau_tol"):
+                     "transfer_core_threshold", "max_minutes", "plateau_tol"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
                 bad(name, f"must be a number, got {value!r}")
@@ -189,8 +186,6 @@ class TrainConfig:
         for name in ("transfer_tumor_threshold", "transfer_core_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 bad(name, f"must be a fraction in [0, 1], got {getattr(self, name)}")
-        if self.hard_negative_transfer is not None and not 0.0 < self.hard_negative_transfer <= 1.0:
-            bad("hard_negative_transfer", f"must be a fraction in (0, 1], got {self.hard_negative_transfer}")
         if self.optimizer not in ("sgd", "adam"):
             bad("optimizer", f"must be sgd or adam, got {self.optimizer!r}")
         if self.lr <= 0:

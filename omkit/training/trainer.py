@@ -58,8 +58,8 @@ class _TaskForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs, transfers, hard_negatives=None):
-        return self.model.forward_tasks(inputs, transfers, hard_negatives)
+    def forward(self, inputs, transfers):
+        return self.model.forward_tasks(inputs, transfers)
 
 
 def _get_preset(name: str):
@@ -102,13 +102,8 @@ class Trainer:
         self.preset = _get_preset(config.preset)
         self.stages = plan_stages(self.preset, config.stage_epochs, config.epochs)
         self.model_tasks = sorted({t for s in self.stages for t in s.tasks})
-        if config.hard_negative_transfer is not None and not self.preset.transfer:
-            raise ValueError(f"{flag('hard_negative_transfer')}: preset {config.preset} has no online data transfer "
-                             "(it needs a shared-backbone OM-Net preset with transfer, e.g. omnet or omnet_cga)")
-        self.transfer = (TransferRule(config.transfer_tumor_threshold, config.transfer_core_threshold,
-                                      config.hard_negative_transfer)
+        self.transfer = (TransferRule(config.transfer_tumor_threshold, config.transfer_core_threshold)
                          if self.preset.transfer else None)
-        self.hard_negatives_sent = 0  # task-1 patches that also trained task 2 as hard negatives (this session)
         # settings errors before anything is deleted or prepared
         self.samplers = build_samplers(config)
         check_model_settings(config)
@@ -250,20 +245,10 @@ class Trainer:
         labels = [None if b is None else np.asarray(b[1]) for b in batches]
         inputs = [None if b is None else torch.as_tensor(b[0]).to(self.device, non_blocking=True) for b in batches]
         transfers_np = self.transfer.select(labels, set(tasks)) if self.transfer is not None else {}
+        targets = task_targets(labels, transfers_np)
         transfers = {d: [(s, torch.as_tensor(i)) for s, i in pairs] for d, pairs in transfers_np.items()} or None
-        hard_negatives = []  # chosen during the forward pass, once task 1's logits exist
-
-        def choose_hard_negatives(task1_logits):
-            already = transfers_np[1][0][1] if 1 in transfers_np else None
-            hard_negatives.append(self.transfer.hard_negatives(task1_logits, labels[0], already))
-            return torch.as_tensor(hard_negatives[-1])
-
-        wants_hard_negatives = (self.transfer is not None and self.transfer.hard_negative_threshold is not None
-                                and 0 in tasks and 1 in tasks and labels[0] is not None)
         with autocast(self.device, self.config.precision):
-            outputs = self.net(inputs, transfers, choose_hard_negatives if wants_hard_negatives else None)
-        targets = task_targets(labels, transfers_np, hard_negatives[0] if hard_negatives else None)
-        self.hard_negatives_sent += int(len(hard_negatives[0])) if hard_negatives else 0
+            outputs = self.net(inputs, transfers)
         losses, values = [], [math.nan] * 3
         for t in tasks:
             target = torch.as_tensor(targets[t]).to(self.device, dtype=torch.long, non_blocking=True)
@@ -358,8 +343,6 @@ class Trainer:
         self._commit()
         self._save_checkpoint()
         extra = distributed.consistency_report(self.processes, self.model, self.patches.pool(0, self.stages[0].tasks[0]))
-        if self.transfer is not None and self.transfer.hard_negative_threshold is not None:
-            extra["hard_negatives_sent_this_session"] = self.hard_negatives_sent  # the main process's count
         self._snapshot(self.run_dir / run_folder.MODEL)
         self._write_reports(extra)
         if self.is_main and cfg.progress:

@@ -6,17 +6,7 @@ at least ``core_threshold`` also trains task 3, with its labels relabelled
 enhancing -> 1, everything else -> 0 (the paper's thresholds are
 ``omkit.protocol.TRANSFER_TUMOR_THRESHOLD`` and ``TRANSFER_CORE_THRESHOLD``).
 The fraction is over all voxels of the patch (padding counts as non-tumor), as
-in the released code (6553 of 16384 and 8192 of 16384 voxels).
-
-Hard-negative transfer (``hard_negative_threshold``; not in the paper, off by
-default): a task-1 patch in which task 1's own prediction of this step calls
-at least that fraction of the voxels tumor where the ground truth has none
-also trains task 2, with its true labels. Task 2 is trained on patches around
-the true tumor only, yet at inference it decides every voxel of task 1's
-dilated coarse mask, false tumor included; without examples of task 1's
-mistakes it labels them tumor (measured: task 2 kept 100 % of task 1's false
-components). The transferred patches' features are already computed for
-task 1, so the transfer costs a head pass, not a backbone pass."""
+in the released code (6553 of 16384 and 8192 of 16384 voxels)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,43 +30,16 @@ def task3_target(labels: np.ndarray) -> np.ndarray:
     return (np.asarray(labels) == ENHANCING).astype(np.uint8)
 
 
-def false_tumor_fraction(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per patch (first axis), the fraction of voxels predicted as a tumor class
-    whose true class is not a tumor class."""
-    predicted, labels = np.asarray(predicted), np.asarray(labels)
-    if predicted.shape != labels.shape:
-        raise ValueError(f"predicted classes {predicted.shape} and labels {labels.shape} differ in shape")
-    if labels.shape[0] == 0:
-        return np.zeros(0)
-    false = np.isin(predicted, TUMOR_CLASSES) & ~np.isin(labels, TUMOR_CLASSES)
-    return false.reshape(labels.shape[0], -1).mean(axis=1)
-
-
 @dataclass(frozen=True)
 class TransferRule:
     tumor_threshold: float = TRANSFER_TUMOR_THRESHOLD
     core_threshold: float = TRANSFER_CORE_THRESHOLD
-    hard_negative_threshold: float | None = None  # None: off (the paper)
 
     def __post_init__(self):
         for name in ("tumor_threshold", "core_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.hard_negative_threshold is not None and not 0.0 < self.hard_negative_threshold <= 1.0:
-            # zero would send every task-1 patch: that is a sampler choice, not a transfer
-            raise ValueError(f"hard_negative_threshold must be in (0, 1], got {self.hard_negative_threshold}")
-
-    def hard_negatives(self, task1_logits, labels: np.ndarray, already: np.ndarray | None = None) -> np.ndarray:
-        """Indices of the task-1 patches whose false-tumor fraction under task 1's
-        ``task1_logits`` (B, 5, ...) reaches ``hard_negative_threshold``, leaving
-        out those ``already`` transferred to task 2 (empty when the rule is off)."""
-        if self.hard_negative_threshold is None or len(labels) == 0:
-            return np.zeros(0, dtype=np.int64)
-        chosen = false_tumor_fraction(task1_logits.argmax(1).cpu().numpy(), labels) >= self.hard_negative_threshold
-        if already is not None and len(already):
-            chosen[np.asarray(already)] = False
-        return np.flatnonzero(chosen)
 
     def select(self, labels: list[np.ndarray | None], active: set[int]) -> dict[int, list[tuple[int, np.ndarray]]]:
         """``{destination task: [(source task, patch indices)]}`` (0-based) for the
@@ -98,17 +61,13 @@ class TransferRule:
         return transfers
 
 
-def task_targets(labels: list[np.ndarray | None], transfers: dict[int, list[tuple[int, np.ndarray]]],
-                 hard_negatives: np.ndarray | None = None) -> list[np.ndarray | None]:
+def task_targets(labels: list[np.ndarray | None], transfers: dict[int, list[tuple[int, np.ndarray]]]) -> list[np.ndarray | None]:
     """Each task's target in the order of its logits from ``forward_tasks``:
-    own patches, then transferred ones, then (task 2) the hard negatives of
-    task 1; task 3's relabelled to enhancing vs not."""
+    own patches, then transferred ones; task 3's relabelled to enhancing vs not."""
     targets: list[np.ndarray | None] = []
     for task in range(3):
         parts = [labels[task]] if labels[task] is not None else []
         parts += [labels[src][index] for src, index in transfers.get(task, ())]
-        if task == 1 and hard_negatives is not None and len(hard_negatives):
-            parts.append(labels[0][hard_negatives])
         if not parts:
             targets.append(None)
             continue
