@@ -6,6 +6,7 @@ worst slice. Which task puts them there, and whether task 2 vetoes them, is
 
     python scripts/false_tumor_report.py PRED_DIR DATA [--figure OUT.png --case CASE_ID]
                                          [--compare OTHER_PRED_DIR --labels BEFORE,AFTER]
+                                         [--probabilities CASE_ID_probabilities.npz]
 
 PRED_DIR holds ``CASE_ID.nii.gz`` label maps (BraTS labels, as ``omkit predict``
 writes them); DATA the case folders with ground truth. Depth: distance in voxels from
@@ -67,7 +68,21 @@ def report_case(pred_path: Path, data: Path) -> dict:
             "true_depth_median": float(np.median(depth[wt_g])) if wt_g.any() else float("nan")}
 
 
-def figure(out: Path, case_id: str, data: Path, folders: list[Path], names: list[str]) -> None:
+def coarse_mask(probabilities: Path) -> np.ndarray:
+    """Task 1's coarse tumor mask (summed tumor-class probability > 0.5, as the fusion
+    takes it) from ``omkit predict --save-probabilities``' ``.npz`` (NIfTI axis order)."""
+    from omkit.labels import TUMOR_CLASSES
+    from omkit.protocol import COARSE_TUMOR_THRESHOLD
+
+    with np.load(probabilities) as arrays:
+        return arrays["task1"][list(TUMOR_CLASSES)].sum(axis=0) > COARSE_TUMOR_THRESHOLD
+
+
+def figure(out: Path, case_id: str, data: Path, folders: list[Path], names: list[str],
+           probabilities: Path | None = None) -> None:
+    """The slice with the most false tumor of the first map shown: FLAIR with the ground
+    truth, then each folder's prediction; with ``probabilities`` (the first folder's),
+    task 1's coarse mask first, coloured the same way."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -76,29 +91,33 @@ def figure(out: Path, case_id: str, data: Path, folders: list[Path], names: list
     files = _case_files(data, case_id)
     flair, gt = _load(files["flair"]).astype(np.float32), _load(files["seg"])
     preds = [_load(folder / f"{case_id}.nii.gz") for folder in folders]
+    if probabilities is not None:
+        preds.insert(0, coarse_mask(probabilities).astype(np.uint8))
+        names = ["task 1's coarse mask"] + list(names)
     labels, false = false_components(preds[0], gt)
     mask = np.isin(labels, false)
     z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask.any() else int(np.argmax((gt > 0).sum(axis=(0, 1))))
     brain = flair[..., z] > 0
     lo, hi = np.percentile(flair[..., z][brain], [1, 99]) if brain.any() else (0, 1)
     grey = np.clip((flair[..., z] - lo) / max(hi - lo, 1e-6), 0, 1).T
-    fig, axes = plt.subplots(1, len(preds) + 1, figsize=(4 * (len(preds) + 1), 4.4))
-    axes[0].imshow(grey, cmap="gray", origin="lower")
-    axes[0].contour((gt[..., z] > 0).T, levels=[0.5], colors=["yellow"], linewidths=0.8, origin="lower")
-    axes[0].set_title(f"{case_id}, slice {z}\nFLAIR, ground-truth whole tumor (yellow)", fontsize=8)
+    rows, cols = np.nonzero(brain.T) if brain.any() else (np.array([0, grey.shape[0] - 1]), np.array([0, grey.shape[1] - 1]))
+    box = (slice(max(rows.min() - 5, 0), rows.max() + 6), slice(max(cols.min() - 5, 0), cols.max() + 6))  # the brain, zoomed
+    fig, axes = plt.subplots(1, len(preds) + 1, figsize=(4.2 * (len(preds) + 1), 4.2))
+    axes[0].imshow(grey[box], cmap="gray", origin="lower")
+    axes[0].contour((gt[..., z] > 0).T[box], levels=[0.5], colors=["yellow"], linewidths=0.8, origin="lower")
+    axes[0].set_title(f"{case_id}, slice {z}\nFLAIR; yellow: true whole tumor\n"
+                      "then red: tumor called where there is none; green: true tumor found", fontsize=7)
     for ax, pred, name in zip(axes[1:], preds, names):
-        comp, fp = false_components(pred, gt)
-        fp_slice = np.isin(comp[..., z], fp)
-        tp_slice = (pred[..., z] > 0) & ~fp_slice
+        _, fp = false_components(pred, gt)
+        wt_p, wt_g = pred[..., z] > 0, gt[..., z] > 0
         overlay = np.dstack([grey] * 3)
-        overlay[fp_slice.T] = [1.0, 0.1, 0.1]
-        overlay[tp_slice.T] = [0.1, 0.8, 0.1]
-        ax.imshow(overlay, origin="lower")
-        ax.contour((gt[..., z] > 0).T, levels=[0.5], colors=["yellow"], linewidths=0.8, origin="lower")
-        wt_p = pred > 0
-        precision = (wt_p & (gt > 0)).sum() / max(wt_p.sum(), 1)
-        ax.set_title(f"{name}: WT precision {precision:.2f}, {len(fp)} false components\n"
-                     "red: components touching no true tumor; green: the rest", fontsize=8)
+        overlay[(wt_p & ~wt_g).T] = [1.0, 0.1, 0.1]
+        overlay[(wt_p & wt_g).T] = [0.1, 0.8, 0.1]
+        ax.imshow(overlay[box], origin="lower")
+        ax.contour(wt_g.T[box], levels=[0.5], colors=["yellow"], linewidths=0.8, origin="lower")
+        whole = pred > 0
+        precision = (whole & (gt > 0)).sum() / max(whole.sum(), 1)
+        ax.set_title(f"{name}\nWT precision {precision:.2f}; {len(fp)} components touch no true tumor", fontsize=7)
     for ax in axes:
         ax.axis("off")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +133,8 @@ def main(argv=None) -> None:
     parser.add_argument("--case")
     parser.add_argument("--compare", type=Path)
     parser.add_argument("--labels", default="before,after")
+    parser.add_argument("--probabilities", type=Path,
+                        help="the case's omkit predict --save-probabilities .npz: adds task 1's coarse mask to the figure")
     args = parser.parse_args(argv)
     for path in sorted(args.pred.glob("*.nii*")):
         r = report_case(path, args.data)
@@ -127,7 +148,7 @@ def main(argv=None) -> None:
     if args.figure:
         folders = [args.pred] + ([args.compare] if args.compare else [])
         names = args.labels.split(",")[:len(folders)]
-        figure(args.figure, args.case, args.data, folders, names)
+        figure(args.figure, args.case, args.data, folders, names, args.probabilities)
         print(f"wrote {args.figure}")
 
 
