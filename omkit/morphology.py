@@ -1,5 +1,6 @@
 """Binary morphology shared by training (sampling regions) and inference (task
-2's ROI): one dilation by a Euclidean ball."""
+2's ROI): one dilation by a Euclidean ball; and the depth of a mask's voxels
+below its surface (the analysis scripts' brain-edge band)."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,3 +24,13 @@ def dilate_ball(mask: np.ndarray, radius: float) -> np.ndarray:
     grown = np.zeros_like(mask)
     grown[box] = distance_transform_edt(~mask[box]) <= radius
     return grown
+
+
+def depth_below_surface(mask: np.ndarray) -> np.ndarray:
+    """Per voxel of ``mask``, the Euclidean distance in voxels to the nearest voxel
+    outside it (0 outside); the array's own border counts as outside, so a mask
+    cropped to its bounding box gets the depths it had uncropped."""
+    from scipy.ndimage import distance_transform_edt
+
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    return distance_transform_edt(padded)[(slice(1, -1),) * padded.ndim]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy import ndimage
 
 from omkit.data import find_cases
 from omkit.data.brats import load_case
@@ -23,14 +22,8 @@ from omkit.data.preprocess import preprocess_case
 from omkit.data.sampler_specs import parse_sampler_spec
 from omkit.data.sampling import region_indices
 from omkit.labels import TUMOR_CLASSES
+from omkit.morphology import depth_below_surface
 from omkit.plugin_manager import get_plugins
-
-
-def depth_below_surface(brain: np.ndarray) -> np.ndarray:
-    """Voxels to the nearest non-brain voxel; a brain touching the crop's border is
-    padded so that the volume's edge counts as outside."""
-    padded = np.pad(brain, 1)
-    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1, 1:-1]
 
 
 def patch_shares(centres: np.ndarray, band: np.ndarray, brain: np.ndarray, tumor: np.ndarray,

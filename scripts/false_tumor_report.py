@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from omkit.morphology import depth_below_surface
+
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
@@ -49,7 +51,7 @@ def report_case(pred_path: Path, data: Path) -> dict:
     pred, gt = _load(pred_path), _load(files["seg"])
     images = [(_load(files[m]).astype(np.float32)) for m in MODALITIES]
     brain = np.any([im != 0 for im in images], axis=0)
-    depth = ndimage.distance_transform_edt(brain)
+    depth = depth_below_surface(brain)
     z = [np.where(brain, (im - im[brain].mean()) / max(float(im[brain].std()), 1e-6), 0.0) for im in images]
     labels, false = false_components(pred, gt)
     wt_p, wt_g = pred > 0, gt > 0
@@ -69,13 +71,15 @@ def report_case(pred_path: Path, data: Path) -> dict:
 
 
 def coarse_mask(probabilities: Path) -> np.ndarray:
-    """Task 1's coarse tumor mask (summed tumor-class probability > 0.5, as the fusion
-    takes it) from ``omkit predict --save-probabilities``' ``.npz`` (NIfTI axis order)."""
-    from omkit.labels import TUMOR_CLASSES
-    from omkit.protocol import COARSE_TUMOR_THRESHOLD
+    """Task 1's coarse tumor mask, as the fusion takes it, from ``omkit predict
+    --save-probabilities``' ``.npz`` (NIfTI axis order)."""
+    import torch
+
+    from omkit.inference.fusion import task1_labels
 
     with np.load(probabilities) as arrays:
-        return arrays["task1"][list(TUMOR_CLASSES)].sum(axis=0) > COARSE_TUMOR_THRESHOLD
+        coarse, _ = task1_labels(torch.from_numpy(arrays["task1"][None]))
+    return coarse[0].numpy().astype(bool)
 
 
 def figure(out: Path, case_id: str, data: Path, folders: list[Path], names: list[str],

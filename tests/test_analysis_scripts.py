@@ -31,13 +31,17 @@ def test_edge_exposure_patch_shares_match_counting():
         np.testing.assert_allclose(row, expected)
 
 
-def test_edge_exposure_depth_counts_the_volume_edge_as_outside():
-    edge = _script("edge_exposure")
+def test_depth_below_surface_counts_the_array_edge_as_outside():
+    from omkit.morphology import depth_below_surface
+
     brain = np.ones((5, 5, 5), dtype=bool)
-    depth = edge.depth_below_surface(brain)
+    depth = depth_below_surface(brain)
     assert depth[0, 2, 2] == 1 and depth[2, 2, 2] == 3
     brain[2, 2, 0] = False
-    assert edge.depth_below_surface(brain)[2, 2, 1] == 1
+    depth = depth_below_surface(brain)
+    assert depth[2, 2, 1] == 1 and depth[2, 2, 0] == 0
+    padded = np.pad(brain, 3)  # the same mask inside a larger volume: the same depths
+    np.testing.assert_array_equal(depth_below_surface(padded)[3:-3, 3:-3, 3:-3], depth)
 
 
 def test_false_components_are_those_touching_no_truth():
