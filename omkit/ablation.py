@@ -139,6 +139,37 @@ def _link_cases(cases: Sequence[Path], folder: Path) -> None:
 
 # -- one row on one split -------------------------------------------------------------
 
+def row_folder(row: str) -> str:
+    """The folder name of ``row`` under a study's ``runs/`` and ``predictions/``."""
+    return row.replace("*", "_ensemble")
+
+
+def load_config(study: str | Path) -> AblationConfig:
+    """The :class:`AblationConfig` a study folder was run with (its JSON ``ablation_config.json``)."""
+    path = Path(study) / "ablation_config.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: not a study folder (no ablation_config.json)")
+    return AblationConfig(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def study_predictor(config: AblationConfig, models: Sequence[Path]):
+    """The predictor a study scores ``models`` with: its device, tiles, ROI dilation and inference."""
+    from .devices import resolve_device
+    from .inference import SegmentationPredictor, TileSettings
+
+    return SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
+                                            tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation,
+                                            inference=config.inference, dense=dict(config.dense))
+
+
+def saved_row_results(study: str | Path, row: str) -> list[dict]:
+    """The saved result of ``row`` on each split a study has scored (possibly none yet),
+    in split order; each names its split, held-out cases and per-case scores."""
+    folder = Path(study) / "runs" / row_folder(row)
+    results = [read_scores(path, row, path.parent.name) for path in sorted(folder.glob("*/scores.json"))]
+    return [r for r in results if r is not None]
+
+
 def _train_config(config: AblationConfig, preset: str, data: str, run_dir: Path, folds) -> dict:
     settings = {
         "seed": config.seed, "device": config.device, "label_convention": config.label_convention,
@@ -167,16 +198,13 @@ def _train(settings: dict, log: Callable[[str], None]) -> Path:
 def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: AblationConfig,
                  pred_dir: Path, log: Callable[[str], None]) -> list[dict]:
     """Predict ``cases`` once; score the raw and (optionally) post-processed maps."""
-    from .devices import resolve_device
-    from .inference import SegmentationPredictor, TileSettings, build_postprocessors
+    from .inference import build_postprocessors
     from .inference.pipeline import load_for_prediction, predict_case, write_label_map
     from .labels import internal_regions
     from .lesionwise import false_positive_components
     from .metrics import case_metrics_internal
 
-    predictor = SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
-                                                 tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation,
-                                                 inference=config.inference, dense=dict(config.dense))
+    predictor = study_predictor(config, models)
     steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
     rows = []
     for case_dir in cases:
@@ -231,7 +259,7 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
     from .factory import count_parameters, get_preset
 
     out = Path(config.output)
-    row_dir = out / "runs" / row.replace("*", "_ensemble") / split.name
+    row_dir = out / "runs" / row_folder(row) / split.name
     done = row_dir / "scores.json"
     saved = read_scores(done, row, split.name)
     if saved is not None:
@@ -443,7 +471,7 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
 
 def _prediction_path(out: Path, row: str, split: str, variant: str, case_id: str) -> Path:
     """Where :func:`_score_cases` wrote a held-out case's label map."""
-    return out / "predictions" / row.replace("*", "_ensemble") / split / variant / f"{case_id}.nii.gz"
+    return out / "predictions" / row_folder(row) / split / variant / f"{case_id}.nii.gz"
 
 
 def write_extreme_overlays(results: Sequence[dict], config: AblationConfig) -> list[Path]:
@@ -472,7 +500,7 @@ def write_extreme_overlays(results: Sequence[dict], config: AblationConfig) -> l
             continue
         ranked = sorted(scores, key=lambda key: (scores[key], key))  # ties: by split and case name
         for which, (split, case_id) in (("best", ranked[-1]), ("worst", ranked[0])):
-            target = out / "overlays" / f"{row.replace('*', '_ensemble')}-{which}-{case_id}.png"
+            target = out / "overlays" / f"{row_folder(row)}-{which}-{case_id}.png"
             source = _prediction_path(out, row, split, variant, case_id)
             if target.exists() or not source.exists() or case_id not in case_dirs:
                 written += [target] if target.exists() else []

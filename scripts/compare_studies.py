@@ -12,29 +12,24 @@ B) with its 95 % interval, bold where the interval excludes zero, and each side'
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from omkit.ablation import paired_differences
+from omkit.ablation import paired_differences, saved_row_results
 from omkit.labels import REGIONS
 
 
 def read_row(spec: str) -> tuple[str, list[dict]]:
-    """(name, per-case records) of ``STUDY:ROW[=NAME]``, from each scored split's
-    ``scores.json`` (so a study still running, or stopped, compares on the splits it has)."""
+    """(name, per-case records) of ``STUDY:ROW[=NAME]``, from each scored split's saved
+    result (so a study still running, or stopped, compares on the splits it has)."""
     study, _, rest = spec.rpartition(":")
     row, _, name = rest.partition("=")
-    files = sorted((Path(study) / "runs" / row.replace("*", "_ensemble")).glob("*/scores.json"))
-    if not files:
+    results = saved_row_results(study, row)
+    if not results:
         raise SystemExit(f"{Path(study) / 'runs' / row}: no scored split (scores.json); no row {row!r} to compare")
     name = name or f"{Path(study).name}/{row}"
-    records = []
-    for path in files:
-        result = json.loads(path.read_text(encoding="utf-8"))
-        records += [{**case, "row": name, "split": result["split"]} for case in result["cases"]]
-    return name, records
+    return name, [{**case, "row": name, "split": r["split"]} for r in results for case in r["cases"]]
 
 
 def main(argv=None) -> None:

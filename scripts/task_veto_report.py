@@ -11,23 +11,24 @@ tile, ROI and inference settings), and inside task 1's coarse mask this measures
 
     python scripts/task_veto_report.py STUDY ROW [STUDY ROW ...] [--csv OUT.csv]
 
-STUDY is the study folder (its ``ablation_config.json`` names the data and settings).
+STUDY is the study folder (its ``ablation_config.json`` names the data and settings;
+the study's device is used).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from omkit.ablation import load_config, row_folder, saved_row_results, study_predictor
 from omkit.data import find_cases
-from omkit.inference import SegmentationPredictor, TileSettings
-from omkit.inference.fusion import dilate, task1_labels
-from omkit.inference.pipeline import load_for_prediction
 from omkit.data.preprocess import preprocess_case
+from omkit.inference import SegmentationPredictor
+from omkit.inference.fusion import class_index, dilate, task1_labels
+from omkit.inference.pipeline import load_for_prediction
 from omkit.labels import TUMOR_CLASSES
 
 
@@ -39,7 +40,7 @@ def case_veto(predictor: SegmentationPredictor, case_dir: Path, roi_dilation: fl
     coarse = task1_labels(probs["task1"][None])[0][0].bool()
     brain = torch.as_tensor(pre.brain_mask)
     roi = dilate(coarse, roi_dilation) & brain
-    task2_tumor = torch.isin(probs["task2"].argmax(0), torch.tensor(TUMOR_CLASSES))
+    task2_tumor = torch.isin(class_index(probs["task2"][None])[0], torch.tensor(TUMOR_CLASSES))
     truth = torch.isin(torch.as_tensor(pre.label), torch.tensor(TUMOR_CLASSES))
     near_truth = dilate(truth, roi_dilation)
     false_far = coarse & ~near_truth
@@ -55,16 +56,6 @@ def case_veto(predictor: SegmentationPredictor, case_dir: Path, roi_dilation: fl
             "tumor_voxels": int(truth.sum()), "tumor_in_roi": share(roi, truth), "kept_tumor": share(task2_tumor, truth_in_roi)}
 
 
-def study_rows(study: Path, row: str) -> list[tuple[Path, list[str]]]:
-    """(model file, held-out case names) per fold of ``row``."""
-    folds = []
-    for scores in sorted((study / "runs" / row).glob("*/scores.json")):
-        folds.append((scores.parent / "model.pt", json.loads(scores.read_text())["held_out"]))
-    if not folds:
-        raise SystemExit(f"{study / 'runs' / row}: no scored fold (scores.json) to read")
-    return folds
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pairs", nargs="+", help="STUDY ROW [STUDY ROW ...]")
@@ -75,15 +66,15 @@ def main(argv=None) -> None:
     rows = []
     for study, row in zip(args.pairs[::2], args.pairs[1::2]):
         study = Path(study)
-        config = json.loads((study / "ablation_config.json").read_text())
-        cases = {p.name: p for p in find_cases(config["input"])}
-        for model, held_out in study_rows(study, row):
-            predictor = SegmentationPredictor.from_files([str(model)], device="cpu", tiles=TileSettings(**config["tiles"]),
-                                                         roi_dilation=config["roi_dilation"],
-                                                         inference=config.get("inference", "auto"),
-                                                         dense=dict(config.get("dense") or {}))
-            for name in held_out:
-                r = {"study": str(study), "row": row, **case_veto(predictor, cases[name], config["roi_dilation"])}
+        config = load_config(study)
+        cases = {p.name: p for p in find_cases(config.input)}
+        results = saved_row_results(study, row)
+        if not results:
+            raise SystemExit(f"{study / 'runs' / row}: no scored fold (scores.json) to read")
+        for result in results:
+            predictor = study_predictor(config, [study / "runs" / row_folder(row) / result["split"] / "model.pt"])
+            for name in result["held_out"]:
+                r = {"study": str(study), "row": row, **case_veto(predictor, cases[name], config.roi_dilation)}
                 rows.append(r)
                 print(f"{study.name}/{row} {r['case']}: far false coarse {r['false_far_voxels']} voxels, task 2 vetoes "
                       f"{r['veto_far']:.2f}; near {r['false_near_voxels']}, vetoes {r['veto_near']:.2f}; "

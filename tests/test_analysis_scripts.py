@@ -74,7 +74,8 @@ def test_compare_studies_pairs_cases_across_study_folders(tmp_path, capsys):
                      for k in range(3) for region in ("WT", "TC", "ET")]
             folder = tmp_path / study / "runs" / "omnet_cga" / f"fold{split}"
             folder.mkdir(parents=True)
-            (folder / "scores.json").write_text(json.dumps({"split": f"fold{split}", "cases": cases}))
+            (folder / "scores.json").write_text(json.dumps({"row": "omnet_cga", "split": f"fold{split}", "title": "OM-Net + CGA",
+                                                            "parameters": 1, "held_out": [], "cases": cases}))
     compare.main([f"{tmp_path / 'a'}:omnet_cga=with", f"{tmp_path / 'b'}:omnet_cga=without", "--metrics", "dice,hd95"])
     out = capsys.readouterr().out
     assert "with minus without, post maps (6 cases both scored)" in out
