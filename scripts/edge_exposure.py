@@ -18,6 +18,7 @@ import numpy as np
 
 from omkit.data import find_cases
 from omkit.data.brats import load_case
+from omkit.data.patches import patch_bounds
 from omkit.data.preprocess import preprocess_case
 from omkit.data.sampler_specs import parse_sampler_spec
 from omkit.data.sampling import region_indices
@@ -29,10 +30,10 @@ from omkit.plugin_manager import get_plugins
 def patch_shares(centres: np.ndarray, band: np.ndarray, brain: np.ndarray, tumor: np.ndarray,
                  size: tuple[int, int, int]) -> np.ndarray:
     """Per centre ``(z, y, x)``: (band, brain, tumor) voxels of its patch over the patch's size
-    (the patch starts ``size // 2`` before the centre, as training's patches do)."""
+    (the patch's bounds are training's, ``omkit.data.patches.patch_bounds``)."""
     cumulative = [np.pad(m.astype(np.int64), ((1, 0),) * 3).cumsum(0).cumsum(1).cumsum(2) for m in (band, brain, tumor)]
-    lo = np.clip(centres - np.array(size) // 2, 0, np.array(band.shape))
-    hi = np.clip(centres - np.array(size) // 2 + np.array(size), 0, np.array(band.shape))
+    start, stop = patch_bounds(centres, size)  # broadcasts over the (N, 3) centres
+    lo, hi = np.clip(start, 0, np.array(band.shape)), np.clip(stop, 0, np.array(band.shape))
     out = np.zeros((len(centres), 3))
     for k, c in enumerate(cumulative):
         (z0, y0, x0), (z1, y1, x1) = lo.T, hi.T
