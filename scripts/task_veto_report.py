@@ -25,6 +25,7 @@ import torch
 
 from omkit.ablation import load_config, row_folder, saved_row_results, study_predictor
 from omkit.data import find_cases
+from omkit.data.features import left_right_axis
 from omkit.data.preprocess import preprocess_case
 from omkit.inference import SegmentationPredictor
 from omkit.inference.fusion import class_index, dilate, task1_labels
@@ -35,7 +36,8 @@ from omkit.labels import TUMOR_CLASSES
 def case_veto(predictor: SegmentationPredictor, case_dir: Path, roi_dilation: float) -> dict:
     case = load_for_prediction(case_dir, with_label=True)
     pre = preprocess_case(case)
-    result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=True)
+    result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=True,
+                               left_right_axis=left_right_axis(pre.affine))
     probs = result.probabilities
     coarse = task1_labels(probs["task1"][None])[0][0].bool()
     brain = torch.as_tensor(pre.brain_mask)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from omkit.cli import CLIError
 from omkit.devices import DEVICE_CHOICES, PRECISIONS
+from omkit.data.features import INPUT_FEATURES
 
 PRECISION_HELP = ("fp32, or mixed precision: the networks run under autocast to bf16 (bfloat16) or fp16 (float16, "
                   "CUDA only; training adds a gradient scaler); the fused ops accumulate in float32")
@@ -228,6 +229,9 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
     ("model", "width", {"type": float}, "channel width multiplier (1.0 = the paper's 32-256 maps)"),
     ("model", "attention", {"metavar": "NAME"},
      "attention plug-in in every OM-Net head (omkit plugins lists them), without writing a preset"),
+    ("model", "input_features", {"choices": list(INPUT_FEATURES), "metavar": "SET"},
+     "what the network reads: mri (the paper's four modalities) or mri+asymmetry (also each modality minus "
+     "its left-right mirror image, an omkit option)"),
     ("model", "model_options", {"type": _key_value, "nargs": "+", "action": "extend", "metavar": "KEY=VALUE"},
      "further keyword arguments of the model (each VALUE a Python literal, else a string)"),
     ("schedule", "stage_epochs", {"type": int_list("--stage-epochs"), "metavar": "A,B,C"},

@@ -29,10 +29,12 @@ def extract_patch(volume: np.ndarray, centre: Sequence[int], patch_size: Sequenc
 
 
 def extract_patches(cases, centres: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images ``(N, 4, *patch_size)`` float32 and labels ``(N, *patch_size)``
-    uint8 (None when the cases have no labels) for centre rows ``(case, z, y, x)``."""
+    """Images ``(N, C, *patch_size)`` float32 (C: the cases' channels, 4 modalities) and labels
+    ``(N, *patch_size)`` uint8 (None when the cases have no labels) for centre rows ``(case, z, y, x)``.
+    Each case needs ``image`` and ``label`` (may be None)."""
     n = len(centres)
-    images = np.zeros((n, 4) + tuple(patch_size), dtype=np.float32)
+    channels = cases[0].image.shape[0] if len(cases) else 4
+    images = np.zeros((n, channels) + tuple(patch_size), dtype=np.float32)
     with_labels = n > 0 and all(cases[int(c)].label is not None for c in np.unique(centres[:, 0]))
     labels = np.zeros((n,) + tuple(patch_size), dtype=np.uint8) if with_labels else None
     for i, (case, *centre) in enumerate(centres.tolist()):

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from omkit.data import Case, Preprocessed, case_files, load_case, preprocess_case, to_nifti_axes, uncrop
+from omkit.data.features import left_right_axis
 from omkit.fileio import atomic_path
 from omkit.labels import BACKGROUND, get_convention
 
@@ -51,7 +52,8 @@ def predict_case(case: Case, predictor: SegmentationPredictor, steps: Sequence[t
     preprocess, predict (one pass, cascade or ensemble), post-process with
     ``steps`` (on the brain crop, with the z-scored image), uncrop."""
     pre = preprocess_case(case)
-    result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=return_probabilities)
+    result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=return_probabilities,
+                               left_right_axis=left_right_axis(pre.affine))
     raw = result.labels.numpy()
     post = postprocess(raw, pre.image, steps) if steps else raw
     raw_full = uncrop(raw, pre.bbox, pre.full_shape, fill=BACKGROUND)

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from omkit.data.brats import MODALITIES
+from omkit.data.features import DEFAULT_LEFT_RIGHT_AXIS, MRI, features_of_channels, input_channels, network_input
 from omkit.devices import autocast, check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
@@ -55,6 +57,20 @@ from .fusion import argmax_labels, core_mask, dilate, fuse, task1_labels
 from .sliding import overlap_tile_inference, tiles_touching
 from .tiling import check_geometry, keep_centre, tile_origins
 from .tta import mirror_flips, mirrored_centre
+
+
+def _input_features(models: Sequence[nn.Module], given: str | None) -> str:
+    """The feature set every model reads: ``given`` (checked against the models' input
+    channels), else the one their input channels name."""
+    channels = {int(getattr(m, "model_kw", {}).get("in_channels", len(MODALITIES))) for m in models}
+    if len(channels) != 1:
+        raise ValueError(f"ensemble members must read the same input channels, got {sorted(channels)}")
+    count = channels.pop()
+    if given is None:
+        return features_of_channels(count)
+    if input_channels(given) != count:
+        raise ValueError(f"input_features {given!r} has {input_channels(given)} channels; the models read {count}")
+    return given
 
 
 class Prediction(NamedTuple):
@@ -163,6 +179,8 @@ class SegmentationPredictor:
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     inference: str = DEFAULT_INFERENCE
     dense: DenseSettings = field(default_factory=DenseSettings)
+    # what the networks read (omkit.data.features); None: what their input channels say
+    input_features: str | None = None
 
     INFERENCE_MODES = INFERENCE_MODES
 
@@ -181,6 +199,7 @@ class SegmentationPredictor:
         if len(kinds) != 1:
             raise ValueError(f"ensemble members must share an architecture, got {sorted(kinds)}")
         self.kind, self.num_tasks = kinds.pop()
+        self.input_features = _input_features(self.models, self.input_features)
         if self.sw_device is None:
             self.sw_device = next(self.models[0].parameters()).device
         self.sw_device = torch.device(self.sw_device)
@@ -293,13 +312,20 @@ class SegmentationPredictor:
     # -- whole volume ------------------------------------------------------------
     @torch.no_grad()
     def predict(self, image: Tensor | np.ndarray, brain_mask: Tensor | np.ndarray | None = None,
-                return_probabilities: bool = False) -> Prediction:
+                return_probabilities: bool = False, left_right_axis: int = DEFAULT_LEFT_RIGHT_AXIS) -> Prediction:
         """``image (4, D, H, W)`` z-scored; ``brain_mask (D, H, W)``: only tiles
         touching it are computed and voxels outside it are background (default:
-        the whole volume)."""
+        the whole volume). ``left_right_axis``: the spatial axis that runs
+        left-right (:func:`omkit.data.features.left_right_axis` of the case's
+        affine), for networks that read the image's asymmetry."""
         image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
         if image.dim() != 4:
             raise ValueError(f"image must be (C, D, H, W), got shape {tuple(image.shape)}")
+        if self.input_features != MRI:
+            if image.shape[0] != len(MODALITIES):
+                raise ValueError(f"image must hold the {len(MODALITIES)} modalities ({', '.join(MODALITIES)}), "
+                                 f"got {image.shape[0]} channels")
+            image = network_input(image, self.input_features, left_right_axis)
         if brain_mask is None:
             brain_mask = torch.ones(image.shape[1:], dtype=torch.bool)
         brain_mask = torch.as_tensor(np.asarray(brain_mask, dtype=bool) if not isinstance(brain_mask, Tensor) else brain_mask).bool()

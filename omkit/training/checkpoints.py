@@ -116,7 +116,8 @@ def model_metadata(config, label_convention: str, state, stages, cases, held_out
     (read by ``omkit predict`` and ``load_model``)."""
     return {
         "label_convention": label_convention,
-        "preprocessing": {k: v for k, v in PREPROCESSING.items() if k != "version"},
+        "preprocessing": {**{k: v for k, v in PREPROCESSING.items() if k != "version"},
+                          "input_features": config.input_features},
         "patch_size": list(config.patch_size),
         "training": {
             "epochs": state.epoch,

@@ -27,6 +27,7 @@ from omkit.protocol import (
     TRANSFER_TUMOR_THRESHOLD,
     WEIGHT_DECAY,
 )
+from omkit.data.features import DEFAULT_INPUT_FEATURES, INPUT_FEATURES
 from omkit.data.sampler_specs import parse_spec
 from omkit.devices import DEVICE_CHOICES, PRECISIONS, is_valid_device_name
 
@@ -90,6 +91,9 @@ class TrainConfig:
     # (create_model(preset, attention=...)); any registered attention
     attention: str | None = None
     model_options: dict = field(default_factory=dict)  # further create_model keyword arguments
+    # what the network reads per voxel (omkit.data.features): the paper's four modalities ("mri"),
+    # or those and their left-right asymmetry ("mri+asymmetry", an omkit option)
+    input_features: str = DEFAULT_INPUT_FEATURES
     # curriculum: epochs of stage 1 (task 1), 2 (tasks 1-2), 3 (tasks 1-3); a
     # preset without curriculum trains its tasks together for their sum
     stage_epochs: tuple = STAGE_EPOCHS
@@ -180,8 +184,11 @@ class TrainConfig:
             bad("width", f"must be > 0, got {self.width}")
         if self.attention is not None and (not isinstance(self.attention, str) or not self.attention.strip()):
             bad("attention", f"must be the name of an attention plug-in, got {self.attention!r}")
-        if "width" in self.model_options or "attention" in self.model_options:
-            key = "width" if "width" in self.model_options else "attention"
+        if self.input_features not in INPUT_FEATURES:
+            bad("input_features", f"unknown input features {self.input_features!r}; known: {', '.join(INPUT_FEATURES)}")
+        own_option = {"width": "width", "attention": "attention", "in_channels": "input_features"}
+        if any(key in self.model_options for key in own_option):
+            key = next(own_option[key] for key in own_option if key in self.model_options)
             bad("model_options", f"{key} has its own option, {flag(key)}")
         for name in ("transfer_tumor_threshold", "transfer_core_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -94,6 +94,7 @@ def prepare_data(config: TrainConfig, samplers: Sequence, tasks: Sequence[int],
     patches = TaskPatches(
         cases, samplers, config.patch_size, config.patches_per_epoch, config.batch_per_task,
         seed=config.seed, rank=processes.rank, world_size=processes.world_size, tasks=tasks, regions=regions,
+        input_features=config.input_features,
     )
     conventions = sorted({pre.convention for pre in cases})
     convention = conventions[0] if len(conventions) == 1 else (config.label_convention or conventions[0])

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from omkit.data.features import DEFAULT_INPUT_FEATURES, input_channels
+
 from .config import TrainConfig, flag
 
 
@@ -27,6 +29,8 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     from omkit.models.build import create_model
 
     kw = dict(config.model_options)
+    if config.input_features != DEFAULT_INPUT_FEATURES:
+        kw["in_channels"] = input_channels(config.input_features)
     if config.attention is not None:
         kw["attention"] = config.attention
     torch.manual_seed(config.seed)
@@ -36,6 +40,8 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
         given = [f"{flag('preset')} {config.preset}"]
         if config.attention is not None:
             given.append(f"{flag('attention')} {config.attention}")
+        if config.input_features != DEFAULT_INPUT_FEATURES:
+            given.append(f"{flag('input_features')} {config.input_features}")
         if config.model_options:
             given.append(f"{flag('model_options')} " + " ".join(f"{k}={v!r}" for k, v in config.model_options.items()))
         raise ValueError(f"{' '.join(given)}: {' '.join(str(exc).split())}") from None

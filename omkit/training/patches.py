@@ -7,16 +7,21 @@ Every epoch each task gets a fresh pool of patch centres from its sampler
 depends only on (seed, rank, epoch, step), the sampler's whole state is that
 position: resuming, or loading with worker processes, gives the same batches.
 Each process (DDP rank) draws from its own random stream. The samplers and
-their regions are :mod:`omkit.data.sampling`'s.
+their regions are :mod:`omkit.data.sampling`'s. A network that reads more than
+the four modalities (:mod:`omkit.data.features`) gets its extra channels per
+patch, from the same patch cut out of each case's mirrored crop (a view: no
+case is copied).
 """
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from omkit.data.features import DEFAULT_INPUT_FEATURES, MRI, left_right_axis, mirrored, network_input
 from omkit.data.patches import extract_patches
 from omkit.data.sampling import region_indices, region_size
 
@@ -36,6 +41,7 @@ class TaskPatches:
         world_size: int = 1,
         tasks: Sequence[int] = (0, 1, 2),
         regions: dict[int, list[np.ndarray]] | None = None,
+        input_features: str = DEFAULT_INPUT_FEATURES,
     ):
         self.cases = list(cases)
         self.samplers = list(samplers)
@@ -52,6 +58,11 @@ class TaskPatches:
                     "(no tumor / core in the ground truth?)"
                 )
         self._pool_cache: dict[tuple[int, int], np.ndarray] = {}
+        self.input_features = input_features
+        self._mirrors = None
+        if input_features != MRI:
+            self._mirrors = [SimpleNamespace(image=mirrored(pre.image, left_right_axis(pre.affine)), label=None)
+                             for pre in self.cases]
 
     def steps_per_epoch(self, tasks: Sequence[int]) -> int:
         return max(math.ceil(self.pool_sizes[t] / self.batch) for t in tasks)
@@ -71,10 +82,16 @@ class TaskPatches:
         return pool[(step * self.batch + np.arange(self.batch)) % len(pool)]
 
     def batch_at(self, epoch: int, step: int, tasks: Sequence[int]):
-        """Per task (None when inactive): ``(images (B, 4, *P) float32, labels (B, *P) uint8)``."""
+        """Per task (None when inactive): ``(images (B, C, *P) float32, labels (B, *P) uint8)``, C the
+        network's input channels."""
         out = [None, None, None]
         for t in tasks:
-            out[t] = extract_patches(self.cases, self.centres(epoch, step, t), self.patch_size)
+            centres = self.centres(epoch, step, t)
+            images, labels = extract_patches(self.cases, centres, self.patch_size)
+            if self._mirrors is not None:
+                mirror, _ = extract_patches(self._mirrors, centres, self.patch_size)
+                images = network_input(images, self.input_features, mirror=mirror)
+            out[t] = (images, labels)
         return out
 
 
