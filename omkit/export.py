@@ -117,9 +117,12 @@ def export_metadata(meta: dict, tile_size: Sequence[int], keep: Sequence[int], s
         "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", 4, *[int(s) for s in tile_size]],
+            "shape": ["batch", int(meta.get("model_kw", {}).get("in_channels", 4)), *[int(s) for s in tile_size]],
             "dtype": "float32",
             "modalities": ["flair", "t1", "t1c", "t2"],
+            # omkit.data.features: "mri" = the four modalities; "mri+asymmetry" = those, then each minus its
+            # mirror image across the crop's centre along the left-right axis (H for axis-aligned volumes)
+            "features": meta.get("preprocessing", {}).get("input_features", "mri"),
             "axes": "(batch, modality, D, H, W); D = NIfTI axis 3 (Z, axial), H = axis 1 (X), W = axis 2 (Y)",
         },
         "outputs": {f"task{t + 1}": ["batch", NUM_CLASSES_TASK[t], *[int(s) for s in tile_size]]

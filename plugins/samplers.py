@@ -10,6 +10,13 @@
   inside the ground-truth enhancing tumor. Cases are drawn uniformly, so a case
   with a thin rim of enhancement gets as many of these centres as one with a
   large enhancing tumor, where ``core`` centres mostly land in its necrosis.
+* ``tumor_mimic`` (not the paper's; for mixtures such as
+  ``dilated_tumor:3+tumor_mimic:1``): normal brain tissue farther than
+  ``margin`` voxels from any tumor whose FLAIR is at least as bright as the
+  ``quantile`` of the case's own whole-tumor FLAIR: the tissue a task confuses
+  with edema (the false tumor of docs/RESULTS.md lies in such tissue), which
+  the ``dilated_tumor`` sampler never shows task 2. A case without tumor, or
+  without such tissue, has an empty region (its patches go to other cases).
 
 The sampler interface, its base classes and the spec grammar are core
 (:mod:`omkit.data.sampling`); this plug-in only defines and registers the
@@ -21,7 +28,8 @@ import numpy as np
 
 from omkit.data.sampling import LabelRegionSampler, RegionSampler, label_region
 from omkit.hookspecs import hookimpl
-from omkit.labels import CORE_CLASSES, ENHANCING, TUMOR_CLASSES
+from omkit.data.brats import MODALITIES
+from omkit.labels import CORE_CLASSES, ENHANCING, NORMAL, TUMOR_CLASSES
 from omkit.morphology import dilate_ball
 from omkit.protocol import SAMPLER_TUMOR_DILATION
 
@@ -69,9 +77,31 @@ class EnhancingSampler(LabelRegionSampler):
     purpose = "enhancing-tumor sampling"
 
 
+class TumorMimicSampler(RegionSampler):
+    """Normal tissue far from the tumor that is as FLAIR-bright as the tumor (hard negatives)."""
+
+    task = 1
+    key = "tumor_mimic"
+
+    def __init__(self, quantile: float = 0.25, margin: float = SAMPLER_TUMOR_DILATION):
+        for name, value, low, high in (("quantile", quantile, 0.0, 1.0), ("margin", margin, 0.0, np.inf)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+        self.quantile, self.margin = float(quantile), float(margin)
+
+    def region(self, pre) -> np.ndarray:
+        tumor = label_region(pre, TUMOR_CLASSES, "tumor-mimic sampling")
+        if not tumor.any():
+            return np.zeros(tumor.shape, dtype=bool)
+        flair = np.asarray(pre.image[MODALITIES.index("flair")])
+        bright = flair >= np.quantile(flair[tumor], self.quantile)
+        return bright & (np.asarray(pre.label) == NORMAL) & ~dilate_ball(tumor, self.margin)
+
+
 @hookimpl
 def omkit_register_samplers(registry):
     registry.add("brain", BrainSampler)
     registry.add("dilated_tumor", DilatedTumorSampler)
     registry.add("core", CoreSampler)
     registry.add("enhancing", EnhancingSampler)
+    registry.add("tumor_mimic", TumorMimicSampler)

@@ -28,7 +28,7 @@ from omkit.data.sampler_specs import SpecPart, parse_spec
 from omkit.data.sampling import generic_cache_key, region_file_name
 from omkit.labels import CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL, TUMOR_CLASSES
 from omkit.morphology import dilate_ball
-from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler
+from omkit.plugins.samplers import BrainSampler, CoreSampler, DilatedTumorSampler, EnhancingSampler, TumorMimicSampler
 from omkit.training import TaskPatches, TransferRule, class_fraction, task3_target, task_targets
 
 TINY_PATCH = (8, 16, 16)
@@ -92,9 +92,14 @@ def check_sampler_contract(name: str, cases) -> None:
     np.testing.assert_array_equal(region_indices(sampler, cases[0]), flat[0])
 
 
+# options under which a built-in finds voxels in the small synthetic cases (whose tumor is
+# brighter than any normal tissue at the default quantile)
+CONTRACT_SPECS = {"tumor_mimic": "tumor_mimic(quantile=0)"}
+
+
 @pytest.mark.parametrize("name", omkit.list_samplers())
 def test_every_registered_sampler_keeps_the_contract(name, cases):
-    check_sampler_contract(name, cases)
+    check_sampler_contract(CONTRACT_SPECS.get(name, name), cases)
 
 
 @pytest.mark.parametrize("name", omkit.list_samplers())
@@ -151,10 +156,38 @@ def test_enhancing_centres_inside_enhancing_tumor(cases):
         assert (cases[c].label[mine[:, 1], mine[:, 2], mine[:, 3]] == ENHANCING).all()
 
 
+def test_tumor_mimic_is_bright_normal_tissue_far_from_the_tumor(cases):
+    pre = cases[0]
+    flair = np.asarray(pre.image[0])
+    tumor = np.isin(pre.label, TUMOR_CLASSES)
+    # make some normal tissue far from the tumor as bright as the tumor (a mimic), and some next to it
+    far_from_tumor = ~dilate_ball(tumor, 5.0) & (pre.label == NORMAL)
+    near_tumor = dilate_ball(tumor, 2.0) & ~tumor & (pre.label == NORMAL)
+    image = np.array(pre.image)
+    mimic = far_from_tumor & (np.random.default_rng(0).random(flair.shape) < 0.3)
+    image[0][mimic | near_tumor] = flair[tumor].max()
+    bright = type(pre)(**{**pre.__dict__, "image": image})
+    region = TumorMimicSampler().region(bright)
+    assert region.any() and (region <= far_from_tumor).all()  # normal tissue, beyond the margin
+    np.testing.assert_array_equal(region & mimic, mimic)  # every bright far voxel is in it
+    assert not (region & near_tumor).any()
+    threshold = np.quantile(image[0][tumor], 0.25)
+    assert (image[0][region] >= threshold).all()
+    # a stricter quantile keeps a subset; a wider margin keeps a subset
+    assert (TumorMimicSampler(quantile=0.9).region(bright) <= region).all()
+    assert (TumorMimicSampler(margin=8).region(bright) <= region).all()
+    assert not TumorMimicSampler().region(cases[2]).any()  # no tumor: nothing mimics it
+    assert "tumor_mimic" in registry().names()
+    sampler = parse_sampler_spec("dilated_tumor:3+tumor_mimic(quantile=0.5):1", registry())
+    assert "quantile=0.5" in sampler_cache_key(sampler.parts[1][0])
+    with pytest.raises(ValueError, match="quantile must be a number in"):
+        TumorMimicSampler(quantile=1.5)
+
+
 def test_label_samplers_need_the_ground_truth(cases):
     unlabelled = preprocess_case(synthetic.make_case((16, 24, 24), seed=5))
     unlabelled.label = None
-    for sampler in (DilatedTumorSampler(), CoreSampler(), EnhancingSampler()):
+    for sampler in (DilatedTumorSampler(), CoreSampler(), EnhancingSampler(), TumorMimicSampler()):
         with pytest.raises(ValueError, match="needs the ground truth"):
             sampler.region(unlabelled)
 

@@ -289,6 +289,17 @@ def test_attention_plugin_and_model_options_without_a_preset(data_dir, cache_dir
     assert not (tmp_path / "bad").exists()  # settings errors come before the run folder is made
 
 
+def test_asymmetry_input_is_trained_and_recorded(data_dir, cache_dir, tmp_path):
+    from omkit.inference import SegmentationPredictor
+
+    run = train(config(data_dir, cache_dir, tmp_path / "run", input_features="mri+asymmetry", max_steps=1))
+    model, meta = load_model(run / "model.pt")
+    assert meta["model_kw"]["in_channels"] == 8
+    assert meta["preprocessing"]["input_features"] == "mri+asymmetry"
+    assert model.backbone.in_channels == 8
+    assert SegmentationPredictor.from_files([run / "model.pt"]).input_features == "mri+asymmetry"
+
+
 def test_workers_give_the_same_batches(data_dir, cache_dir, tmp_path):
     from omkit.training.patches import iterate_steps
 
