@@ -15,8 +15,10 @@
   ``margin`` voxels from any tumor whose FLAIR is at least as bright as the
   ``quantile`` of the case's own whole-tumor FLAIR: the tissue a task confuses
   with edema (the false tumor of docs/RESULTS.md lies in such tissue), which
-  the ``dilated_tumor`` sampler never shows task 2. A case without tumor, or
-  without such tissue, has an empty region (its patches go to other cases).
+  the ``dilated_tumor`` sampler never shows task 2. Where fewer than
+  ``min_voxels`` voxels qualify (or the case has no tumor to compare with), the
+  ``min_voxels`` FLAIR-brightest voxels of that normal tissue stand in, so no
+  case with normal tissue has an empty region.
 
 The sampler interface, its base classes and the spec grammar are core
 (:mod:`omkit.data.sampling`); this plug-in only defines and registers the
@@ -83,19 +85,25 @@ class TumorMimicSampler(RegionSampler):
     task = 1
     key = "tumor_mimic"
 
-    def __init__(self, quantile: float = 0.25, margin: float = SAMPLER_TUMOR_DILATION):
+    def __init__(self, quantile: float = 0.25, margin: float = SAMPLER_TUMOR_DILATION, min_voxels: int = 1000):
         for name, value, low, high in (("quantile", quantile, 0.0, 1.0), ("margin", margin, 0.0, np.inf)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
-        self.quantile, self.margin = float(quantile), float(margin)
+        if not isinstance(min_voxels, int) or isinstance(min_voxels, bool) or min_voxels < 0:
+            raise ValueError(f"min_voxels must be an integer >= 0, got {min_voxels!r}")
+        self.quantile, self.margin, self.min_voxels = float(quantile), float(margin), min_voxels
 
     def region(self, pre) -> np.ndarray:
         tumor = label_region(pre, TUMOR_CLASSES, "tumor-mimic sampling")
-        if not tumor.any():
-            return np.zeros(tumor.shape, dtype=bool)
+        normal = (np.asarray(pre.label) == NORMAL) & ~dilate_ball(tumor, self.margin)
         flair = np.asarray(pre.image[MODALITIES.index("flair")])
-        bright = flair >= np.quantile(flair[tumor], self.quantile)
-        return bright & (np.asarray(pre.label) == NORMAL) & ~dilate_ball(tumor, self.margin)
+        region = normal & (flair >= np.quantile(flair[tumor], self.quantile)) if tumor.any() else normal & False
+        count = int(region.sum())
+        if count < self.min_voxels and normal.any():
+            values = flair[normal]
+            k = min(self.min_voxels, values.size)
+            region = normal & (flair >= np.partition(values, values.size - k)[values.size - k])
+        return region
 
 
 @hookimpl

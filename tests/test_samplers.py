@@ -92,14 +92,9 @@ def check_sampler_contract(name: str, cases) -> None:
     np.testing.assert_array_equal(region_indices(sampler, cases[0]), flat[0])
 
 
-# options under which a built-in finds voxels in the small synthetic cases (whose tumor is
-# brighter than any normal tissue at the default quantile)
-CONTRACT_SPECS = {"tumor_mimic": "tumor_mimic(quantile=0)"}
-
-
 @pytest.mark.parametrize("name", omkit.list_samplers())
 def test_every_registered_sampler_keeps_the_contract(name, cases):
-    check_sampler_contract(CONTRACT_SPECS.get(name, name), cases)
+    check_sampler_contract(name, cases)
 
 
 @pytest.mark.parametrize("name", omkit.list_samplers())
@@ -167,21 +162,31 @@ def test_tumor_mimic_is_bright_normal_tissue_far_from_the_tumor(cases):
     mimic = far_from_tumor & (np.random.default_rng(0).random(flair.shape) < 0.3)
     image[0][mimic | near_tumor] = flair[tumor].max()
     bright = type(pre)(**{**pre.__dict__, "image": image})
-    region = TumorMimicSampler().region(bright)
+    region = TumorMimicSampler(min_voxels=0).region(bright)
     assert region.any() and (region <= far_from_tumor).all()  # normal tissue, beyond the margin
-    np.testing.assert_array_equal(region & mimic, mimic)  # every bright far voxel is in it
+    np.testing.assert_array_equal(region, mimic)  # exactly the bright far voxels (the rest is darker)
     assert not (region & near_tumor).any()
     threshold = np.quantile(image[0][tumor], 0.25)
     assert (image[0][region] >= threshold).all()
+    assert (TumorMimicSampler(min_voxels=int(mimic.sum())).region(bright) == region).all()  # enough: no floor
     # a stricter quantile keeps a subset; a wider margin keeps a subset
-    assert (TumorMimicSampler(quantile=0.9).region(bright) <= region).all()
-    assert (TumorMimicSampler(margin=8).region(bright) <= region).all()
-    assert not TumorMimicSampler().region(cases[2]).any()  # no tumor: nothing mimics it
+    assert (TumorMimicSampler(quantile=0.9, min_voxels=0).region(bright) <= region).all()
+    assert (TumorMimicSampler(margin=8, min_voxels=0).region(bright) <= region).all()
+    # too few qualify, or no tumor to compare with: the brightest min_voxels of the far normal tissue
+    for case, floor in ((pre, 50), (cases[2], 120)):
+        stand_in = TumorMimicSampler(min_voxels=floor).region(case)
+        normal = (case.label == NORMAL) & ~dilate_ball(np.isin(case.label, TUMOR_CLASSES), 5.0)
+        assert floor <= stand_in.sum() <= floor + 5 and (stand_in <= normal).all()
+        flair_of = np.asarray(case.image[0])
+        assert flair_of[stand_in].min() >= flair_of[normal & ~stand_in].max()
+    assert not TumorMimicSampler(min_voxels=0).region(cases[2]).any()
     assert "tumor_mimic" in registry().names()
     sampler = parse_sampler_spec("dilated_tumor:3+tumor_mimic(quantile=0.5):1", registry())
     assert "quantile=0.5" in sampler_cache_key(sampler.parts[1][0])
     with pytest.raises(ValueError, match="quantile must be a number in"):
         TumorMimicSampler(quantile=1.5)
+    with pytest.raises(ValueError, match="min_voxels must be an integer >= 0"):
+        TumorMimicSampler(min_voxels=-1)
 
 
 def test_label_samplers_need_the_ground_truth(cases):
