@@ -130,3 +130,17 @@ def test_predictor_feeds_the_features_its_models_read(cases):
         predictor.predict(np.zeros((8, 8, 16, 16), np.float32))
     with pytest.raises(ValueError, match="input_features 'mri' has 4 channels; the models read 8"):
         _predictor(8, input_features=MRI)
+
+
+def test_worker_processes_give_the_same_asymmetry_patches(cases):
+    from omkit.training.patches import iterate_steps
+
+    patches = TaskPatches(cases, [BrainSampler(), DilatedTumorSampler(), CoreSampler()], TINY_PATCH, (4, 4, 4), 2,
+                          seed=2, input_features=MRI_ASYMMETRY)
+    in_process = list(iterate_steps(patches, 0, (0, 1, 2), start=0, workers=0))
+    with_worker = list(iterate_steps(patches, 0, (0, 1, 2), start=0, workers=1))
+    assert len(in_process) == len(with_worker) == 2
+    for (_, a), (_, b) in zip(in_process, with_worker):
+        for t in range(3):
+            assert a[t][0].shape[1] == 8
+            np.testing.assert_array_equal(a[t][0], np.asarray(b[t][0]))

@@ -59,10 +59,9 @@ class TaskPatches:
                 )
         self._pool_cache: dict[tuple[int, int], np.ndarray] = {}
         self.input_features = input_features
-        self._mirrors = None
-        if input_features != MRI:
-            self._mirrors = [SimpleNamespace(image=mirrored(pre.image, left_right_axis(pre.affine)), label=None)
-                             for pre in self.cases]
+        # per case, the axis its mirror image flips (only views of the crops are made, per batch,
+        # so that worker processes are not sent a second copy of every case)
+        self._mirror_axes = None if input_features == MRI else [left_right_axis(pre.affine) for pre in self.cases]
 
     def steps_per_epoch(self, tasks: Sequence[int]) -> int:
         return max(math.ceil(self.pool_sizes[t] / self.batch) for t in tasks)
@@ -88,8 +87,10 @@ class TaskPatches:
         for t in tasks:
             centres = self.centres(epoch, step, t)
             images, labels = extract_patches(self.cases, centres, self.patch_size)
-            if self._mirrors is not None:
-                mirror, _ = extract_patches(self._mirrors, centres, self.patch_size)
+            if self._mirror_axes is not None:
+                mirrors = [SimpleNamespace(image=mirrored(pre.image, axis), label=None)
+                           for pre, axis in zip(self.cases, self._mirror_axes)]
+                mirror, _ = extract_patches(mirrors, centres, self.patch_size)
                 images = network_input(images, self.input_features, mirror=mirror)
             out[t] = (images, labels)
         return out
