@@ -6,9 +6,8 @@ Why asymmetry: a training patch or inference tile (16 x 32 x 32 voxels) cannot
 see the other hemisphere. Tissue that is FLAIR-bright on both sides (the
 posterior fossa, the band under the skull-stripped surface, around the
 ventricles) then looks like edema to task 1, and the false tumor it produces
-there survives the fusion and post-processing (docs/RESULTS.md, "The false
-tumor along the brain's edge"). Its mirror image is as bright; a tumor's is
-not. The extra channels are ``image - mirror(image)``, the mirror taken across
+there survives the fusion and post-processing (docs/RESULTS.md, "False tumor
+along the brain's edge"). Its mirror image is as bright; a tumor's is not. The extra channels are ``image - mirror(image)``, the mirror taken across
 the brain's bounding box along the left-right axis (the crop is that box, so
 the mirror of the crop is the crop flipped): near zero for symmetric tissue,
 the lesion's contrast for a one-sided lesion.

@@ -42,10 +42,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # patches around the tumor, and all three tasks from the first step (as the
     # authors' released solver does) instead of a curriculum the budget would spend
     # before task 3 starts. Against the false tumor such a short run leaves in
-    # FLAIR-bright normal tissue (docs/RESULTS.md, "The false tumor along the brain's
-    # edge"): the image's left-right asymmetry as input, and a quarter of task 2's
-    # patches on normal tissue as bright as the tumor (tumor_mimic), which task 2
-    # must learn to veto.
+    # FLAIR-bright normal tissue: the image's left-right asymmetry as input, and a
+    # quarter of task 2's patches on normal tissue as bright as the tumor
+    # (tumor_mimic), which task 2 must learn to veto (docs/RESULTS.md, "The fix
+    # kept: the other hemisphere, and tissue that mimics tumor").
     "cpu-budget": {
         "width": 0.25,
         "batch_per_task": 4,
