@@ -144,3 +144,12 @@ def test_worker_processes_give_the_same_asymmetry_patches(cases):
         for t in range(3):
             assert a[t][0].shape[1] == 8
             np.testing.assert_array_equal(a[t][0], np.asarray(b[t][0]))
+
+
+def test_the_precise_recipe_is_cpu_budget_with_both_options():
+    precise, budget = TrainConfig.from_recipe("cpu-budget-precise", {}), TrainConfig.from_recipe("cpu-budget", {})
+    assert precise.input_features == MRI_ASYMMETRY and budget.input_features == MRI
+    assert precise.samplers == ("brain:1+dilated_tumor:1", "dilated_tumor:3+tumor_mimic:1", "core")
+    assert budget.samplers[1] == "dilated_tumor"
+    same = ("width", "batch_per_task", "stage_epochs", "patches_per_epoch", "optimizer", "lr", "lr_step_epochs")
+    assert all(getattr(precise, name) == getattr(budget, name) for name in same)

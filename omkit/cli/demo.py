@@ -15,11 +15,9 @@ it. Training starts from the ``cpu-budget`` recipe (see ``omkit train
 from the first step, as the authors' released solver does (``--stage-epochs
 1,1,998`` for the paper's curriculum), Adam instead of the paper's SGD (with
 SGD, lr 1e-3 and momentum 0.99, task 1 still calls every voxel "normal" after
-ten minutes, so the fusion finds no tumor at all), half of task 1's
-patches centred around the tumor, a quarter of task 2's on tumor-like normal
-tissue and the image's left-right asymmetry as input (``--optimizer sgd
---samplers brain,dilated_tumor,core --input-features mri`` for the paper's).
-Every training option of
+ten minutes, so the fusion finds no tumor at all), and half of task 1's
+patches centred around the tumor (``--optimizer sgd --samplers
+brain,dilated_tumor,core`` for the paper's). Every training option of
 ``omkit train`` is accepted. Outputs under OUT: ``run/`` (training run,
 ``model.pt``), ``predictions/`` (post-processed label maps) and
 ``predictions_raw/`` (without post-processing), ``overlays/`` (paper Fig. 7
