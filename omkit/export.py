@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from omkit.data.features import model_input_channels
 from omkit.fileio import atomic_path, atomic_write_text
 from omkit.labels import (BACKGROUND, CONVENTIONS, CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL,
                           NUM_CLASSES_TASK, TUMOR_CLASSES)
@@ -117,7 +118,7 @@ def export_metadata(meta: dict, tile_size: Sequence[int], keep: Sequence[int], s
         "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", int(meta.get("model_kw", {}).get("in_channels", 4)), *[int(s) for s in tile_size]],
+            "shape": ["batch", model_input_channels(meta.get("model_kw", {})), *[int(s) for s in tile_size]],
             "dtype": "float32",
             "modalities": ["flair", "t1", "t1c", "t2"],
             # omkit.data.features: "mri" = the four modalities; "mri+asymmetry" = those, then each minus its
@@ -299,7 +300,7 @@ def prepare_export(model_path: str | os.PathLike, tile_size: Sequence[int] | Non
     metadata = export_metadata(meta, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation,
                                num_tasks=network.num_tasks,
                                architecture="cascade" if isinstance(model, MCNet) else "onepass")
-    program = export_program(model, tile_size, int(meta.get("model_kw", {}).get("in_channels", 4)))
+    program = export_program(model, tile_size, model_input_channels(meta.get("model_kw", {})))
     return PreparedExport(program, metadata, network.output_names)
 
 

@@ -97,9 +97,8 @@ class TumorMimicSampler(RegionSampler):
         tumor = label_region(pre, TUMOR_CLASSES, "tumor-mimic sampling")
         normal = (np.asarray(pre.label) == NORMAL) & ~dilate_ball(tumor, self.margin)
         flair = np.asarray(pre.image[MODALITIES.index("flair")])
-        region = normal & (flair >= np.quantile(flair[tumor], self.quantile)) if tumor.any() else normal & False
-        count = int(region.sum())
-        if count < self.min_voxels and normal.any():
+        region = normal & (flair >= np.quantile(flair[tumor], self.quantile)) if tumor.any() else np.zeros_like(normal)
+        if int(region.sum()) < self.min_voxels and normal.any():
             values = flair[normal]
             k = min(self.min_voxels, values.size)
             region = normal & (flair >= np.partition(values, values.size - k)[values.size - k])

@@ -44,7 +44,7 @@ ALLOWED: dict[str, set[str]] = {
                                     "omkit.plugin_manager"},
     "omkit.inference": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.ops",
                                      "omkit.plugin_manager", "omkit.factory"},
-    "omkit.export": FOUNDATION | {"omkit.ops", "omkit.models", "omkit.checkpoint", "omkit.inference"},
+    "omkit.export": FOUNDATION | {"omkit.data", "omkit.ops", "omkit.models", "omkit.checkpoint", "omkit.inference"},
     "omkit.ablation": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.factory",
                                     "omkit.training", "omkit.inference", "omkit.evaluation", "omkit.metrics",
                                     "omkit.lesionwise", "omkit.viz"},

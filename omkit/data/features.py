@@ -7,10 +7,11 @@ see the other hemisphere. Tissue that is FLAIR-bright on both sides (the
 posterior fossa, the band under the skull-stripped surface, around the
 ventricles) then looks like edema to task 1, and the false tumor it produces
 there survives the fusion and post-processing (docs/RESULTS.md, "False tumor
-along the brain's edge"). Its mirror image is as bright; a tumor's is not. The extra channels are ``image - mirror(image)``, the mirror taken across
-the brain's bounding box along the left-right axis (the crop is that box, so
-the mirror of the crop is the crop flipped): near zero for symmetric tissue,
-the lesion's contrast for a one-sided lesion.
+along the brain's edge"). Its mirror image is as bright; a tumor's is not.
+The extra channels are ``image - mirror(image)``, the mirror taken across the
+brain's bounding box along the left-right axis (the crop is that box, so the
+mirror of the crop is the crop flipped): near zero for symmetric tissue, the
+lesion's contrast for a one-sided lesion.
 
 The left-right axis is the voxel axis that runs closest to the scanner's x
 axis (the affine's first row). Flipping an axis does not change a mirror, so
@@ -43,6 +44,12 @@ def check_input_features(name, what: str = "--input-features") -> str:
 def input_channels(name: str) -> int:
     """The network input channels of feature set ``name``."""
     return INPUT_FEATURES[check_input_features(name)]
+
+
+def model_input_channels(model_kw: dict) -> int:
+    """The input channels of a model built by ``create_model(..., **model_kw)`` (its
+    ``model_kw``, as model files record it): 4 unless ``in_channels`` says otherwise."""
+    return int(model_kw.get("in_channels", INPUT_FEATURES[MRI]))
 
 
 def features_of_channels(channels: int) -> str:

@@ -45,7 +45,14 @@ import torch
 from torch import Tensor, nn
 
 from omkit.data.brats import MODALITIES
-from omkit.data.features import DEFAULT_LEFT_RIGHT_AXIS, MRI, features_of_channels, input_channels, network_input
+from omkit.data.features import (
+    DEFAULT_LEFT_RIGHT_AXIS,
+    MRI,
+    features_of_channels,
+    input_channels,
+    model_input_channels,
+    network_input,
+)
 from omkit.devices import autocast, check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
@@ -62,7 +69,7 @@ from .tta import mirror_flips, mirrored_centre
 def _input_features(models: Sequence[nn.Module], given: str | None) -> str:
     """The feature set every model reads: ``given`` (checked against the models' input
     channels), else the one their input channels name."""
-    channels = {int(getattr(m, "model_kw", {}).get("in_channels", len(MODALITIES))) for m in models}
+    channels = {model_input_channels(getattr(m, "model_kw", {})) for m in models}
     if len(channels) != 1:
         raise ValueError(f"ensemble members must read the same input channels, got {sorted(channels)}")
     count = channels.pop()

@@ -27,7 +27,7 @@ from omkit.protocol import (
     TRANSFER_TUMOR_THRESHOLD,
     WEIGHT_DECAY,
 )
-from omkit.data.features import DEFAULT_INPUT_FEATURES, INPUT_FEATURES
+from omkit.data.features import DEFAULT_INPUT_FEATURES, check_input_features
 from omkit.data.sampler_specs import parse_spec
 from omkit.devices import DEVICE_CHOICES, PRECISIONS, is_valid_device_name
 
@@ -197,8 +197,7 @@ class TrainConfig:
             bad("width", f"must be > 0, got {self.width}")
         if self.attention is not None and (not isinstance(self.attention, str) or not self.attention.strip()):
             bad("attention", f"must be the name of an attention plug-in, got {self.attention!r}")
-        if self.input_features not in INPUT_FEATURES:
-            bad("input_features", f"unknown input features {self.input_features!r}; known: {', '.join(INPUT_FEATURES)}")
+        check_input_features(self.input_features, flag("input_features"))
         own_option = {"width": "width", "attention": "attention", "in_channels": "input_features"}
         if any(key in self.model_options for key in own_option):
             key = next(own_option[key] for key in own_option if key in self.model_options)
