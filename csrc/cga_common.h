@@ -32,6 +32,16 @@ struct WindowGeometry {
   int64_t window_hi(int axis, int64_t k) const {
     return std::min(std::max<int64_t>(origin[axis] + k * block[axis] - offset[axis] + window[axis], 0), size[axis]);
   }
+  // [first, last) of the blocks whose window holds voxel v (0 <= v < size) along `axis`: the k with
+  // origin + k block - offset <= v < origin + k block - offset + window, within [0, blocks); a
+  // contiguous range, empty (first == last) when no window holds v. 0 <= first <= last <= blocks.
+  void blocks_holding(int axis, int64_t v, int64_t& first, int64_t& last) const {
+    const int64_t t = v - origin[axis] + offset[axis];
+    const int64_t n = blocks[axis];
+    first = std::min(std::max<int64_t>(floor_div(t - window[axis], block[axis]) + 1, 0), n);
+    last = std::max(std::min<int64_t>(floor_div(t, block[axis]) + 1, n), first);
+  }
+  static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
 };
 
 // The passes over the feature map that each backend implements.
@@ -70,6 +80,22 @@ struct CgaKernels {
   // accumulation dtype, contiguous; M1 and c1 both defined (guided) or both undefined.
   Tensor (*block_mix)(const Tensor& x, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
                       const Tensor& c1, const WindowGeometry& g);
+  // The window ops' gradients (the guidance P is a constant). window_sums_backward: dx (B, C, D, H, W)
+  // in `dtype`; for voxel v, s_r(v) = the gradient of row r summed over the blocks whose window holds
+  // v (WindowGeometry::blocks_holding: a box of the block grid), read as eight terms of S
+  // (B, R, C, nD + 1, nH + 1, nW + 1), double, contiguous: the gradient's exclusive prefix sums over
+  // the block grid (S[..., i, j, k] = sum over the blocks before (i, j, k)); dx = P s_0 + s_1 (R = 2)
+  // or s_0 (R = 1).
+  Tensor (*window_sums_backward)(const Tensor& S, const Tensor& P, const WindowGeometry& g, at::ScalarType dtype);
+  // block_mix_backward: given G = d loss / d out (B, K, D, H, W) contiguous in x's dtype:
+  // dx = M0[b, blk(v)]^T G + P M1[b, blk(v)]^T G in x's dtype, zero before the origin; per sample
+  // and block dM0 = sum_{v in blk} G x^T and dM1 = sum_{v in blk} P G x^T (B, num_blocks, K, C); per
+  // sample dc0 = sum_v G and dc1 = sum_v P G (B, K) over the voxels at or after the origin; in the
+  // accumulation dtype. dM1/dc1 are undefined when P is (M1 is then undefined too).
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> (*block_mix_backward)(const Tensor& G, const Tensor& x,
+                                                                           const Tensor& P, const Tensor& M0,
+                                                                           const Tensor& M1,
+                                                                           const WindowGeometry& g);
 };
 
 // How a variant merges the two branches: out = alpha(P) S_t + beta(P) S_n with
@@ -127,12 +153,21 @@ Grads7 cga_backward(const CgaKernels& kernels, const Tensor& grad_out, const Opt
                     const OptionalTensor& w_neg, const OptionalTensor& b_neg, const OptionalTensor& w_out,
                     const OptionalTensor& b_out, c10::string_view variant, double eps);
 
-// Window-consistent inference (window_common.cpp): no autograd, no backward ops.
+// Window-consistent ops (window_common.cpp): window_sums and block_linear train (each has its
+// backward op); cga_windowed is inference only.
+using Grads5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 Tensor window_sums(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance,
                    c10::IntArrayRef window, c10::IntArrayRef block, c10::IntArrayRef offset, c10::IntArrayRef origin);
+Tensor window_sums_backward(const CgaKernels& kernels, const Tensor& grad, const Tensor& x,
+                            const OptionalTensor& guidance, c10::IntArrayRef window, c10::IntArrayRef block,
+                            c10::IntArrayRef offset, c10::IntArrayRef origin);
 Tensor block_linear(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance, const Tensor& m0,
                     const OptionalTensor& c0, const OptionalTensor& m1, const OptionalTensor& c1,
                     c10::IntArrayRef block, c10::IntArrayRef origin);
+Grads5 block_linear_backward(const CgaKernels& kernels, const Tensor& grad_out, const Tensor& x,
+                             const OptionalTensor& guidance, const Tensor& m0, const OptionalTensor& c0,
+                             const OptionalTensor& m1, const OptionalTensor& c1, c10::IntArrayRef block,
+                             c10::IntArrayRef origin);
 std::tuple<Tensor, Tensor> cga_windowed(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
                                         const OptionalTensor& w_pos, const OptionalTensor& b_pos,
                                         const OptionalTensor& w_neg, const OptionalTensor& b_neg,

@@ -31,13 +31,18 @@
 //   origins[i] + ko, clipped, later tiles win; stitch_tiles_argmax_: labels (D, H, W)
 //   uint8 <- label_map[argmax_k tiles[i, k, ko:ko+ks]] (or the index itself when
 //   label_map is None), the class map without a float full-volume buffer.
-// * Window-consistent (dense) inference, no autograd (contract: omkit/ops/reference.py, where the
-//   geometry is described; WindowGeometry in cga_common.h):
+// * Window-consistent (dense) ops (contract: omkit/ops/reference.py, where the geometry is
+//   described; WindowGeometry in cga_common.h):
 //   window_sums: x (B, C, D, H, W), guidance? -> (B, nD, nH, nW, R, C) sums over each block's
 //   window, rows [sum Pt x, sum x] (R = 2) or [sum x] (R = 1), in the accumulation dtype;
 //   block_linear: a 1x1x1 conv with per-block weights m0/m1 (B, nD, nH, nW, K, C), biases c0/c1
 //   (K,): out = m0 x + c0 + Pt (m1 x + c1); cga_windowed: the CGA head with each block's m pooled
-//   over its window -> (out (B, K, D, H, W), m (B, nD, nH, nW, 2, C)).
+//   over its window -> (out (B, K, D, H, W), m (B, nD, nH, nW, 2, C)), inference only.
+// * window_sums_backward: the gradient with respect to x (in x's dtype; x gives the shape and
+//   dtype, the guidance is a constant): each voxel gets grad[w, 0] Pt + grad[w, 1] (R = 2) or
+//   grad[w, 0] (R = 1) summed over the blocks w whose window holds it.
+// * block_linear_backward: gradients for (x, m0, c0, m1, c1) (the guidance is a constant); an
+//   input that was None gets an empty tensor.
 #pragma once
 
 #define OMKIT_OPS(X)                                                                                              \
@@ -66,9 +71,14 @@
     "-> ()")                                                                                                      \
   X(window_sums,                                                                                                  \
     "(Tensor x, Tensor? guidance, int[] window, int[] block, int[] offset, int[] origin) -> Tensor")              \
+  X(window_sums_backward,                                                                                         \
+    "(Tensor grad, Tensor x, Tensor? guidance, int[] window, int[] block, int[] offset, int[] origin) -> Tensor") \
   X(block_linear,                                                                                                 \
     "(Tensor x, Tensor? guidance, Tensor m0, Tensor? c0, Tensor? m1, Tensor? c1, int[] block, int[] origin) "     \
     "-> Tensor")                                                                                                  \
+  X(block_linear_backward,                                                                                        \
+    "(Tensor grad_out, Tensor x, Tensor? guidance, Tensor m0, Tensor? c0, Tensor? m1, Tensor? c1, int[] block, "  \
+    "int[] origin) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")                                                  \
   X(cga_windowed,                                                                                                 \
     "(Tensor features, Tensor guidance, Tensor? w_pos, Tensor? b_pos, Tensor? w_neg, Tensor? b_neg, "             \
     "Tensor? w_out, Tensor? b_out, int[] window, int[] block, int[] offset, int[] origin, str variant, "          \

@@ -1,7 +1,9 @@
-// The bodies of the window-consistent inference ops (window_sums, block_linear, cga_windowed):
-// argument checks, the geometry, and the ATen work on per-block tensors (size B x blocks x K x C)
-// around the backends' two passes over the feature map (CgaKernels::window_sums and ::block_mix).
-// Their contract is the reference in omkit/ops/reference.py; no autograd (inference only).
+// The bodies of the window-consistent ops (window_sums, block_linear, cga_windowed) and of the
+// first two's backward ops: argument checks, the geometry, and the ATen work on per-block tensors
+// (size B x blocks x K x C) around the backends' passes over the feature map (CgaKernels::
+// window_sums, ::block_mix, ::window_sums_backward, ::block_mix_backward). Their contract is the
+// reference in omkit/ops/reference.py; the autograd formulas that call the backward ops are in
+// omkit/ops/_meta.py (cga_windowed is inference only).
 #include <ATen/ATen.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
@@ -69,6 +71,19 @@ Tensor per_block(const Tensor& m, const WindowGeometry& g, const Tensor& x, int6
   return m.reshape({x.size(0), g.num_blocks(), want[4], x.size(1)}).to(accumulate_type(x.scalar_type())).contiguous();
 }
 
+// The incoming gradient `grad` checked against the shape `want` and x's device.
+Tensor checked_grad(const Tensor& grad, c10::IntArrayRef want, const Tensor& x, const char* op, const char* name,
+                    const char* layout) {
+  TORCH_CHECK(grad.device() == x.device(), op, ": ", name, " is on ", grad.device(), " but features are on ",
+              x.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), op, ": ", name, " must be floating point, got ",
+                   grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.sizes() == want, op, ": ", name, " must be ", layout, " = ", want, ", got ", grad.sizes());
+  return grad;
+}
+
+Tensor empty_grad(const Tensor& x) { return at::empty({0}, x.options()); }
+
 Tensor bias_or_zeros(const std::optional<Tensor>& b, int64_t K, const Tensor& x, const char* op, const char* name) {
   const auto acc = accumulate_type(x.scalar_type());
   if (!present(b)) return at::zeros({K}, x.options().dtype(acc));
@@ -94,6 +109,25 @@ Tensor window_sums(const CgaKernels& kernels, const Tensor& x, const OptionalTen
   return z.permute({0, 3, 4, 5, 1, 2}).contiguous();
 }
 
+Tensor window_sums_backward(const CgaKernels& kernels, const Tensor& grad, const Tensor& x,
+                            const OptionalTensor& guidance, c10::IntArrayRef window, c10::IntArrayRef block,
+                            c10::IntArrayRef offset, c10::IntArrayRef origin) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const char* op = "window_sums_backward";
+  const WindowGeometry g = make_geometry(x, window, block, offset, origin, op);
+  Tensor P = present(guidance) ? flat_guidance(x, *guidance, op) : Tensor();
+  check_kernel_dtype(kernels, x.scalar_type(), op);
+  const int64_t R = P.defined() ? 2 : 1;
+  checked_grad(grad, {x.size(0), g.blocks[0], g.blocks[1], g.blocks[2], R, x.size(1)}, x, op, "grad",
+               "(B, nD, nH, nW, R, C)");
+  // Exclusive prefix sums over the (small) block grid, in double as the forward's running sums:
+  // a voxel's blocks are a box of the grid, eight terms of S.
+  Tensor S = grad.to(at::kDouble).permute({0, 4, 5, 1, 2, 3});  // (B, R, C, nD, nH, nW)
+  S = S.cumsum(3).cumsum(4).cumsum(5);
+  S = at::constant_pad_nd(S, {1, 0, 1, 0, 1, 0}).contiguous();  // (B, R, C, nD + 1, nH + 1, nW + 1)
+  return kernels.window_sums_backward(S, P, g, x.scalar_type());
+}
+
 Tensor block_linear(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance, const Tensor& m0,
                     const OptionalTensor& c0, const OptionalTensor& m1, const OptionalTensor& c1,
                     c10::IntArrayRef block, c10::IntArrayRef origin) {
@@ -114,6 +148,37 @@ Tensor block_linear(const CgaKernels& kernels, const Tensor& x, const OptionalTe
     C1 = bias_or_zeros(c1, K, x, op, "c1");
   }
   return kernels.block_mix(x.contiguous(), P, M0, M1, C0, C1, g);
+}
+
+Grads5 block_linear_backward(const CgaKernels& kernels, const Tensor& grad_out, const Tensor& x,
+                             const OptionalTensor& guidance, const Tensor& m0, const OptionalTensor& c0,
+                             const OptionalTensor& m1, const OptionalTensor& c1, c10::IntArrayRef block,
+                             c10::IntArrayRef origin) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const char* op = "block_linear_backward";
+  const WindowGeometry g = make_geometry(x, block, block, {0, 0, 0}, origin, op);
+  check_kernel_dtype(kernels, x.scalar_type(), op);
+  Tensor M0 = per_block(m0, g, x, -1, op, "m0");
+  const int64_t K = M0.size(2);
+  TORCH_CHECK_VALUE(K >= 1, op, ": m0 needs at least one output row K");
+  if (present(c0)) bias_or_zeros(c0, K, x, op, "c0");  // checked only: the bias does not enter the gradient
+  const bool guided = present(m1) || present(c1);
+  Tensor P, M1;
+  if (guided) {
+    TORCH_CHECK_VALUE(present(guidance), op, ": the guided term (m1, c1) needs guidance");
+    P = flat_guidance(x, *guidance, op);
+    M1 = present(m1) ? per_block(*m1, g, x, K, op, "m1") : at::zeros_like(M0);
+    if (present(c1)) bias_or_zeros(c1, K, x, op, "c1");
+  }
+  Tensor G = checked_grad(grad_out, {x.size(0), K, g.size[0], g.size[1], g.size[2]}, x, op, "grad_out",
+                          "(B, K, D, H, W)");
+  G = G.to(x.scalar_type()).contiguous();
+  auto [dx, dM0, dM1, dc0, dc1] = kernels.block_mix_backward(G, x.contiguous(), P, M0, M1, g);
+  Tensor grad_m0 = dM0.view(m0.sizes()).to(m0.scalar_type());
+  Tensor grad_c0 = present(c0) ? dc0.sum(0).to(c0->scalar_type()) : empty_grad(x);
+  Tensor grad_m1 = present(m1) ? dM1.view(m1->sizes()).to(m1->scalar_type()) : empty_grad(x);
+  Tensor grad_c1 = present(c1) ? dc1.sum(0).to(c1->scalar_type()) : empty_grad(x);
+  return {dx, grad_m0, grad_c0, grad_m1, grad_c1};
 }
 
 std::tuple<Tensor, Tensor> cga_windowed(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,

@@ -30,6 +30,18 @@ def cga_cases():
     ]
 
 
+def window_cases():
+    """(B, C, spatial, window, block, offset, origin, K) of the window ops: the grid shifted by the
+    origin, windows clipped at the edges and past the volume, partial last blocks, one voxel, and
+    no block at all."""
+    return [
+        (2, 3, (5, 7, 6), (3, 4, 4), (2, 2, 3), (1, 1, 0), (1, 0, 2), 4),
+        (1, 33, (3, 17, 9), (4, 6, 6), (2, 5, 2), (1, 0, 2), (0, 0, 0), 9),
+        (1, 1, (1, 1, 1), (3, 3, 3), (1, 1, 1), (1, 1, 1), (0, 0, 0), 1),
+        (2, 2, (4, 3, 5), (2, 2, 2), (2, 2, 2), (0, 0, 0), (4, 0, 0), 2),
+    ]
+
+
 def run(device: str) -> int:
     from omkit import ops
     from omkit.ops import reference as ref
@@ -80,6 +92,38 @@ def run(device: str) -> int:
                 torch.autograd.grad(rec, [features], grad)
                 dp = torch.ops.omkit.cga_pool_backward(torch.ones_like(pm), torch.ones_like(pl), pm, pl, guidance, 1e-12)
                 calls += 2 + int(dp.numel() > 0)
+    # the window ops forward and backward (every optional input of block_linear given)
+    for b, c, spatial, window, block, offset, origin, k in window_cases():
+        grid = ref.window_geometry(spatial, block, block, 0, origin)[-1]
+        for dtype in dtypes:
+            tol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+            tag = f"B{b} C{c} {spatial} K{k} {str(dtype)[6:]}"
+            x64 = torch.randn(b, c, *spatial, generator=g, dtype=torch.float64)
+            p64 = torch.rand(b, 1, *spatial, generator=g, dtype=torch.float64)
+            draw = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+            w64 = [draw(b, *grid, k, c), draw(k), draw(b, *grid, k, c), draw(k)]  # m0, c0, m1, c1
+            for name, kernel_fn, ref_fn, params in (
+                ("window_sums", lambda x, p, w: torch.ops.omkit.window_sums(x, p, window, block, offset, origin),
+                 lambda x, p, w: ref.window_sums(x, p, window, block, offset, origin), []),
+                ("block_linear", lambda x, p, w: torch.ops.omkit.block_linear(x, p, *w, block, origin),
+                 lambda x, p, w: ref.block_linear(x, p, *w, block, origin), w64),
+            ):
+                x = x64.to(device, dtype).requires_grad_(True)
+                w = [t.to(device, dtype).requires_grad_(True) for t in params]
+                out = kernel_fn(x, p64.to(device, dtype), w)
+                x_r = x.detach().double().cpu().requires_grad_(True)
+                w_r = [t.detach().double().cpu().requires_grad_(True) for t in w]
+                out_r = ref_fn(x_r, p64.to(dtype).double(), w_r)
+                check(f"{name} {tag}", out, out_r, tol)
+                seed = torch.randn(out.shape, generator=g, dtype=torch.float64)
+                grads = torch.autograd.grad(out, [x, *w], seed.to(device, out.dtype))
+                if out_r.requires_grad:
+                    grads_r = torch.autograd.grad(out_r, [x_r, *w_r], seed.to(out.dtype).double(), allow_unused=True,
+                                                  materialize_grads=True)
+                else:  # no block at all: the reference's output is a constant
+                    grads_r = [torch.zeros_like(t) for t in (x_r, *w_r)]
+                for i, (got, want) in enumerate(zip(grads, grads_r)):
+                    check(f"{name} backward {i} {tag}", got, want, tol)
     # the autocast rules, with float32 arguments, in each half dtype the device takes
     for dtype in [d for d in dtypes if d in (torch.float16, torch.bfloat16)]:
         f = torch.randn(2, 5, 3, 5, 7, generator=g).to(device).requires_grad_(True)

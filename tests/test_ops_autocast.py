@@ -65,8 +65,14 @@ def _op_args(op: manifest.Op, device: str) -> tuple:
                                 [1, 2, 2], None),
         # blocks of (1, 2, 3) voxels in windows of (2, 3, 4): a grid of (3, 3, 2) blocks
         "window_sums": (features, guidance, [2, 3, 4], [1, 2, 3], [0, 1, 0], [0, 0, 1]),
+        "window_sums_backward": (torch.randn(2, 3, 3, 2, 2, 6, generator=torch.Generator().manual_seed(4)).to(device),
+                                 features, guidance, [2, 3, 4], [1, 2, 3], [0, 1, 0], [0, 0, 1]),
         "block_linear": (features, guidance, torch.randn(2, 3, 3, 2, 3, 6, generator=torch.Generator().manual_seed(3))
                          .to(device), weights[1], None, None, [1, 2, 3], [0, 0, 1]),
+        "block_linear_backward": (grad_out, features, guidance,
+                                  torch.randn(2, 3, 3, 2, 3, 6, generator=torch.Generator().manual_seed(3)).to(device),
+                                  weights[1], torch.randn(2, 3, 3, 2, 3, 6, generator=torch.Generator().manual_seed(5))
+                                  .to(device), weights[3], [1, 2, 3], [0, 0, 1]),
         "cga_windowed": (features, guidance, *weights, [2, 3, 4], [1, 2, 3], [0, 1, 0], [0, 0, 1], "full", 1e-12),
     }
     assert set(args) == set(manifest.BY_NAME), "a sample call per op of the manifest"

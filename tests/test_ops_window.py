@@ -2,7 +2,9 @@
 the compiled kernels against literal loops over the paper's tiles on the same features (float64,
 tight), for CGA in every variant and for SE, at volume borders, for volumes smaller than one
 window and with no block at all; opcheck (schema, fake kernel, dispatch); bfloat16 and autocast;
-argument errors. CUDA cases skip without a GPU."""
+argument errors. The gradients of ``window_sums`` and ``block_linear`` (their backward ops):
+gradcheck in float64, autograd through the reference in float32, opcheck, none for the guidance,
+bfloat16 against float32. CUDA cases skip without a GPU."""
 from __future__ import annotations
 
 import math
@@ -212,3 +214,201 @@ def test_bad_arguments_are_one_line_errors():
     with pytest.raises(ValueError, match="needs guidance"):
         ops.block_linear(x, torch.zeros(2, 3, 4, 4, 3, 5, dtype=x.dtype), m1=torch.zeros(2, 3, 4, 4, 3, 5,
                                                                                         dtype=x.dtype), block=2)
+
+
+# ---- autograd: window_sums and block_linear train through their backward ops ---------------------
+
+# Tiny geometries for gradcheck: the block grid shifted by the origin (voxels in no block), windows
+# clipped at the volume's edges, partial last blocks (H and W); windows larger than the volume.
+GRAD_CASES = [
+    ((5, 7, 6), dict(window=(3, 4, 4), block=(2, 2, 3), offset=(1, 1, 0), origin=(1, 0, 2))),
+    ((3, 4, 5), dict(window=(4, 6, 6), block=(2, 2, 2), offset=(1, 2, 2), origin=(0, 0, 0))),
+]
+GRAD_IDS = ["origin-clipped-partial", "windows-past-the-volume"]
+# Which of block_linear's optional inputs are given: (c0, m1, c1); any guided term needs guidance.
+BLOCK_LINEAR_INPUTS = [(False, False, False), (True, False, False), (True, True, True), (False, True, False),
+                       (True, False, True)]
+BLOCK_LINEAR_IDS = ["m0", "m0-c0", "m0-c0-m1-c1", "m0-m1", "m0-c0-c1-guided-bias-only"]
+
+
+def _geometry_lists(geom):
+    return [list(v) for v in geom.values()]
+
+
+def _block_linear_params(shape, geom, present, device, dtype=torch.float64, batch=2, channels=3, k=4, seed=5):
+    """m0, c0, m1, c1 (None where absent) for `block_linear` on a (batch, channels, *shape) map."""
+    blocks = R.window_geometry(shape, geom["window"], geom["block"], 0, geom["origin"])[-1]
+    gen = torch.Generator().manual_seed(seed)
+    draw = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device, dtype)  # noqa: E731
+    has_c0, has_m1, has_c1 = present
+    return (draw(batch, *blocks, k, channels), draw(k) if has_c0 else None,
+            draw(batch, *blocks, k, channels) if has_m1 else None, draw(k) if has_c1 else None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("shape,geom", GRAD_CASES, ids=GRAD_IDS)
+def test_gradcheck_window_sums(device, guided, shape, geom):
+    x, guidance = _inputs(shape, device, channels=3)
+    x.requires_grad_(True)
+    g = _geometry_lists(geom)
+    assert torch.autograd.gradcheck(
+        lambda x: torch.ops.omkit.window_sums(x, guidance if guided else None, *g), (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("present", BLOCK_LINEAR_INPUTS, ids=BLOCK_LINEAR_IDS)
+@pytest.mark.parametrize("shape,geom", GRAD_CASES, ids=GRAD_IDS)
+def test_gradcheck_block_linear(device, present, shape, geom):
+    x, guidance = _inputs(shape, device, channels=3)
+    params = _block_linear_params(shape, geom, present, device)
+    leaves = [x] + [t for t in params if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    guided = present[1] or present[2]
+
+    def fn(x, *given):
+        it = iter(given)
+        m0, c0, m1, c1 = (next(it) if t is not None else None for t in params)
+        return torch.ops.omkit.block_linear(x, guidance if guided else None, m0, c0, m1, c1, list(geom["block"]),
+                                            list(geom["origin"]))
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves))
+
+
+def _grads(out, leaves, seed=7):
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.autograd.grad(out, leaves, grad.to(out.device, out.dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("shape,geom", CASES, ids=IDS)
+def test_window_sums_gradient_matches_autograd_through_the_reference(device, guided, shape, geom):
+    x, guidance = _inputs(shape, device, dtype=torch.float32)
+    x.requires_grad_(True)
+    with ops.use_backend("kernel"), ops.record_dispatch() as calls:
+        out = ops.window_sums(x, guidance if guided else None, **geom)
+    assert [c.path for c in calls] == ["kernel"]
+    (got,) = _grads(out, [x])
+    x_ref = x.detach().cpu().requires_grad_(True)
+    ref = R.window_sums(x_ref, guidance.cpu() if guided else None, *geom.values())
+    (want,) = _grads(ref, [x_ref])
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("present", BLOCK_LINEAR_INPUTS, ids=BLOCK_LINEAR_IDS)
+@pytest.mark.parametrize("shape,geom", [CASES[0], CASES[3]], ids=[IDS[0], IDS[3]])
+def test_block_linear_gradients_match_autograd_through_the_reference(device, present, shape, geom):
+    x, guidance = _inputs(shape, device, dtype=torch.float32, channels=3)
+    params = _block_linear_params(shape, geom, present, device, dtype=torch.float32)
+    guided = present[1] or present[2]
+    kw = dict(guidance=guidance if guided else None, block=geom["block"], origin=geom["origin"])
+
+    def leaves_of(x, params):
+        x = x.detach().clone().requires_grad_(True)
+        params = [t.detach().clone().requires_grad_(True) if t is not None else None for t in params]
+        return x, params, [x] + [t for t in params if t is not None]
+
+    x_k, p_k, leaves_k = leaves_of(x, params)
+    with ops.use_backend("kernel"), ops.record_dispatch() as calls:
+        out = ops.block_linear(x_k, p_k[0], p_k[1], m1=p_k[2], c1=p_k[3], **kw)
+    assert [c.path for c in calls] == ["kernel"]
+    got = _grads(out, leaves_k)
+    x_r, p_r, leaves_r = leaves_of(x.cpu(), [t.cpu() if t is not None else None for t in params])
+    ref = R.block_linear(x_r, guidance.cpu() if guided else None, *p_r, geom["block"], geom["origin"])
+    want = _grads(ref, leaves_r)
+    for a, b, leaf in zip(got, want, leaves_k):
+        assert a.dtype == leaf.dtype and a.shape == leaf.shape
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4)
+    if geom["origin"][0]:  # voxels before the origin get no gradient
+        assert not got[0][:, :, :geom["origin"][0]].any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+def test_no_gradient_reaches_the_guidance(device, backend):
+    shape, geom = GRAD_CASES[0]
+    x, guidance = _inputs(shape, device, channels=3)
+    x.requires_grad_(True)
+    guidance.requires_grad_(True)
+    m0, c0, m1, c1 = _block_linear_params(shape, geom, (True, True, True), device)
+    with ops.use_backend(backend):
+        sums = ops.window_sums(x, guidance, **geom)
+        out = ops.block_linear(x, m0, c0, guidance=guidance, m1=m1, c1=c1, block=geom["block"],
+                               origin=geom["origin"])
+    (sums.sum() + out.sum()).backward()
+    assert guidance.grad is None and x.grad is not None and x.grad.abs().sum() > 0
+    # the ops themselves: the autograd formulas give the guidance None
+    g = _geometry_lists(geom)
+    dx, dp = torch.autograd.grad(torch.ops.omkit.window_sums(x, guidance, *g).sum(), [x, guidance],
+                                 allow_unused=True, materialize_grads=False)
+    assert dx is not None and dp is None
+    dx, dp = torch.autograd.grad(
+        torch.ops.omkit.block_linear(x, guidance, m0, c0, m1, c1, g[1], g[3]).sum(), [x, guidance],
+        allow_unused=True, materialize_grads=False)
+    assert dx is not None and dp is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16_gradients_are_close_to_float32(device):
+    shape, geom = CASES[3]
+    x, guidance = _inputs(shape, device, dtype=torch.float32, channels=3)
+    params = _block_linear_params(shape, geom, (True, True, True), device, dtype=torch.float32)
+
+    def gradients(dtype):
+        xx = x.to(dtype).requires_grad_(True)
+        pp = [t.to(dtype).requires_grad_(True) for t in params]
+        sums = ops.window_sums(xx, guidance.to(dtype), **geom)
+        out = ops.block_linear(xx, pp[0], pp[1], guidance=guidance.to(dtype), m1=pp[2], c1=pp[3],
+                               block=geom["block"], origin=geom["origin"])
+        assert sums.dtype == torch.float32 and out.dtype == dtype
+        gen = torch.Generator().manual_seed(8)
+        seeds = [torch.randn(t.shape, generator=gen).to(device, t.dtype) for t in (sums, out)]
+        grads = torch.autograd.grad([sums, out], [xx, *pp], seeds)
+        assert all(g.dtype == dtype for g in grads)
+        return grads
+
+    with ops.use_backend("kernel"):
+        exact, low = gradients(torch.float32), gradients(torch.bfloat16)
+    for i, (a, b) in enumerate(zip(low, exact)):
+        rel = float((a.float() - b).abs().max() / b.abs().max())
+        assert rel < 3e-2, (i, rel)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("guided", [False, True])
+def test_opcheck_training(device, guided):
+    """Forwards with inputs that require grad (autograd registration) and the backward ops."""
+    shape, geom = GRAD_CASES[0]
+    x, guidance = _inputs(shape, device, dtype=torch.float32, channels=3)
+    p = guidance if guided else None
+    g = _geometry_lists(geom)
+    xg = x.clone().requires_grad_(True)
+    torch.library.opcheck(torch.ops.omkit.window_sums.default, (xg, p, *g))
+    sums = torch.ops.omkit.window_sums(x, p, *g)
+    torch.library.opcheck(torch.ops.omkit.window_sums_backward.default, (torch.randn_like(sums), x, p, *g))
+    m0, c0, m1, c1 = _block_linear_params(shape, geom, (True, guided, guided), device, dtype=torch.float32)
+    params = [t.clone().requires_grad_(True) if t is not None else None for t in (m0, c0, m1, c1)]
+    torch.library.opcheck(torch.ops.omkit.block_linear.default, (xg, p, *params, g[1], g[3]))
+    grad_out = torch.randn(2, 4, *shape, device=device)
+    torch.library.opcheck(torch.ops.omkit.block_linear_backward.default,
+                          (grad_out, x, p, m0, c0, m1, c1, g[1], g[3]))
+    # absent optional inputs give empty gradients
+    grads = torch.ops.omkit.block_linear_backward(grad_out, x, None, m0, None, None, None, g[1], g[3])
+    assert grads[0].shape == x.shape and grads[1].shape == m0.shape and all(t.numel() == 0 for t in grads[2:])
+
+
+def test_backward_ops_check_the_incoming_gradient():
+    shape, geom = GRAD_CASES[0]
+    x, guidance = _inputs(shape, "cpu", channels=3)
+    g = _geometry_lists(geom)
+    sums = torch.ops.omkit.window_sums(x, guidance, *g)
+    with pytest.raises(ValueError, match=r"grad must be \(B, nD, nH, nW, R, C\)"):
+        torch.ops.omkit.window_sums_backward(sums, x, None, *g)  # R = 2 rows for R = 1
+    m0 = _block_linear_params(shape, geom, (False, False, False), "cpu")[0]
+    with pytest.raises(ValueError, match=r"grad_out must be \(B, K, D, H, W\)"):
+        torch.ops.omkit.block_linear_backward(torch.zeros(2, 3, *shape, dtype=x.dtype), x, None, m0, None, None,
+                                              None, g[1], g[3])

@@ -13,11 +13,12 @@ public functions that run them.
   and :func:`stitch_tiles_argmax` (stitches uint8 class labels straight from
   the tiles' scores, without a float full-volume buffer); contract of
   ``omkit.inference.tiling``.
-* Window-consistent (dense) inference: :func:`window_sums` (every block's
-  window summed, with and without the guidance, by separable prefix sums),
-  :func:`block_linear` (a 1x1x1 convolution whose weights change per block) and
-  :func:`cga_windowed` (the CGA head with each block's m pooled over its window:
-  both passes fused); the geometry is described in ``omkit.ops.reference``.
+* Window-consistent (dense) inference and training: :func:`window_sums` (every
+  block's window summed, with and without the guidance, by separable prefix
+  sums), :func:`block_linear` (a 1x1x1 convolution whose weights change per
+  block), both with a backward op, and :func:`cga_windowed` (the CGA head with
+  each block's m pooled over its window: both passes fused; inference only); the
+  geometry is described in ``omkit.ops.reference``.
 
 The ops are listed once in :mod:`omkit.ops.manifest`. Every public function
 checks its arguments and goes through ``_library.call``, which runs the
@@ -148,7 +149,9 @@ def window_sums(x: Tensor, guidance: Tensor | None = None, *, window, block, off
     (B, C, D, H, W); float32 for half-precision ``x``. Blocks of ``block`` voxels start at
     ``origin`` (and every ``block`` after it); each block's window is ``window`` voxels
     starting ``offset`` (default: centred) before it, zero outside the volume. Cost: one
-    pass over ``x``, whatever the windows' overlap. No gradient."""
+    pass over ``x``, whatever the windows' overlap. Differentiable in ``x`` (its backward op:
+    one pass writing the gradient); no gradient reaches the guidance."""
+    guidance = guidance.detach() if guidance is not None else None
     args = (x, guidance, _as_list3("window", window), _as_list3("block", block), _centred(window, block, offset),
             _as_list3("origin", origin))
     return call("window_sums", *args)
@@ -159,7 +162,9 @@ def block_linear(x: Tensor, m0: Tensor, c0: Tensor | None = None, *, guidance: T
     """A 1x1x1 convolution whose weights change per block: ``out[:, v] = m0[blk(v)] x[:, v] + c0
     + Pt[v] (m1[blk(v)] x[:, v] + c1)`` (the guided term only with ``m1``/``c1``, which need
     ``guidance``). ``x`` (B, C, D, H, W), ``m0``/``m1`` (B, nD, nH, nW, K, C), ``c0``/``c1``
-    (K,); returns (B, K, D, H, W) in ``x``'s dtype, zero before ``origin``. No gradient."""
+    (K,); returns (B, K, D, H, W) in ``x``'s dtype, zero before ``origin``. Differentiable in
+    ``x``, ``m0``, ``c0``, ``m1`` and ``c1`` (its backward op); no gradient reaches the guidance."""
+    guidance = guidance.detach() if guidance is not None else None
     return call("block_linear", x, guidance, m0, c0, m1, c1, _as_list3("block", block), _as_list3("origin", origin))
 
 

@@ -114,6 +114,24 @@ def _block_linear_fake(x, guidance, m0, c0, m1, c1, block, origin):
     return x.new_empty((x.shape[0], m0.shape[4], *x.shape[2:]))
 
 
+@torch.library.register_fake("omkit::window_sums_backward")
+def _window_sums_backward_fake(grad, x, guidance, window, block, offset, origin):
+    _check_volume("window_sums_backward", x, guidance)
+    window_geometry(x.shape[2:], window, block, offset, origin)
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("omkit::block_linear_backward")
+def _block_linear_backward_fake(grad_out, x, guidance, m0, c0, m1, c1, block, origin):
+    _check_volume("block_linear_backward", x, guidance)
+    window_geometry(x.shape[2:], block, block, 0, origin)
+
+    def like(t):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else x.new_empty((0,))
+
+    return x.new_empty(x.shape), like(m0), like(c0), like(m1), like(c1)
+
+
 @torch.library.register_fake("omkit::cga_windowed")
 def _cga_windowed_fake(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, window, block, offset, origin,
                        variant, eps):
@@ -181,3 +199,40 @@ def _recalibrate_backward(ctx, grad_out):
 torch.library.register_autograd(
     "omkit::cga_recalibrate", _recalibrate_backward, setup_context=_recalibrate_setup_context
 )
+
+
+def _window_sums_setup_context(ctx, inputs, output):
+    x, guidance, window, block, offset, origin = inputs
+    ctx.save_for_backward(x, guidance)
+    ctx.geometry = (window, block, offset, origin)
+
+
+def _window_sums_backward(ctx, grad):
+    x, guidance = ctx.saved_tensors
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.omkit.window_sums_backward(grad, x, guidance, *ctx.geometry)
+    return grad_x, None, None, None, None, None  # the guidance is a constant
+
+
+torch.library.register_autograd("omkit::window_sums", _window_sums_backward, setup_context=_window_sums_setup_context)
+
+
+def _block_linear_setup_context(ctx, inputs, output):
+    x, guidance, m0, c0, m1, c1, block, origin = inputs
+    ctx.present = tuple(t is not None for t in (c0, m1, c1))
+    ctx.save_for_backward(x, guidance, m0, c0, m1, c1)
+    ctx.geometry = (block, origin)
+
+
+def _block_linear_backward(ctx, grad_out):
+    x, guidance, m0, c0, m1, c1 = ctx.saved_tensors
+    grad_x, grad_m0, *optional = torch.ops.omkit.block_linear_backward(grad_out, x, guidance, m0, c0, m1, c1,
+                                                                        *ctx.geometry)
+    # The op returns an empty tensor for an optional input that was None.
+    grad_c0, grad_m1, grad_c1 = [g if present else None for g, present in zip(optional, ctx.present)]
+    return grad_x, None, grad_m0, grad_c0, grad_m1, grad_c1, None, None  # the guidance is a constant
+
+
+torch.library.register_autograd("omkit::block_linear", _block_linear_backward,
+                                setup_context=_block_linear_setup_context)

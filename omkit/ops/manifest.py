@@ -93,10 +93,14 @@ OPS: tuple[Op, ...] = (
        autocast="keep"),
     Op("stitch_tiles_argmax", "stitch_tiles_argmax_", ("stitch_tiles_argmax",), "stitch_tiles_argmax", TILE_DTYPES,
        inplace=True, autocast="keep"),
-    # Window-consistent (dense) inference, no autograd: each block's window summed (SE's mean,
-    # CGA's pooling), a 1x1x1 conv with per-block weights, and the whole windowed CGA head.
-    Op("window_sums", "window_sums", ("window_sums",), "window_sums", CGA_DTYPES),
-    Op("block_linear", "block_linear", ("block_linear",), "block_linear", CGA_DTYPES),
+    # Window-consistent (dense) ops: each block's window summed (SE's mean, CGA's pooling) and a
+    # 1x1x1 conv with per-block weights, both with autograd (their backward ops), so the
+    # window-consistent training mode trains through them; the whole windowed CGA head is
+    # inference only.
+    Op("window_sums", "window_sums", ("window_sums",), "window_sums", CGA_DTYPES, trains=True),
+    Op("window_sums_backward", "window_sums_backward", (), None, CGA_DTYPES, backward_of="window_sums"),
+    Op("block_linear", "block_linear", ("block_linear",), "block_linear", CGA_DTYPES, trains=True),
+    Op("block_linear_backward", "block_linear_backward", (), None, CGA_DTYPES, backward_of="block_linear"),
     Op("cga_windowed", "cga_windowed", ("cga_windowed",), "cga_windowed", CGA_DTYPES),
 )
 

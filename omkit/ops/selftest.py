@@ -121,8 +121,44 @@ def _forward(op: Op, device, dtype):
     return calls[op.name]
 
 
+def _window_backward(op: Op, device, dtype):
+    """(kernel gradients, float64 reference gradients) of ``window_sums`` or ``block_linear`` (every
+    optional input given) on the windows of ``_WINDOWS``; the same rounded inputs and output
+    gradient for both."""
+    features, guidance, weights = _cga_inputs(device, dtype)
+    params = []
+    if op.backward_of == "block_linear":
+        grid = ref.window_geometry(features.shape[2:], *_WINDOWS)[-1]
+        gen = torch.Generator().manual_seed(1)
+        m0, m1 = (torch.randn(features.shape[0], *grid, 3, features.shape[1], generator=gen, dtype=torch.float64)
+                  for _ in range(2))
+        params = [m0, weights[1], m1, weights[3]]  # m0, c0, m1, c1
+
+    def apply(fn, f, g, p):
+        if op.backward_of == "window_sums":
+            return fn(f, g, *_WINDOWS)
+        return fn(f, g, *p, *_WINDOWS[1::2])
+
+    def run(fn, cast):
+        f = cast(features).requires_grad_(True)
+        p = [cast(t).requires_grad_(True) for t in params]
+        out = apply(fn, f, cast(guidance), p)
+        seed = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        return torch.autograd.grad(out, [f, *p], seed.to(dtype).to(out.device, out.dtype))
+
+    def kernel_grads():
+        return run(getattr(torch.ops.omkit, op.backward_of), lambda t: t.detach().to(device, dtype))
+
+    def reference_grads():
+        return run(getattr(ref, op.backward_of), lambda t: t.detach().to(dtype).double().cpu())
+
+    return kernel_grads, reference_grads
+
+
 def _backward(op: Op, device, dtype):
     """(kernel gradients, float64 reference gradients) of the forward op whose backward ``op`` is."""
+    if op.backward_of in ("window_sums", "block_linear"):
+        return _window_backward(op, device, dtype)
     features, guidance, weights = _cga_inputs(device, dtype, requires_grad=True)
     grad_seed = torch.Generator().manual_seed(1)
     forward = getattr(torch.ops.omkit, op.backward_of)
