@@ -58,7 +58,8 @@ class AblationConfig:
     # overlap-tile settings (omkit.inference.TileSettings fields)
     tiles: dict = field(default_factory=dict)
     roi_dilation: float = ROI_DILATION
-    # "auto" (dense where the models allow it), "dense" or "tiles" (omkit.inference.SegmentationPredictor);
+    # "auto" (dense for models trained window-consistently, else tiles), "dense" or "tiles"
+    # (omkit.inference.SegmentationPredictor);
     # dense: omkit.inference.DenseSettings fields
     inference: str = "auto"
     dense: dict = field(default_factory=dict)
@@ -205,6 +206,7 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
     from .metrics import case_metrics_internal
 
     predictor = study_predictor(config, models)
+    log(f"    {predictor.inference_note}")
     steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
     rows = []
     for case_dir in cases:
@@ -226,7 +228,7 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
                              **scores[region], "fp_components": fp_count, "fp_voxels": fp_voxels})
         wt = {v: case_metrics_internal(l, case.label, case.spacing)["WT"]["dice"] for v, l in variants.items()}
         log(f"    {case.case_id}: Dice WT " + ", ".join(f"{v} {d:.3f}" for v, d in wt.items()))
-    return rows
+    return rows, predictor.inference_note
 
 
 def read_scores(path: Path, row: str, split: str) -> dict | None:
@@ -281,9 +283,10 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
         "title": get_preset(preset).title + ("*" if row == ENSEMBLE_ROW else ""),
         "parameters": count_parameters(model), "width": getattr(model, "width", None),
         "held_out": [c.name for c in split.held_out],
-        "cases": _score_cases(models, split.held_out, config, out / "predictions" / row_dir.relative_to(out / "runs"), log),
-        "seconds": time.perf_counter() - started,
     }
+    result["cases"], result["inference"] = _score_cases(
+        models, split.held_out, config, out / "predictions" / row_dir.relative_to(out / "runs"), log)
+    result["seconds"] = time.perf_counter() - started
     atomic_write_text(done, json.dumps(result, indent=1))
     return result
 
@@ -436,7 +439,9 @@ def per_case_lines(per_case: Sequence[dict]) -> list[str]:
 
 
 def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: AblationConfig,
-                   per_case: Sequence[dict] | None = None) -> str:
+                   per_case: Sequence[dict] | None = None, inference: dict[str, str] | None = None) -> str:
+    """The study's Markdown report; ``inference``: per "row split", the inference each ran
+    and why (``SegmentationPredictor.inference_note``)."""
     def f(v, digits=3):
         return "n/a" if v != v else f"{v:.{digits}f}"
 
@@ -464,8 +469,11 @@ def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: Abl
     protocol = (f"{config.folds}-fold cross-validation" if config.folds
                 else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
     protocol += {"dense": ", dense inference", "tiles": ", overlap-tile inference",
-                 "auto": ", dense inference where the models allow it (else tiles)"}[config.inference]
+                 "auto": ", inference chosen per model (auto: dense for models trained window-consistently, "
+                         "else tiles)"}[config.inference]
     head = [f"Protocol: {protocol}; HD95 in mm (mean and median over held-out cases); budget: {json.dumps(config.train)}.", ""]
+    if inference:
+        head += ["Inference per row and split:", ""] + [f"- {k}: {v}" for k, v in inference.items()] + [""]
     return "\n".join(head + lines + per) + "\n"
 
 
@@ -529,7 +537,8 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
     paths = {"markdown": out / "ablation.md", "csv": out / "ablation.csv", "per_split_csv": out / "ablation_per_split.csv",
              "per_case_csv": out / "ablation_per_case.csv", "paired_csv": out / "ablation_paired.csv"}
     per_case = [{"row": r["row"], "split": r["split"], **c} for r in results for c in r["cases"]]
-    atomic_write_text(paths["markdown"], markdown_table(table, per_split, config, per_case))
+    inference = {f"{r['row']} {r['split']}": r.get("inference", "not recorded") for r in results}
+    atomic_write_text(paths["markdown"], markdown_table(table, per_split, config, per_case, inference))
     atomic_write_text(paths["csv"], _csv(table))
     atomic_write_text(paths["per_split_csv"], _csv(per_split))
     atomic_write_text(paths["per_case_csv"], _csv(per_case))

@@ -14,6 +14,9 @@ from .fileio import UnsafeFileError, atomic_torch_save, torch_load_weights_only
 from .protocol import PATCH_SIZE
 
 FORMAT = "omkit-model"
+# how a model's features were trained (omkit.training.windows): on patches (the paper's) or
+# window-consistently, as dense inference computes them
+TRAIN_MODES = ("patches", "windows")
 FORMAT_VERSION = 1
 
 
@@ -78,7 +81,22 @@ def check_metadata(path: Path, meta: Any) -> dict:
         bad("patch_size", f"must be three positive sizes, got {patch!r}")
     if not isinstance(meta.get("preprocessing", {}), dict):
         bad("preprocessing", f"must be a mapping, got {meta.get('preprocessing')!r}")
+    if meta.get("train_mode", "patches") not in TRAIN_MODES:
+        bad("train_mode", f"must be one of {', '.join(TRAIN_MODES)}, got {meta.get('train_mode')!r}")
+    windows = meta.get("train_windows")
+    if windows is not None and not (isinstance(windows, dict) and all(
+            isinstance(windows.get(k), list) and len(windows[k]) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in windows[k])
+            for k in ("window", "block"))):
+        bad("train_windows", f"must give the window and block as three positive sizes each, got {windows!r}")
     return meta
+
+
+def _stamp_training(model: nn.Module, meta: dict) -> None:
+    """What the model file says of how the model was trained, as attributes that inference
+    reads: ``train_mode`` and, for window-consistent training, ``train_windows``."""
+    model.train_mode = meta.get("train_mode", "patches")
+    model.train_windows = meta.get("train_windows")
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", expect_preset: str | None = None):
@@ -117,5 +135,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(f"{path}: weights do not match preset {meta['preset']!r}: {first}") from None
+    _stamp_training(model, meta)
     model.to(map_location).eval()
     return model, meta

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = Path(os.environ.get("OMKIT_SAMPLE_DATA", REPO.parent / "shared" / "data" / "brats2018-sample"))
@@ -52,3 +53,30 @@ def model_workspace(root: Path, shape=(16, 40, 40), preset: str = "omnet_cga") -
     torch.manual_seed(0)
     save_model(omkit.create_model(preset, width=TINY_WIDTH), root / "model.pt")
     return root
+
+
+# -- a backbone without spatial context: the oracle of window-consistent computation ----------
+
+class PointwiseBackbone(nn.Module):
+    """Features of each voxel from that voxel alone (1x1x1 convs, no pooling)."""
+
+    def __init__(self, in_channels: int = 4, width: float = 1.0, min_divisor: int = 8):
+        super().__init__()
+        self.out_channels = max(2, int(32 * width))
+        self.min_divisor = min_divisor
+        c = self.out_channels
+        self.net = nn.Sequential(nn.Conv3d(in_channels, c, 1), nn.ReLU(), nn.Conv3d(c, c, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def centre_taps_only(model: nn.Module) -> nn.Module:
+    """Every 3x3x3 conv of the heads reduced to its centre tap (a 1x1x1 conv)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d) and m.kernel_size == (3, 3, 3):
+            with torch.no_grad():
+                centre = m.weight[..., 1, 1, 1].clone()
+                m.weight.zero_()
+                m.weight[..., 1, 1, 1] = centre
+    return model

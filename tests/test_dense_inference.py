@@ -34,26 +34,12 @@ from omkit.inference.dense import dense_region, slab_spans
 from omkit.inference.sliding import tiles_touching
 from omkit.inference.tiling import tile_origins
 
-from conftest import TINY_WIDTH, model_workspace
+from conftest import TINY_WIDTH, PointwiseBackbone, centre_taps_only, model_workspace
 
 # tiles of 8 x 16 x 16 keeping 4 x 8 x 8: blocks 2 x 4 x 4 voxels inside their windows
 TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
 TILE_FLAGS = ["--tile-size", "8,16,16", "--tile-keep", "4,8,8"]
 ATTENTION_PRESETS = ["omnet_se", "omnet_cga", "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n"]
-
-
-class PointwiseBackbone(nn.Module):
-    """Features of each voxel from that voxel alone (1x1x1 convs, no pooling)."""
-
-    def __init__(self, in_channels: int = 4, width: float = 1.0, min_divisor: int = 8):
-        super().__init__()
-        self.out_channels = max(2, int(32 * width))
-        self.min_divisor = min_divisor
-        c = self.out_channels
-        self.net = nn.Sequential(nn.Conv3d(in_channels, c, 1), nn.ReLU(), nn.Conv3d(c, c, 1), nn.ReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class Gate(nn.Module):
@@ -87,17 +73,6 @@ def plugins():
     omkit.setup_plugins(extra_plugins={"dense_test_plugin": PLUGIN})
     yield
     omkit.setup_plugins()
-
-
-def centre_taps_only(model: nn.Module) -> nn.Module:
-    """Every 3x3x3 conv of the heads reduced to its centre tap (a 1x1x1 conv)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv3d) and m.kernel_size == (3, 3, 3):
-            with torch.no_grad():
-                centre = m.weight[..., 1, 1, 1].clone()
-                m.weight.zero_()
-                m.weight[..., 1, 1, 1] = centre
-    return model
 
 
 def pointwise_model(preset: str, seed: int = 0) -> nn.Module:
@@ -301,17 +276,27 @@ def test_dense_outputs_stay_where_tiles_compute(case):
 
 # -- the default: auto ----------------------------------------------------------------------------
 
+def windows_trained(model: nn.Module) -> nn.Module:
+    """``model`` marked as trained window-consistently (as its model file would say)."""
+    model.train_mode, model.train_windows = "windows", {"window": list(TILES.size), "block": list(TILES.keep)}
+    return model
+
+
 def test_auto_runs_dense_where_it_applies_and_says_why_not_elsewhere():
-    model = pointwise_model("omnet_cga")
+    model = windows_trained(pointwise_model("omnet_cga"))
     auto = SegmentationPredictor([model], tiles=TILES)
-    assert auto.inference == "dense" and auto.inference_note == "dense inference (auto)"
+    assert auto.inference == "dense" and auto.inference_note.startswith("dense inference (auto)")
     torch.manual_seed(0)
-    gated = omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test")
+    gated = windows_trained(omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test"))
     fallback = SegmentationPredictor([gated], tiles=TILES)
     assert fallback.inference == "tiles"
-    assert fallback.inference_note.startswith("tile inference (auto): dense inference cannot pool attention Gate")
+    assert fallback.inference_note.startswith("tile inference (auto), tiles 8 x 16 x 16 keeping 4 x 8 x 8: "
+                                              "dense inference cannot pool attention Gate")
     strided = SegmentationPredictor([model], tiles=TileSettings(size=(8, 16, 16), keep=(4, 8, 8), stride=(2, 8, 8)))
     assert strided.inference == "tiles" and "stride equal to the kept centre" in strided.inference_note
+    # a model trained on patches runs tiles under auto, whatever dense could run
+    patches = SegmentationPredictor([pointwise_model("omnet_cga")], tiles=TILES)
+    assert patches.inference == "tiles" and "trained on patches" in patches.inference_note
     # auto's dense is dense: the same result as asking for it
     image, mask = volume("border")
     want = SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
@@ -319,14 +304,22 @@ def test_auto_runs_dense_where_it_applies_and_says_why_not_elsewhere():
     assert torch.equal(got.labels, want.labels)
 
 
-def test_omkit_predict_says_when_auto_falls_back_to_tiles(workspace, tmp_path, capsys):
+def test_omkit_predict_says_which_inference_auto_chose_and_why(workspace, tmp_path, capsys):
+    from omkit.checkpoint import load_model, save_model
+
     case_dir = find_cases(workspace / "data")[0]
-    args = ["predict", "--no-progress", "-i", str(case_dir), "-m", str(workspace / "model.pt"), *TILE_FLAGS]
-    assert main(args + ["-o", str(tmp_path / "auto")]) == 0
-    assert "omkit predict:" not in capsys.readouterr().err  # dense, silently
-    assert main(args + ["-o", str(tmp_path / "strided"), "--tile-stride", "2,8,8"]) == 0
-    assert "omkit predict: tile inference (auto): dense inference needs the tile stride equal to the kept centre" \
-        in capsys.readouterr().err
+    args = ["predict", "--no-progress", "-i", str(case_dir), *TILE_FLAGS]
+    assert main(args + ["-m", str(workspace / "model.pt"), "-o", str(tmp_path / "patches")]) == 0
+    assert ("omkit predict: tile inference (auto), tiles 8 x 16 x 16 keeping 4 x 8 x 8: the model was trained on "
+            "patches") in capsys.readouterr().out
+    model, meta = load_model(workspace / "model.pt")
+    windows = tmp_path / "windows.pt"
+    save_model(model, windows, train_mode="windows", train_windows={"window": [8, 16, 16], "block": [4, 8, 8]})
+    assert main(args + ["-m", str(windows), "-o", str(tmp_path / "auto")]) == 0
+    assert "omkit predict: dense inference (auto): the model was trained window-consistently" in capsys.readouterr().out
+    assert main(args + ["-m", str(windows), "-o", str(tmp_path / "strided"), "--tile-stride", "2,8,8"]) == 0
+    assert "omkit predict: tile inference (auto), tiles 8 x 16 x 16 keeping 4 x 8 x 8: dense inference needs the " \
+           "tile stride equal to the kept centre" in capsys.readouterr().out
 
 
 # -- errors --------------------------------------------------------------------------------------

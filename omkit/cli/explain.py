@@ -73,7 +73,7 @@ def run(args) -> int:
         raise OutputExistsError(None, None, str(target))
     if args.count < 1:
         raise CLIError(f"--count must be at least 1, got {args.count}")
-    tiles = tile_settings(args)
+    tiles = tile_settings(args, resolve=True)
     device = resolve_device(args.device)
     model, meta = load_model(args.model, map_location=device)
     heads = getattr(model, "heads", None)

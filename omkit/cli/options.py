@@ -147,7 +147,7 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
     ``dense``); ``defaults`` (TileSettings fields) override the paper's."""
     from omkit.inference import DenseSettings, TileSettings
     from omkit.inference.predictor import DEFAULT_INFERENCE, INFERENCE_MODES
-    from omkit.protocol import ROI_DILATION
+    from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, ROI_DILATION, TILE_KEEP
 
     fields = {f.name: f.default for f in dataclasses.fields(TileSettings)}
     fields.update(defaults)
@@ -160,8 +160,9 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
         g.add_argument("--inference", choices=INFERENCE_MODES, default=DEFAULT_INFERENCE,
                        help="dense: the backbone once per voxel, each kept centre's attention pooled over its tile "
                             "(needs --tile-stride equal to --tile-keep; OM-Net and MC models with plain, SE or CGA "
-                            "heads); tiles: predict tile by tile, keeping each tile's centre; auto: dense where it "
-                            f"applies, else tiles (default {DEFAULT_INFERENCE})")
+                            "heads); tiles: predict tile by tile, keeping each tile's centre; auto: dense for models "
+                            "trained with --train-mode windows, else tiles keeping "
+                            f"{_format_default(FAST_TILE_KEEP)} (default {DEFAULT_INFERENCE}; it says which and why)")
         max_voxels = dense_fields["max_voxels"]
         g.add_argument("--dense-max-voxels", type=int, default=max_voxels, metavar="N",
                        help="dense: the most voxels per backbone call; a larger region goes through in slabs along "
@@ -170,10 +171,17 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
         g.add_argument("--dense-halo", type=int, default=dense_fields["halo"], metavar="VOXELS",
                        help="dense: backbone context on each side of a slab, rounded up to a multiple of 8 "
                             f"(default {dense_fields['halo']})")
+    # the paper's unless the command chooses by inference mode (dense: a default of None)
+    size_default = "the paper's " + _format_default(PATCH_SIZE)
+    keep_default = "the paper's " + _format_default(TILE_KEEP)
+    if dense:
+        size_default += "; dense on a model trained with --train-mode windows: its training window"
+        keep_default += ("; auto on a model trained on patches: " + _format_default(FAST_TILE_KEEP)
+                         + "; dense on a model trained with --train-mode windows: its training block")
     g.add_argument("--tile-size", type=int_list("--tile-size"), default=fields["size"], metavar="D,H,W",
-                   help=f"tile size; each side divisible by 8 (default {_format_default(fields['size'])})")
+                   help=f"tile size; each side divisible by 8 (default {size_default})")
     g.add_argument("--tile-keep", type=int_list("--tile-keep"), default=fields["keep"], metavar="D,H,W",
-                   help=f"centre of each tile whose prediction is kept (default {_format_default(fields['keep'])})")
+                   help=f"centre of each tile whose prediction is kept (default {keep_default})")
     g.add_argument("--tile-stride", type=int_list("--tile-stride"), default=fields["stride"], metavar="D,H,W",
                    help="distance between tiles, at most --tile-keep (default: --tile-keep, every voxel once)")
     g.add_argument("--tile-batch", type=int, default=fields["batch"], metavar="N",
@@ -185,11 +193,18 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
                         f"(default {ROI_DILATION:g})")
 
 
-def tile_settings(args):
-    """The :class:`omkit.inference.TileSettings` the tile options describe."""
+def tile_settings(args, resolve: bool = False):
+    """The :class:`omkit.inference.TileSettings` the tile options describe: size and keep
+    None where not given (the predictor chooses them by inference mode), or with
+    ``resolve`` the paper's (commands that run tiles only)."""
     from omkit.inference import TileSettings
-    from omkit.protocol import PATCH_DIVISOR
+    from omkit.protocol import PATCH_DIVISOR, PATCH_SIZE, TILE_KEEP
 
+    if resolve or args.tile_stride is not None:
+        args.tile_size = args.tile_size if args.tile_size is not None else PATCH_SIZE
+        args.tile_keep = args.tile_keep if args.tile_keep is not None else TILE_KEEP
+    if args.tile_size is None:
+        return _tiles(args, TileSettings)
     if any(s % PATCH_DIVISOR or s < PATCH_DIVISOR for s in args.tile_size):
         raise CLIError(f"--tile-size: each side must be a positive multiple of {PATCH_DIVISOR} (three 2x poolings), "
                        f"got {_format_default(args.tile_size)}")
@@ -198,8 +213,12 @@ def tile_settings(args):
     if args.tile_batch > 0 and args.tile_batch * math.prod(args.tile_size) > MAX_TILE_BATCH_VOXELS:
         raise CLIError(f"--tile-batch {args.tile_batch} tiles of {'x'.join(map(str, args.tile_size))} are more than "
                        f"{MAX_TILE_BATCH_VOXELS} voxels per network call; lower --tile-batch or --tile-size")
+    return _tiles(args, TileSettings)
+
+
+def _tiles(args, settings):
     try:
-        return TileSettings(size=args.tile_size, keep=args.tile_keep, stride=args.tile_stride, batch=args.tile_batch)
+        return settings(size=args.tile_size, keep=args.tile_keep, stride=args.tile_stride, batch=args.tile_batch)
     except ValueError as exc:
         raise CLIError(f"--tile-size/--tile-keep/--tile-stride/--tile-batch: {exc}") from None
 
@@ -213,7 +232,7 @@ def inference_settings(args) -> dict:
         dense = DenseSettings(halo=args.dense_halo, max_voxels=args.dense_max_voxels)
     except ValueError as exc:
         raise CLIError(f"--dense-halo/--dense-max-voxels: {exc}") from None
-    if args.inference == "dense" and tuple(args.tile_stride or args.tile_keep) != tuple(args.tile_keep):
+    if args.inference == "dense" and args.tile_stride is not None and tuple(args.tile_stride) != tuple(args.tile_keep):
         raise CLIError(f"--inference dense needs --tile-stride equal to --tile-keep, got "
                        f"{_format_default(args.tile_stride)} and {_format_default(args.tile_keep)}")
     return {"inference": args.inference, "dense": dense}
@@ -251,7 +270,16 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
      "patch size in (axial, H, W) order"),
     ("patches", "patches_per_epoch", {"type": int_list("--patches-per-epoch", (1, 3)), "metavar": "N[,N2,N3]"},
      "patches per epoch, one count for all tasks or one per task"),
-    ("patches", "batch_per_task", {"type": int}, "patches per task per step and process"),
+    ("patches", "batch_per_task", {"type": int}, "patches (windows mode: crops) per task per step and process"),
+    ("patches", "train_mode", {"choices": ["patches", "windows"]},
+     "patches: each patch alone through the backbone (the paper's); windows: train as dense inference infers "
+     "(crops with context, the loss over a grid of windows, attention pooled per window)"),
+    ("patches", "window_block", {"type": int_list("--window-block"), "metavar": "D,H,W"},
+     "windows mode: the kept centre of each window (the dense block)"),
+    ("patches", "window_blocks", {"type": int_list("--window-blocks"), "metavar": "D,H,W"},
+     "windows mode: supervised blocks per crop"),
+    ("patches", "window_context", {"type": int_list("--window-context"), "metavar": "D,H,W"},
+     "windows mode: voxels of image context beyond the outermost windows"),
     ("patches", "samplers", {"type": _sampler_specs, "metavar": "S1,S2,S3"},
      "patch sampler per task (omkit plugins lists them); options in parentheses, weighted mixtures as "
      "NAME:W+NAME:W, e.g. brain:1+dilated_tumor(radius=3):1"),

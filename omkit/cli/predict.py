@@ -146,8 +146,6 @@ def run(args) -> int:
                                      roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
                                      precision=args.precision, **inference)
     main_process = int(os.environ.get("RANK", 0)) == 0
-    if main_process and args.inference == "auto" and segmenter.predictor.inference == "tiles":
-        print(f"omkit predict: {segmenter.predictor.inference_note}", file=sys.stderr)
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     written = []
     for case_dir, paths, todo in progress:
@@ -178,6 +176,8 @@ def run(args) -> int:
         per = f" ({len(reports)} processes: {' + '.join(map(str, counts))})" if len(reports) > 1 else ""
         done = sum(r["already"] for r in reports)
         print(f"wrote {sum(counts)} case(s) to {out_dir}{per}" + (f"; {done} had all their outputs already" if done else ""))
+        if args.inference == "auto" and sum(counts):  # which mode the default chose, and why
+            print(f"omkit predict: {segmenter.predictor.inference_note}")
         for line in failed:
             print(f"omkit predict: failed: {line}", file=sys.stderr)
         if failed:

@@ -18,7 +18,8 @@ tile that would have predicted it (``TileSettings.size``, the block
    ``min_divisor`` (from the region's start, so pooling phases match), each with
    :attr:`DenseSettings.halo` voxels of context on both sides, of which only the core
    is kept;
-3. the heads on the region's features: a plain head is fully convolutional; SE
+3. the heads on the region's features (``omkit.models.windowed``, which
+   window-consistent training runs too): a plain head is fully convolutional; SE
    (``omkit.models.attention.SE``) takes each block's channel mean over its window
    (``omkit.ops.window_sums``) and applies its scale as per-block classifier weights
    (``omkit.ops.block_linear``); CGA and its variants pool each block's category
@@ -27,10 +28,10 @@ tile that would have predicted it (``TileSettings.size``, the block
    CGA head guided by a CGA head (OM-Net + CGA's task 3) pools: inside a tile, the
    guidance on the whole tile comes from the preceding head with *that tile's*
    importance, while the dense guidance of a neighbouring block comes from that
-   block's. So those sums are taken window by window (:func:`local_guided_sums`:
+   block's. So those sums are taken window by window (``omkit.models.windowed.guided_window_sums``:
    the preceding CGA head's 1x1x1 convs over each window with the block's importance,
    ``TileSettings.batch`` windows at a time, no backbone) and the head's scores follow
-   from them (:func:`cga_from_sums`), each voxel merged by its own guidance;
+   from them (``cga_from_sums``), each voxel merged by its own guidance;
 4. softmax, averaged over ensemble members (and flips), reduced like tile inference;
    only the blocks touching the mask are kept, so the output is zero exactly where
    tile inference computes no tile.
@@ -70,10 +71,9 @@ from torch import Tensor, nn
 
 from omkit import ops
 from omkit.devices import autocast
-from omkit.models.attention import CGA, SE
 from omkit.models.blocks import fold_batch_norm
-from omkit.models.heads import PlainHead
-from omkit.models.omnet import MCNet, OMNet, positive_probability
+from omkit.models.omnet import MCNet
+from omkit.models.windowed import check_windowed_model, task_logits
 
 from .tiling import keep_offset
 
@@ -170,36 +170,11 @@ def window_geometry(region: Region, size: Sequence[int], keep: Sequence[int], fl
 
 # -- which models --------------------------------------------------------------------------
 
-def _check_head(head: nn.Module) -> None:
-    if isinstance(head, CGA) and type(head).forward is CGA.forward:
-        return
-    if isinstance(head, PlainHead) and type(head).forward is PlainHead.forward:
-        att = head.attention
-        if type(att) is nn.Identity or (isinstance(att, SE) and type(att).forward is SE.forward):
-            return
-        raise ValueError(f"dense inference cannot pool attention {type(att).__name__} per window; "
-                         "use tile inference (inference='tiles', --inference tiles)")
-    raise ValueError(f"dense inference cannot run head {type(head).__name__}; "
-                     "use tile inference (inference='tiles', --inference tiles)")
-
-
 def check_dense_model(model: nn.Module) -> None:
     """A one-line ``ValueError`` unless dense inference can run ``model``: OM-Net
-    (``OMNet``: plain, SE or CGA-like heads) or the MC cascade, in 3-D."""
-    if getattr(model, "spatial_dims", 3) != 3:
-        raise ValueError("dense inference runs 3-D models only; use tile inference (inference='tiles')")
-    if isinstance(model, MCNet):
-        if not all(hasattr(net, "backbone") and hasattr(net, "head") for net in model.networks):
-            raise ValueError("dense inference runs MC networks made of a backbone and a head; use tile inference "
-                             "(inference='tiles', --inference tiles)")
-        heads = [net.head for net in model.networks]
-    elif isinstance(model, OMNet):
-        heads = list(model.heads)
-    else:
-        raise ValueError(f"dense inference runs OM-Net and MC models, not {type(model).__name__}; "
-                         "use tile inference (inference='tiles', --inference tiles)")
-    for head in heads:
-        _check_head(head)
+    (``OMNet``: plain, SE or CGA-like heads) or the MC cascade, in 3-D
+    (``omkit.models.windowed.check_windowed_model``)."""
+    check_windowed_model(model)
 
 
 def min_divisor(model: nn.Module) -> int:
@@ -246,107 +221,11 @@ def backbone_features(backbone: nn.Module, x: Tensor, settings: DenseSettings, d
     return out
 
 
-def head_logits(head: nn.Module, features: Tensor, guidance: Tensor | None,
-                geometry: dict) -> tuple[Tensor, Tensor | None]:
-    """A task head's logits on ``features`` with its attention pooled per block over
-    the block's window (``geometry``: :func:`window_geometry`), and for a CGA head its
-    importance ``m`` per block (B, nD, nH, nW, 2, C) (else None)."""
-    if isinstance(head, CGA):
-        return ops.cga_windowed(features, guidance, *_cga_weights(head), **geometry, variant=head.variant,
-                                eps=head.eps, return_importance=True)
-    if type(head.attention) is nn.Identity:
-        return head(features), None
-    # SE: each block's channel mean over its window scales the classifier's input channels
-    x = head.conv(features)
-    mean = ops.window_sums(x, **geometry)[..., 0, :] / math.prod(geometry["window"])
-    scale = head.attention.fc(mean.to(x.dtype))  # (B, nD, nH, nW, C)
-    weight = head.classifier.weight.flatten(1)  # (K, C)
-    m0 = weight * scale[..., None, :].to(weight.dtype)
-    return ops.block_linear(x, m0, head.classifier.bias, block=geometry["block"], origin=geometry["origin"]), None
-
-
-def _cga_weights(head: CGA) -> tuple:
-    """``(w_pos, b_pos, w_neg, b_neg, w_out, b_out)``: the head's 1x1x1 convs flattened, as
-    ``CGA.forward`` passes them to ``omkit.functional.cga``."""
-    return (*head._flat(head.score_pos), *head._flat(head.score_neg), *head._flat(head.final))
-
-
-def _block_windows(features: Tensor, geometry: dict) -> tuple[Tensor, list[int]]:
-    """Origins (T, 3) in ``features``' coordinates of every block's window, D-major as the
-    window ops number the blocks, and the blocks per axis."""
-    counts = list(ops.reference.window_geometry(features.shape[2:], **geometry)[-1])
-    axes = [g + b * torch.arange(n, dtype=torch.long) - o
-            for n, g, b, o in zip(counts, geometry["origin"], geometry["block"], geometry["offset"])]
-    return torch.cartesian_prod(*axes).reshape(-1, 3), counts
-
-
-def local_guided_sums(features: Tensor, source_task: int, source: CGA, source_guidance: Tensor, source_m: Tensor,
-                      geometry: dict, batch: int) -> Tensor:
-    """Every block's window sums ``[sum Pt_b * F, sum F]`` (B, nD, nH, nW, 2, C), where
-    ``Pt_b`` is the guidance a tile of the block would have had: the positive
-    probability of the preceding CGA head ``source`` (of task ``source_task``, guided by
-    ``source_guidance``) evaluated over the window with
-    that block's importance ``source_m`` (as the tile computes it), not the neighbouring
-    blocks'. ``batch`` windows at a time (``TileSettings.batch``)."""
-    origins, counts = _block_windows(features, geometry)
-    b, c = features.shape[:2]
-    acc = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
-    out = torch.zeros((b, origins.shape[0], 2, c), dtype=acc, device=features.device)
-    weights = _cga_weights(source)
-    for n in range(b):
-        m_all = source_m[n].reshape(-1, *source_m.shape[-2:])
-        for start in range(0, origins.shape[0], batch):
-            part = origins[start:start + batch].to(features.device)
-            f = ops.gather_tiles(features[n], part, geometry["window"])
-            g = ops.gather_tiles(source_guidance[n], part, geometry["window"])
-            scores = ops.cga_recalibrate(f, g, m_all[start:start + batch].to(f.dtype), *weights,
-                                         variant=source.variant)
-            pt = positive_probability(source_task, scores.float()).to(acc)
-            flat = f.to(acc).flatten(2)
-            out[n, start:start + batch, 0] = torch.einsum("tcv,tv->tc", flat, pt.flatten(1))
-            out[n, start:start + batch, 1] = flat.sum(-1)
-    return out.reshape(b, *counts, 2, c)
-
-
-def cga_from_sums(head: CGA, features: Tensor, guidance: Tensor, sums: Tensor, geometry: dict) -> Tensor:
-    """The CGA head's scores with each block's importance ``m`` from given window sums
-    ``[sum Pt * F, sum F]`` (B, nD, nH, nW, 2, C) (CSCI pooling's L1 normalisation, as
-    ``omkit.ops.reference.cga_pool``), and the CompSeg merge by the voxel's own
-    ``guidance``, as one per-block linear map (``omkit.ops.block_linear``)."""
-    z = torch.stack([sums[..., 0, :], sums[..., 1, :] - sums[..., 0, :]], -2)
-    m = z / z.abs().sum(-1, keepdim=True).clamp_min(head.eps)
-    w_pos, b_pos, w_neg, b_neg, w_out, b_out = _cga_weights(head)
-    k = (w_pos if w_pos is not None else w_neg).shape[0]
-    zero_w = m.new_zeros((*m.shape[:4], k, m.shape[-1]))
-    zero_b = m.new_zeros(k)
-    wt = w_pos.to(m.dtype) * m[..., 0:1, :] if w_pos is not None else zero_w
-    wn = w_neg.to(m.dtype) * m[..., 1:2, :] if w_neg is not None else zero_w
-    bp = b_pos.to(m.dtype) if b_pos is not None and w_pos is not None else zero_b
-    bn = b_neg.to(m.dtype) if b_neg is not None and w_neg is not None else zero_b
-    # S = m0 F + c0 + Pt (m1 F + c1) for each variant's merge of S_t = Wt F + bp, S_n = Wn F + bn
-    if head.variant == "minus":
-        m0, c0, m1, c1 = wt + wn, bp + bn, None, None
-    elif head.variant == "pos":
-        m0, c0, m1, c1 = zero_w, None, wt, bp
-    elif head.variant == "neg":
-        m0, c0, m1, c1 = wn, bn, -wn, -bn
-    else:
-        m0, c0, m1, c1 = wn, bn, wt - wn, bp - bn
-    if w_out is not None:
-        w_out = w_out.to(m.dtype)
-        m0 = torch.einsum("jk,...kc->...jc", w_out, m0)
-        c0 = w_out @ (c0 if c0 is not None else zero_b) + (b_out.to(m.dtype) if b_out is not None else 0)
-        if m1 is not None:
-            m1, c1 = torch.einsum("jk,...kc->...jc", w_out, m1), w_out @ c1
-    return ops.block_linear(features, m0, c0, guidance=guidance if m1 is not None else None, m1=m1, c1=c1,
-                            block=geometry["block"], origin=geometry["origin"])
-
-
 def member_logits(model: nn.Module, x: Tensor, tasks: Sequence[int], geometry: dict, settings: DenseSettings,
                   divisor: int, progress: bool = False, batch: int = 16) -> list[Tensor]:
     """One model's logits of ``tasks`` over the region ``x (1, C, D, H, W)``. A CGA head
     guided by a CGA head (OM-Net + CGA's task 3) pools the guidance its tiles would have
-    had (:func:`local_guided_sums`); ``batch`` windows at a time."""
+    had (``omkit.models.windowed.guided_window_sums``); ``batch`` windows at a time."""
     if isinstance(model, MCNet):
         out = []
         for task in tasks:
@@ -354,20 +233,7 @@ def member_logits(model: nn.Module, x: Tensor, tasks: Sequence[int], geometry: d
             out.append(net.head(backbone_features(net.backbone, x, settings, divisor, progress)))
         return out
     features = backbone_features(model.backbone, x, settings, divisor, progress)
-    logits: dict[int, Tensor] = {}
-    guidance: Tensor | None = None  # the guidance of the current task
-    previous: tuple | None = None  # (task, CGA head, its guidance, its m) of the preceding task
-    for task in range(max(tasks) + 1):
-        head = model.heads[task]
-        if isinstance(head, CGA) and previous is not None:
-            sums = local_guided_sums(features, *previous, geometry, batch)
-            logits[task], m = cga_from_sums(head, features, guidance, sums, geometry), None
-        else:
-            logits[task], m = head_logits(head, features, guidance if head.guided else None, geometry)
-        previous = (task, head, guidance, m) if isinstance(head, CGA) and m is not None else None
-        if task < 2 and model.heads[task + 1].guided:
-            guidance = positive_probability(task, logits[task])
-    return [logits[t] for t in tasks]
+    return task_logits(model, features, tasks, geometry, batch)
 
 
 def run_dense(predictor, image: Tensor, tasks: Sequence[int],

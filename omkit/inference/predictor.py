@@ -57,7 +57,7 @@ from omkit.devices import autocast, check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
-from omkit.protocol import PATCH_SIZE, ROI_DILATION, TILE_KEEP
+from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, ROI_DILATION, TILE_KEEP
 
 from .dense import DenseSettings, check_dense, run_dense
 from .fusion import argmax_labels, core_mask, dilate, fuse, task1_labels
@@ -80,6 +80,10 @@ def _input_features(models: Sequence[nn.Module], given: str | None) -> str:
     return given
 
 
+def _box(size: Sequence[int]) -> str:
+    return " x ".join(str(int(v)) for v in size)
+
+
 class Prediction(NamedTuple):
     """``labels``: internal classes uint8 ``(D, H, W)`` on the CPU; ``roi``: the
     dilated coarse tumor mask (task 2's ROI); ``probabilities``: per task
@@ -94,32 +98,70 @@ class Prediction(NamedTuple):
     tiles: dict[str, int]
 
 
-# Inference modes of SegmentationPredictor (and --inference). The default is dense where it
-# applies: with the same models it scored within 0.01 mean Dice of the paper's tiles on every
-# region (docs/RESULTS.md, "Dense, window-consistent inference").
+# Inference modes of SegmentationPredictor (and --inference). The default, auto, runs dense
+# inference only on models trained window-consistently (--train-mode windows), whose features
+# are those dense inference computes; a model trained on patches loses accuracy dense (5 points
+# of whole-tumor Dice after 25 minutes of training) and runs tiles keeping FAST_TILE_KEEP, as
+# accurate as the paper's tiles and faster (docs/RESULTS.md, "Train as you infer").
 INFERENCE_MODES = ("auto", "dense", "tiles")
 DEFAULT_INFERENCE = "auto"
 
 
 @dataclass
 class TileSettings:
-    """Overlap-tile geometry and batching (defaults: the paper's). ``size``:
-    the tile, ``(D, H, W)``; ``keep``: its centre whose prediction is kept;
-    ``stride``: between tiles, default ``keep`` (every voxel predicted once);
-    ``batch``: tiles per network call (memory against speed). On the command
-    line these are ``--tile-size``, ``--tile-keep``, ``--tile-stride`` and
-    ``--tile-batch``."""
+    """Overlap-tile geometry and batching. ``size``: the tile, ``(D, H, W)``;
+    ``keep``: its centre whose prediction is kept; ``stride``: between tiles,
+    default ``keep`` (every voxel predicted once); ``batch``: tiles per network
+    call (memory against speed). On the command line these are ``--tile-size``,
+    ``--tile-keep``, ``--tile-stride`` and ``--tile-batch``. ``size`` or ``keep``
+    None: the predictor's choice for its mode (:func:`default_tiles`); the
+    paper's are ``PATCH_SIZE`` and ``TILE_KEEP`` (``omkit.protocol``)."""
 
-    size: Sequence[int] = PATCH_SIZE
-    keep: Sequence[int] = TILE_KEEP
+    size: Sequence[int] | None = None
+    keep: Sequence[int] | None = None
     stride: Sequence[int] | None = None
     batch: int = 16
 
     def __post_init__(self):
-        self.size, self.stride, self.keep = check_geometry(self.size, self.stride, self.keep)
+        if self.size is not None and self.keep is not None:
+            self.size, self.stride, self.keep = check_geometry(self.size, self.stride, self.keep)
+        elif self.stride is not None:
+            raise ValueError("a tile stride needs the tile size and keep too")
         if int(self.batch) < 1:
             raise ValueError(f"tile batch must be at least 1, got {self.batch}")
         self.batch = int(self.batch)
+
+    @property
+    def resolved(self) -> bool:
+        return self.size is not None and self.keep is not None
+
+    def with_defaults(self, size: Sequence[int], keep: Sequence[int]) -> "TileSettings":
+        """These settings, ``size`` and ``keep`` filled in where they are None (``keep`` is
+        for tiles of ``PATCH_SIZE``: with another given size, in proportion to it)."""
+        if self.resolved:
+            return self
+        if self.size is not None and self.keep is None:  # the default keep, in proportion to the given size
+            keep = tuple(max(1, round(s * k / p)) for s, k, p in zip(self.size, keep, PATCH_SIZE))
+        return TileSettings(size=self.size if self.size is not None else size,
+                            keep=self.keep if self.keep is not None else keep, batch=self.batch)
+
+
+def trained_windows(model: nn.Module) -> dict | None:
+    """The window grid a model was trained with window-consistently (``--train-mode
+    windows``, recorded in its model file), or None for a model trained on patches."""
+    if getattr(model, "train_mode", "patches") != "windows":
+        return None
+    return getattr(model, "train_windows", None) or {"window": list(PATCH_SIZE), "block": list(FAST_TILE_KEEP)}
+
+
+def default_tiles(tiles: TileSettings, mode: str, models: Sequence[nn.Module]) -> TileSettings:
+    """The tile geometry where ``tiles`` leaves it open: for dense inference of models
+    trained window-consistently, their training window and block; for the tiles that
+    ``auto`` chooses, the paper's tile keeping FAST_TILE_KEEP; else the paper's."""
+    grids = [trained_windows(m) for m in models]
+    if mode == "dense" and all(grids) and len({(tuple(g["window"]), tuple(g["block"])) for g in grids}) == 1:
+        return tiles.with_defaults(grids[0]["window"], grids[0]["block"])
+    return tiles.with_defaults(PATCH_SIZE, FAST_TILE_KEEP if mode == "auto" else TILE_KEEP)
 
 
 @dataclass
@@ -169,14 +211,16 @@ class SegmentationPredictor:
     :class:`SpeedSettings`; ``inference``: ``"dense"`` (window-consistent dense
     inference, :mod:`.dense`: the backbone once per voxel; needs ``tiles.stride ==
     tiles.keep`` and OM-Net or MC models with plain, SE or CGA heads; ``speed.compile``
-    does not apply), ``"tiles"`` (overlap tiles) or ``"auto"`` (the default: dense when
-    those hold, else tiles; ``inference`` then holds the mode chosen and
-    ``inference_note`` why). ``dense``: :class:`~omkit.inference.dense.DenseSettings`
-    (or its fields as a dict).
+    does not apply), ``"tiles"`` (overlap tiles) or ``"auto"`` (the default: dense for
+    models trained window-consistently, ``--train-mode windows``, when those hold; else
+    tiles, keeping ``FAST_TILE_KEEP`` unless ``tiles`` says otherwise). ``inference`` then
+    holds the mode chosen, ``tiles`` the geometry, and ``inference_note`` why. ``tiles``
+    None (or with ``size`` / ``keep`` None): the mode's default (:func:`default_tiles`).
+    ``dense``: :class:`~omkit.inference.dense.DenseSettings` (or its fields as a dict).
     """
 
     models: Sequence[nn.Module]
-    tiles: TileSettings = field(default_factory=TileSettings)
+    tiles: TileSettings | None = None
     roi_dilation: float = ROI_DILATION
     sw_device: torch.device | str | None = None
     device: torch.device | str | None = None
@@ -212,15 +256,7 @@ class SegmentationPredictor:
         self.sw_device = torch.device(self.sw_device)
         self.device = torch.device(self.device) if self.device is not None else self.sw_device
         check_precision(self.precision, self.sw_device)
-        self.inference_note = f"{self.inference} inference, as asked"
-        if self.inference == "dense":
-            check_dense(self)
-        elif self.inference == "auto":
-            try:
-                check_dense(self)
-                self.inference, self.inference_note = "dense", "dense inference (auto)"
-            except ValueError as exc:
-                self.inference, self.inference_note = "tiles", f"tile inference (auto): {exc}"
+        self._choose_inference(self.tiles if self.tiles is not None else TileSettings())
         for model in self.models:
             model.eval()
             if self.speed.channels_last:
@@ -231,6 +267,33 @@ class SegmentationPredictor:
             compile_ = lambda m: torch.compile(m, mode=self.speed.compile, dynamic=False)  # noqa: E731
             self._calls = [compile_(c) if self.kind == "onepass" else {t: compile_(n) for t, n in c.items()}
                            for c in self._calls]
+
+    def _choose_inference(self, tiles: TileSettings) -> None:
+        """Resolve ``inference`` and ``tiles``, with ``inference_note`` saying which and why:
+        ``auto`` runs dense only where every model was trained window-consistently (and dense
+        can run it), else tiles (see :data:`DEFAULT_INFERENCE`)."""
+        if self.inference != "auto":
+            self.tiles = default_tiles(tiles, self.inference, self.models)
+            self.inference_note = f"{self.inference} inference, as asked"
+            if self.inference == "dense":
+                check_dense(self)
+            return
+        patch_trained = [m for m in self.models if trained_windows(m) is None]
+        if not patch_trained:
+            self.inference, self.tiles = "dense", default_tiles(tiles, "dense", self.models)
+            try:
+                check_dense(self)
+                self.inference_note = ("dense inference (auto): the model was trained window-consistently "
+                                       "(--train-mode windows)")
+                return
+            except ValueError as exc:
+                why = str(exc)
+        else:
+            why = (f"{'the model was' if len(self.models) == 1 else 'ensemble members were'} trained on patches, "
+                   "whose features dense inference does not reproduce (train with --train-mode windows for dense)")
+        self.inference, self.tiles = "tiles", default_tiles(tiles, "auto", self.models)
+        self.inference_note = (f"tile inference (auto), tiles {_box(self.tiles.size)} keeping "
+                               f"{_box(self.tiles.keep)}: {why}")
 
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",

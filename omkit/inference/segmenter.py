@@ -119,10 +119,12 @@ class Segmenter:
         """A segmenter of the model files ``models`` (one, or several for an ensemble whose
         probabilities are averaged). ``device``: ``auto`` (CUDA when available), ``cpu``,
         ``cuda``, ``cuda:N``; ``tiles``: a :class:`TileSettings` or its fields as a dict
-        (default: the paper's tiles); ``tta``: test-time mirroring (None, True for the 8
-        flips, or axes such as ``"H,W"``); ``roi_dilation``: task 2's ROI; ``inference``:
-        ``"auto"`` (dense where the models allow it, else tiles), ``"dense"`` (window-consistent
-        dense inference, :mod:`.dense`) or ``"tiles"``, with ``dense`` a :class:`DenseSettings`
+        (default: the inference mode's, see :class:`SegmentationPredictor`); ``tta``:
+        test-time mirroring (None, True for the 8 flips, or axes such as ``"H,W"``);
+        ``roi_dilation``: task 2's ROI; ``inference``: ``"auto"`` (dense for models trained
+        with ``--train-mode windows``, else tiles keeping 8 x 24 x 24; ``predictor.inference_note``
+        says which and why), ``"dense"`` (window-consistent dense inference, :mod:`.dense`) or
+        ``"tiles"`` (the paper's unless ``tiles`` says otherwise), with ``dense`` a :class:`DenseSettings`
         or its fields as a dict; further keywords go to
         :class:`SegmentationPredictor`."""
         from omkit.devices import resolve_device

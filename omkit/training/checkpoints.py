@@ -21,6 +21,7 @@ from torch import nn
 from omkit.data.preprocess import PREPROCESSING
 from omkit.fileio import UnsafeFileError, atomic_torch_save, torch_load_weights_only
 
+from . import windows
 from .curriculum import stages_record
 
 CHECKPOINT_FORMAT = "omkit-train-checkpoint"
@@ -119,6 +120,10 @@ def model_metadata(config, label_convention: str, state, stages, cases, held_out
         "preprocessing": {**{k: v for k, v in PREPROCESSING.items() if k != "version"},
                           "input_features": config.input_features},
         "patch_size": list(config.patch_size),
+        # how the features were trained: dense inference matches them only for "windows"
+        # (omkit.training.windows); --inference auto reads it
+        "train_mode": config.train_mode,
+        **({"train_windows": windows.grid_of(config).to_dict()} if config.train_mode == "windows" else {}),
         "training": {
             "epochs": state.epoch,
             "steps": state.global_step,

@@ -15,6 +15,7 @@ from typing import Any
 
 from omkit.protocol import (
     BATCH_PER_TASK,
+    FAST_TILE_KEEP,
     LR,
     LR_GAMMA,
     LR_STEP_EPOCHS,
@@ -67,6 +68,16 @@ RECIPES["cpu-budget-precise"] = {
     "input_features": "mri+asymmetry",
 }
 
+# cpu-budget trained as dense inference infers (--train-mode windows, omkit.training.windows):
+# one 40 x 88 x 88 crop per task and step, its 2 x 2 x 2 blocks of 8 x 24 x 24 supervised,
+# each pooled over its 16 x 32 x 32 window; --inference auto then runs dense
+# (docs/RESULTS.md, "Train as you infer").
+RECIPES["cpu-budget-windows"] = {
+    **RECIPES["cpu-budget"],
+    "train_mode": "windows",
+    "batch_per_task": 1,
+}
+
 
 # Upper limits of what a run may ask for: each far beyond the paper's and any
 # useful run, but short of an allocation failure or an overflow deep inside it,
@@ -115,6 +126,13 @@ class TrainConfig:
     patches_per_epoch: tuple = PATCHES_PER_EPOCH  # per task, over all processes
     batch_per_task: int = BATCH_PER_TASK  # per process
     patch_size: tuple = PATCH_SIZE  # (D, H, W)
+    # how the network meets the patches (omkit.training.windows): "patches", each alone through the
+    # backbone (the paper's), or "windows", train as dense inference infers: crops with context, the
+    # loss over window_blocks blocks of window_block voxels, each pooled over its patch-size window
+    train_mode: str = "patches"
+    window_block: tuple = FAST_TILE_KEEP
+    window_blocks: tuple = (2, 2, 2)
+    window_context: tuple = (8, 16, 16)
     # one sampler spec per task (omkit.data.sampling): NAME(KEY=VALUE,...), weighted mixtures NAME:W+NAME:W
     samplers: tuple = ("brain", "dilated_tumor", "core")
     # online data transfer (Sec. III-B): fractions of tumor / core voxels
@@ -153,6 +171,8 @@ class TrainConfig:
     def __post_init__(self):
         self.stage_epochs = tuple(int(e) for e in self.stage_epochs)
         self.patch_size = tuple(int(p) for p in self.patch_size)
+        for name in ("window_block", "window_blocks", "window_context"):
+            setattr(self, name, tuple(getattr(self, name)))
         self.samplers = tuple(self.samplers)
         self.model_options = dict(self.model_options or {})
         ppe = tuple(int(p) for p in (self.patches_per_epoch if isinstance(self.patches_per_epoch, (tuple, list)) else [self.patches_per_epoch]))
@@ -175,7 +195,6 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 bad(name, f"must be an integer, got {value!r}")
-        self._check_limits(bad)
         if len(self.stage_epochs) != 3 or min(self.stage_epochs) < 0 or sum(self.stage_epochs) < 1:
             bad("stage_epochs", f"needs three non-negative epoch counts a,b,c with a positive sum, got {self.stage_epochs}")
         if self.epochs is not None and self.epochs < 1:
@@ -187,6 +206,8 @@ class TrainConfig:
         if any(p % PATCH_DIVISOR for p in self.patch_size):
             bad("patch_size", f"each size must be divisible by {PATCH_DIVISOR} (three 2x poolings), "
                               f"got {self.patch_size}")
+        self._check_windows(bad)
+        self._check_limits(bad)
         if len(self.samplers) != 3:
             bad("samplers", f"needs one sampler per task, got {self.samplers}")
         for spec in self.samplers:
@@ -234,14 +255,41 @@ class TrainConfig:
         if self.precision == "fp16" and self.device.strip().lower() == "cpu":
             bad("precision", "fp16 (float16 mixed precision) needs --device cuda; on a CPU use bf16")
 
+    def _check_windows(self, bad) -> None:
+        from .windows import TRAIN_MODES, WindowGrid
+
+        if self.train_mode not in TRAIN_MODES:
+            bad("train_mode", f"must be one of {', '.join(TRAIN_MODES)}, got {self.train_mode!r}")
+        for name in ("window_block", "window_blocks", "window_context"):
+            value = getattr(self, name)
+            if len(value) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                bad(name, f"needs three whole numbers D,H,W, got {list(value)}")
+        if self.train_mode != "windows":
+            return  # the window grid is used in windows mode only
+        try:
+            grid = WindowGrid(self.patch_size, self.window_block, self.window_blocks, self.window_context)
+        except ValueError as exc:
+            bad("window_block", str(exc))
+        if max(grid.crop) > MAX_PATCH_SIDE:
+            bad("window_blocks", f"a crop of {'x'.join(map(str, grid.crop))} voxels has a side over "
+                                 f"{MAX_PATCH_SIDE}; lower {flag('window_blocks')} or {flag('window_context')}")
+
+    def crop_size(self) -> tuple[int, ...]:
+        """What one training sample cuts out of a case: the patch, or in windows mode the crop."""
+        if self.train_mode != "windows":
+            return tuple(self.patch_size)
+        from .windows import grid_of
+
+        return grid_of(self).crop
+
     def _check_limits(self, bad) -> None:
         if self.width > MAX_WIDTH:
             bad("width", f"must be at most {MAX_WIDTH:g} ({MAX_WIDTH:g}x the paper's feature maps), got {self.width:g}")
         if any(p > MAX_PATCH_SIDE for p in self.patch_size):
             bad("patch_size", f"each side must be at most {MAX_PATCH_SIDE} voxels, got {self.patch_size}")
-        voxels = self.batch_per_task * math.prod(self.patch_size)
+        voxels = self.batch_per_task * math.prod(self.crop_size())
         if voxels > MAX_BATCH_VOXELS:
-            bad("batch_per_task", f"{self.batch_per_task} patches of {'x'.join(map(str, self.patch_size))} are "
+            bad("batch_per_task", f"{self.batch_per_task} patches of {'x'.join(map(str, self.crop_size()))} are "
                                   f"{voxels} voxels per task and step, more than {MAX_BATCH_VOXELS}; lower "
                                   f"{flag('batch_per_task')} or {flag('patch_size')}")
         if max(self.patches_per_epoch, default=0) > MAX_PATCHES_PER_EPOCH:

@@ -22,6 +22,7 @@ from omkit.data.splits import kfold_split
 from . import distributed
 from .config import TrainConfig
 from .patches import TaskPatches
+from .windows import grid_of
 
 
 @dataclass
@@ -91,10 +92,11 @@ def prepare_data(config: TrainConfig, samplers: Sequence, tasks: Sequence[int],
     distributed.barrier(processes)
     if not processes.is_main:
         cases, dirs, regions = _load_cases(config, case_dirs, samplers, tasks, cache, warn=False)
+    supervised = grid_of(config).supervised_slices if config.train_mode == "windows" else None
     patches = TaskPatches(
-        cases, samplers, config.patch_size, config.patches_per_epoch, config.batch_per_task,
+        cases, samplers, config.crop_size(), config.patches_per_epoch, config.batch_per_task,
         seed=config.seed, rank=processes.rank, world_size=processes.world_size, tasks=tasks, regions=regions,
-        input_features=config.input_features,
+        input_features=config.input_features, supervised=supervised,
     )
     conventions = sorted({pre.convention for pre in cases})
     convention = conventions[0] if len(conventions) == 1 else (config.label_convention or conventions[0])

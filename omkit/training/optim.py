@@ -45,6 +45,13 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
         if config.model_options:
             given.append(f"{flag('model_options')} " + " ".join(f"{k}={v!r}" for k, v in config.model_options.items()))
         raise ValueError(f"{' '.join(given)}: {' '.join(str(exc).split())}") from None
+    if config.train_mode == "windows":
+        from .windows import check_model
+
+        try:
+            check_model(model)
+        except ValueError as exc:
+            raise ValueError(f"{flag('train_mode')} windows: {exc}") from None
     return model.to(device)
 
 

@@ -42,10 +42,13 @@ class TaskPatches:
         tasks: Sequence[int] = (0, 1, 2),
         regions: dict[int, list[np.ndarray]] | None = None,
         input_features: str = DEFAULT_INPUT_FEATURES,
+        supervised: Sequence[slice] | None = None,
     ):
         self.cases = list(cases)
         self.samplers = list(samplers)
         self.patch_size = tuple(int(p) for p in patch_size)
+        # windows mode: the part of each crop whose labels are the targets (the rest is context)
+        self.supervised = tuple(supervised) if supervised is not None else None
         self.batch = int(batch_per_task)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.pool_sizes = [max(1, math.ceil(int(n) / self.world_size)) for n in patches_per_epoch]
@@ -82,7 +85,8 @@ class TaskPatches:
 
     def batch_at(self, epoch: int, step: int, tasks: Sequence[int]):
         """Per task (None when inactive): ``(images (B, C, *P) float32, labels (B, *P) uint8)``, C the
-        network's input channels."""
+        network's input channels, P the patch (crop) size; the labels of the ``supervised``
+        part only, when given."""
         out = [None, None, None]
         for t in tasks:
             centres = self.centres(epoch, step, t)
@@ -92,6 +96,8 @@ class TaskPatches:
                            for pre, axis in zip(self.cases, self._mirror_axes)]
                 mirror, _ = extract_patches(mirrors, centres, self.patch_size)
                 images = network_input(images, self.input_features, mirror=mirror)
+            if self.supervised is not None and labels is not None:
+                labels = np.ascontiguousarray(labels[(slice(None),) + self.supervised])
             out[t] = (images, labels)
         return out
 

@@ -32,7 +32,7 @@ from omkit.checkpoint import save_model
 from omkit.data.sampling import sampler_cache_key
 from omkit.devices import autocast, check_precision, convolution_guard, resolve_device
 
-from . import distributed, run_folder
+from . import distributed, run_folder, windows
 from .checkpoints import (
     load_training_checkpoint,
     model_metadata,
@@ -52,13 +52,16 @@ from .transfer import TransferRule, task_targets
 
 
 class _TaskForward(nn.Module):
-    """``forward`` = ``model.forward_tasks`` so DDP can wrap the training pass."""
+    """``forward`` = ``model.forward_tasks`` (or, window-consistent, ``windows.forward_tasks``
+    with ``grid``) so DDP can wrap the training pass."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, grid: windows.WindowGrid | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.grid = model, grid
 
     def forward(self, inputs, transfers):
+        if self.grid is not None:
+            return windows.forward_tasks(self.model, inputs, transfers, self.grid)
         return self.model.forward_tasks(inputs, transfers)
 
 
@@ -162,7 +165,8 @@ class Trainer:
         """The training pass for a stage; under DDP wrapped once per stage, so
         that only stages that leave heads unused pay for finding them."""
         if self.net is None or self._net_tasks != tasks:
-            net = _TaskForward(self.model)
+            grid = windows.grid_of(self.config) if self.config.train_mode == "windows" else None
+            net = _TaskForward(self.model, grid)
             if self.world_size > 1:
                 net = nn.parallel.DistributedDataParallel(
                     net,
