@@ -13,7 +13,7 @@ The goal of the paper's batch at full width: a peak under 4 GB.
 
 ``omnet_cga+windows`` is the window-consistent step (``--train-mode windows``,
 ``omkit.training.windows``): one crop per task of the default grid (2 x 2 x 2 blocks of
-8 x 24 x 24 in 16 x 32 x 32 windows, 8 x 16 x 16 voxels of context: 40 x 88 x 88), the
+8 x 24 x 24 in 16 x 32 x 32 windows, 4 x 8 x 8 voxels of context: 32 x 72 x 72), the
 heads pooled per window; ``extra_info`` adds windows and supervised voxels per second, to
 set against the patch step's patches (one window each) and voxels.
 """

@@ -8,7 +8,7 @@ models trained on patches (docs/RESULTS.md, "Train as you infer").
 For each model and case: the backbone once over the brain's region (dense, as
 ``omkit predict --inference dense`` computes it), and alone on ``--tiles`` tiles of the
 paper's size (16 x 32 x 32) whose kept centre touches the brain, chosen at random
-(seed 0). Per voxel the relative difference ``|f_tile - f_dense| / rms(f_dense)`` (rms
+(seed 0). Per brain voxel the relative difference ``|f_tile - f_dense| / rms(f_dense)`` (rms
 over the region's voxels and channels), averaged by the voxel's distance to the nearest
 tile face (voxels; 0 = on the border), for the kept centres of 5 x 20 x 20 (the paper's)
 and 8 x 24 x 24, and the share of kept-centre voxels whose task-1 class differs (plain
@@ -68,6 +68,7 @@ def case_divergence(model, case_dir: Path, tiles: int, contexts, rng) -> dict:
     dense = backbone_features(backbone, x, DenseSettings(), divisor)[0]  # (C, *region)
     rms = dense.pow(2).mean().sqrt()
     dense_class = head(dense[None]).argmax(1)[0]
+    brain = gather_tiles(mask[None].float(), start, region.shape)[0, 0] > 0  # the voxels compared
     out = {"tiles": {}, "crops": {}}
     # paper tiles at the tile grid over the brain
     origins = tile_origins(mask.shape, PATCH_SIZE, keep=TILE_KEEP)
@@ -85,8 +86,9 @@ def case_divergence(model, case_dir: Path, tiles: int, contexts, rng) -> dict:
         box = tuple(slice(lo, lo + n) for lo, n in zip(local, PATCH_SIZE))
         ref = dense[(slice(None),) + box]
         diff = (alone - ref).pow(2).sum(0).sqrt() / (rms * math.sqrt(ref.shape[0]))
-        sums.index_add_(0, dist.flatten(), diff.flatten())
-        counts.index_add_(0, dist.flatten(), torch.ones(dist.numel()))
+        inside = brain[box]
+        sums.index_add_(0, dist[inside], diff[inside])
+        counts.index_add_(0, dist[inside], torch.ones(int(inside.sum())))
         tile_class = head(alone[None]).argmax(1)[0]
         for keep in changed:
             centre = tuple(slice(o, o + k) for o, k in zip(keep_offset(PATCH_SIZE, keep), keep))
@@ -96,12 +98,12 @@ def case_divergence(model, case_dir: Path, tiles: int, contexts, rng) -> dict:
     out["tiles"] = {"by_distance": (sums / counts.clamp_min(1)).tolist(),
                     "changed": {k: c / max(n, 1) for k, (c, n) in changed.items()}}
     # window-consistent training crops centred on brain voxels inside the region
-    inside = mask.nonzero()
+    voxels = mask.nonzero()
     for context in contexts:
         grid = WindowGrid(PATCH_SIZE, FAST_TILE_KEEP, (2, 2, 2), context)
         sup, win = [], []
-        for c in rng.choice(len(inside), size=min(tiles // 4 + 1, len(inside)), replace=False).tolist():
-            centre = inside[c].tolist()
+        for c in rng.choice(len(voxels), size=min(tiles // 2 + 1, len(voxels)), replace=False).tolist():
+            centre = voxels[c].tolist()
             lo = [p - s // 2 for p, s in zip(centre, grid.crop)]
             crop = gather_tiles(image, torch.tensor([lo]), grid.crop)
             alone = backbone(crop)[0]
@@ -110,10 +112,11 @@ def case_divergence(model, case_dir: Path, tiles: int, contexts, rng) -> dict:
                 continue  # the crop reaches past the dense region: no reference there
             ref = dense[(slice(None),) + tuple(slice(a, a + n) for a, n in zip(local, grid.crop))]
             diff = (alone - ref).pow(2).sum(0).sqrt() / (rms * math.sqrt(ref.shape[0]))
-            sup.append(diff[grid.supervised_slices].mean().item())
+            inside = brain[tuple(slice(a, a + n) for a, n in zip(local, grid.crop))]
+            sup.append(diff[grid.supervised_slices][inside[grid.supervised_slices]].mean().item())
             wlo = [g - o for g, o in zip(grid.origin, grid.offset)]
             wins = tuple(slice(a, a + w + (n - 1) * b) for a, w, n, b in zip(wlo, grid.window, grid.blocks, grid.block))
-            win.append(diff[wins].mean().item())
+            win.append(diff[wins][inside[wins]].mean().item())
         out["crops"][context] = (float(np.mean(sup)) if sup else float("nan"),
                                  float(np.mean(win)) if win else float("nan"), grid.crop)
     return out

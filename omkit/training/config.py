@@ -69,9 +69,10 @@ RECIPES["cpu-budget-precise"] = {
 }
 
 # cpu-budget trained as dense inference infers (--train-mode windows, omkit.training.windows):
-# one 40 x 88 x 88 crop per task and step, its 2 x 2 x 2 blocks of 8 x 24 x 24 supervised,
-# each pooled over its 16 x 32 x 32 window; --inference auto then runs dense
-# (docs/RESULTS.md, "Train as you infer").
+# one 32 x 72 x 72 crop per task and step, its 2 x 2 x 2 blocks of 8 x 24 x 24 supervised,
+# each pooled over its 16 x 32 x 32 window, 4 x 8 x 8 voxels of context beyond the windows
+# (more context barely brought a crop's features closer to dense ones and costs steps);
+# --inference auto then runs dense (docs/RESULTS.md, "Train as you infer").
 RECIPES["cpu-budget-windows"] = {
     **RECIPES["cpu-budget"],
     "train_mode": "windows",
@@ -132,7 +133,7 @@ class TrainConfig:
     train_mode: str = "patches"
     window_block: tuple = FAST_TILE_KEEP
     window_blocks: tuple = (2, 2, 2)
-    window_context: tuple = (8, 16, 16)
+    window_context: tuple = (4, 8, 8)
     # one sampler spec per task (omkit.data.sampling): NAME(KEY=VALUE,...), weighted mixtures NAME:W+NAME:W
     samplers: tuple = ("brain", "dilated_tumor", "core")
     # online data transfer (Sec. III-B): fractions of tumor / core voxels
