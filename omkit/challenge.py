@@ -142,7 +142,9 @@ def to_challenge_labels(labels: np.ndarray, convention: str, challenge: str | Ch
 
     config = get_challenge_config(challenge)
     labels = np.asarray(labels)
-    present = set(np.unique(labels).tolist())
+    # counting beats sorting (np.unique) on a whole BraTS volume, and the mapping is one table lookup
+    nonnegative = labels.size and np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0
+    present = set((np.flatnonzero(np.bincount(labels.ravel())) if nonnegative else np.unique(labels)).tolist())
     if convention == NATIVE:
         bad = sorted(present - {0, *config.values})
         if bad:
@@ -152,12 +154,12 @@ def to_challenge_labels(labels: np.ndarray, convention: str, challenge: str | Ch
     bad = sorted(present - set(conv.valid_values))
     if bad:
         raise ValueError(f"{path}: label values {bad} are not in the {conv.name} convention {conv.valid_values}")
-    out = np.zeros(labels.shape, np.uint8)
+    table = np.zeros(max(conv.valid_values) + 1, np.uint8)
     for cls, value in config.labels.items():
         source = getattr(conv, cls)
         if source is not None:
-            out[labels == source] = value
-    return out
+            table[source] = value
+    return table[labels]
 
 
 def score_labels(evaluator, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> dict[str, dict]:
@@ -214,6 +216,22 @@ def score_internal(evaluator, pred_classes: np.ndarray, gt_classes: np.ndarray, 
                         to_challenge_labels(BRATS2023.from_internal(gt_classes), "2023", challenge), spacing)
 
 
+def challenge_scorer(name: str):
+    """``score(pred_classes, gt_classes, spacing) -> {region: {metric: value}}`` on internal class
+    maps for any ``--challenge``: a 2023 name scores with :mod:`omkit.lesionwise`'s rules, a 2025
+    one with the organisers' package (loaded here: a missing package fails before any work)."""
+    from omkit.labels import internal_regions
+    from omkit.lesionwise import CHALLENGES, case_lesionwise
+
+    if name not in CHALLENGES and name not in CHALLENGE_CONFIGS:
+        raise ValueError(f"--challenge: unknown challenge {name!r}; choose one of "
+                         f"{', '.join((*CHALLENGES, *CHALLENGE_CONFIGS))}")
+    if name in CHALLENGES:
+        return lambda pred, gt, spacing: case_lesionwise(internal_regions(pred), internal_regions(gt), spacing, name)
+    evaluator = load_evaluator(name)
+    return lambda pred, gt, spacing: score_internal(evaluator, pred, gt, spacing, name)
+
+
 def _ranked(metric: str, value) -> float:
     value = float(value)
     if metric.endswith("hd95") and math.isinf(value):
@@ -227,10 +245,11 @@ def summarize_challenge(rows: Sequence[Mapping]) -> dict:
     :data:`HD95_RANKING_PENALTY`; ``infinite`` says how many were; lesion counts also ``total``.
     An undefined statistic is None (summary.json stays strict JSON)."""
     summary: dict = {}
+    metrics = [k for k in (rows[0] if rows else METRIC_SOURCES) if k not in ("case", "region", "variant")]
     for region in sorted({row["region"] for row in rows}, key=_region_rank):
         chosen = [row for row in rows if row["region"] == region]
         summary[region] = {}
-        for metric in METRIC_SOURCES:
+        for metric in metrics:
             raw = [float(row[metric]) for row in chosen]
             values = np.array([_ranked(metric, v) for v in raw if not math.isnan(v)], np.float64)
             stats = {"mean": float(values.mean()) if values.size else None,
@@ -260,3 +279,24 @@ def format_challenge_table(summary: Mapping, count: int, challenge: str) -> str:
     lines.append(f"{challenge}: mean over {count} case(s) where defined (infinite HD95 as "
                  f"{HD95_RANKING_PENALTY:g} mm); LW = lesion-wise; counts summed; medians in summary.json")
     return "\n".join(lines)
+
+
+def challenge_table(results: Sequence[Mapping], name: str) -> list[dict]:
+    """The ablation's challenge lines: per row, variant (raw / post-processed) and region, the
+    mean of each metric over the held-out cases (as :func:`summarize_challenge`; the lesion
+    counts summed). Rows saved without scores of ``name`` (an earlier study) are left out."""
+    lines = []
+    for result in results:
+        scored = result.get("challenge") or {}
+        if scored.get("name") != name:
+            continue
+        for variant in sorted({c["variant"] for c in scored["cases"]}, key=lambda v: v != "raw"):
+            chosen = [c for c in scored["cases"] if c["variant"] == variant]
+            row = result["row"] + ("+p" if variant == "post" else "")
+            for region, metrics in summarize_challenge(chosen).items():
+                line = {"row": row, "split": result["split"], "challenge": name, "region": region,
+                        "cases": len({c["case"] for c in chosen if c["region"] == region})}
+                for metric, stats in metrics.items():
+                    line[metric] = stats["total"] if "total" in stats else stats["mean"]
+                lines.append(line)
+    return lines

@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.lesionwise": FOUNDATION | {"omkit.metrics"},
     "omkit.evaluation": FOUNDATION | {"omkit.data", "omkit.metrics", "omkit.lesionwise"},
     # the BraTS 2025 scoring: the organisers' package on label maps paired and read by evaluation
-    "omkit.challenge": FOUNDATION | {"omkit.evaluation"},
+    "omkit.challenge": FOUNDATION | {"omkit.evaluation", "omkit.lesionwise"},
     "omkit.viz": FOUNDATION,
     "omkit.models": FOUNDATION | {"omkit.factory", "omkit.functional", "omkit.ops"},
     # the public modules for users' own networks: the model code, nothing else
