@@ -154,7 +154,13 @@ setup(
         # MONAI: independent metric implementation for agreement tests, and the peer baselines
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "monai>=1.3",
                  # omkit export: the ONNX parity tests run the file in onnxruntime
-                 "onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2"],
+                 "onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2",
+                 # tests/test_challenge.py compares omkit evaluate --challenge with the organisers' package
+                 "brats-evaluation==0.0.10"],
+        # omkit evaluate --challenge BraTS-*-2025: the organisers' scoring package (AGPL-3.0). Its
+        # panoptica pins numpy<2.3 and connected-components-3d<4, and brings pandas, scikit-image,
+        # SimpleITK and plotly. Pinned: a new release may change the rules.
+        "challenge": ["brats-evaluation==0.0.10"],
         # omkit export --format onnx (torch's exporter needs onnx and onnxscript); onnxruntime runs
         # the file (examples/onnx_runner.py). Checked with torch 2.13: onnx 1.23, onnxscript 0.7,
         # onnxruntime 1.32.

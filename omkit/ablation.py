@@ -64,6 +64,8 @@ class AblationConfig:
     inference: str = "auto"
     dense: dict = field(default_factory=dict)
     label_convention: str | None = None
+    # also score with a challenge's rules (omkit evaluate --challenge names): ablation_challenge.csv
+    challenge: str | None = None
 
     def __post_init__(self):
         from .factory import list_presets
@@ -87,6 +89,10 @@ class AblationConfig:
         from .inference import DenseSettings
 
         self.dense = asdict(DenseSettings(**self.dense))  # checked before any training
+        if self.challenge is not None:
+            from .challenge import challenge_scorer
+
+            challenge_scorer(self.challenge)  # an unknown name or a missing package, before any training
 
 
 @dataclass
@@ -208,7 +214,12 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
     predictor = study_predictor(config, models)
     log(f"    {predictor.inference_note}")
     steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
-    rows = []
+    score_challenge = None
+    if config.challenge:
+        from .challenge import challenge_scorer
+
+        score_challenge = challenge_scorer(config.challenge)
+    rows, challenge_rows = [], []
     for case_dir in cases:
         case = load_for_prediction(case_dir, label_convention=config.label_convention, with_label=True)
         started = time.perf_counter()
@@ -226,9 +237,12 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
                 fp_count, fp_voxels = false_positive_components(pred_regions[region], gt_regions[region])
                 rows.append({"case": case.case_id, "variant": variant, "region": region, "seconds": seconds,
                              **scores[region], "fp_components": fp_count, "fp_voxels": fp_voxels})
+            if score_challenge:
+                challenge_rows.extend({"case": case.case_id, "variant": variant, "region": region, **values}
+                                      for region, values in score_challenge(labels, case.label, case.spacing).items())
         wt = {v: case_metrics_internal(l, case.label, case.spacing)["WT"]["dice"] for v, l in variants.items()}
         log(f"    {case.case_id}: Dice WT " + ", ".join(f"{v} {d:.3f}" for v, d in wt.items()))
-    return rows, predictor.inference_note
+    return rows, challenge_rows, predictor.inference_note
 
 
 def read_scores(path: Path, row: str, split: str) -> dict | None:
@@ -278,15 +292,17 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
         preset = row
         models = [_train(_train_config(config, row, split.train_data, row_dir, split.train_folds), log)]
     model, _ = load_model(models[0])
+    cases, challenge_rows, inference = _score_cases(models, split.held_out, config,
+                                                    out / "predictions" / row_dir.relative_to(out / "runs"), log)
     result = {
         "row": row, "preset": preset, "split": split.name,
         "title": get_preset(preset).title + ("*" if row == ENSEMBLE_ROW else ""),
         "parameters": count_parameters(model), "width": getattr(model, "width", None),
         "held_out": [c.name for c in split.held_out],
+        "cases": cases, "inference": inference, "seconds": time.perf_counter() - started,
     }
-    result["cases"], result["inference"] = _score_cases(
-        models, split.held_out, config, out / "predictions" / row_dir.relative_to(out / "runs"), log)
-    result["seconds"] = time.perf_counter() - started
+    if config.challenge:
+        result["challenge"] = {"name": config.challenge, "cases": challenge_rows}
     atomic_write_text(done, json.dumps(result, indent=1))
     return result
 
@@ -543,5 +559,10 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
     atomic_write_text(paths["per_split_csv"], _csv(per_split))
     atomic_write_text(paths["per_case_csv"], _csv(per_case))
     atomic_write_text(paths["paired_csv"], _csv(paired_differences(per_case)))
+    if config.challenge:
+        from .challenge import challenge_table
+
+        paths["challenge_csv"] = out / "ablation_challenge.csv"
+        atomic_write_text(paths["challenge_csv"], _csv(challenge_table(results, config.challenge)))
     overlays = write_extreme_overlays(results, config)
     return {**{k: str(v) for k, v in paths.items()}, "overlays": [str(p) for p in overlays]}

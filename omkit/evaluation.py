@@ -89,46 +89,63 @@ def regions_of(labels: np.ndarray, convention: str, path: Path) -> dict[str, np.
     return conv.regions(labels)
 
 
-def evaluate_folders(pred_dir: Path, gt_dir: Path, label_convention: str | None = None, lesionwise: bool = False,
-                     challenge: str | None = None) -> tuple[list[dict], list[str]]:
-    """Long-form metric rows for every prediction (per case and region: the
-    voxel-wise metrics, and with ``lesionwise`` the lesion-wise ones of
-    ``challenge``, default :data:`omkit.lesionwise.DEFAULT_CHALLENGE`), and the
-    ground-truth case ids that have no prediction."""
-    from omkit.labels import convention_of
-    from omkit.lesionwise import DEFAULT_CHALLENGE, case_lesionwise, get_challenge
-    from omkit.metrics import case_metrics
-
-    challenge = get_challenge(challenge or DEFAULT_CHALLENGE)
-
+def paired_cases(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path, str | None]], list[str]]:
+    """``(case id, prediction, ground truth, the ground truth's naming convention or None)`` for
+    every prediction, and the ground-truth case ids that have no prediction."""
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: no such folder")
     predictions = label_files(pred_dir)
     if not predictions:
         raise ValueError(f"{pred_dir}: no <case-id>.nii.gz label maps")
     gt = ground_truth_files(gt_dir)
-    rows = []
+    pairs = []
     for case_id, pred_path in predictions.items():
         if case_id not in gt:
             raise ValueError(f"{pred_path}: no ground truth for case {case_id!r} in {gt_dir}")
-        gt_path, naming = gt[case_id]
-        gt_labels, gt_affine, zooms = read_label_map(gt_path)
-        pred_labels, pred_affine, _ = read_label_map(pred_path)
-        if pred_labels.shape != gt_labels.shape:
-            raise ValueError(f"{pred_path}: shape {pred_labels.shape} differs from the ground truth {gt_path} {gt_labels.shape}")
-        if np.max(np.abs(pred_affine - gt_affine)) > AFFINE_TOLERANCE:
-            raise ValueError(f"{pred_path}: affine differs from the ground truth {gt_path}; not in the same space")
-        gt_convention = label_convention or (convention_of(naming, gt_labels).name if naming else
-                                             detect_convention(gt_labels, gt_path, None))
+        pairs.append((case_id, pred_path, *gt[case_id]))
+    return pairs, sorted(set(gt) - set(predictions))
+
+
+def read_pair(pred_path: Path, gt_path: Path, naming: str | None, label_convention: str | None = None):
+    """``(pred labels, gt labels, zooms, pred convention, gt convention)`` of one case, checked to
+    share a grid; conventions as given, else from the naming and the values."""
+    from omkit.labels import convention_of
+
+    gt_labels, gt_affine, zooms = read_label_map(gt_path)
+    pred_labels, pred_affine, _ = read_label_map(pred_path)
+    if pred_labels.shape != gt_labels.shape:
+        raise ValueError(f"{pred_path}: shape {pred_labels.shape} differs from the ground truth {gt_path} {gt_labels.shape}")
+    if np.max(np.abs(pred_affine - gt_affine)) > AFFINE_TOLERANCE:
+        raise ValueError(f"{pred_path}: affine differs from the ground truth {gt_path}; not in the same space")
+    gt_convention = label_convention or (convention_of(naming, gt_labels).name if naming else
+                                         detect_convention(gt_labels, gt_path, None))
+    pred_convention = detect_convention(pred_labels, pred_path, label_convention, gt_convention)
+    return pred_labels, gt_labels, zooms, pred_convention, gt_convention
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, label_convention: str | None = None, lesionwise: bool = False,
+                     challenge: str | None = None) -> tuple[list[dict], list[str]]:
+    """Long-form metric rows for every prediction (per case and region: the
+    voxel-wise metrics, and with ``lesionwise`` the lesion-wise ones of
+    ``challenge``, default :data:`omkit.lesionwise.DEFAULT_CHALLENGE`), and the
+    ground-truth case ids that have no prediction."""
+    from omkit.lesionwise import DEFAULT_CHALLENGE, case_lesionwise, get_challenge
+    from omkit.metrics import case_metrics
+
+    challenge = get_challenge(challenge or DEFAULT_CHALLENGE)
+    pairs, unmatched = paired_cases(pred_dir, gt_dir)
+    rows = []
+    for case_id, pred_path, gt_path, naming in pairs:
+        pred_labels, gt_labels, zooms, pred_convention, gt_convention = read_pair(pred_path, gt_path, naming,
+                                                                                  label_convention)
         gt_regions = regions_of(gt_labels, gt_convention, gt_path)
-        pred_regions = regions_of(pred_labels, detect_convention(pred_labels, pred_path, label_convention, gt_convention),
-                                  pred_path)
+        pred_regions = regions_of(pred_labels, pred_convention, pred_path)
         scores = case_metrics(pred_regions, gt_regions, spacing=zooms)  # NIfTI axes, NIfTI zooms
         if lesionwise:
             for region, values in case_lesionwise(pred_regions, gt_regions, zooms, challenge).items():
                 scores[region].update(values)
         rows.extend({"case": case_id, "region": r, **values} for r, values in scores.items())
-    return rows, sorted(set(gt) - set(predictions))
+    return rows, unmatched
 
 
 def format_table(summary: dict, count: int) -> str:
@@ -151,7 +168,11 @@ def format_table(summary: dict, count: int) -> str:
     return "\n".join(lines)
 
 
-def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict | None = None) -> dict:
+def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict | None = None,
+                     columns: tuple[str, ...] | None = None, summary: dict | None = None) -> dict:
+    """Write ``metrics.csv`` (``columns``, default the voxel-wise ones and the lesion-wise ones
+    the rows have) and ``summary.json`` (``summary``, default :func:`omkit.metrics.summarize`
+    of the rows), each atomically; returns the summary."""
     from omkit.fileio import OutputExistsError, atomic_write_text
     from omkit.metrics import summarize
 
@@ -160,13 +181,15 @@ def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict |
         for target in targets:
             if target.exists():
                 raise OutputExistsError(None, None, str(target))
-    columns = COLUMNS + tuple(c for c in LESIONWISE_COLUMNS if rows and c in rows[0])
+    if columns is None:
+        columns = COLUMNS + tuple(c for c in LESIONWISE_COLUMNS if rows and c in rows[0])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in columns})
-    summary = summarize(rows)
+    if summary is None:
+        summary = summarize(rows)
     cases = sorted({row["case"] for row in rows})
     document = {"cases": len(cases), "case_ids": cases, "hd95_unit": "mm", "regions": summary, **(extra or {})}
     atomic_write_text(targets[0], buffer.getvalue(), force=True)

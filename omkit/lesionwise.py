@@ -43,7 +43,8 @@ organisers' code sets parameters per region (e.g. glioma: ET threshold 10,
 other regions 20, dilation 5 for NETC, SNFH and RC), merges lesions across
 tissues and drops small predicted lesions; the ``brats-evaluation`` package
 (BraTS 2025+) matches lesions one-to-one with ``panoptica`` instead of by
-dilation. Only the 2023 table is offered here.
+dilation. Only the 2023 table is offered here; the 2025 editions are scored by
+calling that package (:mod:`omkit.challenge`).
 
 Connected components come from ``connected-components-3d`` (``cc3d``, what the
 reference uses; 6-12 times faster than ``scipy.ndimage.label`` on a BraTS

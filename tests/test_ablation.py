@@ -108,6 +108,22 @@ def test_bad_arguments_are_one_line_errors(data_dir, tmp_path, capsys):
     assert "--ensemble needs the hold-out protocol" in capsys.readouterr().err
     assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--recipe", "fast"]) == 2
     assert "--recipe: unknown recipe 'fast'" in capsys.readouterr().err
+    assert main(["ablation", "-i", str(data_dir), "-o", str(tmp_path / "x"), "--challenge", "BraTS-2099"]) == 2
+    assert "--challenge: unknown challenge 'BraTS-2099'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("challenge, regions", [("BraTS-GLI-2023", ["WT", "TC", "ET"]),
+                                                ("BraTS-GLI-2025", ["WT", "TC", "ET", "NETC", "SNFH", "RC"])])
+def test_the_study_scores_with_a_challenges_rules(data_dir, tmp_path, challenge, regions):
+    if challenge.endswith("2025"):
+        pytest.importorskip("brats_evaluation", reason="pip install 'omkit[challenge]'")
+    out = tmp_path / "study"
+    assert main(["ablation", "-i", str(data_dir), "-o", str(out), "--rows", "mc1", "--val-cases", "2",
+                 "--challenge", challenge, *TINY]) == 0
+    lines = _read_csv(out / "ablation_challenge.csv")
+    assert [(r["row"], r["region"]) for r in lines] == [(row, region) for row in ("mc1", "mc1+p") for region in regions]
+    assert all(r["challenge"] == challenge and r["cases"] == "2" for r in lines)
+    assert {"lesions_tp", "lesions_fn", "lesions_fp"} <= set(lines[0])
 
 
 def test_paired_differences_say_which_differences_are_beyond_noise():

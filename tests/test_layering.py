@@ -35,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.metrics": FOUNDATION,
     "omkit.lesionwise": FOUNDATION | {"omkit.metrics"},
     "omkit.evaluation": FOUNDATION | {"omkit.data", "omkit.metrics", "omkit.lesionwise"},
+    # the BraTS 2025 scoring: the organisers' package on label maps paired and read by evaluation
+    "omkit.challenge": FOUNDATION | {"omkit.evaluation", "omkit.lesionwise"},
     "omkit.viz": FOUNDATION,
     "omkit.models": FOUNDATION | {"omkit.factory", "omkit.functional", "omkit.ops"},
     # the public modules for users' own networks: the model code, nothing else
@@ -47,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.export": FOUNDATION | {"omkit.data", "omkit.ops", "omkit.models", "omkit.checkpoint", "omkit.inference"},
     "omkit.ablation": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.factory",
                                     "omkit.training", "omkit.inference", "omkit.evaluation", "omkit.metrics",
-                                    "omkit.lesionwise", "omkit.viz"},
+                                    "omkit.lesionwise", "omkit.challenge", "omkit.viz"},
     # the package root re-exports the plug-in core and the model factory, and on first use
     # omkit.nn and omkit.Segmenter
     "omkit": {"omkit.factory", "omkit.hookspecs", "omkit.models", "omkit.plugin_manager", "omkit.registry",

@@ -27,6 +27,9 @@ def add_arguments(parser):
     parser.add_argument("--ensemble", type=int, default=None, metavar="K",
                         help="also the OM-Net + CGA* row: K fold models of omnet_cga, probabilities averaged")
     parser.add_argument("--label-convention", choices=["2018", "2023", "2024"], default=None)
+    parser.add_argument("--challenge", default=None, metavar="NAME",
+                        help="also score the held-out cases with a challenge's rules, as omkit evaluate --challenge "
+                             "(a 2025 name needs pip install 'omkit[challenge]'): STUDY/ablation_challenge.csv")
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help=f"named training settings the options below override: {', '.join(RECIPES)} (default paper)")
     add_device_argument(parser)
@@ -56,7 +59,7 @@ def run(args) -> int:
         input=args.input, output=args.output, rows=[r.strip() for r in args.rows.split(",") if r.strip()],
         folds=args.folds, val_cases=args.val_cases, ensemble=args.ensemble, postprocess=not args.no_postprocess,
         disable_steps=args.disable_step, seed=seed, device=args.device, train=train, tiles=tiles,
-        roi_dilation=args.roi_dilation, label_convention=args.label_convention,
+        roi_dilation=args.roi_dilation, label_convention=args.label_convention, challenge=args.challenge,
         inference=inference["inference"], dense=dense,
     )
     paths = run_ablation(config)
