@@ -30,8 +30,8 @@ class _Evil:
 
 
 def _env(**extra) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                OMP_NUM_THREADS="1", **extra)
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1", **extra}
 
 
 def _omkit(*argv, env=None, preexec_fn=None, timeout=300) -> subprocess.CompletedProcess:
@@ -101,3 +101,107 @@ def test_a_pt2_without_its_sidecar_is_read_without_unpickling(tmp_path):
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"junk\.pt2: not a readable \.pt2 archive"):
         read_metadata(tmp_path / "junk.pt2")
+
+
+# -- 4. plug-ins: import-time exits, NaN / wrong shape / exceptions at the first call -----------
+
+def test_a_plugin_exiting_at_import_is_named_with_how_to_block_it(tmp_path):
+    """Was: a plug-in calling sys.exit(3) at import made omkit models exit 3, silently."""
+    site = tmp_path / "site"
+    (site / "omkit_exit3-0.1.dist-info").mkdir(parents=True)
+    (site / "omkit_exit3.py").write_text("import sys\nsys.exit(3)\n")
+    (site / "omkit_exit3-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: omkit-exit3\nVersion: 0.1\n")
+    (site / "omkit_exit3-0.1.dist-info" / "entry_points.txt").write_text("[omkit]\nexit3 = omkit_exit3\n")
+    env = _env(PYTHONPATH=f"{site}{os.pathsep}{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    result = _omkit("models", env=env)
+    _one_line_error(result, "plug-in 'exit3'", "failed to import: SystemExit: 3", "OMKIT_BLOCK_PLUGINS=exit3")
+    assert _omkit("models", env={**env, "OMKIT_BLOCK_PLUGINS": "exit3"}).returncode == 0
+
+
+class _NaNAttention(__import__("torch").nn.Module):
+    def __init__(self, channels, **kw):
+        super().__init__()
+
+    def forward(self, x):
+        return x * float("nan")
+
+
+class _RaisingAttention(_NaNAttention):
+    def forward(self, x):
+        raise RuntimeError("boom inside the plug-in")
+
+
+class _WrongShapeAttention(_NaNAttention):
+    def forward(self, x):
+        return x[:, :1]
+
+
+class _FaultyPlugin:
+    @staticmethod
+    def omkit_register_attention(registry):
+        registry.add("nan_att", _NaNAttention)
+        registry.add("raising_att", _RaisingAttention)
+        registry.add("wrong_att", _WrongShapeAttention)
+
+
+@pytest.fixture
+def faulty_plugin():
+    import omkit
+
+    omkit.hookimpl(_FaultyPlugin.omkit_register_attention)
+    omkit.setup_plugins(extra_plugins={"faulty": _FaultyPlugin})
+    yield
+    omkit.setup_plugins()
+
+
+FAULTS = {"nan_att": "returned non-finite values", "raising_att": "raised RuntimeError: boom inside the plug-in",
+          "wrong_att": "returned shape"}
+
+
+@pytest.mark.parametrize("attention", sorted(FAULTS))
+def test_a_faulty_attention_plugin_is_named_in_predict_and_the_python_api(tmp_path, case_dirs, faulty_plugin,
+                                                                          attention):
+    """Was: NaN gave all-background label maps and exit 0; an exception or a wrong shape a long traceback."""
+    import torch
+
+    import omkit
+    from omkit.checkpoint import save_model
+    from omkit.registry import PluginError
+
+    model = tmp_path / "model.pt"
+    save_model(omkit.create_model("omnet", width=0.125, attention=attention), model, patch_size=[8, 16, 16])
+    out = tmp_path / "out"
+    result = _cli("predict", "-i", case_dirs[0].parent, "-o", out, "-m", model, "--no-progress", "--device", "cpu",
+                  "--tile-size", "8,16,16", "--tile-keep", "8,16,16", "--skip-bad-cases", "--inference", "tiles")
+    err = _one_line_error(result, f"attention {attention!r} of plug-in 'faulty'", FAULTS[attention],
+                          "OMKIT_BLOCK_PLUGINS=faulty")
+    assert not out.exists() or not list(out.iterdir()), err
+    segmenter = omkit.Segmenter.from_files([model], device="cpu")
+    with pytest.raises(PluginError, match=re.escape(FAULTS[attention])):
+        segmenter(torch.rand(4, 32, 32, 16) + 1)
+
+
+@pytest.mark.parametrize("attention", sorted(FAULTS))
+def test_a_faulty_attention_plugin_is_named_in_training(tmp_path, case_dirs, faulty_plugin, attention):
+    result = _cli("train", "-i", case_dirs[0].parent, "-o", tmp_path / "run", "--preset", "omnet", "--attention",
+                  attention, *TINY_TRAIN, "--max-steps", "1", "--cache-dir", tmp_path / "cache")
+    _one_line_error(result, f"attention {attention!r} of plug-in 'faulty'", FAULTS[attention])
+    assert not (tmp_path / "run").exists()  # failed at the first step: nothing written
+
+
+def test_the_plugin_output_check_is_one_reusable_function():
+    import torch
+
+    from omkit.models.plugin_checks import check_plugin_output
+    from omkit.registry import PluginError
+
+    check_plugin_output(torch.zeros(2, 3), (2, 3), "attention 'x'")
+    for output, why in ((torch.zeros(2, 4), "returned shape"), (torch.full((2, 3), float("inf")), "returned non-finite"),
+                        ([1], "returned list, not a tensor")):
+        with pytest.raises(PluginError, match=rf"^attention 'x' {why}"):
+            check_plugin_output(output, (2, 3), "attention 'x'")
+    check_plugin_output(torch.full((2, 3), float("nan")), (2, 3), "attention 'x'", inputs_finite=False)
+
+
+TINY_TRAIN = ["--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "2", "--patches-per-epoch", "4,4,2",
+              "--stage-epochs", "1,1,1", "--no-progress", "--device", "cpu", "--threads", "1"]

@@ -10,6 +10,7 @@ from omkit.labels import CORE_CLASSES, NUM_CLASSES_TASK, TUMOR_CLASSES
 
 from .blocks import check_spatial_dims
 from .heads import build_head
+from .plugin_checks import call_plugin_module
 
 # Transfers for training: destination task index -> [(source task index, patch indices)].
 Transfers = dict[int, Sequence[tuple[int, Tensor]]]
@@ -102,7 +103,11 @@ class OMNet(nn.Module):
 
     def _head(self, task: int, features: Tensor, guidance: Tensor | None) -> Tensor:
         head = self.heads[task]
-        return head(features, guidance) if head.guided else head(features)
+        if not head.guided:
+            return head(features)
+        # a guided plug-in is the whole head: (B, C, ...) features -> (B, K, ...) logits, checked
+        expected = (features.shape[0], NUM_CLASSES_TASK[task], *features.shape[2:])
+        return call_plugin_module(head, (features, guidance), expected)
 
     def forward(self, x: Tensor) -> TaskOutputs:
         features = self.backbone(x)
