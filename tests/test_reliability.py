@@ -581,7 +581,7 @@ def test_a_non_finite_loss_stops_training_without_a_model(tmp_path, tiny_run, ca
 
     _, cache = _copy_run(tiny_run, tmp_path)
     run = tmp_path / "diverged"
-    result = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--lr", "1e38", "--optimizer", "sgd",
+    result = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--lr", "1e30", "--optimizer", "sgd",
                         "--checkpoint-every", "1", cache=cache)
     err = _one_line_error(result, "training diverged: non-finite loss", "no model.pt was written", "--lr")
     assert f"{run / 'checkpoints' / 'last.pt'}, step 1" in err

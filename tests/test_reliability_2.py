@@ -205,3 +205,61 @@ def test_the_plugin_output_check_is_one_reusable_function():
 
 TINY_TRAIN = ["--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "2", "--patches-per-epoch", "4,4,2",
               "--stage-epochs", "1,1,1", "--no-progress", "--device", "cpu", "--threads", "1"]
+
+
+# -- 2, 3, 10. settings checked by what they do -------------------------------------------------
+
+@pytest.mark.parametrize("preset, option, needle", [
+    ("omnet", "levels=()", "--model-options levels=(): cannot build 'omnet' with it (IndexError"),
+    ("omnet_se", "attention_kw={'reduction':0}", "--model-options attention_kw={'reduction': 0}: cannot build "
+                                                 "'omnet_se' with it (ZeroDivisionError"),
+])
+def test_model_options_that_break_construction_are_one_line(tmp_path, case_dirs, preset, option, needle):
+    """Was: IndexError / ZeroDivisionError tracebacks of 38-45 lines, exit 1."""
+    result = _cli("train", "-i", case_dirs[0].parent, "-o", tmp_path / "run", "--preset", preset, *TINY_TRAIN,
+                  "--max-steps", "1", "--cache-dir", tmp_path / "cache", "--model-options", option)
+    _one_line_error(result, needle)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # checked before anything started
+
+
+def test_model_options_in_a_model_file_or_a_resumed_config_are_one_line(tmp_path, case_dirs, model_file):
+    import torch
+
+    from omkit.training import TrainConfig, train
+
+    payload = torch.load(model_file, weights_only=True)
+    payload["meta"]["model_kw"] = {"levels": []}
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    for argv in (["predict", "-i", case_dirs[0].parent, "-o", tmp_path / "out", "-m", bad, "--device", "cpu"],
+                 ["export", "-m", bad, "-o", tmp_path / "bad.pt2"]):
+        _one_line_error(_cli(*argv), f"{bad}: cannot build preset 'omnet_cga' (IndexError")
+    run = tmp_path / "run"
+    settings = dict(preset="omnet_cga", input=str(case_dirs[0].parent), output=str(run), cache_dir=str(tmp_path / "c"),
+                    width=0.125, patch_size=(8, 16, 16), batch_per_task=2, patches_per_epoch=(4, 4, 2),
+                    stage_epochs=(1, 1, 1), max_steps=1, progress=False)
+    train(TrainConfig(**settings))
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["model_options"] = {"levels": []}
+    (run / "config.json").write_text(json.dumps(saved))
+    _one_line_error(_cli("train", "-i", case_dirs[0].parent, "-o", run, "--resume", "--no-progress"),
+                    "--model-options levels=[]: cannot build 'omnet_cga'")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lr", "1e300", "--optimizer", "sgd"], "--lr: must be at most 1e+30"),
+    (["--weight-decay", "1e300"], "--weight-decay: must be in [0, 1e+30]"),
+    (["--samplers", "brain,tumor_mimic(margin=1e999),core"], "margin must be a number in [0, 1000], got inf"),
+    (["--samplers", "brain,dilated_tumor(radius=1e300),core"], "radius must be a number in [0, 1000]"),
+])
+def test_settings_that_would_overflow_what_they_feed_are_refused(tmp_path, case_dirs, argv, needle):
+    """Was: --lr 1e300 failed inside the first SGD step (39 lines); margin=1e999 was blamed on the case."""
+    result = _cli("train", "-i", case_dirs[0].parent, "-o", tmp_path / "run", *TINY_TRAIN, "--max-steps", "1",
+                  "--cache-dir", tmp_path / "cache", *argv)
+    _one_line_error(result, needle)
+
+
+def test_models_params_width_has_the_training_limit():
+    """Was: omkit models --params --width 1e6 tried to allocate 1e17 bytes (a traceback)."""
+    _one_line_error(_cli("models", "--params", "--width", "1e6"), "--width must be width <= 4")
+    _one_line_error(_cli("models", "--params", "--width", "0"), "--width must be > 0")
