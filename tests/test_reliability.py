@@ -69,10 +69,14 @@ def test_a_killed_writers_temporary_is_cleaned_a_live_ones_is_not(tmp_path):
 
 
 def test_an_atomic_write_removes_the_stale_temporaries_of_its_target(tmp_path):
-    stale = tmp_path / ".last.pt.abcd1234.tmp.pt"  # as left by a killed writer of an older omkit
+    from omkit.fileio import MARKER
+
+    stale = tmp_path / ".last.pt.abcd1234.tmp.pt"  # as left by a killed writer
     stale.write_bytes(b"x")
     other = tmp_path / ".model.pt.abcd1234.tmp.pt"
     other.write_bytes(b"x")
+    for path in (stale, other):
+        os.setxattr(path, MARKER, b"1")  # what omkit's writer puts on its temporaries
     with atomic_path(tmp_path / "last.pt") as tmp:
         tmp.write_bytes(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.pt.abcd1234.tmp.pt", "last.pt"]

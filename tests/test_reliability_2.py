@@ -263,3 +263,117 @@ def test_models_params_width_has_the_training_limit():
     """Was: omkit models --params --width 1e6 tried to allocate 1e17 bytes (a traceback)."""
     _one_line_error(_cli("models", "--params", "--width", "1e6"), "--width must be width <= 4")
     _one_line_error(_cli("models", "--params", "--width", "0"), "--width must be > 0")
+
+
+# -- 5, 6. evaluate: NaN headers, one set of outputs or none ------------------------------------
+
+def _label_folders(root: Path, case_dirs) -> tuple[Path, Path]:
+    """Predictions (the ground truth itself, uncompressed) and a folder of ground-truth label maps."""
+    import nibabel as nib
+
+    preds, gt = root / "preds", root / "gt"
+    preds.mkdir()
+    gt.mkdir()
+    for case in case_dirs:
+        seg = nib.load(str(next(case.glob("*_seg.nii.gz"))))
+        data = np.asanyarray(seg.dataobj)
+        nib.save(nib.Nifti1Image(data, seg.affine), str(preds / f"{case.name}.nii"))
+        nib.save(nib.Nifti1Image(data, seg.affine), str(gt / f"{case.name}.nii"))
+    return preds, gt
+
+
+def _patch_header(path: Path, field: str, index: int, value) -> None:
+    from nibabel.nifti1 import header_dtype
+
+    raw = path.read_bytes()
+    header = np.frombuffer(bytearray(raw[:348]), dtype=header_dtype).copy()
+    if np.ndim(header[field][0]):
+        header[field][0][index] = value
+    else:
+        header[field][0] = value
+    path.write_bytes(header.tobytes() + raw[348:])
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("nan_affine", "the header's affine is not finite"),
+    ("nan_gt_spacing", "voxel sizes (nan,"),
+    ("huge_header", "header claims (1200, 1200, 1200)"),
+    ("two_files", "has two label maps here"),
+])
+def test_evaluate_refuses_what_it_cannot_score_honestly(tmp_path, case_dirs, damage, needle):
+    """Was: a NaN affine scored Dice 1 ('same space': NaN comparisons are False); a NaN voxel size wrote NaN
+    tokens into summary.json; a 512-byte .nii.gz claiming 1200^3 voxels was read into 1.9 GB; one of C1.nii and
+    C1.nii.gz was scored silently."""
+    import shutil
+
+    preds, gt = _label_folders(tmp_path, case_dirs)
+    name = f"{case_dirs[0].name}.nii"
+    target = preds / name
+    if damage == "nan_affine":
+        _patch_header(target, "qform_code", 0, 0)
+        _patch_header(target, "srow_x", 0, np.nan)
+    elif damage == "nan_gt_spacing":
+        target = gt / name
+        _patch_header(target, "pixdim", 1, np.nan)
+    elif damage == "huge_header":
+        for axis in (1, 2, 3):
+            _patch_header(target, "dim", axis, 1200)
+    else:
+        shutil.copy(target, preds / f"{name}.gz")
+    result = _cli("evaluate", "-i", preds, "--gt", gt, "-o", tmp_path / "eval")
+    err = _one_line_error(result, needle)
+    assert str(target) in err or damage == "two_files"
+    assert not (tmp_path / "eval").exists() or not list((tmp_path / "eval").iterdir())
+
+
+def test_evaluate_writes_both_outputs_or_neither(tmp_path, case_dirs):
+    """Was: under a file-size limit metrics.csv was written, summary.json not, the error named no file, and the
+    rerun was refused because metrics.csv existed."""
+    import resource
+
+    preds, gt = _label_folders(tmp_path, case_dirs)
+    out = tmp_path / "eval"
+    limited = _omkit("evaluate", "-i", preds, "--gt", gt, "-o", out,
+                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)))
+    err = _one_line_error(limited, ": cannot write it (File too large)")
+    assert f"error: {out / 'metrics.csv'}:" in err or f"error: {out / 'summary.json'}:" in err, err
+    assert not out.exists() or list(out.iterdir()) == []  # neither, and no temporary left
+    again = _cli("evaluate", "-i", preds, "--gt", gt, "-o", out)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json"]
+    json.loads((out / "summary.json").read_text())
+
+
+# -- 9. temporaries are recognised by omkit's marker, not by their name ---------------------------
+
+def test_a_file_named_like_a_temporary_is_never_removed(tmp_path):
+    from omkit.fileio import atomic_write_text, clean_stale_temporaries
+
+    mine = tmp_path / ".x.abcdefgh.tmp.nii.gz"  # a finished output of the case '.x.abcdefgh.tmp'
+    mine.write_bytes(b"a user's file")
+    assert clean_stale_temporaries(tmp_path) == []
+    atomic_write_text(tmp_path / "x", "new")  # cleans its own target's stale temporaries
+    assert mine.read_bytes() == b"a user's file"
+    long_name = "c" * 240 + ".nii.gz"  # was: its temporary's name was longer than the file system takes
+    atomic_write_text(tmp_path / long_name, "long")
+    assert (tmp_path / long_name).read_text() == "long"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "x", long_name])
+
+
+def test_predict_keeps_the_output_of_a_case_named_like_a_temporary(tmp_path, case_dirs, model_file):
+    """Was: the label map of case '.x.abcdefgh.tmp' was removed by the next omkit predict into the folder."""
+    import shutil
+
+    case_id = ".x.abcdefgh.tmp"
+    case = tmp_path / "data" / "case"
+    case.mkdir(parents=True)
+    for f in case_dirs[0].iterdir():
+        shutil.copy(f, case / f.name.replace(case_dirs[0].name, case_id))
+    out = tmp_path / "out"
+    argv = ["predict", "-i", case, "-o", out, "-m", model_file, "--device", "cpu", "--no-progress",
+            "--tile-size", "8,16,16", "--tile-keep", "8,16,16"]
+    assert _cli(*argv).returncode == 0
+    written = out / f"{case_id}.nii.gz"
+    assert written.is_file()
+    assert _cli(*argv, "--skip-existing").returncode == 0
+    assert written.is_file()
