@@ -377,3 +377,20 @@ def test_predict_keeps_the_output_of_a_case_named_like_a_temporary(tmp_path, cas
     assert written.is_file()
     assert _cli(*argv, "--skip-existing").returncode == 0
     assert written.is_file()
+
+
+# -- 8. an ablation's saved scores are typed, not only present ---------------------------------
+
+@pytest.mark.parametrize("bad", [{"dice": "x"}, {"hd95": [1]}, {"case": 3}, {"dice": True}])
+def test_wrongly_typed_saved_scores_are_scored_again(tmp_path, bad):
+    """Was: "dice": "x" passed read_scores and the study's resume died with a TypeError."""
+    from omkit.ablation import read_scores
+
+    case = {"case": "c", "variant": "raw", "region": "WT", "dice": 0.5, "hd95": 3.0, "seconds": 1.0}
+    good = {"row": "omnet", "split": "fold0", "title": "OM-Net", "parameters": 10, "cases": [case]}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(good))
+    assert read_scores(path, "omnet", "fold0") == good
+    path.write_text(json.dumps({**good, "cases": [{**case, **bad}]}))
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: unreadable saved scores .*scoring the row again"):
+        assert read_scores(path, "omnet", "fold0") is None
