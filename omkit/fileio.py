@@ -288,7 +288,8 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     fd = os.open(tmp / DIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _lock(fd)
-        yield tmp
+        with naming_failures(target):
+            yield tmp
         os.unlink(tmp / DIR_LOCK)
         _unmark(tmp)
         try:
@@ -315,9 +316,7 @@ def atomic_torch_save(obj, target: str | os.PathLike, force: bool = True) -> Pat
         with open(tmp, "wb") as fh:
             try:
                 torch.save(obj, fh)
-            except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full, ulimit) so
-                if "write" not in str(exc).lower():
-                    raise
+            except RuntimeError as exc:  # how torch's zip writer reports a failed write (disk full, ulimit)
                 raise OutputWriteError(f"{target}: cannot write it ({' '.join(str(exc).split())[:200]})") from exc
             fh.flush()
             os.fsync(fh.fileno())

@@ -394,3 +394,32 @@ def test_wrongly_typed_saved_scores_are_scored_again(tmp_path, bad):
     path.write_text(json.dumps({**good, "cases": [{**case, **bad}]}))
     with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: unreadable saved scores .*scoring the row again"):
         assert read_scores(path, "omnet", "fold0") is None
+
+
+# -- 7. write failures in train: one line naming the file, never blamed on a case ----------------
+
+def _limited(limit: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_failed_checkpoint_or_cache_write_is_one_line_naming_it(tmp_path, case_dirs):
+    """Was: a 34-line traceback for the checkpoint; a full cache blamed on the first case, with a
+    --skip-bad-cases hint that would have skipped every case."""
+    from omkit.training import TrainConfig, train
+
+    cache = tmp_path / "cache"
+    settings = dict(preset="omnet_cga", input=str(case_dirs[0].parent), cache_dir=str(cache), width=0.125,
+                    patch_size=(8, 16, 16), batch_per_task=2, patches_per_epoch=(4, 4, 2), stage_epochs=(1, 1, 1),
+                    max_steps=1, progress=False)
+    train(TrainConfig(**settings, output=str(tmp_path / "first")))  # fills the cache
+    run = tmp_path / "run"
+    argv = ["train", "-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--max-steps", "2", "--checkpoint-every", "1"]
+    result = _omkit(*argv, "--cache-dir", cache, preexec_fn=_limited(1 << 20))  # a checkpoint is about 1.9 MB
+    _one_line_error(result, f"{run / 'checkpoints' / 'last.pt'}: cannot write it")
+    assert not (run / "model.pt").exists()
+    argv[argv.index(run)] = tmp_path / "run2"
+    result = _omkit(*argv, "--cache-dir", tmp_path / "cache2", "--skip-bad-cases", preexec_fn=_limited(100_000))
+    err = _one_line_error(result, f"{tmp_path / 'cache2'}/", ": cannot write it")
+    assert "skip" not in err and "Synth18_000-" in err

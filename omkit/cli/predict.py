@@ -104,7 +104,7 @@ def run(args) -> int:
 
     from omkit.data import CaseError, find_cases
     from omkit.devices import check_precision, resolve_device
-    from omkit.fileio import OutputExistsError, clean_stale_temporaries
+    from omkit.fileio import OutputExistsError, OutputWriteError, clean_stale_temporaries
     from omkit.inference.pipeline import case_id_of, load_for_prediction, write_label_map, write_probabilities
     from omkit.inference.segmenter import Segmenter
     from omkit.registry import PluginError
@@ -163,7 +163,7 @@ def run(args) -> int:
             if "overlay" in todo:
                 save_overlay(paths["overlay"], case.image[0], result.labels, case.label, title=case.case_id,
                              force=args.force)
-        except (KeyboardInterrupt, OutputExistsError, PluginError):  # not this case's fault: every case would fail
+        except (KeyboardInterrupt, OutputExistsError, OutputWriteError, PluginError):  # every case would fail
             raise
         except Exception as exc:  # this case's failure, whatever it is
             if not args.skip_bad_cases:
