@@ -423,3 +423,56 @@ def test_a_failed_checkpoint_or_cache_write_is_one_line_naming_it(tmp_path, case
     result = _omkit(*argv, "--cache-dir", tmp_path / "cache2", "--skip-bad-cases", preexec_fn=_limited(100_000))
     err = _one_line_error(result, f"{tmp_path / 'cache2'}/", ": cannot write it")
     assert "skip" not in err and "Synth18_000-" in err
+
+
+# -- --skip-existing keeps only whole label maps; torchrun contains one rank's failure ----------
+
+FAST_TILES = ["--tile-size", "8,16,16", "--tile-keep", "8,16,16", "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "wrong_shape"])
+def test_skip_existing_predicts_again_over_a_broken_label_map(tmp_path, case_dirs, model_file, damage):
+    """Was: a truncated or zero-byte label map was skipped (exit 0) and evaluate failed later."""
+    import nibabel as nib
+
+    out = tmp_path / "out"
+    argv = ["predict", "-i", case_dirs[0].parent, "-o", out, "-m", model_file, *FAST_TILES]
+    assert _cli(*argv).returncode == 0
+    target = out / f"{case_dirs[1].name}.nii.gz"
+    whole = target.read_bytes()
+    if damage == "truncated":
+        target.write_bytes(whole[: len(whole) // 2])
+    elif damage == "empty":
+        target.write_bytes(b"")
+    else:
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(target))
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(target))}: not a usable label map"):
+        result = _cli(*argv, "--skip-existing")
+    assert result.returncode == 0 and "wrote 1 case(s)" in result.stdout, result.stderr
+    assert nib.load(str(target)).shape == nib.load(str(next(case_dirs[1].glob("*_flair.nii.gz")))).shape
+    np.asanyarray(nib.load(str(target)).dataobj)  # whole again
+
+
+@pytest.mark.skipif(not __import__("torch").distributed.is_available()
+                    or not __import__("torch").distributed.is_gloo_available(), reason="no gloo backend")
+@pytest.mark.parametrize("skip_bad_cases", [False, True])
+def test_torchrun_one_ranks_bad_case_does_not_stop_the_others(tmp_path, model_file, skip_bad_cases):
+    """Was: rank 0's bad case killed rank 1 before it wrote anything, and --skip-bad-cases' exit status 1 made
+    torchrun print a 40-line traceback."""
+    from omkit.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", num_cases=4, shape=(16, 32, 32), seed=40)
+    bad = next((tmp_path / "data" / "Synth18_000").glob("*_flair.nii.gz"))  # rank 0's first case
+    bad.write_bytes(b"garbage")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "omkit",
+               "predict", "-i", str(tmp_path / "data"), "-o", str(out), "-m", str(model_file), *FAST_TILES]
+    result = subprocess.run(command + (["--skip-bad-cases"] if skip_bad_cases else []), capture_output=True,
+                            text=True, timeout=300, env=_env())
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"omkit predict: failed: {bad}: unreadable NIfTI file" in result.stderr
+    assert "1 of 4 case(s) failed" in result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    # rank 1's cases (1 and 3) are written whatever rank 0 met; rank 0 goes on only with --skip-bad-cases
+    assert {"Synth18_001.nii.gz", "Synth18_003.nii.gz"} <= set(written)
+    assert ("Synth18_002.nii.gz" in written) == skip_bad_cases

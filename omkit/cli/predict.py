@@ -24,9 +24,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from omkit.cli import CLIError
+
+# under torchrun, whose launcher prints a traceback for any other status, the failures reported on
+# stderr are the outcome: exit 0 (the summary line says how many failed)
+DISTRIBUTED_FAILURE_STATUS = 0
 from omkit.cli.options import (add_device_argument, add_postprocess_arguments, add_precision_argument,
                                add_tile_arguments, add_tta_argument, inference_settings, postprocess_steps,
                                tile_settings, tta_setting)
@@ -105,7 +110,8 @@ def run(args) -> int:
     from omkit.data import CaseError, find_cases
     from omkit.devices import check_precision, resolve_device
     from omkit.fileio import OutputExistsError, OutputWriteError, clean_stale_temporaries
-    from omkit.inference.pipeline import case_id_of, load_for_prediction, write_label_map, write_probabilities
+    from omkit.inference.pipeline import (case_id_of, label_map_problem, load_for_prediction, write_label_map,
+                                          write_probabilities)
     from omkit.inference.segmenter import Segmenter
     from omkit.registry import PluginError
     from omkit.viz import save_overlay
@@ -118,6 +124,10 @@ def run(args) -> int:
     tiles = tile_settings(args)
     inference = inference_settings(args)
     tta = tta_setting(args)
+    # under torchrun a failed case is this process's to report, not a reason to take the others down: it
+    # stops taking cases (without --skip-bad-cases), the others finish theirs, and the first process reports
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    stop_after_failure = distributed and not args.skip_bad_cases
     all_cases = find_cases(args.input)
     cases = shard(all_cases)  # before --skip-existing looks: every process sees another's outputs appear
     clean_stale_temporaries(out_dir)  # left by a process killed while writing (a live writer's are kept)
@@ -127,7 +137,7 @@ def run(args) -> int:
         try:
             paths = output_paths(out_dir, case_id_of(case_dir))
         except CaseError as exc:
-            if not args.skip_bad_cases:
+            if not args.skip_bad_cases and not distributed:
                 raise
             failures.append(_case_failure(case_dir, exc))
             continue
@@ -135,10 +145,18 @@ def run(args) -> int:
         if not args.force and not args.skip_existing and len(todo) < len(wanted):
             raise CLIError(f"{next(paths[k] for k in wanted if k not in todo)}: exists; pass --force to overwrite it "
                            "or --skip-existing to keep it and do only what is missing")
+        replace = set()
+        if args.skip_existing and "labels" not in todo:  # kept only when it is a whole label map of this case
+            problem = label_map_problem(paths["labels"], case_dir)
+            if problem is not None:
+                warnings.warn(f"{paths['labels']}: not a usable label map ({problem}); predicting the case again",
+                              stacklevel=1)
+                todo.insert(0, "labels")
+                replace.add("labels")
         if not todo:
             already += 1
             continue
-        jobs.append((case_dir, paths, todo))
+        jobs.append((case_dir, paths, todo, replace))
     steps = postprocess_steps(args)
     device = resolve_device(args.device)
     check_precision(args.precision, device)
@@ -151,13 +169,16 @@ def run(args) -> int:
         print(f"omkit predict: {segmenter.predictor.inference_note}", file=sys.stderr)
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     written = []
-    for case_dir, paths, todo in progress:
+    for case_dir, paths, todo, replace in progress:
+        if stop_after_failure and failures:  # without --skip-bad-cases: stop here, the other processes go on
+            break
         try:
             case = load_for_prediction(case_dir, with_label=None if "overlay" in todo else False)
             result = segmenter.segment_case(case, return_probabilities="probabilities" in todo)
             convention = args.label_convention or case.convention
             if "labels" in todo:
-                write_label_map(result.labels, case, paths["labels"], convention, force=args.force)
+                write_label_map(result.labels, case, paths["labels"], convention,
+                                force=args.force or "labels" in replace)
             if "probabilities" in todo:
                 write_probabilities(result.probabilities, paths["probabilities"], force=args.force)
             if "overlay" in todo:
@@ -166,7 +187,7 @@ def run(args) -> int:
         except (KeyboardInterrupt, OutputExistsError, OutputWriteError, PluginError):  # every case would fail
             raise
         except Exception as exc:  # this case's failure, whatever it is
-            if not args.skip_bad_cases:
+            if not args.skip_bad_cases and not distributed:
                 hint = "; --skip-bad-cases goes on with the other cases" if len(all_cases) > 1 else ""
                 raise CLIError(_case_failure(case_dir, exc) + hint) from exc
             failures.append(_case_failure(case_dir, exc))
@@ -182,6 +203,10 @@ def run(args) -> int:
         for line in failed:
             print(f"omkit predict: failed: {line}", file=sys.stderr)
         if failed:
-            print(f"omkit predict: {len(failed)} of {len(all_cases)} case(s) failed (listed above); the others were "
-                  "written", file=sys.stderr)
+            others = "the others were written" if args.skip_bad_cases else \
+                "a process stopped at its failed case, the others finished their cases"
+            print(f"omkit predict: {len(failed)} of {len(all_cases)} case(s) failed (listed above); {others}",
+                  file=sys.stderr)
+    if failed and distributed:
+        return DISTRIBUTED_FAILURE_STATUS
     return 1 if failed else 0
