@@ -476,3 +476,64 @@ def test_torchrun_one_ranks_bad_case_does_not_stop_the_others(tmp_path, model_fi
     # rank 1's cases (1 and 3) are written whatever rank 0 met; rank 0 goes on only with --skip-bad-cases
     assert {"Synth18_001.nii.gz", "Synth18_003.nii.gz"} <= set(written)
     assert ("Synth18_002.nii.gz" in written) == skip_bad_cases
+
+
+# -- weak spots: own input under --force, megabyte messages, float32 range, cache metadata --------
+
+def test_force_never_deletes_the_runs_own_input(tmp_path, case_dirs):
+    """Was: train -i RUN/data -o RUN --force deleted its own input."""
+    import shutil
+
+    from omkit.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(preset="omnet_cga", input=str(case_dirs[0].parent), output=str(run),
+                      cache_dir=str(tmp_path / "cache"), width=0.125, patch_size=(8, 16, 16), batch_per_task=2,
+                      patches_per_epoch=(4, 4, 2), stage_epochs=(1, 1, 1), max_steps=1, progress=False))
+    shutil.copytree(case_dirs[0].parent, run / "data")
+    result = _cli("train", "-i", run / "data", "-o", run, "--force", *TINY_TRAIN, "--max-steps", "1",
+                  "--cache-dir", tmp_path / "cache")
+    _one_line_error(result, f"--input {run / 'data'} is inside the run folder {run}, which --force would delete")
+    assert sorted(p.name for p in (run / "data").iterdir()) == sorted(c.name for c in case_dirs)
+
+
+def test_an_error_quoting_a_huge_value_stays_short(tmp_path, case_dirs):
+    """Was: error lines echoing 100-200 KB values."""
+    huge = "9" * 200_000
+    for argv in (["--model-options", f"x='{huge}'"], ["--samplers", f"brain,dilated_tumor(radius='{huge}'),core"],
+                 ["--lr", f"x{huge}"]):
+        result = _cli("train", "-i", case_dirs[0].parent, "-o", tmp_path / "run", *TINY_TRAIN, *argv)
+        err = _one_line_error(result)
+        assert len(err) < 1200 and "characters left out" in err, err[:300]
+
+
+def test_intensities_beyond_float32_are_named_as_such(tmp_path, case_dirs):
+    """Was: finite float64 intensities that overflow float32 were reported as "non-finite"."""
+    import shutil
+
+    import nibabel as nib
+
+    from omkit.data import CaseError, load_case
+
+    case = tmp_path / case_dirs[0].name
+    shutil.copytree(case_dirs[0], case)
+    t2 = next(case.glob("*_t2.nii.gz"))
+    img = nib.load(str(t2))
+    data = np.asanyarray(img.dataobj).astype(np.float64)
+    data[data > 0] = 1e300
+    nib.save(nib.Nifti1Image(data, img.affine), str(t2))
+    with pytest.raises(CaseError, match=rf"^{re.escape(str(t2))}: intensities up to 1e\+300 are beyond float32"):
+        load_case(case)
+
+
+def test_a_cache_entry_with_nan_spacing_is_rebuilt(tmp_path, case_dirs):
+    """Was: a cache meta.json with NaN spacing was accepted."""
+    from omkit.data import PreprocessedCache
+
+    cache = PreprocessedCache(tmp_path / "cache")
+    spacing = cache.load(case_dirs[0]).spacing
+    meta_path = cache.entry_dir(case_dirs[0]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "spacing": [float("nan"), 1.0, 1.0]}))
+    with pytest.warns(UserWarning, match=r"corrupt cache entry .*meta\.json.*rebuilding"):
+        assert PreprocessedCache(tmp_path / "cache").load(case_dirs[0]).spacing == spacing

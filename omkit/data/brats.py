@@ -261,10 +261,15 @@ def load_case(
             ref_path, ref_img = path, img
         else:
             _check_like(path, img, data, ref_path, ref_img, affine_tolerance)
-        volume = np.asarray(data, dtype=np.float32)
-        if not np.all(np.isfinite(volume)):
-            count = int(np.size(volume) - np.count_nonzero(np.isfinite(volume)))
+        if not np.all(np.isfinite(data)):
+            count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             raise CaseError(f"{path}: {count} non-finite (NaN/inf) intensities")
+        with np.errstate(over="ignore"):
+            volume = np.asarray(data, dtype=np.float32)
+        if not np.all(np.isfinite(volume)):  # finite in the file, beyond float32 (omkit computes in float32)
+            peak = float(np.max(np.abs(data)))
+            raise CaseError(f"{path}: intensities up to {peak:.3g} are beyond float32's range "
+                            f"({np.finfo(np.float32).max:.3g}), which omkit computes in; rescale the volume")
         channels.append(to_omkit_axes(volume))
     image = np.ascontiguousarray(np.stack(channels))
     brain = check_brain(image, paths)

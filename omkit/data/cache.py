@@ -204,6 +204,8 @@ class PreprocessedCache:
             files = meta.get("files") or {}  # entries of omkit versions before the checksums have none
             if len(bbox) != 3 or len(full_shape) != 3 or len(spacing) != 3 or not isinstance(files, dict):
                 raise ValueError("wrong lengths")
+            if not all(np.isfinite(s) and s > 0 for s in spacing) or not np.all(np.isfinite(affine)):
+                raise ValueError(f"spacing {spacing} or affine not positive finite numbers")
         except FileNotFoundError:
             raise CorruptEntry(f"{entry / 'meta.json'}: missing") from None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
