@@ -74,6 +74,16 @@ class _WrongShapeAttention(_NaNAttention):
         return x[:, :1]
 
 
+class _NaNBackbone(__import__("torch").nn.Module):
+    out_channels = 8
+
+    def __init__(self, in_channels=4, width=1.0, **kw):
+        super().__init__()
+
+    def forward(self, x):
+        return x.new_full((x.shape[0], self.out_channels, *x.shape[2:]), float("nan"))
+
+
 class _FaultyPlugin:
     @staticmethod
     def omkit_register_attention(registry):
@@ -81,12 +91,17 @@ class _FaultyPlugin:
         registry.add("raising_att", _RaisingAttention)
         registry.add("wrong_att", _WrongShapeAttention)
 
+    @staticmethod
+    def omkit_register_backbones(registry):
+        registry.add("nan_backbone", _NaNBackbone)
+
 
 @pytest.fixture
 def faulty_plugin():
     import omkit
 
     omkit.hookimpl(_FaultyPlugin.omkit_register_attention)
+    omkit.hookimpl(_FaultyPlugin.omkit_register_backbones)
     omkit.setup_plugins(extra_plugins={"faulty": _FaultyPlugin})
     yield
     omkit.setup_plugins()
@@ -125,6 +140,17 @@ def test_a_faulty_attention_plugin_is_named_in_training(tmp_path, case_dirs, fau
                   attention, *TINY_TRAIN, "--max-steps", "1", "--cache-dir", tmp_path / "cache")
     _one_line_error(result, f"attention {attention!r} of plug-in 'faulty'", FAULTS[attention])
     assert not (tmp_path / "run").exists()  # failed at the first step: nothing written
+
+
+def test_a_backbone_plugin_returning_nan_is_named(faulty_plugin):
+    import torch
+
+    import omkit
+    from omkit.registry import PluginError
+
+    model = omkit.create_model("omnet", width=0.125, backbone="nan_backbone")
+    with pytest.raises(PluginError, match=r"^backbone 'nan_backbone' of plug-in 'faulty' .*returned non-finite"):
+        model(torch.rand(1, 4, 8, 16, 16))
 
 
 def test_the_plugin_output_check_is_one_reusable_function():

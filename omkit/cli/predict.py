@@ -18,7 +18,11 @@ For a cohort: ``--skip-existing`` skips the cases whose outputs are there
 (a rerun after an interruption does only what is left), and
 ``--skip-bad-cases`` reports a case that fails (unreadable, blank modality,
 anything) at the end instead of stopping the others; the exit status is then
-1 when any case failed.
+1 when any case failed. Under torchrun a failed case stops only the process that
+met it (none with ``--skip-bad-cases``), the others finish their cases, the first
+process lists every failure, and the exit status is 0, since torchrun turns any
+other into a traceback of its own. ``--skip-existing`` keeps an existing label map
+only when it reads whole and has the case's shape.
 """
 from __future__ import annotations
 
