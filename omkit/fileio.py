@@ -317,7 +317,9 @@ def atomic_torch_save(obj, target: str | os.PathLike, force: bool = True) -> Pat
             try:
                 torch.save(obj, fh)
             except RuntimeError as exc:  # how torch's zip writer reports a failed write (disk full, ulimit)
-                raise OutputWriteError(f"{target}: cannot write it ({' '.join(str(exc).split())[:200]})") from exc
+                said = " ".join(str(exc).split())[:120]
+                raise OutputWriteError(f"{target}: cannot write it (the write stopped part-way: a full disk or a "
+                                       f"file-size limit?; torch: {said})") from exc
             fh.flush()
             os.fsync(fh.fileno())
     return Path(target)

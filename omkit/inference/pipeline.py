@@ -53,7 +53,8 @@ def label_map_problem(path: str | os.PathLike, case_dir: str | os.PathLike) -> s
         files = case_files(case_dir, with_label=False)[2]
         shape = tuple(int(n) for n in nib.load(str(files["flair"])).shape)
     except Exception as exc:  # whatever is wrong with it, the case is predicted again
-        return " ".join(str(exc).split())[:300] or type(exc).__name__
+        text = " ".join(str(exc).split())
+        return text.removeprefix(f"{path}: ")[:300] or type(exc).__name__
     if data.dtype.kind not in "iu":
         return f"voxel type {data.dtype} is not a label map's"
     if tuple(data.shape) != shape:
