@@ -126,7 +126,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise ModelFileError(f"{path}: holds preset {meta.get('preset')!r}, expected {expect_preset!r}")
     try:
         model = create_model(meta["preset"], width=meta.get("width", 1.0), **meta.get("model_kw", {}))
-    except (KeyError, TypeError, ValueError, RuntimeError, MemoryError) as exc:  # unknown names, bad options
+    except Exception as exc:  # unknown names, options that break construction (IndexError, ZeroDivisionError...)
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         raise ModelFileError(f"{path}: cannot build preset {meta['preset']!r} "
                              f"({type(exc).__name__}: {' '.join(text.split())})") from None

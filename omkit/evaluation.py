@@ -21,11 +21,18 @@ LESIONWISE_COLUMNS = ("lesionwise_dice", "lesionwise_hd95", "lesions_tp", "lesio
 
 
 def label_files(folder: Path) -> dict[str, Path]:
-    found = {}
+    """case id -> label map in ``folder``; two files of one case (``C1.nii`` and
+    ``C1.nii.gz``) are an error naming both, not one of them scored silently."""
+    found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         for suffix in NIFTI_SUFFIXES:
             if path.is_file() and path.name.endswith(suffix) and not path.name.startswith("."):
-                found[path.name[: -len(suffix)]] = path
+                case_id = path.name[: -len(suffix)]
+                if case_id in found:
+                    raise ValueError(f"{path}: case {case_id!r} has two label maps here ({found[case_id].name} and "
+                                     f"{path.name}); keep one")
+                found[case_id] = path
+                break
     return found
 
 
@@ -46,15 +53,12 @@ def ground_truth_files(folder: Path) -> dict[str, tuple[Path, str | None]]:
 
 
 def read_label_map(path: Path):
-    """``(labels int array (X, Y, Z), affine, zooms)``; one-line errors naming the file."""
-    import nibabel as nib
+    """``(labels int array (X, Y, Z), affine, zooms)``; one-line errors naming the file.
+    The header is checked before any voxel is read, as for cases (3-D, a voxel count
+    no MRI exceeds, a finite affine, positive finite voxel sizes)."""
+    from omkit.data.brats import load_nifti
 
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: unreadable NIfTI file ({message})") from None
+    image, data = load_nifti(path)
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3-D label map, got {data.ndim}-D shape {tuple(data.shape)}")
     if not np.issubdtype(data.dtype, np.integer):
@@ -115,7 +119,7 @@ def read_pair(pred_path: Path, gt_path: Path, naming: str | None, label_conventi
     pred_labels, pred_affine, _ = read_label_map(pred_path)
     if pred_labels.shape != gt_labels.shape:
         raise ValueError(f"{pred_path}: shape {pred_labels.shape} differs from the ground truth {gt_path} {gt_labels.shape}")
-    if np.max(np.abs(pred_affine - gt_affine)) > AFFINE_TOLERANCE:
+    if not np.all(np.abs(pred_affine - gt_affine) <= AFFINE_TOLERANCE):  # NaN never passes
         raise ValueError(f"{pred_path}: affine differs from the ground truth {gt_path}; not in the same space")
     gt_convention = label_convention or (convention_of(naming, gt_labels).name if naming else
                                          detect_convention(gt_labels, gt_path, None))
@@ -172,8 +176,8 @@ def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict |
                      columns: tuple[str, ...] | None = None, summary: dict | None = None) -> dict:
     """Write ``metrics.csv`` (``columns``, default the voxel-wise ones and the lesion-wise ones
     the rows have) and ``summary.json`` (``summary``, default :func:`omkit.metrics.summarize`
-    of the rows), each atomically; returns the summary."""
-    from omkit.fileio import OutputExistsError, atomic_write_text
+    of the rows) as one set: both or neither; returns the summary."""
+    from omkit.fileio import OutputExistsError, atomic_paths, naming_failures
     from omkit.metrics import summarize
 
     targets = (out_dir / "metrics.csv", out_dir / "summary.json")
@@ -192,6 +196,21 @@ def write_evaluation(rows: list[dict], out_dir: Path, force: bool, extra: dict |
         summary = summarize(rows)
     cases = sorted({row["case"] for row in rows})
     document = {"cases": len(cases), "case_ids": cases, "hd95_unit": "mm", "regions": summary, **(extra or {})}
-    atomic_write_text(targets[0], buffer.getvalue(), force=True)
-    atomic_write_text(targets[1], json.dumps(document, indent=2) + "\n", force=True)
+    # both or neither: written to temporaries, renamed only when both are whole
+    texts = (buffer.getvalue(), json.dumps(_plain_json(document), indent=2, allow_nan=False) + "\n")
+    with atomic_paths(targets, force=True) as temporaries:
+        for tmp, target, text in zip(temporaries, targets, texts):
+            with naming_failures(target):
+                tmp.write_text(text, encoding="utf-8")
     return summary
+
+
+def _plain_json(value):
+    """``value`` with NaN and infinities as null: JSON has no token for them."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    return value

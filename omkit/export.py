@@ -322,20 +322,51 @@ def export_model(model_path: str | os.PathLike, target: str | os.PathLike, expor
     return prepared.save(target, export_format, force=force)
 
 
+# a .pt2's own metadata is small; a bigger member is not one omkit wrote
+MAX_METADATA_BYTES = 1 << 20
+
+
+def _pt2_metadata(path: Path) -> str:
+    """The ``extra/omkit.json`` member of the ``.pt2`` archive ``path``, read with
+    ``zipfile``: ``torch.export.load`` would unpickle the archive's legacy weights
+    member (``weights_only=False``), so a crafted file could run code."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist()
+                       if m.filename.split("/", 1)[-1] == f"extra/{METADATA_KEY}.json"]
+            if not members:
+                raise ValueError(f"{path}: no omkit metadata (not exported by omkit export)")
+            if members[0].file_size > MAX_METADATA_BYTES:
+                raise ValueError(f"{path}: its omkit metadata is {members[0].file_size} bytes, "
+                                 f"more than omkit writes ({MAX_METADATA_BYTES})")
+            return archive.read(members[0]).decode("utf-8")
+    except (zipfile.BadZipFile, UnicodeDecodeError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .pt2 archive ({type(exc).__name__}: {exc})") from None
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata of an exported file: an ONNX file's ``omkit`` prop, a ``.pt2``'s JSON."""
+    """The metadata of an exported file: an ONNX file's ``omkit`` prop, a ``.pt2``'s
+    JSON (the sidecar ``FILE.json``, else the archive's member). Nothing is unpickled;
+    malformed metadata is one line naming the file."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         onnx = _onnx_modules()
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         if METADATA_KEY not in props:
             raise ValueError(f"{path}: no omkit metadata (not exported by omkit export)")
-        return json.loads(props[METADATA_KEY])
-    sidecar = sidecar_path(path)
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    extra = {f"{METADATA_KEY}.json": ""}
-    torch.export.load(str(path), extra_files=extra)
-    if not extra[f"{METADATA_KEY}.json"]:
-        raise ValueError(f"{path}: no omkit metadata (not exported by omkit export)")
-    return json.loads(extra[f"{METADATA_KEY}.json"])
+        source, text = path, props[METADATA_KEY]
+    else:
+        sidecar = sidecar_path(path)
+        if sidecar.is_file():
+            source, text = sidecar, sidecar.read_text(encoding="utf-8", errors="replace")
+        else:
+            source, text = path, _pt2_metadata(path)
+    try:
+        metadata = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{source}: omkit metadata is not JSON ({exc})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{source}: not omkit export metadata (no 'format': {EXPORT_FORMAT!r})")
+    return metadata

@@ -60,3 +60,18 @@ def create_attention(name: str, channels: int, **kw) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def registered_by(kind: str, name: str) -> tuple[str, str]:
+    """The plug-in that registered ``kind`` ``name``, and where that plug-in came from."""
+    plugins = get_plugins()
+    owner = plugins.registry(kind).entry(name).plugin
+    info = plugins.plugins.get(owner)
+    return owner, info.source if info else "unknown source"
+
+
+def block_hint(plugin: str) -> str:
+    """How to block ``plugin``."""
+    from .plugin_manager import BLOCK_ENV
+
+    return f"block it with {BLOCK_ENV}={plugin} or omkit.setup_plugins(block=[{plugin!r}])"

@@ -10,6 +10,12 @@ stranded by a crash (unlocked: removed) from one being written right now by
 another process (locked: left alone). Every atomic write first removes the
 stale temporaries of its own target, and commands clean their output folders
 when they start.
+
+What makes a file omkit's temporary is a marker only omkit writes: the extended
+attribute ``user.omkit.temporary`` on the file or folder, removed just before the
+rename. The name alone never decides, since a case id can look like a temporary's
+name (``.x.abcdefgh.tmp``); on a file system without extended attributes a
+stranded temporary is left where it is rather than risk removing a user's file.
 """
 from __future__ import annotations
 
@@ -31,6 +37,10 @@ except ImportError:  # pragma: no cover
 _TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?:\..*)?$")
 _TEMP_DIR = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmpdir$")
 DIR_LOCK = ".writer"  # the lock file inside a temporary folder
+MARKER = "user.omkit.temporary"  # the extended attribute that marks omkit's temporaries
+# the longest target name a temporary's name quotes in full: longer ones are shortened to a
+# prefix and a hash, so that a temporary's name stays within the usual 255-byte limit
+MAX_QUOTED_NAME = 200
 # a temporary whose writer cannot be asked (no lock file yet, or no flock) is stale only when this old
 UNLOCKED_GRACE_S = 60.0
 
@@ -67,11 +77,42 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
+def _mark(target: int | Path) -> None:
+    """Mark a file descriptor or folder as omkit's temporary (where the file system allows)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(target, MARKER, b"1")
+
+
+def _unmark(target: int | Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.removexattr(target, MARKER)
+
+
+def is_marked(path: str | os.PathLike) -> bool:
+    """Whether ``path`` carries omkit's temporary marker."""
+    try:
+        return os.getxattr(path, MARKER, follow_symlinks=False) == b"1"
+    except (OSError, AttributeError):
+        return False
+
+
+def quoted_name(name: str) -> str:
+    """The part of a temporary's name that names its target: the name itself, or
+    for a long one a prefix and a hash of the whole."""
+    if len(name.encode("utf-8", "surrogateescape")) <= MAX_QUOTED_NAME:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return name.encode("utf-8", "surrogateescape")[:120].decode("utf-8", "ignore") + "~" + digest
+
+
 def _locked_temporary(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
-    """A new temporary file, locked by this process (retried in the rare case a
-    cleaner removed it between its creation and the lock)."""
+    """A new temporary file, marked and locked by this process (retried in the rare
+    case a cleaner removed it between its creation and the lock)."""
     while True:
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        _mark(fd)
         _lock(fd)
         if _same_file(fd, Path(tmp)):
             return fd, Path(tmp)
@@ -103,9 +144,10 @@ def _writer_alive(path: Path) -> bool:
 
 
 def is_temporary(name: str, target: str | None = None) -> bool:
-    """Whether ``name`` is an omkit temporary (of ``target``'s name, when given)."""
+    """Whether ``name`` is named like an omkit temporary (of ``target``'s name, when
+    given); only :func:`is_marked` says that omkit wrote it."""
     match = _TEMP_FILE.match(name) or _TEMP_DIR.match(name)
-    return bool(match) and (target is None or match.group("target") == target)
+    return bool(match) and (target is None or match.group("target") == quoted_name(target))
 
 
 def clean_stale_temporaries(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
@@ -121,7 +163,7 @@ def clean_stale_temporaries(folder: str | os.PathLike, target: str | None = None
         if not entry.name.startswith(".") or not is_temporary(entry.name, target):
             continue
         path = Path(entry.path)
-        if _writer_alive(path):
+        if not is_marked(path) or _writer_alive(path):  # a user's file named like one, or being written
             continue
         with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
             if path.is_dir() and not path.is_symlink():
@@ -147,19 +189,90 @@ def atomic_path(target: str | os.PathLike, force: bool = True) -> Iterator[Path]
         raise OutputExistsError(None, None, str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(target.parent, target.name)
-    suffix = "".join(target.suffixes)
-    fd, tmp_path = _locked_temporary(target.parent, f".{target.name}.", f".tmp{suffix}")
+    fd, tmp_path = _temporary_for(target)
     try:
-        # mkstemp makes the file private (0600); outputs get the usual permissions
-        os.chmod(tmp_path, 0o666 & ~_current_umask())
         yield tmp_path
+        _unmark(fd)
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _raise_naming(exc, target)
         raise
     finally:
         os.close(fd)  # and with it the writer lock
+
+
+def _temporary_for(target: Path) -> tuple[int, Path]:
+    # the format-telling suffixes (".nii.gz", ".png") for writers that read them; not every dot of a
+    # case id ('.x.abcdefgh.tmp.nii.gz'), which could make the name too long
+    suffix = "".join(target.suffixes[-2:])
+    suffix = suffix if len(suffix) <= 16 else target.suffix[-16:]
+    fd, tmp_path = _locked_temporary(target.parent, f".{quoted_name(target.name)}.", f".tmp{suffix}")
+    # mkstemp makes the file private (0600); outputs get the usual permissions
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
+    return fd, tmp_path
+
+
+class OutputWriteError(OSError):
+    """A write that failed (disk full, file too large, I/O error), naming the output."""
+
+    def __str__(self) -> str:
+        return self.args[-1]
+
+
+def _raise_naming(exc: BaseException, target: Path) -> None:
+    """A failed write as one line naming the output rather than its temporary or nothing."""
+    if isinstance(exc, OSError) and not isinstance(exc, (FileExistsError, OutputWriteError)) \
+            and not str(exc).startswith(str(target)):
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        raise OutputWriteError(exc.errno, f"{target}: cannot write it ({reason})") from exc
+
+
+@contextlib.contextmanager
+def naming_failures(target: str | os.PathLike) -> Iterator[None]:
+    """An ``OSError`` inside (a write to ``target``'s temporary) names ``target``."""
+    try:
+        yield
+    except OSError as exc:
+        _raise_naming(exc, Path(target))
+        raise
+
+
+@contextlib.contextmanager
+def atomic_paths(targets, force: bool = True) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for several outputs as one set: temporaries for all,
+    renamed over the targets only when every one was written; on any error none is
+    (nothing half-written is left, and an existing set is untouched)."""
+    targets = [Path(t) for t in targets]
+    if not force:
+        for target in targets:
+            if target.exists():
+                raise OutputExistsError(None, None, str(target))
+    made: list[tuple[int, Path, Path]] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_temporaries(target.parent, target.name)
+            made.append((*_temporary_for(target), target))
+        yield [tmp for _, tmp, _ in made]
+        for fd, tmp, target in made:
+            _unmark(fd)
+            os.replace(tmp, target)
+    finally:
+        for fd, tmp, _ in made:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def temporary_dir(folder: Path, target_name: str) -> Path:
+    """A new, marked temporary folder in ``folder`` named after ``target_name``
+    (for moving something aside before removing it: a kill in between leaves a
+    temporary that the next clean removes)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{quoted_name(target_name)}.", suffix=".tmpdir", dir=folder))
+    _mark(tmp)
+    return tmp
 
 
 @contextlib.contextmanager
@@ -171,12 +284,14 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(target.parent, target.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmpdir", dir=target.parent))
+    tmp = temporary_dir(target.parent, target.name)
     fd = os.open(tmp / DIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _lock(fd)
-        yield tmp
+        with naming_failures(target):
+            yield tmp
         os.unlink(tmp / DIR_LOCK)
+        _unmark(tmp)
         try:
             os.replace(tmp, target)
         except OSError:
@@ -199,7 +314,12 @@ def atomic_torch_save(obj, target: str | os.PathLike, force: bool = True) -> Pat
 
     with atomic_path(target, force=force) as tmp:
         with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+            try:
+                torch.save(obj, fh)
+            except RuntimeError as exc:  # how torch's zip writer reports a failed write (disk full, ulimit)
+                said = " ".join(str(exc).split())[:120]
+                raise OutputWriteError(f"{target}: cannot write it (the write stopped part-way: a full disk or a "
+                                       f"file-size limit?; torch: {said})") from exc
             fh.flush()
             os.fsync(fh.fileno())
     return Path(target)

@@ -53,6 +53,12 @@ def _disable_hint(name: str) -> str:
     return f"disable it with {BLOCK_ENV}={name} or omkit.setup_plugins(block=[{name!r}])"
 
 
+def _fault(exc: BaseException) -> str:
+    """What a plug-in did, in a few words (``SystemExit: 3`` rather than a bare ``3``)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def blocked_from_env() -> set[str]:
     raw = os.environ.get(BLOCK_ENV, "")
     return {part.strip() for part in raw.split(",") if part.strip()}
@@ -110,7 +116,7 @@ class OmkitPlugins:
             )
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # pluggy validates hook signatures here
+        except BaseException as exc:  # pluggy validates hook signatures here
             raise PluginError(f"plug-in {name!r} ({source}) is invalid: {exc}; {_disable_hint(name)}") from exc
         self.plugins[name] = PluginInfo(name, source)
 
@@ -124,10 +130,10 @@ class OmkitPlugins:
                 where = f"{dist.metadata['Name']} {dist.version}: {ep.value}"
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() or os._exit-like exits in a module body too
                 raise PluginError(
                     f"plug-in {ep.name!r} ({where}) failed to import: "
-                    f"{type(exc).__name__}: {exc}; {_disable_hint(ep.name)}"
+                    f"{_fault(exc)}; {_disable_hint(ep.name)}"
                 ) from exc
             self._register(plugin, ep.name, where)
 
@@ -144,10 +150,10 @@ class OmkitPlugins:
                     impl.function(**{arg: registry.for_plugin(plugin_name) for arg in impl.argnames})
                 except PluginError:
                     raise
-                except Exception as exc:
+                except BaseException as exc:  # SystemExit too: a hook must not end omkit silently
                     raise PluginError(
                         f"plug-in {plugin_name!r} ({self.plugins[plugin_name].source}) raised in "
-                        f"{hook_name}: {type(exc).__name__}: {exc}; {_disable_hint(plugin_name)}"
+                        f"{hook_name}: {_fault(exc)}; {_disable_hint(plugin_name)}"
                     ) from exc
                 added = sorted(set(registry.names()) - before)
                 if added:

@@ -46,6 +46,11 @@ class BrainSampler(RegionSampler):
         return np.asarray(pre.brain_mask, dtype=bool)
 
 
+# the widest dilation an option may ask for: beyond any MRI's diagonal (a BraTS volume's is 374
+# voxels), short of the overflow an infinite or astronomic radius meets in the distance transform
+MAX_RADIUS = 1000
+
+
 class DilatedTumorSampler(RegionSampler):
     """Task 2: centres inside the ground-truth whole tumor dilated by ``radius`` voxels."""
 
@@ -53,8 +58,8 @@ class DilatedTumorSampler(RegionSampler):
     key = "dilated_tumor"
 
     def __init__(self, radius: float = SAMPLER_TUMOR_DILATION):
-        if not isinstance(radius, (int, float)) or isinstance(radius, bool) or not np.isfinite(radius) or radius < 0:
-            raise ValueError(f"radius must be a number >= 0, got {radius!r}")
+        if not isinstance(radius, (int, float)) or isinstance(radius, bool) or not 0 <= radius <= MAX_RADIUS:
+            raise ValueError(f"radius must be a number in [0, {MAX_RADIUS}], got {radius!r}")
         self.radius = float(radius)
 
     def region(self, pre) -> np.ndarray:
@@ -86,7 +91,7 @@ class TumorMimicSampler(RegionSampler):
     key = "tumor_mimic"
 
     def __init__(self, quantile: float = 0.25, margin: float = SAMPLER_TUMOR_DILATION, min_voxels: int = 1000):
-        for name, value, low, high in (("quantile", quantile, 0.0, 1.0), ("margin", margin, 0.0, np.inf)):
+        for name, value, low, high in (("quantile", quantile, 0.0, 1.0), ("margin", margin, 0.0, MAX_RADIUS)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
         if not isinstance(min_voxels, int) or isinstance(min_voxels, bool) or min_voxels < 0:

@@ -69,10 +69,14 @@ def test_a_killed_writers_temporary_is_cleaned_a_live_ones_is_not(tmp_path):
 
 
 def test_an_atomic_write_removes_the_stale_temporaries_of_its_target(tmp_path):
-    stale = tmp_path / ".last.pt.abcd1234.tmp.pt"  # as left by a killed writer of an older omkit
+    from omkit.fileio import MARKER
+
+    stale = tmp_path / ".last.pt.abcd1234.tmp.pt"  # as left by a killed writer
     stale.write_bytes(b"x")
     other = tmp_path / ".model.pt.abcd1234.tmp.pt"
     other.write_bytes(b"x")
+    for path in (stale, other):
+        os.setxattr(path, MARKER, b"1")  # what omkit's writer puts on its temporaries
     with atomic_path(tmp_path / "last.pt") as tmp:
         tmp.write_bytes(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.pt.abcd1234.tmp.pt", "last.pt"]
@@ -581,7 +585,7 @@ def test_a_non_finite_loss_stops_training_without_a_model(tmp_path, tiny_run, ca
 
     _, cache = _copy_run(tiny_run, tmp_path)
     run = tmp_path / "diverged"
-    result = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--lr", "1e38", "--optimizer", "sgd",
+    result = _train_cli("-i", case_dirs[0].parent, "-o", run, *TINY_TRAIN, "--lr", "1e30", "--optimizer", "sgd",
                         "--checkpoint-every", "1", cache=cache)
     err = _one_line_error(result, "training diverged: non-finite loss", "no model.pt was written", "--lr")
     assert f"{run / 'checkpoints' / 'last.pt'}, step 1" in err

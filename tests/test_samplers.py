@@ -214,7 +214,7 @@ def test_options_and_cache_keys():
     assert BrainSampler().cache_key == "brain" and BrainSampler().options == {}
     with pytest.raises(TypeError, match="BrainSampler takes no options"):
         BrainSampler(radius=3)
-    with pytest.raises(ValueError, match="radius must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"radius must be a number in \[0, 1000\]"):
         DilatedTumorSampler(radius=-1)
 
     class Keyless(RegionSampler):  # no key: the class path and every option, sorted
@@ -277,7 +277,7 @@ def test_task_specs_split_on_top_level_commas():
     ("nowhere:1+core:1", "--samplers 'nowhere:1\\+core:1': unknown sampler 'nowhere'; available: brain, core"),
     ("dilated_tumor(radus=3)", "sampler 'dilated_tumor' has no option 'radus'; it accepts radius \\(default 5.0\\)"),
     ("brain(radius=3)", "sampler 'brain' has no option 'radius'; it accepts no options"),
-    ("dilated_tumor(radius=-2)", "sampler 'dilated_tumor': radius must be a number >= 0, got -2"),
+    ("dilated_tumor(radius=-2)", "sampler 'dilated_tumor': radius must be a number in \\[0, 1000\\], got -2"),
     ("dilated_tumor(radius=3", "unbalanced parentheses"),
     ("dilated_tumor(3)", "option '3' is not KEY=VALUE"),
     ("dilated_tumor(radius=)", "option 'radius' has no value"),

@@ -284,7 +284,7 @@ def test_attention_plugin_and_model_options_without_a_preset(data_dir, cache_dir
     assert json.loads((run / "config.json").read_text())["config"]["attention"] == "se"
     with pytest.raises(ValueError, match="--attention: unknown attention 'nope'"):
         train(config(data_dir, cache_dir, tmp_path / "bad", attention="nope"))
-    with pytest.raises(ValueError, match="--preset omnet --model-options bogus=1: "):
+    with pytest.raises(ValueError, match=r"--model-options bogus=1: cannot build 'omnet' with it \(TypeError: .*'bogus'"):
         train(config(data_dir, cache_dir, tmp_path / "bad", preset="omnet", model_options={"bogus": 1}))
     assert not (tmp_path / "bad").exists()  # settings errors come before the run folder is made
 

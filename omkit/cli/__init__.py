@@ -27,6 +27,18 @@ COMMANDS = {
 }
 
 
+# an error line quotes what it is about; a value of megabytes (a pasted array, a crafted file's
+# field) is cut in its middle so that the line stays readable and names the file at its start
+MAX_MESSAGE_CHARS = 1000
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    tail = limit // 5
+    return f"{text[: limit - tail - 40]} ... [{len(text) - limit + 40} characters left out] ... {text[-tail:]}"
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
@@ -48,7 +60,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # "argument --x: --x expects ..." says the flag twice
         message = re.sub(r"^argument (\S+): (?:\S+/)?\1\b ?", r"\1 ", message)
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {shorten(message)} (see {self.prog} --help)\n")
 
 
 # a value that starts with "-" but is a number or a list of them ("-1", "-1,1,1", "-1e3", "-inf", "-nan"):
@@ -79,7 +91,8 @@ def _join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> l
 def _one_line_warnings(command: str):
     """Warnings printed as ``omkit COMMAND: warning: ...`` (one line, no source line)."""
     original = warnings.formatwarning
-    warnings.formatwarning = lambda message, category, *a, **k: f"omkit {command}: warning: {message}\n"
+    warnings.formatwarning = lambda message, category, *a, **k: \
+        f"omkit {command}: warning: {shorten(' '.join(str(message).split()))}\n"
     try:
         yield
     finally:
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, PluginError, UnknownNameError, OSError, ValueError, MemoryError) as exc:
         if os.environ.get("OMKIT_DEBUG"):
             raise  # full traceback for developers
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = shorten(" ".join(str(exc).split()) or type(exc).__name__)
         if isinstance(exc, MemoryError):
             text = f"out of memory ({text})"
         print(f"omkit {args.command}: error: {text}", file=sys.stderr)

@@ -7,13 +7,19 @@ import json
 def add_arguments(parser):
     parser.add_argument("pattern", nargs="?", default=None, help="glob over preset names, e.g. 'omnet_cga*'")
     parser.add_argument("--params", action="store_true", help="build each model and count its parameters")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier for --params (default 1.0)")
+    from omkit.cli.options import finite_float
+    from omkit.training.config import MAX_WIDTH
+
+    parser.add_argument("--width", type=finite_float("--width", maximum=MAX_WIDTH), default=1.0,
+                        help=f"width multiplier for --params, at most {MAX_WIDTH:g} (default 1.0)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args) -> int:
     import omkit
 
+    if args.width <= 0:
+        raise ValueError(f"--width must be > 0, got {args.width:g}")
     rows = []
     for name in omkit.list_presets(args.pattern):
         preset = omkit.get_preset(name)

@@ -18,15 +18,24 @@ For a cohort: ``--skip-existing`` skips the cases whose outputs are there
 (a rerun after an interruption does only what is left), and
 ``--skip-bad-cases`` reports a case that fails (unreadable, blank modality,
 anything) at the end instead of stopping the others; the exit status is then
-1 when any case failed.
+1 when any case failed. Under torchrun a failed case stops only the process that
+met it (none with ``--skip-bad-cases``), the others finish their cases, the first
+process lists every failure, and the exit status is 0, since torchrun turns any
+other into a traceback of its own. ``--skip-existing`` keeps an existing label map
+only when it reads whole and has the case's shape.
 """
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from omkit.cli import CLIError
+
+# under torchrun, whose launcher prints a traceback for any other status, the failures reported on
+# stderr are the outcome: exit 0 (the summary line says how many failed)
+DISTRIBUTED_FAILURE_STATUS = 0
 from omkit.cli.options import (add_device_argument, add_postprocess_arguments, add_precision_argument,
                                add_tile_arguments, add_tta_argument, inference_settings, postprocess_steps,
                                tile_settings, tta_setting)
@@ -104,9 +113,11 @@ def run(args) -> int:
 
     from omkit.data import CaseError, find_cases
     from omkit.devices import check_precision, resolve_device
-    from omkit.fileio import OutputExistsError, clean_stale_temporaries
-    from omkit.inference.pipeline import case_id_of, load_for_prediction, write_label_map, write_probabilities
+    from omkit.fileio import OutputExistsError, OutputWriteError, clean_stale_temporaries
+    from omkit.inference.pipeline import (case_id_of, label_map_problem, load_for_prediction, write_label_map,
+                                          write_probabilities)
     from omkit.inference.segmenter import Segmenter
+    from omkit.registry import PluginError
     from omkit.viz import save_overlay
 
     if args.force and args.skip_existing:
@@ -117,6 +128,10 @@ def run(args) -> int:
     tiles = tile_settings(args)
     inference = inference_settings(args)
     tta = tta_setting(args)
+    # under torchrun a failed case is this process's to report, not a reason to take the others down: it
+    # stops taking cases (without --skip-bad-cases), the others finish theirs, and the first process reports
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    stop_after_failure = distributed and not args.skip_bad_cases
     all_cases = find_cases(args.input)
     cases = shard(all_cases)  # before --skip-existing looks: every process sees another's outputs appear
     clean_stale_temporaries(out_dir)  # left by a process killed while writing (a live writer's are kept)
@@ -126,7 +141,7 @@ def run(args) -> int:
         try:
             paths = output_paths(out_dir, case_id_of(case_dir))
         except CaseError as exc:
-            if not args.skip_bad_cases:
+            if not args.skip_bad_cases and not distributed:
                 raise
             failures.append(_case_failure(case_dir, exc))
             continue
@@ -134,10 +149,18 @@ def run(args) -> int:
         if not args.force and not args.skip_existing and len(todo) < len(wanted):
             raise CLIError(f"{next(paths[k] for k in wanted if k not in todo)}: exists; pass --force to overwrite it "
                            "or --skip-existing to keep it and do only what is missing")
+        replace = set()
+        if args.skip_existing and "labels" not in todo:  # kept only when it is a whole label map of this case
+            problem = label_map_problem(paths["labels"], case_dir)
+            if problem is not None:
+                warnings.warn(f"{paths['labels']}: not a usable label map ({problem}); predicting the case again",
+                              stacklevel=1)
+                todo.insert(0, "labels")
+                replace.add("labels")
         if not todo:
             already += 1
             continue
-        jobs.append((case_dir, paths, todo))
+        jobs.append((case_dir, paths, todo, replace))
     steps = postprocess_steps(args)
     device = resolve_device(args.device)
     check_precision(args.precision, device)
@@ -148,22 +171,25 @@ def run(args) -> int:
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     written = []
-    for case_dir, paths, todo in progress:
+    for case_dir, paths, todo, replace in progress:
+        if stop_after_failure and failures:  # without --skip-bad-cases: stop here, the other processes go on
+            break
         try:
             case = load_for_prediction(case_dir, with_label=None if "overlay" in todo else False)
             result = segmenter.segment_case(case, return_probabilities="probabilities" in todo)
             convention = args.label_convention or case.convention
             if "labels" in todo:
-                write_label_map(result.labels, case, paths["labels"], convention, force=args.force)
+                write_label_map(result.labels, case, paths["labels"], convention,
+                                force=args.force or "labels" in replace)
             if "probabilities" in todo:
                 write_probabilities(result.probabilities, paths["probabilities"], force=args.force)
             if "overlay" in todo:
                 save_overlay(paths["overlay"], case.image[0], result.labels, case.label, title=case.case_id,
                              force=args.force)
-        except (KeyboardInterrupt, OutputExistsError):
+        except (KeyboardInterrupt, OutputExistsError, OutputWriteError, PluginError):  # every case would fail
             raise
         except Exception as exc:  # this case's failure, whatever it is
-            if not args.skip_bad_cases:
+            if not args.skip_bad_cases and not distributed:
                 hint = "; --skip-bad-cases goes on with the other cases" if len(all_cases) > 1 else ""
                 raise CLIError(_case_failure(case_dir, exc) + hint) from exc
             failures.append(_case_failure(case_dir, exc))
@@ -181,6 +207,10 @@ def run(args) -> int:
         for line in failed:
             print(f"omkit predict: failed: {line}", file=sys.stderr)
         if failed:
-            print(f"omkit predict: {len(failed)} of {len(all_cases)} case(s) failed (listed above); the others were "
-                  "written", file=sys.stderr)
+            others = "the others were written" if args.skip_bad_cases else \
+                "a process stopped at its failed case, the others finished their cases"
+            print(f"omkit predict: {len(failed)} of {len(all_cases)} case(s) failed (listed above); {others}",
+                  file=sys.stderr)
+    if failed and distributed:
+        return DISTRIBUTED_FAILURE_STATUS
     return 1 if failed else 0

@@ -197,7 +197,7 @@ def case_files(case_dir: str | os.PathLike, with_label: bool | None = True,
     return naming, case_id, paths
 
 
-def _load_nifti(path: Path):
+def load_nifti(path: Path):
     """``(image, voxels)`` of a NIfTI file whose header passed the checks below
     (before any voxel is read); every problem is a :class:`CaseError` naming it."""
     import nibabel as nib
@@ -256,15 +256,20 @@ def load_case(
     ref_path = ref_img = None
     for key in MODALITIES:
         path = paths[key]
-        img, data = _load_nifti(path)
+        img, data = load_nifti(path)
         if ref_img is None:
             ref_path, ref_img = path, img
         else:
             _check_like(path, img, data, ref_path, ref_img, affine_tolerance)
-        volume = np.asarray(data, dtype=np.float32)
-        if not np.all(np.isfinite(volume)):
-            count = int(np.size(volume) - np.count_nonzero(np.isfinite(volume)))
+        if not np.all(np.isfinite(data)):
+            count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             raise CaseError(f"{path}: {count} non-finite (NaN/inf) intensities")
+        with np.errstate(over="ignore"):
+            volume = np.asarray(data, dtype=np.float32)
+        if not np.all(np.isfinite(volume)):  # finite in the file, beyond float32 (omkit computes in float32)
+            peak = float(np.max(np.abs(data)))
+            raise CaseError(f"{path}: intensities up to {peak:.3g} are beyond float32's range "
+                            f"({np.finfo(np.float32).max:.3g}), which omkit computes in; rescale the volume")
         channels.append(to_omkit_axes(volume))
     image = np.ascontiguousarray(np.stack(channels))
     brain = check_brain(image, paths)
@@ -327,7 +332,7 @@ def _read_label(path: Path, ref_path: Path, ref_img, affine_tolerance: float, na
                 label_convention: str | None, convention, brain: np.ndarray):
     """``(internal labels, convention)`` of the segmentation ``path``, checked
     against the first modality; problems are :class:`CaseError`."""
-    img, seg = _load_nifti(path)
+    img, seg = load_nifti(path)
     _check_like(path, img, seg, ref_path, ref_img, affine_tolerance)
     if not np.issubdtype(seg.dtype, np.integer):
         if not np.all(np.isfinite(seg)):

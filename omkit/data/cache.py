@@ -24,14 +24,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from omkit.fileio import atomic_dir, atomic_path, clean_stale_temporaries
+from omkit.fileio import atomic_dir, atomic_path, clean_stale_temporaries, temporary_dir
 
 from .brats import AFFINE_TOLERANCE, case_files, load_case
 from .preprocess import PREPROCESSING, Preprocessed, preprocess_case
@@ -159,7 +158,7 @@ class PreprocessedCache:
 
     def _discard(self, entry: Path) -> None:
         """Remove an entry (a rename first, so that no reader sees half of it)."""
-        trash = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmpdir", dir=entry.parent))
+        trash = temporary_dir(entry.parent, entry.name)
         try:
             os.replace(entry, trash / entry.name)
         except FileNotFoundError:  # another process discarded it first
@@ -205,6 +204,8 @@ class PreprocessedCache:
             files = meta.get("files") or {}  # entries of omkit versions before the checksums have none
             if len(bbox) != 3 or len(full_shape) != 3 or len(spacing) != 3 or not isinstance(files, dict):
                 raise ValueError("wrong lengths")
+            if not all(np.isfinite(s) and s > 0 for s in spacing) or not np.all(np.isfinite(affine)):
+                raise ValueError(f"spacing {spacing} or affine not positive finite numbers")
         except FileNotFoundError:
             raise CorruptEntry(f"{entry / 'meta.json'}: missing") from None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:

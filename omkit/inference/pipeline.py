@@ -39,6 +39,29 @@ def case_id_of(case_dir: str | os.PathLike) -> str:
     return case_files(case_dir, with_label=False)[1]
 
 
+def label_map_problem(path: str | os.PathLike, case_dir: str | os.PathLike) -> str | None:
+    """Why the existing label map ``path`` cannot stand for case ``case_dir``'s
+    prediction (unreadable, truncated, not integer labels, another shape than the
+    case's images), or None when it can: what ``--skip-existing`` checks before it
+    keeps a file."""
+    import nibabel as nib
+
+    from omkit.data.brats import load_nifti
+
+    try:
+        _, data = load_nifti(Path(path))  # reads every voxel: a truncated file fails here
+        files = case_files(case_dir, with_label=False)[2]
+        shape = tuple(int(n) for n in nib.load(str(files["flair"])).shape)
+    except Exception as exc:  # whatever is wrong with it, the case is predicted again
+        text = " ".join(str(exc).split())
+        return text.removeprefix(f"{path}: ")[:300] or type(exc).__name__
+    if data.dtype.kind not in "iu":
+        return f"voxel type {data.dtype} is not a label map's"
+    if tuple(data.shape) != shape:
+        return f"shape {tuple(data.shape)} differs from the case's images {shape}"
+    return None
+
+
 def load_for_prediction(case_dir: str | os.PathLike, label_convention: str | None = None,
                         with_label: bool | None = False) -> Case:
     """Load a case; ``with_label=None`` reads the segmentation when the folder

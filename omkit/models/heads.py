@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .blocks import ConvBNReLU, check_spatial_dims, conv
+from .plugin_checks import call_plugin_module, mark_origin
 
 
 class PlainHead(nn.Module):
@@ -22,7 +23,10 @@ class PlainHead(nn.Module):
         nn.init.zeros_(self.conv[0].bias)
 
     def forward(self, features: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.attention(self.conv(features)))
+        x = self.conv(features)
+        if not isinstance(self.attention, nn.Identity):  # a plug-in's module: checked (plugin_checks)
+            x = call_plugin_module(self.attention, (x,), x.shape)
+        return self.classifier(x)
 
 
 def build_head(channels: int, num_classes: int, attention: str | None, spatial_dims: int = 3,
@@ -50,4 +54,5 @@ def build_head(channels: int, num_classes: int, attention: str | None, spatial_d
             raise ValueError(f"attention {attention!r} ({cls.__name__}) takes no spatial_dims: it builds 3-D "
                              "modules only") from None
         raise
+    mark_origin(module, "attention", attention)
     return module if guided else PlainHead(channels, num_classes, attention=module, spatial_dims=spatial_dims)

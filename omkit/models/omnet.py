@@ -10,6 +10,7 @@ from omkit.labels import CORE_CLASSES, NUM_CLASSES_TASK, TUMOR_CLASSES
 
 from .blocks import check_spatial_dims
 from .heads import build_head
+from .plugin_checks import call_plugin_module, mark_origin
 
 # Transfers for training: destination task index -> [(source task index, patch indices)].
 Transfers = dict[int, Sequence[tuple[int, Tensor]]]
@@ -38,11 +39,17 @@ def _backbone(name: str, in_channels: int, width: float, spatial_dims: int, back
     if check_spatial_dims(spatial_dims) != 3:
         backbone_kw = {**backbone_kw, "spatial_dims": spatial_dims}
     try:
-        return create_backbone(name, in_channels=in_channels, width=width, **backbone_kw)
+        return mark_origin(create_backbone(name, in_channels=in_channels, width=width, **backbone_kw), "backbone", name)
     except TypeError as exc:
         if spatial_dims != 3 and "spatial_dims" in str(exc):
             raise ValueError(f"backbone {name!r} takes no spatial_dims: it builds 3-D networks only") from None
         raise
+
+
+def _features(backbone: nn.Module, x: Tensor) -> Tensor:
+    """The backbone plug-in's features of ``x``, checked (plugin_checks): ``(B, out_channels, ...)``
+    at the input's spatial size."""
+    return call_plugin_module(backbone, (x,), (x.shape[0], backbone.out_channels, *x.shape[2:]))
 
 
 def _concat_active(inputs: Sequence[Tensor | None]) -> tuple[list[int], Tensor]:
@@ -102,10 +109,14 @@ class OMNet(nn.Module):
 
     def _head(self, task: int, features: Tensor, guidance: Tensor | None) -> Tensor:
         head = self.heads[task]
-        return head(features, guidance) if head.guided else head(features)
+        if not head.guided:
+            return head(features)
+        # a guided plug-in is the whole head: (B, C, ...) features -> (B, K, ...) logits, checked
+        expected = (features.shape[0], NUM_CLASSES_TASK[task], *features.shape[2:])
+        return call_plugin_module(head, (features, guidance), expected)
 
     def forward(self, x: Tensor) -> TaskOutputs:
-        features = self.backbone(x)
+        features = _features(self.backbone, x)
         outputs: list[Tensor] = []
         guidance = None
         for task in range(3):
@@ -129,7 +140,7 @@ class OMNet(nn.Module):
         if len(inputs) != 3:
             raise ValueError(f"forward_tasks takes one batch (or None) per task, got {len(inputs)}")
         active, batch = _concat_active(inputs)
-        features = self.backbone(batch)
+        features = _features(self.backbone, batch)
         own = dict(zip(active, features.split([inputs[t].shape[0] for t in active])))
         outputs: list[Tensor | None] = [None, None, None]
         for task in range(3):
@@ -155,7 +166,7 @@ class SingleTaskNet(nn.Module):
         self.head = build_head(self.backbone.out_channels, num_classes, None, spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
+        return self.head(_features(self.backbone, x))
 
 
 class MCNet(nn.Module):

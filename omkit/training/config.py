@@ -88,6 +88,11 @@ MAX_PATCH_SIDE = 256  # voxels (BraTS volumes are 155 x 240 x 240)
 MAX_BATCH_VOXELS = 2**27  # batch_per_task x voxels of one patch: 2 GiB of float32 input per task and step
 MAX_PATCHES_PER_EPOCH = 10**7  # per task (the paper's: 200k-400k); the sampler draws them up front
 MAX_SEED = 2**32 - 1  # numpy's seeds
+# the optimisers hand lr (Adam: lr / (1 - beta1), 10 lr at the first step) and weight decay to float32
+# kernels, whose largest value is 3.4e38: far below that, so a huge value diverges (one line) instead
+# of failing to convert inside the first step
+MAX_LR = 1e30
+MAX_WEIGHT_DECAY = 1e30
 MAX_PROCESSES = 256  # --workers, --threads
 INT_SETTINGS = ("epochs", "batch_per_task", "lr_step_epochs", "seed", "folds", "fold", "workers", "threads",
                 "max_steps", "checkpoint_every", "log_every")
@@ -300,8 +305,10 @@ class TrainConfig:
             bad("seed", f"must be in 0..{MAX_SEED}, got {self.seed}")
         if not 0 <= self.momentum < 1:
             bad("momentum", f"must be in [0, 1), got {self.momentum:g}")
-        if self.weight_decay < 0:
-            bad("weight_decay", f"must be >= 0, got {self.weight_decay:g}")
+        if not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY:
+            bad("weight_decay", f"must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay:g}")
+        if self.lr > MAX_LR:
+            bad("lr", f"must be at most {MAX_LR:g} (the optimisers step in float32), got {self.lr:g}")
         if self.plateau_tol is not None and self.plateau_tol < 0:
             bad("plateau_tol", f"must be >= 0, got {self.plateau_tol:g}")
         if self.folds is not None and self.folds < 2:

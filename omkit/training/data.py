@@ -18,6 +18,8 @@ from omkit.data.cache import PreprocessedCache
 from omkit.data.sampler_specs import build_task_samplers
 from omkit.data.sampling import region_indices
 from omkit.data.splits import kfold_split
+from omkit.fileio import OutputWriteError
+from omkit.registry import PluginError
 
 from . import distributed
 from .config import TrainConfig
@@ -64,6 +66,8 @@ def _load_cases(config: TrainConfig, case_dirs, samplers, tasks, cache, warn: bo
         try:  # everything done for one case: a failure is this case's, named as such
             pre = cache.load(case_dir, **settings)
             own = {t: region_indices(samplers[t], pre, cache, case_dir, settings) for t in tasks}
+        except (OutputWriteError, PluginError):  # a full disk or a faulty plug-in: every case would fail
+            raise
         except Exception as exc:
             error = exc if isinstance(exc, CaseError) else \
                 CaseError(f"{case_dir}: {type(exc).__name__}: {' '.join(str(exc).split())}")

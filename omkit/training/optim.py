@@ -14,13 +14,28 @@ from omkit.data.features import DEFAULT_INPUT_FEATURES, input_channels
 from .config import TrainConfig, flag
 
 
+def _fixed_model_kw(config: TrainConfig) -> dict:
+    """The model's keyword arguments that have options of their own."""
+    kw = {}
+    if config.input_features != DEFAULT_INPUT_FEATURES:
+        kw["in_channels"] = input_channels(config.input_features)
+    if config.attention is not None:
+        kw["attention"] = config.attention
+    return kw
+
+
 def check_model_settings(config: TrainConfig) -> None:
-    """An unknown ``--attention`` is a one-line error before any data is prepared."""
+    """An unknown ``--attention``, or a ``--model-options`` value the model cannot be
+    built with, is a one-line error before any data is prepared (the model is built
+    on the meta device: :func:`omkit.models.options.check_model_options`)."""
     from omkit.factory import list_attention
+    from omkit.models.options import check_model_options
 
     if config.attention is not None and config.attention not in list_attention():
         raise ValueError(f"{flag('attention')}: unknown attention {config.attention!r}; "
                          f"available: {', '.join(list_attention()) or '(none)'}")
+    check_model_options(config.preset, config.width, config.model_options, _fixed_model_kw(config),
+                        flag=flag("model_options"))
 
 
 def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
@@ -28,11 +43,7 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     the weights of ``config.seed`` (identical on every process)."""
     from omkit.models.build import create_model
 
-    kw = dict(config.model_options)
-    if config.input_features != DEFAULT_INPUT_FEATURES:
-        kw["in_channels"] = input_channels(config.input_features)
-    if config.attention is not None:
-        kw["attention"] = config.attention
+    kw = {**config.model_options, **_fixed_model_kw(config)}
     torch.manual_seed(config.seed)
     try:
         model = create_model(config.preset, width=config.width, **kw)

@@ -220,11 +220,24 @@ def claim(run: Path, resume: bool, force: bool, given: TrainConfig | None = None
                     f"{run}: not an omkit run folder (no {MARKER} marker, which omkit writes into the folders it "
                     f"makes); refusing to delete it: choose another -o or remove it yourself"
                 )
+            _check_not_inside(run, given)
             result.replace = True
         return result
     except BaseException:
         result.close()
         raise
+
+
+def _check_not_inside(run: Path, given: TrainConfig | None) -> None:
+    """``--force`` replaces ``run`` whole: refuse when the run reads from inside it (its
+    input cases or its cache), which would be deleted before they are read."""
+    if given is None:
+        return
+    for name in ("input", "cache_dir"):
+        value = getattr(given, name)
+        if value and Path(value).resolve().is_relative_to(run.resolve()):
+            raise FileExistsError(f"{flag(name)} {value} is inside the run folder {run}, which --force would "
+                                  "delete; move it out or choose another -o")
 
 
 def last_checkpoint(run: Path) -> Path:

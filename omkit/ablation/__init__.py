@@ -19,8 +19,6 @@ itself resumes from its last checkpoint.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import time
@@ -31,9 +29,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .fileio import atomic_write_text
-from .labels import REGIONS
-from .protocol import ROI_DILATION
+from ..fileio import atomic_write_text
+from ..labels import REGIONS
+from ..protocol import ROI_DILATION
+from .report import (BOOTSTRAP_RESAMPLES, _csv, _mean, markdown_table, paired_differences, paired_lines,  # noqa: F401
+                     per_case_lines, summarize_results)
 
 DEFAULT_ROWS = ("mc1", "mc2", "mc3", "omnet0", "omnetd", "omnet", "omnet_se", "omnet_cga",
                 "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n")
@@ -68,7 +68,7 @@ class AblationConfig:
     challenge: str | None = None
 
     def __post_init__(self):
-        from .factory import list_presets
+        from ..factory import list_presets
 
         self.rows = tuple(self.rows)
         self.disable_steps = tuple(self.disable_steps)
@@ -86,11 +86,11 @@ class AblationConfig:
             raise ValueError(f"--val-cases must be >= 1, got {self.val_cases}")
         if self.inference not in ("auto", "tiles", "dense"):
             raise ValueError(f"--inference must be auto, tiles or dense, got {self.inference!r}")
-        from .inference import DenseSettings
+        from ..inference import DenseSettings
 
         self.dense = asdict(DenseSettings(**self.dense))  # checked before any training
         if self.challenge is not None:
-            from .challenge import challenge_scorer
+            from ..challenge import challenge_scorer
 
             challenge_scorer(self.challenge)  # an unknown name or a missing package, before any training
 
@@ -108,8 +108,8 @@ def plan_splits(config: AblationConfig) -> list[Split]:
     """The same splits for every row: k-fold over all cases, or one hold-out
     whose training cases are linked into ``OUT/splits/train`` so that training
     reads exactly them."""
-    from .data import find_cases
-    from .data.splits import kfold_split
+    from ..data import find_cases
+    from ..data.splits import kfold_split
 
     cases = sorted(find_cases(config.input), key=str)
     if config.folds is not None:
@@ -161,8 +161,8 @@ def load_config(study: str | Path) -> AblationConfig:
 
 def study_predictor(config: AblationConfig, models: Sequence[Path]):
     """The predictor a study scores ``models`` with: its device, tiles, ROI dilation and inference."""
-    from .devices import resolve_device
-    from .inference import SegmentationPredictor, TileSettings
+    from ..devices import resolve_device
+    from ..inference import SegmentationPredictor, TileSettings
 
     return SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
                                             tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation,
@@ -189,7 +189,7 @@ def _train_config(config: AblationConfig, preset: str, data: str, run_dir: Path,
 
 def _train(settings: dict, log: Callable[[str], None]) -> Path:
     """Train (or resume, or reuse a finished run) and return its model file."""
-    from .training import train
+    from ..training import train
 
     run_dir = Path(settings["output"])
     model = run_dir / "model.pt"
@@ -205,18 +205,18 @@ def _train(settings: dict, log: Callable[[str], None]) -> Path:
 def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: AblationConfig,
                  pred_dir: Path, log: Callable[[str], None]) -> list[dict]:
     """Predict ``cases`` once; score the raw and (optionally) post-processed maps."""
-    from .inference import build_postprocessors
-    from .inference.pipeline import load_for_prediction, predict_case, write_label_map
-    from .labels import internal_regions
-    from .lesionwise import false_positive_components
-    from .metrics import case_metrics_internal
+    from ..inference import build_postprocessors
+    from ..inference.pipeline import load_for_prediction, predict_case, write_label_map
+    from ..labels import internal_regions
+    from ..lesionwise import false_positive_components
+    from ..metrics import case_metrics_internal
 
     predictor = study_predictor(config, models)
     log(f"    {predictor.inference_note}")
     steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
     score_challenge = None
     if config.challenge:
-        from .challenge import challenge_scorer
+        from ..challenge import challenge_scorer
 
         score_challenge = challenge_scorer(config.challenge)
     rows, challenge_rows = [], []
@@ -245,6 +245,18 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
     return rows, challenge_rows, predictor.inference_note
 
 
+def _number(value) -> bool:
+    """A score as the tables read it: a real number (JSON has no NaN; null is none)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _case_score_ok(score) -> bool:
+    """One case's saved scores, typed as the tables need them (a "dice": "x" is not)."""
+    return (isinstance(score, dict) and {"case", "variant", "region", "dice", "hd95"} <= set(score)
+            and all(isinstance(score[k], str) for k in ("case", "variant", "region"))
+            and all(_number(v) for k, v in score.items() if k not in ("case", "variant", "region")))
+
+
 def read_scores(path: Path, row: str, split: str) -> dict | None:
     """The saved result of ``row`` on ``split`` (JSON: nothing in it can run
     code), or None when there is none; a malformed file is a warning naming
@@ -256,8 +268,7 @@ def read_scores(path: Path, row: str, split: str) -> dict | None:
         ok = (isinstance(result, dict) and result.get("row") == row and result.get("split") == split
               and isinstance(result.get("title"), str) and isinstance(result.get("parameters"), int)
               and isinstance(result.get("cases"), list)
-              and all(isinstance(c, dict) and {"case", "variant", "region", "dice", "hd95"} <= set(c)
-                      for c in result["cases"]))
+              and all(_case_score_ok(c) for c in result["cases"]))
         if not ok:
             raise ValueError("not the scores of this row and split")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -270,9 +281,9 @@ def read_scores(path: Path, row: str, split: str) -> dict | None:
 def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str], None] = print) -> dict:
     """Train ``row`` on ``split`` (or an ensemble of fold models for
     :data:`ENSEMBLE_ROW`), score the held-out cases; cached in ``scores.json``."""
-    from .checkpoint import load_model
-    from .data.splits import kfold_split
-    from .factory import count_parameters, get_preset
+    from ..checkpoint import load_model
+    from ..data.splits import kfold_split
+    from ..factory import count_parameters, get_preset
 
     out = Path(config.output)
     row_dir = out / "runs" / row_folder(row) / split.name
@@ -307,192 +318,6 @@ def run_row(config: AblationConfig, row: str, split: Split, log: Callable[[str],
     return result
 
 
-# -- tables ----------------------------------------------------------------------------
-
-def _mean(values) -> float:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def summarize_results(results: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """Per (row, variant): the Table I line over all held-out cases, and the
-    per-split mean Dice lines."""
-    table, per_split = [], []
-    keys = []
-    for res in results:
-        for variant in sorted({c["variant"] for c in res["cases"]}, key=lambda v: v != "raw"):
-            if (res["row"], variant) not in keys:
-                keys.append((res["row"], variant))
-    for row, variant in keys:
-        mine = [r for r in results if r["row"] == row]
-        cases = [c for r in mine for c in r["cases"] if c["variant"] == variant]
-        line = {"row": row + ("+p" if variant == "post" else ""),
-                "method": mine[0]["title"] + (" + p" if variant == "post" else ""),
-                "params_M": round(mine[0]["parameters"] / 1e6, 3), "cases": len({c["case"] for c in cases})}
-        for region in REGIONS:
-            region_cases = [c for c in cases if c["region"] == region]
-            line[f"dice_{region}"] = _mean(c["dice"] for c in region_cases)
-        for region in REGIONS:
-            values = [c["hd95"] for c in cases if c["region"] == region]
-            line[f"hd95_{region}"] = _mean(values)
-            line[f"hd95_median_{region}"] = float(np.median(values)) if values else float("nan")
-        # the whole tumor's precision and its false-positive components (scores saved before
-        # they were measured have none: NaN)
-        wt = [c for c in cases if c["region"] == "WT"]
-        ppv = [c.get("ppv", float("nan")) for c in wt]
-        line["ppv_WT"] = _mean(ppv)
-        line["ppv_min_WT"] = float(np.nanmin(ppv)) if ppv and not all(v != v for v in ppv) else float("nan")
-        line["fp_components_WT"] = _mean(c.get("fp_components", float("nan")) for c in wt)
-        table.append(line)
-        for res in mine:
-            split_cases = [c for c in res["cases"] if c["variant"] == variant]
-            per_split.append({"row": line["row"], "split": res["split"],
-                              **{f"dice_{reg}": _mean(c["dice"] for c in split_cases if c["region"] == reg) for reg in REGIONS}})
-    return table, per_split
-
-
-def _csv(rows: Sequence[dict]) -> str:
-    if not rows:
-        return ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buffer.getvalue()
-
-
-BOOTSTRAP_RESAMPLES = 10_000
-
-
-def paired_differences(per_case: Sequence[dict], metrics: Sequence[str] = ("dice", "hd95"),
-                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[dict]:
-    """Every pair of rows (in their order) compared on the cases both held out: per
-    variant, region and metric, the mean of the per-case differences (first row minus
-    second) with a 95 % percentile-bootstrap confidence interval over cases
-    (``resamples`` resamples, seeded), and whether it excludes zero ("beyond noise").
-    Cases where a metric is not finite for either row are left out of that comparison."""
-    rng = np.random.default_rng(seed)
-    index: dict[tuple, float] = {}
-    for c in per_case:
-        for metric in metrics:
-            if metric in c:
-                index[(c["row"], c["variant"], c["region"], metric, c["case"])] = float(c[metric])
-    rows = list(dict.fromkeys(c["row"] for c in per_case))
-    variants = list(dict.fromkeys(c["variant"] for c in per_case))
-    out = []
-    for i, first in enumerate(rows):
-        for second in rows[i + 1:]:
-            for variant in variants:
-                for region in REGIONS:
-                    for metric in metrics:
-                        cases = sorted({k[4] for k in index if k[:4] == (first, variant, region, metric)}
-                                       & {k[4] for k in index if k[:4] == (second, variant, region, metric)})
-                        diffs = np.array([index[(first, variant, region, metric, c)]
-                                          - index[(second, variant, region, metric, c)] for c in cases])
-                        diffs = diffs[np.isfinite(diffs)]
-                        if diffs.size < 2:
-                            continue
-                        means = diffs[rng.integers(0, diffs.size, size=(resamples, diffs.size))].mean(axis=1)
-                        low, high = np.percentile(means, [2.5, 97.5])
-                        out.append({"first": first, "second": second, "variant": variant, "region": region,
-                                    "metric": metric, "cases": int(diffs.size), "mean_difference": float(diffs.mean()),
-                                    "ci_low": float(low), "ci_high": float(high),
-                                    "beyond_noise": bool(low > 0 or high < 0)})
-    return out
-
-
-def paired_lines(pairs: Sequence[dict]) -> list[str]:
-    """Markdown lines of :func:`paired_differences` for Dice (post-processed maps when there are)."""
-    dice = [p for p in pairs if p["metric"] == "dice"]
-    if not dice:
-        return []
-    variant = "post" if any(p["variant"] == "post" for p in dice) else "raw"
-    lines = ["", f"Paired differences of Dice ({'post-processed' if variant == 'post' else 'raw'} maps), first row minus "
-             "second, over the cases both held out: mean and 95 % bootstrap confidence interval "
-             f"({BOOTSTRAP_RESAMPLES} resamples); **bold** where the interval excludes zero:", "",
-             "| first | second | cases | WT | TC | ET |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    pairs_seen = list(dict.fromkeys((p["first"], p["second"]) for p in dice if p["variant"] == variant))
-    for first, second in pairs_seen:
-        cells, count = [], 0
-        for region in REGIONS:
-            hit = [p for p in dice if (p["first"], p["second"], p["variant"], p["region"]) == (first, second, variant, region)]
-            if not hit:
-                cells.append("")
-                continue
-            p = hit[0]
-            count = max(count, p["cases"])
-            text = f"{p['mean_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
-            cells.append(f"**{text}**" if p["beyond_noise"] else text)
-        lines.append(f"| {first} | {second} | {count} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def per_case_lines(per_case: Sequence[dict]) -> list[str]:
-    """Markdown lines: per held-out case and (row, variant), the whole tumor's Dice,
-    precision and false-positive components (components touching no true tumor), so the
-    false-tumor failure mode stays visible next to the means."""
-    wt = [c for c in per_case if c.get("region") == "WT"]
-    if not wt:
-        return []
-    columns = list(dict.fromkeys((c["row"], c["variant"]) for c in wt))
-    cases = sorted({c["case"] for c in wt})
-    lines = ["", "Whole tumor per held-out case: Dice / precision / false-positive components:", "",
-             "| Case | " + " | ".join(f"{row}{'+p' if variant == 'post' else ''}" for row, variant in columns) + " |",
-             "| --- |" + " ---: |" * len(columns)]
-    for case in cases:
-        cells = []
-        for row, variant in columns:
-            hit = [c for c in wt if c["case"] == case and c["row"] == row and c["variant"] == variant]
-            if not hit:
-                cells.append("")
-                continue
-            c = hit[0]
-            fp = c.get("fp_components")
-            cells.append(f"{c['dice']:.3f} / {c.get('ppv', float('nan')):.2f} / {'n/a' if fp is None else fp}")
-        lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def markdown_table(table: Sequence[dict], per_split: Sequence[dict], config: AblationConfig,
-                   per_case: Sequence[dict] | None = None, inference: dict[str, str] | None = None) -> str:
-    """The study's Markdown report; ``inference``: per "row split", the inference each ran
-    and why (``SegmentationPredictor.inference_note``)."""
-    def f(v, digits=3):
-        return "n/a" if v != v else f"{v:.{digits}f}"
-
-    lines = [
-        "| Method | Params (M) | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET "
-        "| median HD95 WT | median HD95 TC | median HD95 ET | WT precision (mean / min) | false WT components per case |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for t in table:
-        lines.append(f"| {t['method']} | {t['params_M']:.3f} | {f(t['dice_WT'])} | {f(t['dice_TC'])} | {f(t['dice_ET'])} | "
-                     f"{f(t['hd95_WT'], 1)} | {f(t['hd95_TC'], 1)} | {f(t['hd95_ET'], 1)} | "
-                     f"{f(t['hd95_median_WT'], 1)} | {f(t['hd95_median_TC'], 1)} | {f(t['hd95_median_ET'], 1)} | "
-                     f"{f(t['ppv_WT'], 2)} / {f(t['ppv_min_WT'], 2)} | {f(t['fp_components_WT'], 1)} |")
-    splits = sorted({p["split"] for p in per_split})
-    per = ["", "Mean Dice per split (WT / TC / ET):", "",
-           "| Row | " + " | ".join(splits) + " |", "| --- |" + " ---: |" * len(splits)]
-    for row in dict.fromkeys(p["row"] for p in per_split):
-        cells = []
-        for s in splits:
-            match = [p for p in per_split if p["row"] == row and p["split"] == s]
-            cells.append(" / ".join(f(match[0][f"dice_{r}"], 2) for r in REGIONS) if match else "")
-        per.append(f"| {row} | " + " | ".join(cells) + " |")
-    per += paired_lines(paired_differences(per_case or []))
-    per += per_case_lines(per_case or [])
-    protocol = (f"{config.folds}-fold cross-validation" if config.folds
-                else f"hold-out of {config.val_cases} cases" + (f", {config.ensemble}-fold ensemble" if config.ensemble else ""))
-    protocol += {"dense": ", dense inference", "tiles": ", overlap-tile inference",
-                 "auto": ", inference chosen per model (auto: dense for models trained window-consistently, "
-                         "else tiles)"}[config.inference]
-    head = [f"Protocol: {protocol}; HD95 in mm (mean and median over held-out cases); budget: {json.dumps(config.train)}.", ""]
-    if inference:
-        head += ["Inference per row and split:", ""] + [f"- {k}: {v}" for k, v in inference.items()] + [""]
-    return "\n".join(head + lines + per) + "\n"
-
-
 def _prediction_path(out: Path, row: str, split: str, variant: str, case_id: str) -> Path:
     """Where :func:`_score_cases` wrote a held-out case's label map."""
     return out / "predictions" / row_folder(row) / split / variant / f"{case_id}.nii.gz"
@@ -502,12 +327,12 @@ def write_extreme_overlays(results: Sequence[dict], config: AblationConfig) -> l
     """Fig. 7 style PNGs of each row's best and worst held-out case (by mean Dice
     over WT/TC/ET, post-processed maps when there are), ``OUT/overlays/ROW-best-CASE.png``;
     drawn from the saved label maps, so a resumed study redraws them without predicting."""
-    from .data import find_cases
-    from .data.brats import to_omkit_axes
-    from .inference.pipeline import load_for_prediction
-    from .labels import get_convention
-    from .evaluation import read_label_map
-    from .viz import save_overlay
+    from ..data import find_cases
+    from ..data.brats import to_omkit_axes
+    from ..inference.pipeline import load_for_prediction
+    from ..labels import get_convention
+    from ..evaluation import read_label_map
+    from ..viz import save_overlay
 
     out = Path(config.output)
     case_dirs = {c.name: c for c in find_cases(config.input)}
@@ -560,7 +385,7 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
     atomic_write_text(paths["per_case_csv"], _csv(per_case))
     atomic_write_text(paths["paired_csv"], _csv(paired_differences(per_case)))
     if config.challenge:
-        from .challenge import challenge_table
+        from ..challenge import challenge_table
 
         paths["challenge_csv"] = out / "ablation_challenge.csv"
         atomic_write_text(paths["challenge_csv"], _csv(challenge_table(results, config.challenge)))
