@@ -2,6 +2,7 @@
 backbone's context, and which from the heads (docs/RESULTS.md, "Train as you infer").
 
     python scripts/gap_decomposition.py STUDY DATA [--row omnet_cga] [--out table.md]
+                                        [--tiles-study S --dense-study S]
 
 Reads a cross-validated study of ``omkit ablation --folds K`` (each fold's model predicts
 only the cases it held out) and predicts each held-out case three ways, raw labels (no
@@ -18,7 +19,10 @@ post-processing), the paper's tiles (16 x 32 x 32 keeping 5 x 20 x 20):
 ``dense features, tile heads`` -> ``dense`` only the heads' 3x3x3 conv on each window's
 one-voxel shell (real neighbours instead of zero padding): the attention windows and the
 guidance are the tiles' in both. Prints per-case Dice and the mean differences with 95 %
-bootstrap intervals (paired by case, 10,000 resamples).
+bootstrap intervals (paired by case, 10,000 resamples). With ``--tiles-study`` and
+``--dense-study`` (studies of the same models scored with ``--inference tiles`` with the
+paper's tiles, and ``--inference dense``), their raw per-case Dice is read from them and
+only the middle way is predicted.
 """
 from __future__ import annotations
 
@@ -73,7 +77,7 @@ def dense_features(model, image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def three_ways(model, pre) -> dict[str, np.ndarray]:
+def three_ways(model, pre, ways=("tiles", "dense", "dense features, tile heads")) -> dict[str, np.ndarray]:
     import copy
 
     from omkit.inference import SegmentationPredictor, TileSettings
@@ -81,10 +85,8 @@ def three_ways(model, pre) -> dict[str, np.ndarray]:
     image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))
     mask = torch.from_numpy(np.asarray(pre.brain_mask, dtype=bool))
     tiles = TileSettings(**PAPER)
-    out = {
-        "tiles": SegmentationPredictor([model], tiles=tiles, inference="tiles").predict(image, mask).labels,
-        "dense": SegmentationPredictor([model], tiles=tiles, inference="dense").predict(image, mask).labels,
-    }
+    out = {way: SegmentationPredictor([model], tiles=tiles, inference=way).predict(image, mask).labels
+           for way in ("tiles", "dense") if way in ways}
     hybrid = copy.deepcopy(model)
     hybrid.backbone = DenseFeatureLookup(dense_features(model, image), model.backbone.out_channels,
                                          model.backbone.min_divisor)
@@ -113,7 +115,15 @@ def main(argv=None) -> None:
     parser.add_argument("data")
     parser.add_argument("--row", default="omnet_cga")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--tiles-study", default=None)
+    parser.add_argument("--dense-study", default=None)
     args = parser.parse_args(argv)
+    saved = {}
+    for way, study in (("tiles", args.tiles_study), ("dense", args.dense_study)):
+        for split in sorted((Path(study) / "runs" / args.row).iterdir()) if study else []:
+            for c in json.loads((split / "scores.json").read_text())["cases"]:
+                if c["variant"] == "raw":
+                    saved.setdefault((c["case"], way), {})[c["region"]] = c["dice"]
     cases = {c.name: c for c in find_cases(args.data)}
     rows = []
     for split in sorted((Path(args.study) / "runs" / args.row).iterdir()):
@@ -122,11 +132,15 @@ def main(argv=None) -> None:
         for name in scores["held_out"]:
             case = load_for_prediction(cases[name], with_label=True)
             pre = preprocess_case(case)
-            for way, labels in three_ways(model, pre).items():
+            reuse = [w for w in ("tiles", "dense") if (name, w) in saved]
+            for way in reuse:
+                rows.append({"case": name, "way": way, **saved[(name, way)]})
+            ways = [w for w in ("tiles", "dense", "dense features, tile heads") if w not in reuse]
+            for way, labels in three_ways(model, pre, ways).items():
                 dice = case_metrics_internal(labels, pre.label, pre.spacing)
                 rows.append({"case": name, "way": way, **{r: dice[r]["dice"] for r in REGIONS}})
             print(name, {r["way"]: round(r["WT"], 3) for r in rows if r["case"] == name}, flush=True)
-    ways = list(dict.fromkeys(r["way"] for r in rows))
+    ways = ["tiles", "dense features, tile heads", "dense"]
     lines = ["| way | Dice WT | Dice TC | Dice ET |", "|---|---:|---:|---:|"]
     for way in ways:
         sel = [r for r in rows if r["way"] == way]
