@@ -80,3 +80,17 @@ def centre_taps_only(model: nn.Module) -> nn.Module:
                 m.weight.zero_()
                 m.weight[..., 1, 1, 1] = centre
     return model
+
+
+class ScaleAttention(nn.Module):
+    """An unguided attention plug-in that declares no window pooling (dense inference and
+    window-consistent training cannot run it)."""
+
+    guided = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1, 1)

@@ -34,25 +34,12 @@ from omkit.inference.dense import dense_region, slab_spans
 from omkit.inference.sliding import tiles_touching
 from omkit.inference.tiling import tile_origins
 
-from conftest import TINY_WIDTH, PointwiseBackbone, centre_taps_only, model_workspace
+from conftest import TINY_WIDTH, PointwiseBackbone, ScaleAttention, centre_taps_only, model_workspace
 
 # tiles of 8 x 16 x 16 keeping 4 x 8 x 8: blocks 2 x 4 x 4 voxels inside their windows
 TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
 TILE_FLAGS = ["--tile-size", "8,16,16", "--tile-keep", "4,8,8"]
 ATTENTION_PRESETS = ["omnet_se", "omnet_cga", "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n"]
-
-
-class Gate(nn.Module):
-    """An unguided attention plug-in dense inference knows nothing about."""
-
-    guided = False
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x):
-        return x * self.scale.view(1, -1, 1, 1, 1)
 
 
 @omkit.hookimpl
@@ -62,7 +49,7 @@ def _backbones(registry):
 
 @omkit.hookimpl
 def _attention(registry):
-    registry.add("gate_test", Gate)
+    registry.add("gate_test", ScaleAttention)
 
 
 PLUGIN = types.SimpleNamespace(omkit_register_backbones=_backbones, omkit_register_attention=_attention)
@@ -291,7 +278,7 @@ def test_auto_runs_dense_where_it_applies_and_says_why_not_elsewhere():
     fallback = SegmentationPredictor([gated], tiles=TILES)
     assert fallback.inference == "tiles"
     assert fallback.inference_note.startswith("tile inference (auto), tiles 8 x 16 x 16 keeping 4 x 8 x 8: "
-                                              "dense inference cannot pool attention Gate")
+                                              "dense inference cannot pool attention ScaleAttention")
     strided = SegmentationPredictor([model], tiles=TileSettings(size=(8, 16, 16), keep=(4, 8, 8), stride=(2, 8, 8)))
     assert strided.inference == "tiles" and "stride equal to the kept centre" in strided.inference_note
     # a model trained on patches runs tiles under auto, whatever dense could run
@@ -335,7 +322,7 @@ def test_dense_errors():
         SegmentationPredictor([model], tiles=TILES, inference="dense", speed=SpeedSettings(compile="default"))
     torch.manual_seed(0)
     gated = omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test")
-    with pytest.raises(ValueError, match="cannot pool attention Gate per window; use tile inference"):
+    with pytest.raises(ValueError, match="cannot pool attention ScaleAttention per window; use tile inference"):
         SegmentationPredictor([gated], tiles=TILES, inference="dense")
     SegmentationPredictor([gated], tiles=TILES)  # tiles take any attention
 

@@ -21,22 +21,9 @@ from omkit.inference import SegmentationPredictor, TileSettings
 from omkit.training import TrainConfig, train
 from omkit.training.windows import WindowGrid, forward_tasks
 
-from conftest import TINY_WIDTH, PointwiseBackbone, centre_taps_only
+from conftest import TINY_WIDTH, PointwiseBackbone, ScaleAttention, centre_taps_only
 
 GRID = WindowGrid(window=(8, 16, 16), block=(4, 8, 8), blocks=(2, 2, 2), context=(2, 4, 4))
-
-
-class Scale(torch.nn.Module):
-    """An unguided attention plug-in that declares no window pooling."""
-
-    guided = False
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(channels))
-
-    def forward(self, x):
-        return x * self.scale.view(1, -1, 1, 1, 1)
 
 
 @omkit.hookimpl
@@ -46,7 +33,7 @@ def _backbones(registry):
 
 @omkit.hookimpl
 def _attention(registry):
-    registry.add("scale_windows_test", Scale)
+    registry.add("scale_windows_test", ScaleAttention)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -149,7 +136,7 @@ def test_windows_mode_refuses_a_model_it_cannot_run(tmp_path):
     config = TrainConfig(preset="omnet", attention="scale_windows_test", input=str(tmp_path / "data"),
                          output=str(tmp_path / "r"), width=TINY_WIDTH, train_mode="windows", device="cpu")
     with pytest.raises(ValueError, match="--train-mode windows: window-consistent training cannot pool attention "
-                                         r"Scale per window; train on patches \(--train-mode patches\)"):
+                                         r"ScaleAttention per window; train on patches \(--train-mode patches\)"):
         train(config)
     assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="--train-mode: must be one of patches, windows"):

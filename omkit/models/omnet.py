@@ -136,21 +136,29 @@ class OMNet(nn.Module):
             guidance = positive_probability(prev, logits)
         return guidance
 
-    def forward_tasks(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None) -> list[Tensor | None]:
+    def task_features(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None) -> dict[int, Tensor]:
+        """Per task with patches: the shared features of its own batch, then of the patches
+        transferred to it, from one backbone pass over every task's batch (Fig. 3). What
+        ``forward_tasks`` and window-consistent training (``omkit.training.windows``) run
+        their heads on."""
         if len(inputs) != 3:
             raise ValueError(f"forward_tasks takes one batch (or None) per task, got {len(inputs)}")
         active, batch = _concat_active(inputs)
         features = _features(self.backbone, batch)
         own = dict(zip(active, features.split([inputs[t].shape[0] for t in active])))
-        outputs: list[Tensor | None] = [None, None, None]
+        out: dict[int, Tensor] = {}
         for task in range(3):
             parts = [own[task]] if task in own else []
             for src, index in (transfers or {}).get(task, ()):
                 if src in own and index.numel():
                     parts.append(own[src].index_select(0, index.to(features.device)))
-            if not parts:
-                continue
-            feats = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if parts:
+                out[task] = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out
+
+    def forward_tasks(self, inputs: Sequence[Tensor | None], transfers: Transfers | None = None) -> list[Tensor | None]:
+        outputs: list[Tensor | None] = [None, None, None]
+        for task, feats in self.task_features(inputs, transfers).items():
             guidance = self.cross_task_guidance(task, feats) if self.heads[task].guided else None
             outputs[task] = self._head(task, feats, guidance)
         return outputs

@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from omkit.checkpoint import TRAIN_MODES
@@ -116,33 +115,14 @@ def forward_tasks(model: nn.Module, inputs: Sequence[Tensor | None], transfers: 
     """``model.forward_tasks`` for crops: per task, the logits of the supervised blocks
     (B, K, *grid.supervised) of its own crops and then the crops transferred to it, every
     head pooled per window as dense inference pools it."""
-    if len(inputs) != 3:
-        raise ValueError(f"forward_tasks takes one batch (or None) per task, got {len(inputs)}")
     # the model layer, imported here so that the settings (TrainConfig) do not load it
     from omkit.models.omnet import MCNet
     from omkit.models.windowed import task_logits
 
+    if isinstance(model, MCNet):  # plain heads: fully convolutional, window-consistent as they are
+        return [None if out is None else _supervised(out, grid) for out in model.forward_tasks(inputs, transfers)]
     geometry = grid.geometry()
-    if isinstance(model, MCNet):
-        if transfers:
-            raise ValueError("MC networks are trained independently: online data transfer does not apply")
-        return [None if t >= len(model.networks) or inputs[t] is None or inputs[t].shape[0] == 0 else
-                _supervised(model.networks[t].head(model.networks[t].backbone(inputs[t])), grid)
-                for t in range(3)]
-    active = [t for t, x in enumerate(inputs) if x is not None and x.shape[0] > 0]
-    if not active:
-        raise ValueError("forward_tasks needs at least one non-empty task batch")
-    batch = torch.cat([inputs[t] for t in active]) if len(active) > 1 else inputs[active[0]]
-    features = model.backbone(batch)
-    own = dict(zip(active, features.split([inputs[t].shape[0] for t in active])))
     outputs: list[Tensor | None] = [None, None, None]
-    for task in range(3):
-        parts = [own[task]] if task in own else []
-        for src, index in (transfers or {}).get(task, ()):
-            if src in own and index.numel():
-                parts.append(own[src].index_select(0, index.to(features.device)))
-        if not parts:
-            continue
-        feats = torch.cat(parts) if len(parts) > 1 else parts[0]
+    for task, feats in model.task_features(inputs, transfers).items():
         outputs[task] = _supervised(task_logits(model, feats, [task], geometry)[0], grid)
     return outputs
