@@ -1,0 +1,82 @@
+"""The inference modes and the tile geometry: what ``SegmentationPredictor`` runs when its
+caller leaves the choice to it (``inference="auto"``, tiles whose size or keep is None)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import nn
+
+from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, TILE_KEEP
+
+from .tiling import check_geometry
+
+
+# Inference modes of SegmentationPredictor (and --inference). The default, auto, runs dense
+# inference only on models trained window-consistently (--train-mode windows), whose features
+# are those dense inference computes; a model trained on patches loses accuracy dense (5 points
+# of whole-tumor Dice after 25 minutes of training) and runs tiles keeping FAST_TILE_KEEP, as
+# accurate as the paper's tiles and faster (docs/RESULTS.md, "Train as you infer").
+INFERENCE_MODES = ("auto", "dense", "tiles")
+DEFAULT_INFERENCE = "auto"
+
+
+@dataclass
+class TileSettings:
+    """Overlap-tile geometry and batching. ``size``: the tile, ``(D, H, W)``;
+    ``keep``: its centre whose prediction is kept; ``stride``: between tiles,
+    default ``keep`` (every voxel predicted once); ``batch``: tiles per network
+    call (memory against speed). On the command line these are ``--tile-size``,
+    ``--tile-keep``, ``--tile-stride`` and ``--tile-batch``. ``size`` or ``keep``
+    None: the predictor's choice for its mode (:func:`default_tiles`); the
+    paper's are ``PATCH_SIZE`` and ``TILE_KEEP`` (``omkit.protocol``)."""
+
+    size: Sequence[int] | None = None
+    keep: Sequence[int] | None = None
+    stride: Sequence[int] | None = None
+    batch: int = 16
+
+    def __post_init__(self):
+        if self.size is not None and self.keep is not None:
+            self.size, self.stride, self.keep = check_geometry(self.size, self.stride, self.keep)
+        elif self.stride is not None:
+            raise ValueError("a tile stride needs the tile size and keep too")
+        if int(self.batch) < 1:
+            raise ValueError(f"tile batch must be at least 1, got {self.batch}")
+        self.batch = int(self.batch)
+
+    @property
+    def resolved(self) -> bool:
+        return self.size is not None and self.keep is not None
+
+    def with_defaults(self, size: Sequence[int], keep: Sequence[int]) -> "TileSettings":
+        """These settings, ``size`` and ``keep`` filled in where they are None (``keep`` is
+        for tiles of ``PATCH_SIZE``: with another given size, in proportion to it)."""
+        if self.resolved:
+            return self
+        if self.size is not None and self.keep is None:  # the default keep, in proportion to the given size
+            keep = tuple(max(1, round(s * k / p)) for s, k, p in zip(self.size, keep, PATCH_SIZE))
+        return TileSettings(size=self.size if self.size is not None else size,
+                            keep=self.keep if self.keep is not None else keep, batch=self.batch)
+
+
+def trained_windows(model: nn.Module) -> dict | None:
+    """The window grid a model was trained with window-consistently (``--train-mode
+    windows``, recorded in its model file), or None for a model trained on patches."""
+    if getattr(model, "train_mode", "patches") != "windows":
+        return None
+    return getattr(model, "train_windows", None) or {"window": list(PATCH_SIZE), "block": list(FAST_TILE_KEEP)}
+
+
+def default_tiles(tiles: TileSettings, mode: str, models: Sequence[nn.Module]) -> TileSettings:
+    """The tile geometry where ``tiles`` leaves it open: for dense inference of models
+    trained window-consistently, their training window and block; for the tiles that
+    ``auto`` chooses, the paper's tile keeping FAST_TILE_KEEP; else the paper's."""
+    grids = [trained_windows(m) for m in models]
+    if mode == "dense" and all(grids) and len({(tuple(g["window"]), tuple(g["block"])) for g in grids}) == 1:
+        return tiles.with_defaults(grids[0]["window"], grids[0]["block"])
+    return tiles.with_defaults(PATCH_SIZE, FAST_TILE_KEEP if mode == "auto" else TILE_KEEP)
+
+
+def describe_box(size: Sequence[int]) -> str:
+    return " x ".join(str(int(v)) for v in size)
