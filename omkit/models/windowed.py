@@ -201,8 +201,9 @@ def guided_window_sums(features: Tensor, source_task: int, source: CGA, source_g
     ``source_guidance``) over the window with that block's importance ``source_m``, not
     the neighbouring blocks'. ``Pt_b`` is a constant (forward-only cross-task guidance).
     Where gradients are enabled (training), the sums of the blocks whose windows lie
-    inside ``features`` (a crop's supervised blocks) are differentiable in ``features``;
-    the others, and all without gradient, are gathered ``batch`` windows at a time."""
+    inside ``features`` (a crop's supervised blocks) are differentiable in ``features``
+    (strided views); the others, and all without gradient, are gathered ``batch`` windows
+    at a time."""
     origins, counts = block_windows(features, geometry)
     weights = cga_weights(source)
     acc = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
@@ -211,19 +212,24 @@ def guided_window_sums(features: Tensor, source_task: int, source: CGA, source_g
         return _guided_sums_in_place(features, source_task, source, source_guidance, source_m, geometry, fit, acc)
     b, c = features.shape[:2]
     out = torch.zeros((b, origins.shape[0], 2, c), dtype=acc, device=features.device)
+    # the windows gathered: those the strided views below do not give (all, without gradient)
+    index = torch.cartesian_prod(*(torch.arange(n) for n in counts)).reshape(-1, 3)
+    gathered = (~(index < torch.tensor(fit)).all(1)).nonzero().flatten()
     with torch.no_grad():
         for n in range(b):
             m_all = source_m[n].reshape(-1, *source_m.shape[-2:])
-            for start in range(0, origins.shape[0], batch):
-                part = origins[start:start + batch].to(features.device)
+            for start in range(0, gathered.numel(), batch):
+                which = gathered[start:start + batch]
+                part = origins[which].to(features.device)
                 f = ops.gather_tiles(features[n], part, geometry["window"])
                 g = ops.gather_tiles(source_guidance[n], part, geometry["window"])
-                scores = ops.cga_recalibrate(f, g, m_all[start:start + batch].to(f.dtype), *weights,
+                scores = ops.cga_recalibrate(f, g, m_all[which.to(m_all.device)].to(f.dtype), *weights,
                                              variant=source.variant)
                 pt = positive_probability(source_task, scores.to(acc))
                 flat = f.to(acc).flatten(2)
-                out[n, start:start + batch, 0] = torch.einsum("tcv,tv->tc", flat, pt.flatten(1))
-                out[n, start:start + batch, 1] = flat.sum(-1)
+                rows = which.to(out.device)
+                out[n, rows, 0] = torch.einsum("tcv,tv->tc", flat, pt.flatten(1)).to(acc)
+                out[n, rows, 1] = flat.sum(-1).to(acc)
     out = out.reshape(b, *counts, 2, c)
     if min(fit) > 0:  # the blocks inside get their gradient
         inside = _guided_sums_in_place(features, source_task, source, source_guidance, source_m, geometry, fit, acc)
