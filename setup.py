@@ -149,10 +149,14 @@ setup(
         "connected-components-3d>=3.12,<5",
         "matplotlib>=3.7,<4",
         "tqdm>=4.60,<5",
+        # the geometry of the training-patch augmentation (plugins/augment.py: rotations, zooms,
+        # elastic deformation, blur); pure Python on torch and numpy. 1.4: numpy 2
+        "monai>=1.4,<2",
     ],
     extras_require={
-        # MONAI: independent metric implementation for agreement tests, and the peer baselines
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "monai>=1.3",
+        # (MONAI, a dependency, is also the independent metric implementation of the agreement tests
+        # and the peer baselines)
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4",
                  # omkit export: the ONNX parity tests run the file in onnxruntime
                  "onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2",
                  # tests/test_challenge.py compares omkit evaluate --challenge with the organisers' package

@@ -78,6 +78,19 @@ def omkit_register_samplers(registry):
 
 
 @hookspec
+def omkit_register_transforms(registry):
+    """Add training patch transforms (augmentation): ``registry.add("name", cls)``.
+
+    A transform is built as ``cls(**options)`` from an ``--augment`` spec and
+    called as ``transform(sample, rng) -> sample`` on one training sample
+    (``image``, ``label`` and, for ``mri+asymmetry``, ``mirror`` arrays), drawing
+    from ``rng`` only; ``omkit.data.augment`` defines the interface and the base
+    class, ``omkit.plugins.augment`` the built-ins (mirror, rotate, scale,
+    elastic, intensity_scale, intensity_shift, gamma, noise, blur).
+    """
+
+
+@hookspec
 def omkit_register_postprocessors(registry):
     """Add post-processing steps: ``registry.add("name", cls)``.
 

@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "omkit.plugins.presets",
     "omkit.plugins.postprocess",
     "omkit.plugins.samplers",
+    "omkit.plugins.augment",
     "omkit.plugins.monai_peers",  # registers only when MONAI is installed
 )
 
@@ -38,6 +39,7 @@ REGISTER_HOOKS = {
     "omkit_register_attention": "attention",
     "omkit_register_presets": "preset",
     "omkit_register_samplers": "sampler",
+    "omkit_register_transforms": "transform",
     "omkit_register_postprocessors": "postprocessor",
 }
 

@@ -1,5 +1,5 @@
-"""Peer baselines from MONAI, registered only when MONAI is installed (an
-optional dependency): the SegResNet backbone and the ``segresnet_peer`` preset,
+"""Peer baselines from MONAI, registered only when MONAI is importable (a
+dependency, for the augmentation's geometry): the SegResNet backbone and the ``segresnet_peer`` preset,
 a single five-class network on SegResNet that omkit trains on the same patches,
 folds and budget as the paper's rows, and scores with the same metrics."""
 from __future__ import annotations

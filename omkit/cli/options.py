@@ -283,6 +283,9 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
     ("patches", "samplers", {"type": _sampler_specs, "metavar": "S1,S2,S3"},
      "patch sampler per task (omkit plugins lists them); options in parentheses, weighted mixtures as "
      "NAME:W+NAME:W, e.g. brain:1+dilated_tumor(radius=3):1"),
+    ("patches", "augment", {"metavar": "SPEC"},
+     "training-patch augmentation (omkit plugins lists the transforms): NAME(KEY=VALUE,...):PROBABILITY "
+     "joined by '+', e.g. mirror:0.5+rotate(degrees=15):0.2+gamma:0.3; '' for none"),
     ("optimiser", "optimizer", {"choices": ("sgd", "adam")},
      "sgd (the paper's) or adam (converges in fewer steps: for budgets of minutes)"),
     ("optimiser", "lr", {"type": float}, "initial learning rate"),

@@ -83,11 +83,11 @@ def literal_value(text: str) -> Any:
         return text  # a bare string
 
 
-def _parse_part(raw: str) -> SpecPart:
+def _parse_part(raw: str, kind: str = "sampler") -> SpecPart:
     text = raw.strip()
     match = _NAME.match(text)
     if not match:
-        raise ValueError(f"expected a sampler name, got {text!r}")
+        raise ValueError(f"expected a {kind} name, got {text!r}")
     name, rest = match.group(), text[match.end():].strip()
     options: dict[str, Any] = {}
     if rest.startswith("("):
@@ -116,15 +116,16 @@ def _parse_part(raw: str) -> SpecPart:
     return SpecPart(name, options, weight)
 
 
-def parse_spec(spec: str) -> list[SpecPart]:
-    """The parts of a sampler spec (grammar only: names are not looked up); a
-    malformed spec is a one-line ``ValueError`` naming ``--samplers`` and the spec."""
+def parse_spec(spec: str, flag: str = FLAG, kind: str = "sampler") -> list[SpecPart]:
+    """The parts of a spec (grammar only: names are not looked up); a malformed
+    spec is a one-line ``ValueError`` naming ``flag`` (``--samplers``, or
+    ``--augment`` for patch transforms) and the spec."""
     try:
         if not isinstance(spec, str) or not spec.strip():
-            raise ValueError("empty sampler spec")
-        return [_parse_part(part) for part in _split_top(spec, "+")]
+            raise ValueError(f"empty {kind} spec")
+        return [_parse_part(part, kind) for part in _split_top(spec, "+")]
     except ValueError as exc:
-        raise ValueError(f"{FLAG} {spec!r}: {exc}") from None
+        raise ValueError(f"{flag} {spec!r}: {exc}") from None
 
 
 def split_task_specs(text: str) -> tuple[str, str, str]:
@@ -164,11 +165,11 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def build_sampler(part: SpecPart, registry, spec: str | None = None):
-    """The sampler ``part`` names, built as ``cls(**options)``."""
+def build_sampler(part: SpecPart, registry, spec: str | None = None, flag: str = FLAG, kind: str = "sampler"):
+    """The sampler (or other plug-in of ``kind``) ``part`` names, built as ``cls(**options)``."""
     from omkit.registry import UnknownNameError
 
-    where = f"{FLAG} {spec if spec is not None else part.name!r}"
+    where = f"{flag} {spec!r}" if spec is not None else f"{flag} {part.name!r}"
     try:
         cls = registry.get(part.name)
     except UnknownNameError as exc:
@@ -178,13 +179,13 @@ def build_sampler(part: SpecPart, registry, spec: str | None = None):
         unknown = [k for k in part.options if k not in accepted]
         if unknown:
             raise ValueError(
-                f"{where}: sampler {part.name!r} has no option {unknown[0]!r}; it accepts {_describe(accepted, takes_any)}"
+                f"{where}: {kind} {part.name!r} has no option {unknown[0]!r}; it accepts {_describe(accepted, takes_any)}"
             )
     try:
         return cls(**part.options)
     except (TypeError, ValueError) as exc:
         raise ValueError(
-            f"{where}: sampler {part.name!r}: {_one_line(exc)}; it accepts {_describe(accepted, takes_any)}"
+            f"{where}: {kind} {part.name!r}: {_one_line(exc)}; it accepts {_describe(accepted, takes_any)}"
         ) from None
 
 

@@ -133,6 +133,8 @@ def model_metadata(config, label_convention: str, state, stages, cases, held_out
             "held_out": [p.name for p in held_out],
             "fold": config.fold,
             "folds": config.folds,
+            "samplers": list(config.samplers),
+            "augment": config.augment,  # training-patch augmentation (omkit.data.augment); "" = none
             "seed": config.seed,
             "precision": config.precision,
             "stopped_by": state.stopped_by,

@@ -29,6 +29,7 @@ from omkit.protocol import (
     WEIGHT_DECAY,
 )
 from omkit.data.features import DEFAULT_INPUT_FEATURES, check_input_features
+from omkit.data.augment import check_augment_spec
 from omkit.data.sampler_specs import parse_spec
 from omkit.devices import DEVICE_CHOICES, PRECISIONS, is_valid_device_name
 
@@ -141,6 +142,9 @@ class TrainConfig:
     window_context: tuple = (4, 8, 8)
     # one sampler spec per task (omkit.data.sampling): NAME(KEY=VALUE,...), weighted mixtures NAME:W+NAME:W
     samplers: tuple = ("brain", "dilated_tumor", "core")
+    # training-patch augmentation (omkit.data.augment): NAME(KEY=VALUE,...):PROBABILITY joined by '+';
+    # empty: none (the paper describes none)
+    augment: str = ""
     # online data transfer (Sec. III-B): fractions of tumor / core voxels
     transfer_tumor_threshold: float = TRANSFER_TUMOR_THRESHOLD
     transfer_core_threshold: float = TRANSFER_CORE_THRESHOLD
@@ -218,6 +222,7 @@ class TrainConfig:
             bad("samplers", f"needs one sampler per task, got {self.samplers}")
         for spec in self.samplers:
             parse_spec(spec)  # the grammar; names and options are checked when the samplers are built
+        check_augment_spec(self.augment)  # likewise: the transforms are built with the samplers
         if self.batch_per_task < 1:
             bad("batch_per_task", f"must be >= 1, got {self.batch_per_task}")
         if self.width <= 0:

@@ -85,8 +85,20 @@ def _load_cases(config: TrainConfig, case_dirs, samplers, tasks, cache, warn: bo
     return cases, dirs, regions
 
 
+def build_augmentation(config: TrainConfig, registry=None):
+    """The ``--augment`` pipeline (one-line errors naming ``--augment``), its
+    transforms looked up in the current plug-ins' transforms by default."""
+    from omkit.data.augment import Augmentation
+
+    if registry is None:
+        from omkit.plugin_manager import get_plugins
+
+        registry = get_plugins().registry("transform")
+    return Augmentation.from_spec(config.augment, registry)
+
+
 def prepare_data(config: TrainConfig, samplers: Sequence, tasks: Sequence[int],
-                 processes: distributed.Processes) -> TrainingData:
+                 processes: distributed.Processes, augmentation=None) -> TrainingData:
     """Find, split, validate and preprocess every case, and compute every
     sampler region, before training starts."""
     case_dirs, held_out = split_cases(config)
@@ -100,7 +112,7 @@ def prepare_data(config: TrainConfig, samplers: Sequence, tasks: Sequence[int],
     patches = TaskPatches(
         cases, samplers, config.crop_size(), config.patches_per_epoch, config.batch_per_task,
         seed=config.seed, rank=processes.rank, world_size=processes.world_size, tasks=tasks, regions=regions,
-        input_features=config.input_features, supervised=supervised,
+        input_features=config.input_features, supervised=supervised, augmentation=augmentation,
     )
     conventions = sorted({pre.convention for pre in cases})
     convention = conventions[0] if len(conventions) == 1 else (config.label_convention or conventions[0])

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from omkit.data.augment import augment_rng
 from omkit.data.features import DEFAULT_INPUT_FEATURES, MRI, left_right_axis, mirrored, network_input
 from omkit.data.patches import extract_patches
 from omkit.data.sampling import region_indices, region_size
@@ -43,6 +44,7 @@ class TaskPatches:
         regions: dict[int, list[np.ndarray]] | None = None,
         input_features: str = DEFAULT_INPUT_FEATURES,
         supervised: Sequence[slice] | None = None,
+        augmentation=None,
     ):
         self.cases = list(cases)
         self.samplers = list(samplers)
@@ -61,6 +63,10 @@ class TaskPatches:
                     "(no tumor / core in the ground truth?)"
                 )
         self._pool_cache: dict[tuple[int, int], np.ndarray] = {}
+        # omkit.data.augment.Augmentation (None or empty: none); each sample is cut with the margin
+        # its spatial transforms need, transformed, and cropped back
+        self.augmentation = augmentation if augmentation else None
+        self.margin = self.augmentation.margin(self.patch_size) if self.augmentation else (0, 0, 0)
         self.input_features = input_features
         # per case, the axis its mirror image flips (only views of the crops are made, per batch,
         # so that worker processes are not sent a second copy of every case)
@@ -88,18 +94,42 @@ class TaskPatches:
         network's input channels, P the patch (crop) size; the labels of the ``supervised``
         part only, when given."""
         out = [None, None, None]
+        cut = tuple(p + 2 * m for p, m in zip(self.patch_size, self.margin))
         for t in tasks:
             centres = self.centres(epoch, step, t)
-            images, labels = extract_patches(self.cases, centres, self.patch_size)
+            images, labels = extract_patches(self.cases, centres, cut)
+            mirror = None
             if self._mirror_axes is not None:
                 mirrors = [SimpleNamespace(image=mirrored(pre.image, axis), label=None)
                            for pre, axis in zip(self.cases, self._mirror_axes)]
-                mirror, _ = extract_patches(mirrors, centres, self.patch_size)
+                mirror, _ = extract_patches(mirrors, centres, cut)
+            if self.augmentation is not None:
+                images, labels, mirror = self._augmented(images, labels, mirror, augment_rng(
+                    self.seed, self.rank, epoch, step, t))
+            if mirror is not None:
                 images = network_input(images, self.input_features, mirror=mirror)
             if self.supervised is not None and labels is not None:
                 labels = np.ascontiguousarray(labels[(slice(None),) + self.supervised])
             out[t] = (images, labels)
         return out
+
+
+    def _augmented(self, images, labels, mirror, rng):
+        """Each sample of a batch through the augmentation (in order, from one stream), cropped to the patch."""
+        out_images = np.empty((len(images), images.shape[1], *self.patch_size), dtype=images.dtype)
+        out_labels = None if labels is None else np.empty((len(images), *self.patch_size), dtype=labels.dtype)
+        out_mirror = None if mirror is None else np.empty_like(out_images)
+        for i in range(len(images)):
+            sample = {"image": images[i], "label": None if labels is None else labels[i]}
+            if mirror is not None:
+                sample["mirror"] = mirror[i]
+            sample = self.augmentation.apply(sample, self.patch_size, rng)
+            out_images[i] = sample["image"]
+            if out_labels is not None:
+                out_labels[i] = sample["label"]
+            if out_mirror is not None:
+                out_mirror[i] = sample["mirror"]
+        return out_images, out_labels, out_mirror
 
 
 class EpochSteps(torch.utils.data.Dataset):

@@ -42,7 +42,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig, flag
 from .curriculum import Stage, plan_stages, plateaued, stages_record
-from .data import build_samplers, prepare_data, split_cases
+from .data import build_augmentation, build_samplers, prepare_data, split_cases
 from .guards import TrainingDiverged, fits_in_memory, memory_checked
 from .optim import build_model, build_optimizer, build_scaler, build_scheduler, check_model_settings, seed_process
 from .patches import iterate_steps
@@ -109,6 +109,7 @@ class Trainer:
                          if self.preset.transfer else None)
         # settings errors before anything is deleted or prepared
         self.samplers = build_samplers(config)
+        self.augmentation = build_augmentation(config)
         check_model_settings(config)
         split_cases(config)  # the input has cases and --folds/--fold fit them: before anything is built
         if config.threads is not None:
@@ -118,7 +119,7 @@ class Trainer:
         if self.is_main:  # lock the folder and check that it may be used (fast); it is replaced only at _commit
             self.claim = run_folder.claim(self.run_dir, resume, force, config)
         distributed.barrier(self.processes)
-        self.data = prepare_data(config, self.samplers, self.model_tasks, self.processes)
+        self.data = prepare_data(config, self.samplers, self.model_tasks, self.processes, self.augmentation)
         self.patches, self.cases, self.held_out = self.data.patches, self.data.cases, self.data.held_out
         self.label_convention = self.data.label_convention
         if resume:
