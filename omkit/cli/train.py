@@ -7,6 +7,7 @@ Examples::
     torchrun --nproc_per_node=2 -m omkit train --preset omnet_cga -i BraTS2018/ -o runs/cga --device cuda
 
     omkit train --recipe cpu-budget --max-minutes 25 -i BraTS2018/ -o runs/cpu
+    omkit train --config runs/cpu/config.json -o runs/cpu-again     # the same run again (flags override)
     omkit train --preset omnet --attention se --samplers "brain,dilated_tumor(radius=3),core" -i BraTS2018/ -o runs/eca
 
 Defaults are the paper's (``--recipe paper``; every option's help shows its
@@ -30,12 +31,15 @@ def add_arguments(parser):
     from omkit.training.config import RECIPES
 
     g = parser.add_argument_group("input and output")
-    g.add_argument("-i", "--input", required=True, metavar="DATA",
-                   help="a folder of BraTS case folders (2018 or 2023 file naming)")
+    g.add_argument("-i", "--input", metavar="DATA",
+                   help="a folder of BraTS case folders (2018 or 2023 file naming); with --config, default its input")
     g.add_argument("-o", "--output", required=True, metavar="RUN",
                    help="run folder: config, metrics, checkpoints, model.pt")
     g.add_argument("--recipe", metavar="NAME",
                    help=f"named settings the other options override: {', '.join(RECIPES)} (default paper)")
+    g.add_argument("--config", metavar="FILE", type=Path,
+                   help="train with the settings a run recorded (RUN/config.json), budgets included; options given "
+                        "explicitly override them")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN from checkpoints/last.pt")
     g.add_argument("--force", action="store_true", help="start over in an existing run folder (deletes its contents)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,6 +51,8 @@ def config_from_args(args):
     from omkit.training import TrainConfig
 
     given = training_settings(args)
+    if args.input is None and (args.config is None or args.resume):
+        raise CLIError("-i/--input DATA is required (unless --config gives it)")
     given.update(input=args.input, output=args.output, device=args.device)
     if args.no_progress:
         given["progress"] = False
@@ -68,6 +74,14 @@ def config_from_args(args):
         merged.update(given)
         merged["progress"] = given.get("progress", True)
         return TrainConfig.from_dict(merged)
+    if args.config is not None:
+        if args.recipe is not None:
+            raise CLIError("--recipe and --config exclude each other: the recorded settings already hold a recipe's")
+        recorded = TrainConfig.load(args.config).to_dict()  # one line naming the file if it is not a run's
+        if args.input is None:
+            given["input"] = recorded["input"]
+        given.setdefault("progress", True)  # a bar is no setting of the run
+        return TrainConfig.from_dict({**recorded, **given})
     return TrainConfig.from_recipe(args.recipe or "paper", given)
 
 
@@ -76,6 +90,8 @@ def run(args) -> int:
 
     if args.resume and args.force:
         raise CLIError("--resume and --force exclude each other")
+    if args.resume and args.config is not None:
+        raise CLIError("--resume and --config exclude each other: a resumed run keeps the settings in its folder")
     config = config_from_args(args)
     if not args.resume and args.recipe is None and config.max_minutes is not None and config.max_minutes < SHORT_BUDGET_MINUTES:
         # the paper's schedule (20 epochs of 200k-400k patches per task) is days of CPU time
