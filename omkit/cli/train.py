@@ -4,6 +4,7 @@ Examples::
 
     omkit train --preset omnet_cga -i BraTS2018/ -o runs/cga
     omkit train --preset omnet_cga -i BraTS2018/ -o runs/cga --resume
+    omkit train --preset omnet_cga -i BraTS2018/ -o runs/cga --resume auto   # in a job that may be requeued
     torchrun --nproc_per_node=2 -m omkit train --preset omnet_cga -i BraTS2018/ -o runs/cga --device cuda
 
     omkit train --recipe cpu-budget --max-minutes 25 -i BraTS2018/ -o runs/cpu
@@ -11,7 +12,9 @@ Examples::
     omkit train --preset omnet --attention se --samplers "brain,dilated_tumor(radius=3),core" -i BraTS2018/ -o runs/eca
 
 Defaults are the paper's (``--recipe paper``; every option's help shows its
-default). ``RUN/model.pt`` is the final model, loadable by ``omkit predict``.
+default). SIGTERM or SIGUSR1 (a scheduler's notice) ends the current step, writes
+the checkpoint and exits with 75 (EX_TEMPFAIL), for the job to be requeued with
+``--resume auto``. ``RUN/model.pt`` is the final model, loadable by ``omkit predict``.
 ``--recipe cpu-budget`` suits a budget of minutes on a CPU (see
 ``omkit.training.config.RECIPES``); options given explicitly override a recipe's.
 """
@@ -40,11 +43,26 @@ def add_arguments(parser):
     g.add_argument("--config", metavar="FILE", type=Path,
                    help="train with the settings a run recorded (RUN/config.json), budgets included; options given "
                         "explicitly override them")
-    g.add_argument("--resume", action="store_true", help="continue the run in RUN from checkpoints/last.pt")
+    g.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"), default=None, metavar="auto",
+                   help="continue the run in RUN from checkpoints/last.pt; --resume auto: continue it when RUN holds "
+                        "one, else start it (a job array or a requeued job runs the same command again)")
     g.add_argument("--force", action="store_true", help="start over in an existing run folder (deletes its contents)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(g)
     add_training_arguments(parser)
+
+
+def _resolve_resume(args) -> None:
+    """``--resume auto``: resume when the run folder holds a checkpoint; else start the run, over a run
+    of omkit's that stopped before its first checkpoint (its config.json and no checkpoint)."""
+    if args.resume != "auto":
+        return
+    from omkit.training.run_folder import last_checkpoint
+
+    run = Path(args.output)
+    args.resume = "yes" if last_checkpoint(run).is_file() else None
+    if args.resume is None and (run / "config.json").is_file():
+        args.force = True  # the folder is this command's own earlier start: nothing of anyone else's
 
 
 def config_from_args(args):
@@ -87,7 +105,9 @@ def config_from_args(args):
 
 def run(args) -> int:
     from omkit.training import train
+    from omkit.training.preemption import EXIT_REQUEUE, Preempted
 
+    _resolve_resume(args)
     if args.resume and args.force:
         raise CLIError("--resume and --force exclude each other")
     if args.resume and args.config is not None:
@@ -99,7 +119,10 @@ def run(args) -> int:
               "20 patches per task) trains only a sliver of its schedule; for a budget of minutes use "
               "--recipe cpu-budget (see --help)", file=sys.stderr)
     try:
-        train(config, resume=args.resume, force=args.force)
+        train(config, resume=bool(args.resume), force=args.force)
     except FileExistsError as exc:  # an existing run folder: tell the user which option to use
         raise CLIError(str(exc)) from None
+    except Preempted as stopped:  # checkpoint written: the scheduler may requeue the same command
+        print(f"omkit train: {stopped}; exit {EXIT_REQUEUE}", file=sys.stderr, flush=True)
+        return EXIT_REQUEUE
     return 0

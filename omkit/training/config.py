@@ -106,6 +106,17 @@ def recipe_settings(name: str) -> dict[str, Any]:
     return dict(RECIPES[name])
 
 
+def preset_named(name: str):
+    """The registered model preset ``name``; an unknown name is a one-line error naming ``--preset``."""
+    from omkit.factory import get_preset
+    from omkit.registry import UnknownNameError
+
+    try:
+        return get_preset(name)
+    except UnknownNameError as exc:
+        raise ValueError(f"{flag('preset')}: {exc}") from None
+
+
 def flag(name: str) -> str:
     """The command-line flag of a setting: ``lr_gamma`` -> ``--lr-gamma``."""
     return f"--{name.replace('_', '-')}"

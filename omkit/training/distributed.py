@@ -87,6 +87,15 @@ def main_decides(processes: Processes, flag: bool, device: torch.device) -> bool
     return bool(tensor.item())
 
 
+def any_process(processes: Processes, flag: bool, device: torch.device) -> bool:
+    """True on every process when ``flag`` is true on any (a stop signal may reach only some)."""
+    if not processes.distributed:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def sync_buffers(processes: Processes, model: nn.Module) -> None:
     """DDP copies rank 0's buffers (BatchNorm running statistics) to every
     process at the start of each forward, so after the last step they differ

@@ -18,6 +18,28 @@ METRIC_FIELDS = (
 )
 
 
+def metrics_row(state, lr: float, steps_per_epoch: int, seconds: float) -> dict:
+    """One ``metrics.csv`` row: the losses of the steps since the last row (``state.take_window``)."""
+    mean, patches = state.take_window()
+    return {
+        "step": state.global_step,
+        "epoch": round(state.epoch + state.step / max(1, steps_per_epoch), 4),
+        "stage": state.stage + 1,
+        "lr": lr,
+        "loss_task1": mean[0], "loss_task2": mean[1], "loss_task3": mean[2], "loss_total": mean[3],
+        "patches": state.patches,
+        "patches_per_s": round(patches / seconds, 3) if seconds > 0 else None,
+        "elapsed_s": round(state.elapsed_s, 3),
+    }
+
+
+def progress_postfix(row: dict) -> str:
+    """The progress bar's summary of a metrics row."""
+    losses = " ".join(f"t{t + 1}={row[f'loss_task{t + 1}']:.3f}" for t in range(3) if not math.isnan(row[f"loss_task{t + 1}"]))
+    rate = f"{row['patches_per_s']:.1f}" if row["patches_per_s"] else "-"
+    return f"loss {losses} | {rate} patches/s"
+
+
 def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 

@@ -40,39 +40,16 @@ from .checkpoints import (
     save_training_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, flag
+from .config import TrainConfig, flag, preset_named
 from .curriculum import Stage, plan_stages, plateaued, stages_record
 from .data import build_augmentation, build_samplers, prepare_data, split_cases
 from .guards import TrainingDiverged, fits_in_memory, memory_checked
 from .optim import build_model, build_optimizer, build_scaler, build_scheduler, check_model_settings, seed_process
 from .patches import iterate_steps
-from .report import write_json, write_run_reports
+from .preemption import Preempted, StopSignals
+from .report import metrics_row, progress_postfix, write_json, write_run_reports
 from .state import TrainState
 from .transfer import TransferRule, task_targets
-
-
-class _TaskForward(nn.Module):
-    """``forward`` = ``model.forward_tasks`` (or, window-consistent, ``windows.forward_tasks``
-    with ``grid``) so DDP can wrap the training pass."""
-
-    def __init__(self, model: nn.Module, grid: windows.WindowGrid | None = None):
-        super().__init__()
-        self.model, self.grid = model, grid
-
-    def forward(self, inputs, transfers):
-        if self.grid is not None:
-            return windows.forward_tasks(self.model, inputs, transfers, self.grid)
-        return self.model.forward_tasks(inputs, transfers)
-
-
-def _get_preset(name: str):
-    from omkit.factory import get_preset
-    from omkit.registry import UnknownNameError
-
-    try:
-        return get_preset(name)
-    except UnknownNameError as exc:
-        raise ValueError(f"{flag('preset')}: {exc}") from None
 
 
 class Trainer:
@@ -102,7 +79,7 @@ class Trainer:
             warnings.warn("--precision bf16 on a CPU trains with torch's slower convolutions (oneDNN's bfloat16 "
                           "conv3d weight gradient is wrong for depth-2 maps; omkit.devices.convolution_guard); "
                           "use fp32 on a CPU, bf16 or fp16 on a GPU for speed", stacklevel=3)
-        self.preset = _get_preset(config.preset)
+        self.preset = preset_named(config.preset)
         self.stages = plan_stages(self.preset, config.stage_epochs, config.epochs)
         self.model_tasks = sorted({t for s in self.stages for t in s.tasks})
         self.transfer = (TransferRule(config.transfer_tumor_threshold, config.transfer_core_threshold)
@@ -133,6 +110,7 @@ class Trainer:
             self._load_checkpoint(run_folder.last_checkpoint(self.run_dir))
             self._checkpoint_step = self.state.global_step
         self.net, self._net_tasks = None, None
+        self.signals = StopSignals()
 
     def _commit(self) -> None:
         """Make the run folder this run's, once: with ``--force`` the old run is
@@ -167,7 +145,7 @@ class Trainer:
         that only stages that leave heads unused pay for finding them."""
         if self.net is None or self._net_tasks != tasks:
             grid = windows.grid_of(self.config) if self.config.train_mode == "windows" else None
-            net = _TaskForward(self.model, grid)
+            net = windows.TaskForward(self.model, grid)
             if self.world_size > 1:
                 net = nn.parallel.DistributedDataParallel(
                     net,
@@ -283,9 +261,20 @@ class Trainer:
                 reason = "max_minutes"
             elif not out_of_time and reason == "max_minutes":
                 reason = ""
+        if distributed.any_process(self.processes, bool(self.signals.received), self.device):
+            reason = f"signal {self.signals.received or 'on another process'}"
         return reason
 
     def run(self) -> Path:
+        """Train to the end of the schedule or a budget; on a stop signal, :class:`Preempted` once the
+        checkpoint is written."""
+        with self.signals:
+            run_dir = self._run()
+        if self.state.stopped_by.startswith("signal"):
+            raise Preempted(self.run_dir, self.state.stopped_by.split(" ", 1)[1], self.state.global_step)
+        return run_dir
+
+    def _run(self) -> Path:
         from tqdm.auto import tqdm
 
         cfg, state = self.config, self.state
@@ -297,7 +286,11 @@ class Trainer:
             return self.run_dir
         session_start, base_elapsed = time.perf_counter(), state.elapsed_s
         window_start = time.perf_counter()
-        stop = ""
+        stop = self._should_stop(session_start, base_elapsed) if self.resume else ""
+        if stop:  # a budget the run has reached already (a job run again): no step beyond it
+            if self.is_main:
+                print(f"omkit train: {self.run_dir} has reached its budget ({stop}); nothing to train", flush=True)
+            return self.run_dir
         while state.stage < len(self.stages) and not stop:
             stage = self.stages[state.stage]
             steps = self.patches.steps_per_epoch(stage.tasks)
@@ -321,9 +314,11 @@ class Trainer:
                     state.add_losses(values, own)
                     if state.window_count >= cfg.log_every or state.step == steps:
                         now = time.perf_counter()
-                        row = self._metrics_row(now - window_start)
+                        epoch_steps = self.patches.steps_per_epoch(self.stages[state.stage].tasks)
+                        row = metrics_row(state, self.optimizer.param_groups[0]["lr"], epoch_steps,
+                                          now - window_start)
                         state.rows.append(row)
-                        bar.set_postfix_str(self._postfix(row), refresh=False)
+                        bar.set_postfix_str(progress_postfix(row), refresh=False)
                         window_start = now
                     bar.update(1)
                     stop = self._should_stop(session_start, base_elapsed)
@@ -360,26 +355,6 @@ class Trainer:
 
     def _total_epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
-
-    def _metrics_row(self, seconds: float) -> dict:
-        state = self.state
-        mean, patches = state.take_window()
-        return {
-            "step": state.global_step,
-            "epoch": round(state.epoch + state.step / max(1, self.patches.steps_per_epoch(self.stages[state.stage].tasks)), 4),
-            "stage": state.stage + 1,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "loss_task1": mean[0], "loss_task2": mean[1], "loss_task3": mean[2], "loss_total": mean[3],
-            "patches": state.patches,
-            "patches_per_s": round(patches / seconds, 3) if seconds > 0 else None,
-            "elapsed_s": round(state.elapsed_s, 3),
-        }
-
-    @staticmethod
-    def _postfix(row) -> str:
-        losses = " ".join(f"t{t + 1}={row[f'loss_task{t + 1}']:.3f}" for t in range(3) if not math.isnan(row[f"loss_task{t + 1}"]))
-        rate = f"{row['patches_per_s']:.1f}" if row["patches_per_s"] else "-"
-        return f"loss {losses} | {rate} patches/s"
 
     def _end_epoch(self, stage: Stage) -> None:
         state = self.state

@@ -126,3 +126,17 @@ def forward_tasks(model: nn.Module, inputs: Sequence[Tensor | None], transfers: 
     for task, feats in model.task_features(inputs, transfers).items():
         outputs[task] = _supervised(task_logits(model, feats, [task], geometry)[0], grid)
     return outputs
+
+
+class TaskForward(nn.Module):
+    """``forward`` = ``model.forward_tasks`` (or, window-consistent, :func:`forward_tasks`
+    with ``grid``) so DDP can wrap the training pass."""
+
+    def __init__(self, model: nn.Module, grid: WindowGrid | None = None):
+        super().__init__()
+        self.model, self.grid = model, grid
+
+    def forward(self, inputs, transfers):
+        if self.grid is not None:
+            return forward_tasks(self.model, inputs, transfers, self.grid)
+        return self.model.forward_tasks(inputs, transfers)
