@@ -14,18 +14,23 @@ from omkit.data import synthetic
 from omkit.training import weights_digest
 
 
+def _two_process_training(tmp_path, seed: int, *options: str) -> list[str]:
+    """The torchrun command of a tiny two-process CPU run into ``tmp_path / "run"``, on new synthetic data."""
+    synthetic.make_dataset(tmp_path / "data", num_cases=2, shape=(16, 32, 32), seed=seed)
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "omkit", "train", "--preset", "omnet_cga", "-i", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+        "--device", "cpu", "--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "2",
+        "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--threads", "1", *options,
+    ]
+
+
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with the gloo backend is not available")
 def test_two_process_training_keeps_weights_identical(tmp_path):
-    synthetic.make_dataset(tmp_path / "data", num_cases=2, shape=(16, 32, 32), seed=50)
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "omkit", "train", "--preset", "omnet_cga", "-i", str(tmp_path / "data"), "-o", str(run), "--device", "cpu",
-        "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "1,1,1", "--patches-per-epoch", "8",
-        "--batch-per-task", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--threads", "1",
-        "--max-minutes", "30",  # exercises the main process's stop decision shared with the other
-    ]
+    command = _two_process_training(tmp_path, 50, "--stage-epochs", "1,1,1", "--patches-per-epoch", "8",
+                                    "--max-minutes", "30")  # the main process's stop decision shared with the other
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -55,15 +60,9 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
     import signal
     import time
 
-    synthetic.make_dataset(tmp_path / "data", num_cases=2, shape=(16, 32, 32), seed=51)
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "omkit", "train", "--preset", "omnet_cga", "-i", str(tmp_path / "data"), "-o", str(run), "--device", "cpu",
-        "--width", "0.125", "--patch-size", "8,16,16", "--stage-epochs", "0,0,1", "--patches-per-epoch", "40000",
-        "--batch-per-task", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--threads", "1",
-        "--checkpoint-every", "100000",
-    ]
+    command = _two_process_training(tmp_path, 51, "--stage-epochs", "0,0,1", "--patches-per-epoch", "40000",
+                                    "--checkpoint-every", "100000")
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
