@@ -9,7 +9,7 @@ tile, ROI and inference settings), and inside task 1's coarse mask this measures
   them, as task 2 decides the whole tumor inside its ROI);
 * task 2's kept tumor: the fraction of true tumor inside task 2's ROI that it calls tumor.
 
-    python scripts/task_veto_report.py STUDY ROW [STUDY ROW ...] [--csv OUT.csv]
+    python scripts/task_veto_report.py STUDY ROW [STUDY ROW ...] [--csv OUT.csv] [--cases ID,ID]
 
 STUDY is the study folder (its ``ablation_config.json`` names the data and settings;
 the study's device is used).
@@ -62,7 +62,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pairs", nargs="+", help="STUDY ROW [STUDY ROW ...]")
     parser.add_argument("--csv", type=Path)
+    parser.add_argument("--cases", default="", help="only these held-out cases (comma-separated ids)")
     args = parser.parse_args(argv)
+    only = {c.strip() for c in args.cases.split(",") if c.strip()}
     if len(args.pairs) % 2:
         parser.error("give STUDY ROW pairs")
     rows = []
@@ -76,6 +78,8 @@ def main(argv=None) -> None:
         for result in results:
             predictor = study_predictor(config, [study / "runs" / row_folder(row) / result["split"] / "model.pt"])
             for name in result["held_out"]:
+                if only and name not in only:
+                    continue
                 r = {"study": str(study), "row": row, **case_veto(predictor, cases[name], config.roi_dilation)}
                 rows.append(r)
                 print(f"{study.name}/{row} {r['case']}: far false coarse {r['false_far_voxels']} voxels, task 2 vetoes "
@@ -87,6 +91,8 @@ def main(argv=None) -> None:
         vetoed = sum(r["false_far_voxels"] * r["veto_far"] for r in own if r["false_far_voxels"])
         near = sum(r["false_near_voxels"] for r in own)
         vetoed_near = sum(r["false_near_voxels"] * r["veto_near"] for r in own if r["false_near_voxels"])
+        if not own:
+            continue
         kept = np.nanmean([r["kept_tumor"] for r in own])
         print(f"{study} {row}: {len(own)} cases; far false coarse voxels {far}, task 2 vetoes {vetoed / max(far, 1):.1%}; "
               f"near {near}, vetoes {vetoed_near / max(near, 1):.1%}; task 2 keeps {kept:.3f} of the true tumor in its ROI "
