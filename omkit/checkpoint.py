@@ -99,6 +99,30 @@ def _stamp_training(model: nn.Module, meta: dict) -> None:
     model.train_windows = meta.get("train_windows")
 
 
+MODEL_FILE = "model.pt"  # a run folder's final model
+FOLD_FOLDERS = "fold_*"  # omkit train --fold all: RUN/fold_0, RUN/fold_1, ...
+
+
+def model_files(paths) -> list[Path]:
+    """The model files ``paths`` name: a file is itself; a run folder, its ``model.pt``; the folder of
+    ``omkit train --fold all``, every ``fold_k/model.pt`` in it (an ensemble of the folds). Anything else is
+    a one-line error naming it."""
+    found: list[Path] = []
+    for raw in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(raw)
+        if not path.is_dir():
+            found.append(path)  # load_model names a missing file
+        elif (path / MODEL_FILE).is_file():
+            found.append(path / MODEL_FILE)
+        else:
+            folds = sorted(path.glob(f"{FOLD_FOLDERS}/{MODEL_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name))
+            if not folds:
+                raise ModelFileError(f"{path}: a folder without {MODEL_FILE} or {FOLD_FOLDERS}/{MODEL_FILE} "
+                                     "(a run that has not finished, or not a run folder)")
+            found.extend(folds)
+    return found
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", expect_preset: str | None = None):
     """Rebuild the model saved by :func:`save_model`; returns ``(model, meta)``
     with the model in eval mode. The file is unpickled with

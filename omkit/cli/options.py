@@ -42,6 +42,19 @@ def int_list(flag: str, counts: tuple[int, ...] = (3,)) -> Callable[[str], tuple
     return parse
 
 
+ALL_FOLDS = "all"
+
+
+def fold_choice(text: str):
+    """An argparse type: a fold number, or ``all``."""
+    if text.strip().lower() == ALL_FOLDS:
+        return ALL_FOLDS
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or {ALL_FOLDS}, got {text!r}") from None
+
+
 def finite_float(flag: str, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
     """An argparse type: a finite number (NaN and infinities refused when the
     command line is parsed), within ``[minimum, maximum]`` when given."""
@@ -294,7 +307,8 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
     ("optimiser", "lr_step_epochs", {"type": int}, "multiply the learning rate by --lr-gamma every this many epochs"),
     ("optimiser", "lr_gamma", {"type": float}, "learning-rate decay factor"),
     ("data", "folds", {"type": int}, "split the cases into K folds (with --fold)"),
-    ("data", "fold", {"type": int}, "train on every fold but this one (0-based)"),
+    ("data", "fold", {"type": fold_choice, "metavar": "k|all"},
+     "train on every fold but this one (0-based); all: every fold in turn, into RUN/fold_k"),
     ("data", "label_convention", {"choices": ("2018", "2023", "2024")},
      "label values of the seg files: 2018, 2023, or 2024 post-treatment (4 = resection cavity, read as normal "
      "brain) (default: from the file naming; 2024 when a 2023-named seg holds 3 and 4)"),

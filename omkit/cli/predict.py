@@ -45,7 +45,8 @@ def add_arguments(parser):
     parser.add_argument("-i", "--input", required=True, metavar="IN", help="a BraTS case folder or a folder of them")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     parser.add_argument("-m", "--model", required=True, action="append", metavar="MODEL",
-                        help="model file (RUN/model.pt); repeat for an ensemble (probabilities are averaged)")
+                        help="model file (RUN/model.pt) or run folder (RUN; the folder of --fold all: every fold); repeat for "
+                             "an ensemble (probabilities are averaged)")
     parser.add_argument("--expect-preset", metavar="PRESET", help="refuse model files that do not hold this preset")
     add_device_argument(parser)
     add_precision_argument(parser)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from omkit.cli import CLIError
-from omkit.cli.options import add_device_argument, add_training_arguments, training_settings
+from omkit.cli.options import ALL_FOLDS, add_device_argument, add_training_arguments, training_settings
 
 # below this --max-minutes, the paper's recipe earns a hint towards cpu-budget
 SHORT_BUDGET_MINUTES = 600
@@ -53,16 +53,10 @@ def add_arguments(parser):
 
 
 def _resolve_resume(args) -> None:
-    """``--resume auto``: resume when the run folder holds a checkpoint; else start the run, over a run
-    of omkit's that stopped before its first checkpoint (its config.json and no checkpoint)."""
-    if args.resume != "auto":
-        return
-    from omkit.training.run_folder import last_checkpoint
-
-    run = Path(args.output)
-    args.resume = "yes" if last_checkpoint(run).is_file() else None
-    if args.resume is None and (run / "config.json").is_file():
-        args.force = True  # the folder is this command's own earlier start: nothing of anyone else's
+    """``--resume auto``: resume when the run folder holds a checkpoint, else start (see :func:`_fold_resume`)."""
+    if args.resume == "auto":
+        resume, force = _fold_resume(Path(args.output), True)
+        args.resume, args.force = ("yes" if resume else None), (args.force or force)
 
 
 def config_from_args(args):
@@ -103,11 +97,44 @@ def config_from_args(args):
     return TrainConfig.from_recipe(args.recipe or "paper", given)
 
 
+def _fold_resume(run_dir: Path, resume) -> tuple[bool, bool]:
+    """``(resume, force)`` for one run folder under ``--resume [auto]``: resume when it holds a checkpoint;
+    else start, over a run of omkit's that stopped before its first checkpoint (config.json, no checkpoint)."""
+    from omkit.training.run_folder import last_checkpoint
+
+    if not resume:
+        return False, False
+    if last_checkpoint(run_dir).is_file():
+        return True, False
+    return False, (run_dir / "config.json").is_file()
+
+
+def _train_every_fold(config, train, resume, force: bool) -> None:
+    """``--fold all``: each fold in turn into ``RUN/fold_k``; with ``--resume`` (or ``auto``) each fold
+    goes on where it stopped, so a requeued job repeats the same command. ``omkit predict -m RUN``
+    ensembles the folds."""
+    from omkit.checkpoint import FOLD_FOLDERS
+    from omkit.training import TrainConfig
+
+    settings = config.to_dict()
+    for k in range(config.folds):
+        run_dir = Path(config.output) / FOLD_FOLDERS.replace("*", str(k))
+        fold_resume, fold_force = _fold_resume(run_dir, resume)
+        train(TrainConfig.from_dict({**settings, "fold": k, "output": str(run_dir)}), resume=fold_resume,
+              force=fold_force or force)
+
+
 def run(args) -> int:
     from omkit.training import train
     from omkit.training.preemption import EXIT_REQUEUE, Preempted
 
-    _resolve_resume(args)
+    every_fold = getattr(args, "fold", None) == ALL_FOLDS
+    if every_fold:  # the settings are checked with fold 0; each fold then trains (or resumes) in turn
+        if args.folds is None:
+            raise CLIError("--fold all needs --folds K")
+        args.fold, fold_resume, args.resume = 0, args.resume, None
+    else:
+        _resolve_resume(args)
     if args.resume and args.force:
         raise CLIError("--resume and --force exclude each other")
     if args.resume and args.config is not None:
@@ -119,7 +146,10 @@ def run(args) -> int:
               "20 patches per task) trains only a sliver of its schedule; for a budget of minutes use "
               "--recipe cpu-budget (see --help)", file=sys.stderr)
     try:
-        train(config, resume=bool(args.resume), force=args.force)
+        if every_fold:
+            _train_every_fold(config, train, fold_resume, args.force)
+        else:
+            train(config, resume=bool(args.resume), force=args.force)
     except FileExistsError as exc:  # an existing run folder: tell the user which option to use
         raise CLIError(str(exc)) from None
     except Preempted as stopped:  # checkpoint written: the scheduler may requeue the same command

@@ -232,9 +232,10 @@ class SegmentationPredictor:
                    expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
         """Load the model files (``omkit.checkpoint``) of one model or an ensemble; the
         files' metadata are kept as ``metadata`` (one dict per model)."""
-        from omkit.checkpoint import load_model
+        from omkit.checkpoint import load_model, model_files
 
         models, metadata = [], []
+        paths = model_files(paths)  # run folders and --fold all folders too
         for path in paths:
             model, meta = load_model(path, map_location=device, expect_preset=expect_preset)
             if models and _model_kind(model) != _model_kind(models[0]):
