@@ -104,3 +104,21 @@ def test_stop_signals_put_back_the_handlers_they_replaced():
         assert seen == ["mine"]
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_file_system_without_locks_is_said_in_one_warning(tmp_path, monkeypatch):
+    import errno
+
+    from omkit.training import run_folder
+
+    if run_folder.fcntl is None:
+        pytest.skip("no fcntl on this platform")
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", refuse)
+    (tmp_path / "run").mkdir()
+    with pytest.warns(UserWarning, match="the file system refuses locks .*No locks available.*run one job per folder"):
+        lock = run_folder.RunLock(tmp_path / "run").acquire()
+    lock.release()

@@ -31,6 +31,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from omkit.fileio import atomic_write_text, clean_stale_temporaries
@@ -85,8 +86,11 @@ class RunLock:
                 os.close(fd)
                 raise RunFolderBusy(f"{self.path.parent}: in use by another omkit process ({self._holder_text()}); "
                                     "wait for it to end or choose another -o") from None
-            except OSError:  # a file system without locks: go on unlocked
-                pass
+            except OSError as exc:  # a file system without locks: go on unlocked, and say so
+                warnings.warn(f"{self.path.parent}: the file system refuses locks ({exc.strerror or exc}); omkit "
+                              "cannot keep a second process out of this run folder: run one job per folder, or put "
+                              "it on a file system with flock support (local disk, NFSv4, Lustre mounted with "
+                              "-o flock)", stacklevel=3)
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
