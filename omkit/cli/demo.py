@@ -17,7 +17,9 @@ from the first step, as the authors' released solver does (``--stage-epochs
 SGD, lr 1e-3 and momentum 0.99, task 1 still calls every voxel "normal" after
 ten minutes, so the fusion finds no tumor at all), and half of task 1's
 patches centred around the tumor (``--optimizer sgd --samplers
-brain,dilated_tumor,core`` for the paper's). Every training option of
+brain,dilated_tumor,core`` for the paper's), and every patch augmented
+(mirroring, small rotations and zooms, intensity changes: ``--augment ""``
+for none, as the paper describes none). Every training option of
 ``omkit train`` is accepted. Outputs under OUT: ``run/`` (training run,
 ``model.pt``), ``predictions/`` (post-processed label maps) and
 ``predictions_raw/`` (without post-processing), ``overlays/`` (paper Fig. 7
