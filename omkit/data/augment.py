@@ -115,18 +115,29 @@ class Augmentation:
             steps.append(Step(part.name, transform, _probability(part.name, part.weight, spec)))
         return cls(steps, spec)
 
-    def margin(self, size: Sequence[int], steps: Sequence[Step] | None = None) -> tuple[int, ...]:
-        """Context voxels per side that the spatial transforms (of ``steps``, by default all) need: the
-        sum, since each moves the last one's output."""
-        total = np.zeros(3, dtype=np.int64)
-        for step in self.steps if steps is None else steps:
-            if getattr(step.transform, "spatial", False):
-                own = tuple(int(m) for m in step.transform.margin(tuple(size)))
+    def _step_margins(self, size: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+        """Each step's context per side for a patch of ``size`` (zero for intensity transforms), computed
+        once per size: a rotation's bound searches a grid of angles, too much to repeat per sample."""
+        size = tuple(int(s) for s in size)
+        cache = self.__dict__.setdefault("_margins", {})
+        if size not in cache:
+            margins = []
+            for step in self.steps:
+                own = tuple(int(m) for m in step.transform.margin(size)) \
+                    if getattr(step.transform, "spatial", False) else (0, 0, 0)
                 if len(own) != 3 or min(own) < 0:
                     raise ValueError(f"{FLAG}: transform {step.name!r}: margin() must give three voxel counts "
                                      f">= 0, got {own}")
-                total += own
-        return tuple(int(m) for m in total)
+                margins.append(own)
+            cache[size] = tuple(margins)
+        return cache[size]
+
+    def margin(self, size: Sequence[int], steps: Sequence[Step] | None = None) -> tuple[int, ...]:
+        """Context voxels per side that the spatial transforms (of ``steps``, by default all) need: the
+        sum, since each moves the last one's output."""
+        chosen = {id(step) for step in (self.steps if steps is None else steps)}  # a spec may repeat a step
+        own = [m for step, m in zip(self.steps, self._step_margins(size)) if id(step) in chosen]
+        return tuple(int(sum(axis)) for axis in zip((0, 0, 0), *own))
 
     def apply(self, sample: dict, size: Sequence[int], rng: np.random.Generator) -> dict:
         """One sample, cut with :meth:`margin` on each side, through the transforms whose draw (against
