@@ -1,6 +1,7 @@
 """The window ops with their backward passes, as window-consistent training runs them
-(``--train-mode windows``): a CGA head pooled per window (``omkit.ops.window_sums`` with
-guidance, the per-block fold, ``omkit.ops.block_linear`` with the guided term), forward +
+(``--train-mode windows``): a CGA head pooled per window as it declares itself
+(``omkit.models.window_protocol``: ``omkit.ops.window_sums`` of F * Pt and F, the per-block
+maps, ``omkit.ops.block_linear`` with the guided term), forward +
 backward, on one training crop of the default grid (3 crops of 32 x 72 x 72, 2 x 2 x 2
 blocks of 8 x 24 x 24 in 16 x 32 x 32 windows, at width 0.25: 8 channels; and at the
 paper's width: 32 channels). ``impl``: ``kernel`` (the compiled ops and their backward
@@ -12,9 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omkit import ops
 from omkit.models.attention import CGA
-from omkit.models.windowed import cga_from_sums
+from omkit.models.window_protocol import head_window_logits
 from omkit.ops import _library
 
 from .conftest import SMOKE
@@ -40,8 +40,7 @@ def test_window_heads_forward_backward(benchmark, run_benchmark, device, shape_n
 
     def step():
         with _library.use_backend("auto" if impl == "kernel" else "reference"):
-            sums = ops.window_sums(features, guidance, **GEOMETRY)
-            out = cga_from_sums(head, features, guidance, sums, GEOMETRY)
+            out = head_window_logits(head, features, guidance, GEOMETRY)[0]
             out.square().mean().backward()
         features.grad = None
         head.zero_grad(set_to_none=True)

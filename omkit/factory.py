@@ -37,8 +37,18 @@ def list_postprocessors(pattern: str | None = None) -> list[str]:
     return _registry("postprocessor").names(pattern)
 
 
+def registered_class(kind: str, name: str) -> type:
+    """What plug-ins registered as ``kind`` (``"attention"``, ``"backbone"``, ``"sampler"``, ...)
+    under ``name``; an unknown name is a ``KeyError`` listing the known ones."""
+    return _registry(kind).get(name)
+
+
 def attention_class(name: str) -> type:
-    return _registry("attention").get(name)
+    return registered_class("attention", name)
+
+
+def backbone_class(name: str) -> type:
+    return registered_class("backbone", name)
 
 
 def get_preset(name: str):
@@ -46,7 +56,7 @@ def get_preset(name: str):
 
 
 def create_backbone(name: str = "fusionnet3d", **kw) -> nn.Module:
-    return _registry("backbone").get(name)(**kw)
+    return backbone_class(name)(**kw)
 
 
 def create_attention(name: str, channels: int, **kw) -> nn.Module:

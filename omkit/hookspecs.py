@@ -38,7 +38,17 @@ def omkit_register_backbones(registry):
 
     A backbone is an ``nn.Module`` built as ``cls(in_channels=4, width=1.0, **kw)``
     that maps ``(B, in_channels, D, H, W)`` to shared features
-    ``(B, out_channels, D, H, W)``; it exposes the int attribute ``out_channels``.
+    ``(B, out_channels, D, H, W)``; it exposes the int attribute ``out_channels``,
+    and may expose:
+
+    * ``min_divisor`` (int, default 1): every input side must be divisible by it
+      (FusionNet3D: 8, its three 2x poolings); tiles, dense regions and crops are
+      sized to it;
+    * ``window_consistent = True``: in eval mode its output at a voxel depends on a
+      bounded neighbourhood only (no GroupNorm, InstanceNorm, global pooling or other
+      statistic over the input's extent). Only then do dense inference and
+      window-consistent training run it (``omkit.models.window_protocol``);
+      undeclared, the model runs tile inference and trains on patches.
     """
 
 
@@ -56,6 +66,12 @@ def omkit_register_attention(registry):
       features and the preceding task's positive-category probability
       ``(B, 1, D, H, W)`` (no gradient flows into it) and returns logits
       ``(B, K, D, H, W)``.
+
+    Either kind runs dense (window-consistent) inference and window-consistent
+    training when it declares how it pools (``omkit.models.window_protocol``):
+    ``pooled_terms`` and ``channel_scale`` (SE-like; subclass
+    ``omkit.models.window_protocol.PooledChannelAttention``) or ``pooled_terms`` and
+    ``block_maps`` (CGA-like). Undeclared, it runs tile inference.
     """
 
 

@@ -60,6 +60,8 @@ def model_workspace(root: Path, shape=(16, 40, 40), preset: str = "omnet_cga") -
 class PointwiseBackbone(nn.Module):
     """Features of each voxel from that voxel alone (1x1x1 convs, no pooling)."""
 
+    window_consistent = True
+
     def __init__(self, in_channels: int = 4, width: float = 1.0, min_divisor: int = 8):
         super().__init__()
         self.out_channels = max(2, int(32 * width))
@@ -94,3 +96,31 @@ class ScaleAttention(nn.Module):
 
     def forward(self, x):
         return x * self.scale.view(1, -1, 1, 1, 1)
+
+
+# -- plug-ins registered in code for one test module ------------------------------------------
+
+def plugin_fixture(name: str, scope: str = "module", **kinds: dict):
+    """An autouse fixture registering the classes of ``kinds`` (hook kind, e.g. ``backbones`` or
+    ``attention`` -> {registered name: class}) as the extra plug-in ``name`` for the tests of
+    ``scope``, and the plug-ins as they were after them. Assign it to a module-level name."""
+    import types
+
+    import omkit
+
+    def hook(classes):
+        @omkit.hookimpl
+        def register(registry):
+            for key, cls in classes.items():
+                registry.add(key, cls)
+        return register
+
+    plugin = types.SimpleNamespace(**{f"omkit_register_{kind}": hook(classes) for kind, classes in kinds.items()})
+
+    @pytest.fixture(scope=scope, autouse=True)
+    def registered():
+        omkit.setup_plugins(extra_plugins={name: plugin})
+        yield
+        omkit.setup_plugins()
+
+    return registered

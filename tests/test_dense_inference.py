@@ -15,7 +15,6 @@ difference instead.
 """
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import nibabel as nib
@@ -34,7 +33,7 @@ from omkit.inference.dense import dense_region, slab_spans
 from omkit.inference.sliding import tiles_touching
 from omkit.inference.tiling import tile_origins
 
-from conftest import TINY_WIDTH, PointwiseBackbone, ScaleAttention, centre_taps_only, model_workspace
+from conftest import TINY_WIDTH, PointwiseBackbone, ScaleAttention, centre_taps_only, model_workspace, plugin_fixture
 
 # tiles of 8 x 16 x 16 keeping 4 x 8 x 8: blocks 2 x 4 x 4 voxels inside their windows
 TILES = TileSettings(size=(8, 16, 16), keep=(4, 8, 8), batch=8)
@@ -42,24 +41,8 @@ TILE_FLAGS = ["--tile-size", "8,16,16", "--tile-keep", "4,8,8"]
 ATTENTION_PRESETS = ["omnet_se", "omnet_cga", "omnet_cga_minus", "omnet_cga_t", "omnet_cga_n"]
 
 
-@omkit.hookimpl
-def _backbones(registry):
-    registry.add("pointwise_test", PointwiseBackbone)
-
-
-@omkit.hookimpl
-def _attention(registry):
-    registry.add("gate_test", ScaleAttention)
-
-
-PLUGIN = types.SimpleNamespace(omkit_register_backbones=_backbones, omkit_register_attention=_attention)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugins():
-    omkit.setup_plugins(extra_plugins={"dense_test_plugin": PLUGIN})
-    yield
-    omkit.setup_plugins()
+plugins = plugin_fixture("dense_test_plugin", backbones={"pointwise_test": PointwiseBackbone},
+                         attention={"gate_test": ScaleAttention})
 
 
 def pointwise_model(preset: str, seed: int = 0) -> nn.Module:
@@ -275,10 +258,13 @@ def test_auto_runs_dense_where_it_applies_and_says_why_not_elsewhere():
     assert auto.inference == "dense" and auto.inference_note.startswith("dense inference (auto)")
     torch.manual_seed(0)
     gated = windows_trained(omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test"))
-    fallback = SegmentationPredictor([gated], tiles=TILES)
+    with pytest.warns(dense_module.DenseFallbackWarning, match="attention 'gate_test' of plug-in 'dense_test_plugin'"):
+        fallback = SegmentationPredictor([gated], tiles=TILES)
     assert fallback.inference == "tiles"
     assert fallback.inference_note.startswith("tile inference (auto), tiles 8 x 16 x 16 keeping 4 x 8 x 8: "
-                                              "dense inference cannot pool attention ScaleAttention")
+                                              "dense inference cannot run this model: attention 'gate_test' of "
+                                              "plug-in 'dense_test_plugin'")
+    assert "declares no window pooling (pooled_terms, channel_scale" in fallback.inference_note
     strided = SegmentationPredictor([model], tiles=TileSettings(size=(8, 16, 16), keep=(4, 8, 8), stride=(2, 8, 8)))
     assert strided.inference == "tiles" and "stride equal to the kept centre" in strided.inference_note
     # a model trained on patches runs tiles under auto, whatever dense could run
@@ -322,9 +308,10 @@ def test_dense_errors():
         SegmentationPredictor([model], tiles=TILES, inference="dense", speed=SpeedSettings(compile="default"))
     torch.manual_seed(0)
     gated = omkit.create_model("omnet", width=TINY_WIDTH, attention="gate_test")
-    with pytest.raises(ValueError, match="cannot pool attention ScaleAttention per window; use tile inference"):
+    with pytest.raises(ValueError, match="attention 'gate_test' .*declares no window pooling.*; use tile inference"):
         SegmentationPredictor([gated], tiles=TILES, inference="dense")
-    SegmentationPredictor([gated], tiles=TILES)  # tiles take any attention
+    with pytest.warns(dense_module.DenseFallbackWarning, match="gate_test"):
+        SegmentationPredictor([gated], tiles=TILES)  # tiles take any attention, and auto says why it runs them
 
     class Custom(nn.Module):
         num_tasks = 3

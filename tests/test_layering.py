@@ -39,6 +39,10 @@ ALLOWED: dict[str, set[str]] = {
     "omkit.challenge": FOUNDATION | {"omkit.evaluation", "omkit.lesionwise"},
     "omkit.viz": FOUNDATION,
     "omkit.models": FOUNDATION | {"omkit.factory", "omkit.functional", "omkit.ops"},
+    # omkit bench: registered components timed (attention by name, a model file on a case)
+    "omkit.bench": FOUNDATION | {"omkit.models", "omkit.factory", "omkit.inference", "omkit.checkpoint", "omkit.data"},
+    # the plug-in conformance kit: the contracts of the model and data hook kinds
+    "omkit.testing": FOUNDATION | {"omkit.models", "omkit.ops", "omkit.factory", "omkit.data"},
     # the public modules for users' own networks: the model code, nothing else
     "omkit.nn": FOUNDATION | {"omkit.models"},
     "omkit.checkpoint": FOUNDATION | {"omkit.models", "omkit.factory"},

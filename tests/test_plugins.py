@@ -134,19 +134,20 @@ def test_cli_models_params_prints_table_one_counts():
 
 # -- the example third-party package, really pip-installed -------------------------
 
-EXAMPLE = REPO / "examples" / "omkit-eca"
+EXAMPLES = {"omkit-eca": REPO / "examples" / "omkit-eca", "omkit-srm": REPO / "examples" / "omkit-srm"}
 
 
 @pytest.fixture(scope="module")
 def installed_example():
+    """The two example packages, pip-installed for this module and removed after it."""
     pip = [sys.executable, "-m", "pip"]
     if subprocess.run(pip + ["--version"], capture_output=True).returncode != 0:
         pytest.skip("pip is not available in this interpreter")
-    cmd = pip + ["install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", str(EXAMPLE)]
+    cmd = pip + ["install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", *map(str, EXAMPLES.values())]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     yield
-    subprocess.run(pip + ["uninstall", "--yes", "--quiet", "omkit-eca"], capture_output=True)
+    subprocess.run(pip + ["uninstall", "--yes", "--quiet", *EXAMPLES], capture_output=True)
     omkit.setup_plugins()
 
 
@@ -177,3 +178,31 @@ def test_installed_example_plugin_can_be_blocked(installed_example):
     assert "eca  [" not in blocked.stdout and "blocked: eca" in blocked.stdout
     via_flag = _omkit_cli("plugins", "--block", "eca")
     assert "eca  [" not in via_flag.stdout
+
+
+@pytest.mark.parametrize("attention", ["eca", "srm"])
+def test_installed_examples_train_window_consistently_predict_dense_and_tiles_and_export(installed_example, tmp_path,
+                                                                                         attention):
+    """Each example declares its pooling and nothing else: trained as dense inference infers,
+    ``auto`` predicts it dense, and tiles and export run it too."""
+    from omkit.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", num_cases=1, shape=(16, 32, 32))
+    run = tmp_path / "run"
+    trained = _omkit_cli("train", "--preset", "omnet", "--attention", attention, "-i", str(tmp_path / "data"),
+                         "-o", str(run), "--width", "0.125", "--train-mode", "windows", "--patch-size", "8,16,16",
+                         "--window-block", "4,8,8", "--window-blocks", "1,2,2", "--window-context", "0,4,4",
+                         "--stage-epochs", "1,1,1", "--patches-per-epoch", "2", "--batch-per-task", "1",
+                         "--device", "cpu", "--no-progress")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    case = next(p for p in (tmp_path / "data").iterdir() if p.is_dir())
+    for mode, said in (("auto", "omkit predict: dense inference (auto)"), ("tiles", "wrote 1 case(s)")):
+        predicted = _omkit_cli("predict", "--no-progress", "-i", str(case), "-m", str(run / "model.pt"),
+                               "-o", str(tmp_path / mode), "--inference", mode)
+        assert predicted.returncode == 0, predicted.stderr[-2000:]
+        assert said in predicted.stdout and "DenseFallbackWarning" not in predicted.stderr
+        assert len(list((tmp_path / mode).glob("*.nii.gz"))) == 1
+    exported = _omkit_cli("export", "-m", str(run / "model.pt"), "-o", str(tmp_path / "net.pt2"),
+                          "--format", "torch-export", "--tile-size", "8,16,16", "--tile-keep", "4,8,8")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "net.pt2").stat().st_size > 0

@@ -135,8 +135,9 @@ def test_windows_mode_refuses_a_model_it_cannot_run(tmp_path):
     make_dataset(tmp_path / "data", num_cases=2, shape=(16, 40, 40))
     config = TrainConfig(preset="omnet", attention="scale_windows_test", input=str(tmp_path / "data"),
                          output=str(tmp_path / "r"), width=TINY_WIDTH, train_mode="windows", device="cpu")
-    with pytest.raises(ValueError, match="--train-mode windows: window-consistent training cannot pool attention "
-                                         r"ScaleAttention per window; train on patches \(--train-mode patches\)"):
+    with pytest.raises(ValueError, match="--train-mode windows: window-consistent training cannot run this model: "
+                                         "attention 'scale_windows_test' .*declares no window pooling.*; "
+                                         r"train on patches \(--train-mode patches\)"):
         train(config)
     assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="--train-mode: must be one of patches, windows"):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import omkit
+from omkit.inference.runners import TileRunner
 from omkit.inference import SegmentationPredictor, TileSettings, mirror_flips
 from omkit.inference.tta import describe
 from omkit.models import TaskOutputs
@@ -68,20 +69,25 @@ def test_an_equivariant_model_is_unchanged_by_mirroring(tiles):
     assert torch.equal(mirrored.labels, plain.labels)
 
 
-class LoopedFlips(SegmentationPredictor):
+class LoopedFlipsRunner(TileRunner):
     """The reference: one network call per flip, each flipped back."""
 
-    def _mean_probabilities(self, batch, tasks, centre=None):
-        plain = SegmentationPredictor(self.models, tiles=self.tiles, inference="tiles")
+    def mean_probabilities(self, ensemble, batch, tasks, centre=None):
+        plain = ensemble._replace(flips=[()])
         total = None
-        for flip in self.flips:
+        for flip in ensemble.flips:
             dims = [a + 2 for a in flip]
-            probs = plain._mean_probabilities(batch.flip(dims) if flip else batch, tasks)
+            probs = super().mean_probabilities(plain, batch.flip(dims) if flip else batch, tasks)
             probs = [p.flip(dims) if flip else p for p in probs]
             if centre is not None:
                 probs = [p[(slice(None), slice(None)) + centre] for p in probs]
             total = probs if total is None else [t + p for t, p in zip(total, probs)]
-        return [t / len(self.flips) for t in total]
+        return [t / len(ensemble.flips) for t in total]
+
+
+class LoopedFlips(SegmentationPredictor):
+    def runner(self):
+        return LoopedFlipsRunner(self.tiles)
 
 
 @pytest.mark.parametrize("preset, tta, tiles", [("omnet_cga", True, TILES), ("omnet_cga", "H,W", ODD_TILES),

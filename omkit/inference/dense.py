@@ -19,19 +19,19 @@ tile that would have predicted it (``TileSettings.size``, the block
    :attr:`DenseSettings.halo` voxels of context on both sides, of which only the core
    is kept;
 3. the heads on the region's features (``omkit.models.windowed``, which
-   window-consistent training runs too): a plain head is fully convolutional; SE
-   (``omkit.models.attention.SE``) takes each block's channel mean over its window
-   (``omkit.ops.window_sums``) and applies its scale as per-block classifier weights
-   (``omkit.ops.block_linear``); CGA and its variants pool each block's category
-   importance over its window (``omkit.ops.cga_windowed``). Guidance between tasks as
-   in ``OMNet.forward`` (the preceding task's positive probability), except what a
-   CGA head guided by a CGA head (OM-Net + CGA's task 3) pools: inside a tile, the
-   guidance on the whole tile comes from the preceding head with *that tile's*
-   importance, while the dense guidance of a neighbouring block comes from that
-   block's. So those sums are taken window by window (``omkit.models.windowed.guided_window_sums``:
-   the preceding CGA head's 1x1x1 convs over each window with the block's importance,
-   ``TileSettings.batch`` windows at a time, no backbone) and the head's scores follow
-   from them (``cga_from_sums``), each voxel merged by its own guidance;
+   window-consistent training runs too), each as it declares itself
+   (``omkit.models.window_protocol``): attention states the per-voxel terms it pools
+   and what the pooled sums become (SE: the channel mean, a per-block classifier
+   scale; CGA and its variants: the sums of F * Pt and F, a per-block affine map of
+   the features and guidance), and the window ops pool every block's window. Guidance
+   between tasks as in ``OMNet.forward`` (the preceding task's positive probability),
+   except what a guided head guided by a guided head (OM-Net + CGA's task 3) pools:
+   inside a tile, the guidance on the whole tile comes from the preceding head with
+   *that tile's* statistics, while the dense guidance of a neighbouring block comes
+   from that block's. So those sums are taken window by window
+   (``omkit.models.windowed.guided_window_sums``: the preceding head's per-block map
+   over each window, ``TileSettings.batch`` windows at a time, no backbone), each
+   voxel merged by its own guidance;
 4. softmax, averaged over ensemble members (and flips), reduced like tile inference;
    only the blocks touching the mask are kept, so the output is zero exactly where
    tile inference computes no tile.
@@ -41,10 +41,12 @@ neighbourhood instead of a tile's zero padding (the point of it), and so do the 
 3x3x3 convs on the one-voxel shell of every window, which SE's mean and the task-1
 guidance that CGA pools include (the kept centres lie inside that shell, so their own
 convolutions are the tiles'). With a backbone and heads without spatial context, dense
-and tile inference agree to float rounding for plain, SE and every CGA head, the MC
-cascade, ensembles and mirroring (``tests/test_dense_inference.py`` checks it). A CGA
-head guided by an SE head (a custom attention tuple) pools the SE head's dense
-guidance: close to, not exactly, its tiles'.
+and tile inference agree to float rounding for plain, SE and every CGA head, plug-in
+attention that declares its pooling, the MC cascade, ensembles and mirroring
+(``tests/test_dense_inference.py``, ``tests/test_window_protocol.py``). A guided head
+guided by an unguided one (a custom attention tuple) pools that head's dense
+guidance: close to, not exactly, its tiles'. A model whose backbone or heads do not
+declare the protocol runs tiles (``window_problem`` says which module and why).
 
 Slab seams (only with ``max_voxels``): a seam is exact when the halo covers the
 backbone's receptive field (FusionNet's spans about 180 voxels); short of that, the
@@ -63,6 +65,7 @@ their windows, which is where a mirrored tile's kept centre lies.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -73,6 +76,7 @@ from omkit import ops
 from omkit.devices import autocast
 from omkit.models.blocks import fold_batch_norm
 from omkit.models.omnet import MCNet
+from omkit.models.window_protocol import head_window_logits
 from omkit.models.windowed import check_windowed_model, task_logits
 
 from .tiling import keep_offset
@@ -171,10 +175,27 @@ def window_geometry(region: Region, size: Sequence[int], keep: Sequence[int], fl
 # -- which models --------------------------------------------------------------------------
 
 def check_dense_model(model: nn.Module) -> None:
-    """A one-line ``ValueError`` unless dense inference can run ``model``: OM-Net
-    (``OMNet``: plain, SE or CGA-like heads) or the MC cascade, in 3-D
+    """A one-line ``ValueError`` unless dense inference can run ``model``: OM-Net or the
+    MC cascade, in 3-D,
+    whose backbones and heads declare the window protocol
     (``omkit.models.windowed.check_windowed_model``)."""
     check_windowed_model(model)
+
+
+class DenseFallbackWarning(UserWarning):
+    """``inference="auto"`` ran tiles because a module of the model does not declare the
+    window protocol (``omkit.models.window_protocol``); the message names it and why."""
+
+
+def dense_model_problem(models: Sequence[nn.Module]) -> str | None:
+    """Why dense inference cannot run one of ``models`` (the first such, in words naming
+    the module), or None."""
+    for model in models:
+        try:
+            check_dense_model(model)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def min_divisor(model: nn.Module) -> int:
@@ -230,74 +251,77 @@ def member_logits(model: nn.Module, x: Tensor, tasks: Sequence[int], geometry: d
         out = []
         for task in tasks:
             net = model.networks[task]
-            out.append(net.head(backbone_features(net.backbone, x, settings, divisor, progress)))
+            features = backbone_features(net.backbone, x, settings, divisor, progress)
+            out.append(head_window_logits(net.head, features, None, geometry)[0])
         return out
     features = backbone_features(model.backbone, x, settings, divisor, progress)
     return task_logits(model, features, tasks, geometry, batch)
 
 
-def run_dense(predictor, image: Tensor, tasks: Sequence[int],
+def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Sequence[int],
               reduce: Callable[[list[Tensor]], Tensor], out_channels: int, out_dtype: torch.dtype,
               mask: Tensor) -> tuple[Tensor, int]:
-    """Dense counterpart of the tile run of ``predictor`` (a
-    :class:`~omkit.inference.predictor.SegmentationPredictor`): ``tasks`` over the blocks touching
-    ``mask``, ensemble- (and flip-) mean softmax reduced by ``reduce`` (which maps
-    ``[(1, K, *region)]`` to ``(1, out_channels, *region)``) on the compute device.
-    Returns ``((out_channels, D, H, W)`` of ``out_dtype`` on ``predictor.device``, zero
-    where no touched block lies, and the number of blocks (= tiles) computed)."""
-    p = predictor
-    tiles, spatial = p.tiles, tuple(image.shape[1:])
-    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=p.device)
-    divisor = math.lcm(*(min_divisor(m) for m in p.models))
+    """Dense counterpart of the tile run of ``ensemble`` (an
+    :class:`~omkit.inference.runners.Ensemble`) with the geometry of ``tiles``: ``tasks`` over
+    the blocks touching ``mask``, ensemble- (and flip-) mean softmax reduced by ``reduce``
+    (which maps ``[(1, K, *region)]`` to ``(1, out_channels, *region)``) on the compute
+    device. Returns ``((out_channels, D, H, W)`` of ``out_dtype`` on ``ensemble.device``,
+    zero where no touched block lies, and the number of blocks (= tiles) computed)."""
+    e = ensemble
+    spatial = tuple(image.shape[1:])
+    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=e.device)
+    divisor = math.lcm(*(min_divisor(m) for m in e.models))
     region = dense_region(mask, tiles.size, tiles.keep, divisor)
     if region is None:
         return out, 0
-    volume = image.to(p.sw_device)
-    origins = torch.tensor([region.start], dtype=torch.long, device=p.sw_device)
+    volume = image.to(e.sw_device)
+    origins = torch.tensor([region.start], dtype=torch.long, device=e.sw_device)
     x = ops.gather_tiles(volume, origins, region.shape)  # zero outside the volume, as a tile reads
     sums: list[Tensor | None] = [None] * len(tasks)
-    for model in dense_models(p):
-        for flip in p.flips:
+    for model in (folded_model(m) for m in e.models):
+        for flip in e.flips:
             axes = [a + 2 for a in flip]
             xf = x.flip(axes) if flip else x
-            if p.speed.channels_last:
+            if e.speed.channels_last:
                 xf = xf.contiguous(memory_format=torch.channels_last_3d)
             geometry = window_geometry(region, tiles.size, tiles.keep, flip)
-            with autocast(p.sw_device, p.precision):
-                logits = member_logits(model, xf, tasks, geometry, p.dense, divisor, p.progress, tiles.batch)
+            with autocast(e.sw_device, e.precision):
+                logits = member_logits(model, xf, tasks, geometry, settings, divisor, e.progress, tiles.batch)
             for i, lg in enumerate(logits):
                 prob = torch.softmax((lg.flip(axes) if flip else lg).float(), dim=1)
                 sums[i] = prob if sums[i] is None else sums[i].add_(prob)
-    count = len(p.models) * len(p.flips)
+    count = len(e.models) * len(e.flips)
     reduced = reduce([s / count for s in sums])[0]
     kept = region.kept(tiles.keep).to(reduced.device)
     reduced = torch.where(kept, reduced, torch.zeros((), dtype=reduced.dtype, device=reduced.device))
     dst = tuple(slice(max(0, s), min(n, s + r)) for s, r, n in zip(region.start, region.shape, spatial))
     src = tuple(slice(d.start - s, d.stop - s) for d, s in zip(dst, region.start))
-    out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(p.device, out_dtype)
+    out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(e.device, out_dtype)
     return out, int(region.touched.sum())
 
 
-def dense_models(predictor) -> list[nn.Module]:
-    """The predictor's models with their BatchNorms folded into the convolutions
+# a model -> the same with its BatchNorms folded into the convolutions, made once per model
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def folded_model(model: nn.Module) -> nn.Module:
+    """``model`` with its BatchNorms folded into the convolutions
     (``omkit.models.blocks.fold_batch_norm``: the same function, one pass over the whole
-    region's activations less per folded pair), made once and kept on the predictor."""
-    cached = getattr(predictor, "_dense_models", None)
-    if cached is None or len(cached) != len(predictor.models) or any(
-            source is not model for source, (model, _) in zip(predictor.models, cached)):
-        cached = [(model, fold_batch_norm(model)) for model in predictor.models]
-        predictor._dense_models = cached
-    return [folded for _, folded in cached]
+    region's activations less per folded pair), made once per model and kept while it lives."""
+    folded = _FOLDED.get(model)
+    if folded is None:
+        folded = _FOLDED[model] = fold_batch_norm(model)
+    return folded
 
 
-def check_dense(predictor) -> None:
-    """One-line ``ValueError`` when ``predictor``'s settings or models rule dense inference out."""
-    tiles = predictor.tiles
+def check_dense(tiles, speed, models: Sequence[nn.Module]) -> None:
+    """One-line ``ValueError`` when the tile geometry, the speed settings or the models rule
+    dense inference out."""
     if tuple(tiles.stride) != tuple(tiles.keep):
         raise ValueError(f"dense inference needs the tile stride equal to the kept centre (every voxel in one "
                          f"block), got stride {list(tiles.stride)} and keep {list(tiles.keep)}")
-    if predictor.speed.compile is not None:
+    if speed.compile is not None:
         raise ValueError("dense inference does not compile the networks (speed.compile); use tile inference "
                          "or leave compile off")
-    for model in predictor.models:
+    for model in models:
         check_dense_model(model)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
@@ -53,33 +54,19 @@ from omkit.data.features import (
     model_input_channels,
     network_input,
 )
-from omkit.devices import autocast, check_precision
+from omkit.devices import check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
 
 from omkit.protocol import ROI_DILATION
 
-from .dense import DenseSettings, check_dense, run_dense
+from .dense import DenseFallbackWarning, DenseSettings, check_dense, dense_model_problem
+from .runners import DenseRunner, Ensemble, Runner, TileRunner
 from .fusion import argmax_labels, core_mask, dilate, fuse, task1_labels
-from .sliding import overlap_tile_inference, tiles_touching
-from .settings import (DEFAULT_INFERENCE, INFERENCE_MODES, TileSettings, default_tiles, describe_box,  # noqa: F401
+from .settings import (DEFAULT_INFERENCE, INFERENCE_MODES, SpeedSettings, TileSettings,  # noqa: F401
+                       default_tiles, describe_box, input_features_of,
                        trained_windows)
-from .tiling import keep_centre, tile_origins
-from .tta import mirror_flips, mirrored_centre
-
-
-def _input_features(models: Sequence[nn.Module], given: str | None) -> str:
-    """The feature set every model reads: ``given`` (checked against the models' input
-    channels), else the one their input channels name."""
-    channels = {model_input_channels(getattr(m, "model_kw", {})) for m in models}
-    if len(channels) != 1:
-        raise ValueError(f"ensemble members must read the same input channels, got {sorted(channels)}")
-    count = channels.pop()
-    if given is None:
-        return features_of_channels(count)
-    if input_channels(given) != count:
-        raise ValueError(f"input_features {given!r} has {input_channels(given)} channels; the models read {count}")
-    return given
+from .tta import mirror_flips
 
 
 class Prediction(NamedTuple):
@@ -94,32 +81,6 @@ class Prediction(NamedTuple):
     roi: Tensor
     probabilities: dict[str, Tensor] | None
     tiles: dict[str, int]
-
-
-@dataclass
-class SpeedSettings:
-    """GPU speed settings of the network calls, each off until measured (see the module
-    docstring). ``cudnn_benchmark``: let cuDNN pick the fastest convolution algorithms for
-    the one tile shape; ``channels_last``: models and tiles in channels-last-3d memory
-    format; ``compile``: ``torch.compile`` mode of each network call (``"default"``,
-    ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``), or None. With cuDNN
-    autotuning or compilation the last, smaller batch of tiles is padded to the full batch,
-    so every call has one shape."""
-
-    cudnn_benchmark: bool = False
-    channels_last: bool = False
-    compile: str | None = None
-
-    COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-    def __post_init__(self):
-        if self.compile is not None and self.compile not in self.COMPILE_MODES:
-            raise ValueError(f"compile mode must be one of {', '.join(self.COMPILE_MODES)} or None, "
-                             f"got {self.compile!r}")
-
-    @property
-    def fixed_shapes(self) -> bool:
-        return self.cudnn_benchmark or self.compile is not None
 
 
 def _model_kind(model: nn.Module) -> tuple[str, int]:
@@ -182,7 +143,7 @@ class SegmentationPredictor:
         if len(kinds) != 1:
             raise ValueError(f"ensemble members must share an architecture, got {sorted(kinds)}")
         self.kind, self.num_tasks = kinds.pop()
-        self.input_features = _input_features(self.models, self.input_features)
+        self.input_features = input_features_of(self.models, self.input_features)
         if self.sw_device is None:
             self.sw_device = next(self.models[0].parameters()).device
         self.sw_device = torch.device(self.sw_device)
@@ -208,24 +169,29 @@ class SegmentationPredictor:
             self.tiles = default_tiles(tiles, self.inference, self.models)
             self.inference_note = f"{self.inference} inference, as asked"
             if self.inference == "dense":
-                check_dense(self)
+                check_dense(self.tiles, self.speed, self.models)
             return
         patch_trained = [m for m in self.models if trained_windows(m) is None]
-        if not patch_trained:
+        problem = dense_model_problem(self.models)
+        if not patch_trained and problem is None:
             self.inference, self.tiles = "dense", default_tiles(tiles, "dense", self.models)
             try:
-                check_dense(self)
+                check_dense(self.tiles, self.speed, self.models)
                 self.inference_note = ("dense inference (auto): the model was trained window-consistently "
                                        "(--train-mode windows)")
                 return
             except ValueError as exc:
                 why = str(exc)
-        else:
+        elif patch_trained and problem is None:
             why = (f"{'the model was' if len(self.models) == 1 else 'ensemble members were'} trained on patches, "
                    "whose features dense inference does not reproduce (train with --train-mode windows for dense)")
+        else:
+            why = problem
         self.inference, self.tiles = "tiles", default_tiles(tiles, "auto", self.models)
         self.inference_note = (f"tile inference (auto), tiles {describe_box(self.tiles.size)} keeping "
                                f"{describe_box(self.tiles.keep)}: {why}")
+        if problem is not None:  # a module off the fast path is said, not only recorded
+            warnings.warn(self.inference_note, DenseFallbackWarning, stacklevel=3)
 
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
@@ -249,68 +215,24 @@ class SegmentationPredictor:
         predictor.metadata = metadata
         return predictor
 
-    # -- per-tile networks -------------------------------------------------------
-    def _mean_probabilities(self, batch: Tensor, tasks: Sequence[int],
-                            centre: tuple[slice, ...] | None = None) -> list[Tensor]:
-        """Ensemble-mean softmax of the given tasks for one batch of tiles, of
-        only the tiles' ``centre`` (spatial slices) when given; with mirroring,
-        also the mean over the flips, all flipped copies in one network call."""
-        flips, count = self.flips, batch.shape[0]
-        if self.speed.fixed_shapes and count < self.tiles.batch:  # one shape for every call: pad the last batch
-            batch = torch.cat([batch, batch.new_zeros((self.tiles.batch - count, *batch.shape[1:]))])
-        if len(flips) > 1:
-            batch = torch.cat([batch.flip([a + 2 for a in flip]) if flip else batch for flip in flips])
-        if self.speed.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
-        size = tuple(batch.shape[2:])
-        full = batch.shape[0] // len(flips)  # the padded batch: copy k of the flips is rows k*full ... k*full+count
-        sums: list[Tensor | None] = [None] * len(tasks)
-        for call in self._calls:
-            with autocast(self.sw_device, self.precision):
-                if self.kind == "cascade":
-                    logits = [call[t](batch) for t in tasks]
-                else:
-                    outputs = call(batch)
-                    logits = [outputs[t] for t in tasks]
-            for i, lg in enumerate(logits):
-                for k, flip in enumerate(flips):
-                    part = lg[k * full:k * full + count]
-                    if centre is not None:  # the centre's mirror image, flipped back below
-                        part = part[(slice(None), slice(None)) + mirrored_centre(centre, size, flip)]
-                    if flip:
-                        part = part.flip([a + 2 for a in flip])
-                    p = torch.softmax(part.float(), dim=1)
-                    sums[i] = p if sums[i] is None else sums[i] + p
-        return [s / (len(self._calls) * len(flips)) for s in sums]
+    # -- the runners (tiles, dense) ----------------------------------------------
+    def ensemble(self) -> Ensemble:
+        """The ensemble core the runners compute with (:mod:`.runners`)."""
+        return Ensemble(self.models, self._calls, self.kind, self.flips, self.precision, self.speed,
+                        self.sw_device, self.device, self.progress)
+
+    def runner(self) -> Runner:
+        """The runner of the resolved inference mode."""
+        return DenseRunner(self.tiles, self.dense) if self.inference == "dense" else TileRunner(self.tiles)
 
     def _run(self, image: Tensor, tasks: Sequence[int], reduce, out_channels: int, out_dtype,
              mask: Tensor, tile_counts: dict[str, int]) -> Tensor:
-        """Tasks ``tasks`` on the tiles whose kept centre touches ``mask``,
-        reduced per batch by ``reduce`` to ``out_channels`` maps (dense
-        inference: over those tiles' kept centres, reduced once)."""
-        if self.inference == "dense":
-            out, blocks = run_dense(self, image, tasks, reduce, out_channels, out_dtype, mask)
-            for task in tasks:
-                tile_counts[f"task{task + 1}"] = blocks
-            return out
-        t = self.tiles
-        origins = tiles_touching(mask, tile_origins(image.shape[1:], t.size, t.stride, t.keep), t.size, t.keep)
+        """Tasks ``tasks`` where ``mask`` is, reduced by ``reduce`` to ``out_channels`` maps; the
+        tiles (or dense blocks) computed go to ``tile_counts``."""
+        out, computed = self.runner().run(self.ensemble(), image, tasks, reduce, out_channels, out_dtype, mask)
         for task in tasks:
-            tile_counts[f"task{task + 1}"] = int(origins.shape[0])
-
-        # only the kept centre is stitched: softmax and reduce just that (with the
-        # paper's tiles, 12 % of each tile; reducing whole tiles took a third of a
-        # width-0.25 case on a CPU)
-        centre = keep_centre(t.size, t.keep)
-
-        def predictor(batch: Tensor) -> Tensor:
-            return reduce(self._mean_probabilities(batch, tasks, centre))
-
-        return overlap_tile_inference(
-            image, predictor, out_channels, origins=origins,
-            tile_size=t.size, stride=t.stride, keep=t.keep, batch_size=t.batch,
-            out_dtype=out_dtype, sw_device=self.sw_device, device=self.device, progress=self.progress,
-        )
+            tile_counts[f"task{task + 1}"] = computed
+        return out
 
     # -- whole volume ------------------------------------------------------------
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The inference modes and the tile geometry: what ``SegmentationPredictor`` runs when its
+"""The inference modes, the tile geometry, the speed settings and the input features: what ``SegmentationPredictor`` runs when its
 caller leaves the choice to it (``inference="auto"``, tiles whose size or keep is None)."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Sequence
 
 from torch import nn
 
+from omkit.data.features import features_of_channels, input_channels, model_input_channels
 from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, TILE_KEEP
 
 from .tiling import check_geometry
@@ -80,3 +81,43 @@ def default_tiles(tiles: TileSettings, mode: str, models: Sequence[nn.Module]) -
 
 def describe_box(size: Sequence[int]) -> str:
     return " x ".join(str(int(v)) for v in size)
+
+
+@dataclass
+class SpeedSettings:
+    """GPU speed settings of the network calls, each off until measured (see the module
+    docstring). ``cudnn_benchmark``: let cuDNN pick the fastest convolution algorithms for
+    the one tile shape; ``channels_last``: models and tiles in channels-last-3d memory
+    format; ``compile``: ``torch.compile`` mode of each network call (``"default"``,
+    ``"reduce-overhead"`` = CUDA graphs, ``"max-autotune"``), or None. With cuDNN
+    autotuning or compilation the last, smaller batch of tiles is padded to the full batch,
+    so every call has one shape."""
+
+    cudnn_benchmark: bool = False
+    channels_last: bool = False
+    compile: str | None = None
+
+    COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+    def __post_init__(self):
+        if self.compile is not None and self.compile not in self.COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(self.COMPILE_MODES)} or None, "
+                             f"got {self.compile!r}")
+
+    @property
+    def fixed_shapes(self) -> bool:
+        return self.cudnn_benchmark or self.compile is not None
+
+
+def input_features_of(models: Sequence[nn.Module], given: str | None) -> str:
+    """The feature set every model reads: ``given`` (checked against the models' input
+    channels), else the one their input channels name."""
+    channels = {model_input_channels(getattr(m, "model_kw", {})) for m in models}
+    if len(channels) != 1:
+        raise ValueError(f"ensemble members must read the same input channels, got {sorted(channels)}")
+    count = channels.pop()
+    if given is None:
+        return features_of_channels(count)
+    if input_channels(given) != count:
+        raise ValueError(f"input_features {given!r} has {input_channels(given)} channels; the models read {count}")
+    return given

@@ -14,20 +14,23 @@ import torch
 from torch import nn
 
 from omkit import functional as OF
+from omkit import ops
+from omkit.ops import reference
 
 from .blocks import check_input, check_spatial_dims, conv
+from .window_protocol import PooledChannelAttention
 
 
-class SE(nn.Module):
+class SE(PooledChannelAttention):
     """Squeeze-and-excitation (Hu et al.): global average pool, FC-ReLU-FC-sigmoid,
     channel-wise rescale. Unguided: OM-Net + SE puts one before each task's
     classifier.
 
     Shapes: ``(B, channels, D, H, W)`` -> the same (``spatial_dims=3``), or
-    ``(B, channels, H, W)`` -> the same (``spatial_dims=2``).
+    ``(B, channels, H, W)`` -> the same (``spatial_dims=2``). Declares its pooling
+    (``omkit.models.window_protocol``): the channel mean, so dense inference and
+    window-consistent training pool it per window.
     """
-
-    guided = False
 
     def __init__(self, channels: int, reduction: int = 16, spatial_dims: int = 3):
         super().__init__()
@@ -37,11 +40,15 @@ class SE(nn.Module):
             nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
         )
 
+    def pooled_terms(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (x,)
+
+    def channel_scale(self, sums, count: int) -> torch.Tensor:
+        return self.fc((sums[0] / count).to(self.fc[0].weight.dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.spatial_dims)
-        spatial = tuple(range(2, x.dim()))
-        scale = self.fc(x.mean(dim=spatial))
-        return x * scale.view(*scale.shape, *([1] * len(spatial)))
+        return super().forward(x)
 
 
 class CGA(nn.Module):
@@ -95,12 +102,32 @@ class CGA(nn.Module):
             return None, None
         return layer.weight.flatten(1), layer.bias
 
+    def weights(self) -> tuple:
+        """``(w_pos, b_pos, w_neg, b_neg, w_out, b_out)``: the 1x1x1 convs as (K, C) matrices
+        and biases (None for a branch the variant drops), the arguments of ``omkit.functional.cga``."""
+        return (*self._flat(self.score_pos), *self._flat(self.score_neg), *self._flat(self.final))
+
     def forward(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         check_input(self, features, self.spatial_dims, "features")
-        w_pos, b_pos = self._flat(self.score_pos)
-        w_neg, b_neg = self._flat(self.score_neg)
-        w_out, b_out = self._flat(self.final)
-        return OF.cga(features, guidance, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant=self.variant, eps=self.eps)
+        return OF.cga(features, guidance, *self.weights(), variant=self.variant, eps=self.eps)
+
+    # -- the window protocol (omkit.models.window_protocol) --
+
+    def pooled_terms(self, features: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CSCI pooling's sums: ``F * Pt`` and ``F`` (``F * Pn`` is their difference)."""
+        return features * guidance.to(features.dtype), features
+
+    def block_maps(self, sums, count: int) -> tuple:
+        """The head as an affine map of each voxel's features and guidance, per pooled
+        importance (the L1 normalisation ignores ``count``)."""
+        m = reference.importance_from_sums(torch.stack(list(sums), -2), self.eps)
+        return reference.cga_block_maps(m, *self.weights(), variant=self.variant)
+
+    def fused_window_logits(self, features: torch.Tensor, guidance: torch.Tensor, geometry: dict) -> tuple:
+        """Without gradient: pooling, fold and scores in one op (``omkit.ops.cga_windowed``)."""
+        logits, m = ops.cga_windowed(features, guidance, *self.weights(), **geometry, variant=self.variant,
+                                     eps=self.eps, return_importance=True)
+        return logits, reference.cga_block_maps(m, *self.weights(), variant=self.variant)
 
     def extra_repr(self) -> str:
         dims = "" if self.spatial_dims == 3 else f", spatial_dims={self.spatial_dims}"

@@ -26,7 +26,13 @@ class FusionNet3D(nn.Module):
     ``(B, out_channels, H, W)`` (``spatial_dims=2``: the same network with 2-D
     convolutions). Every spatial size must be divisible by ``min_divisor`` =
     ``2 ** (len(levels) - 1)`` (8 with the paper's four levels).
+
+    Window-consistent (``omkit.models.window_protocol``): convolutions, BatchNorm (a fixed
+    affine map in eval mode), max-pooling and dropout (off in eval mode), so its output
+    at a voxel depends on a bounded neighbourhood only.
     """
+
+    window_consistent = True
 
     def __init__(self, in_channels: int = 4, width: float = 1.0, levels=(32, 64, 128, 256), dropout: float = 0.5,
                  spatial_dims: int = 3):

@@ -4,8 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from omkit import ops
+
 from .blocks import ConvBNReLU, check_spatial_dims, conv
 from .plugin_checks import call_plugin_module, mark_origin
+from .window_protocol import attention_problem, window_channel_scale
 
 
 class PlainHead(nn.Module):
@@ -27,6 +30,23 @@ class PlainHead(nn.Module):
         if not isinstance(self.attention, nn.Identity):  # a plug-in's module: checked (plugin_checks)
             x = call_plugin_module(self.attention, (x,), x.shape)
         return self.classifier(x)
+
+    # -- the window protocol (omkit.models.window_protocol) --
+
+    def window_problem(self) -> str | None:
+        """Why this head cannot run window by window (its attention declares no pooling), or None."""
+        return attention_problem(self.attention)
+
+    def window_logits(self, features: torch.Tensor, guidance: torch.Tensor | None, geometry: dict) -> tuple:
+        """The logits with the attention's channel scale pooled over each block's window,
+        applied as per-block classifier weights (``omkit.ops.block_linear``); no maps."""
+        x = self.conv(features)
+        if isinstance(self.attention, nn.Identity):
+            return self.classifier(x), None
+        scale = window_channel_scale(self.attention, x, geometry)  # (B, nD, nH, nW, C)
+        weight = self.classifier.weight.flatten(1)  # (K, C)
+        m0 = weight * scale[..., None, :].to(weight.dtype)
+        return ops.block_linear(x, m0, self.classifier.bias, block=geometry["block"], origin=geometry["origin"]), None
 
 
 def build_head(channels: int, num_classes: int, attention: str | None, spatial_dims: int = 3,

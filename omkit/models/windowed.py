@@ -8,19 +8,14 @@ dense inference computes at every supervised voxel. The geometry is the keywords
 the ``omkit.ops`` window ops: ``window`` (the tile), ``block`` (its kept centre),
 ``offset`` (the block inside its window) and ``origin`` (the first block's start).
 
-Per head: a plain head is fully convolutional; SE (:class:`~.attention.SE`) takes each
-block's channel mean over its window (``omkit.ops.window_sums``) and applies its scale
-as per-block classifier weights (``omkit.ops.block_linear``); CGA and its variants pool
-each block's category importance over its window. Without gradient that is the fused
-``omkit.ops.cga_windowed``; with gradient, the same math from window sums and one
-per-block linear map (both ops have a backward). A CGA head guided by a CGA head
-(OM-Net + CGA's task 3) pools, per window, the guidance the tile would have had: the
-preceding head over that window with the block's own importance
-(:func:`guided_window_sums`).
+What a head computes per window is its own declaration (``omkit.models.window_protocol``):
+no head or attention class is named here. One thing is the model's: a guided head guided
+by a guided head (OM-Net + CGA's task 3) pools, per window, the guidance the tile would
+have had: the preceding head over that window with the block's own maps
+(:func:`guided_window_sums`), not the neighbouring blocks'.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -28,23 +23,12 @@ from torch import Tensor, nn
 
 from omkit import ops
 
-from .attention import CGA, SE
-from .heads import PlainHead
 from .omnet import MCNet, OMNet, positive_probability
+from .window_protocol import (apply_block_maps, backbone_problem, declares, head_problem, head_window_logits,
+                              tile_term_sums)
 
 
 # -- which models ---------------------------------------------------------------------------
-
-def _check_head(head: nn.Module, what: str) -> None:
-    if isinstance(head, CGA) and type(head).forward is CGA.forward:
-        return
-    if isinstance(head, PlainHead) and type(head).forward is PlainHead.forward:
-        att = head.attention
-        if type(att) is nn.Identity or (isinstance(att, SE) and type(att).forward is SE.forward):
-            return
-        raise ValueError(f"{what} cannot pool attention {type(att).__name__} per window; {ALTERNATIVE[what]}")
-    raise ValueError(f"{what} cannot run head {type(head).__name__}; {ALTERNATIVE[what]}")
-
 
 # what to do instead, per use of the window-consistent heads
 ALTERNATIVE = {
@@ -56,95 +40,35 @@ ALTERNATIVE = {
 def check_windowed_model(model: nn.Module, what: str = "dense inference") -> None:
     """A one-line ``ValueError`` (beginning with ``what``: ``"dense inference"`` or
     ``"window-consistent training"``) unless ``model``'s heads can be run window by
-    window: OM-Net (``OMNet``: plain, SE or CGA-like heads) or the MC cascade, in 3-D."""
+    window: OM-Net or the MC cascade, in 3-D, whose backbones and heads declare the window
+    protocol (:func:`window_problem`)."""
     if getattr(model, "spatial_dims", 3) != 3:
         raise ValueError(f"{what} runs 3-D models only; {ALTERNATIVE[what]}")
     if isinstance(model, MCNet):
         if not all(hasattr(net, "backbone") and hasattr(net, "head") for net in model.networks):
             raise ValueError(f"{what} runs MC networks made of a backbone and a head; {ALTERNATIVE[what]}")
-        heads = [net.head for net in model.networks]
-    elif isinstance(model, OMNet):
-        heads = list(model.heads)
-    else:
+    elif not isinstance(model, OMNet):
         raise ValueError(f"{what} runs OM-Net and MC models, not {type(model).__name__}; {ALTERNATIVE[what]}")
-    for head in heads:
-        _check_head(head, what)
+    problem = window_problem(model)
+    if problem is not None:
+        raise ValueError(f"{what} cannot run this model: {problem}; {ALTERNATIVE[what]}")
 
 
-# -- one head -------------------------------------------------------------------------------
-
-def cga_weights(head: CGA) -> tuple:
-    """``(w_pos, b_pos, w_neg, b_neg, w_out, b_out)``: the head's 1x1x1 convs flattened, as
-    ``CGA.forward`` passes them to ``omkit.functional.cga``."""
-    return (*head._flat(head.score_pos), *head._flat(head.score_neg), *head._flat(head.final))
-
-
-def importance_from_sums(sums: Tensor, eps: float) -> Tensor:
-    """Each block's category importance ``m`` (B, nD, nH, nW, 2, C) from its window sums
-    ``[sum Pt * F, sum F]``: CSCI pooling's L1 normalisation (``omkit.ops.reference.cga_pool``)."""
-    z = torch.stack([sums[..., 0, :], sums[..., 1, :] - sums[..., 0, :]], -2)
-    return z / z.abs().sum(-1, keepdim=True).clamp_min(eps)
-
-
-def cga_from_importance(head: CGA, features: Tensor, guidance: Tensor, m: Tensor, geometry: dict) -> Tensor:
-    """The CGA head's scores with each block's importance ``m``, and the CompSeg merge by
-    the voxel's own ``guidance``, as one per-block linear map (``omkit.ops.block_linear``)."""
-    w_pos, b_pos, w_neg, b_neg, w_out, b_out = cga_weights(head)
-    k = (w_pos if w_pos is not None else w_neg).shape[0]
-    zero_w = m.new_zeros((*m.shape[:4], k, m.shape[-1]))
-    zero_b = m.new_zeros(k)
-    wt = w_pos.to(m.dtype) * m[..., 0:1, :] if w_pos is not None else zero_w
-    wn = w_neg.to(m.dtype) * m[..., 1:2, :] if w_neg is not None else zero_w
-    bp = b_pos.to(m.dtype) if b_pos is not None and w_pos is not None else zero_b
-    bn = b_neg.to(m.dtype) if b_neg is not None and w_neg is not None else zero_b
-    # S = m0 F + c0 + Pt (m1 F + c1) for each variant's merge of S_t = Wt F + bp, S_n = Wn F + bn
-    if head.variant == "minus":
-        m0, c0, m1, c1 = wt + wn, bp + bn, None, None
-    elif head.variant == "pos":
-        m0, c0, m1, c1 = zero_w, None, wt, bp
-    elif head.variant == "neg":
-        m0, c0, m1, c1 = wn, bn, -wn, -bn
+def window_problem(model: nn.Module) -> str | None:
+    """What keeps an OM-Net or MC ``model`` off the window path (a backbone or head
+    that does not declare it, ``omkit.models.window_protocol``), or None."""
+    if isinstance(model, MCNet):
+        parts = [(net.backbone, net.head) for net in model.networks]
     else:
-        m0, c0, m1, c1 = wn, bn, wt - wn, bp - bn
-    if w_out is not None:
-        w_out = w_out.to(m.dtype)
-        m0 = torch.einsum("jk,...kc->...jc", w_out, m0)
-        c0 = w_out @ (c0 if c0 is not None else zero_b) + (b_out.to(m.dtype) if b_out is not None else 0)
-        if m1 is not None:
-            m1, c1 = torch.einsum("jk,...kc->...jc", w_out, m1), w_out @ c1
-    return ops.block_linear(features, m0, c0, guidance=guidance if m1 is not None else None, m1=m1, c1=c1,
-                            block=geometry["block"], origin=geometry["origin"])
+        parts = [(model.backbone, head) for head in model.heads]
+    for backbone, head in parts:
+        problem = backbone_problem(backbone) or head_problem(head)
+        if problem is not None:
+            return problem
+    return None
 
 
-def cga_from_sums(head: CGA, features: Tensor, guidance: Tensor, sums: Tensor, geometry: dict) -> Tensor:
-    """The CGA head's scores with each block's importance pooled from given window sums
-    ``[sum Pt * F, sum F]`` (B, nD, nH, nW, 2, C)."""
-    return cga_from_importance(head, features, guidance, importance_from_sums(sums, head.eps), geometry)
-
-
-def head_logits(head: nn.Module, features: Tensor, guidance: Tensor | None,
-                geometry: dict) -> tuple[Tensor, Tensor | None]:
-    """A task head's logits on ``features`` with its attention pooled per block over the
-    block's window, and for a CGA head its importance ``m`` per block (B, nD, nH, nW, 2, C)
-    (else None). Differentiable where gradients are enabled."""
-    if isinstance(head, CGA):
-        if not torch.is_grad_enabled():
-            return ops.cga_windowed(features, guidance, *cga_weights(head), **geometry, variant=head.variant,
-                                    eps=head.eps, return_importance=True)
-        m = importance_from_sums(ops.window_sums(features, guidance.detach(), **geometry), head.eps)
-        return cga_from_importance(head, features, guidance.detach(), m, geometry), m.detach()
-    if type(head.attention) is nn.Identity:
-        return head(features), None
-    # SE: each block's channel mean over its window scales the classifier's input channels
-    x = head.conv(features)
-    mean = ops.window_sums(x, **geometry)[..., 0, :] / math.prod(geometry["window"])
-    scale = head.attention.fc(mean.to(x.dtype))  # (B, nD, nH, nW, C)
-    weight = head.classifier.weight.flatten(1)  # (K, C)
-    m0 = weight * scale[..., None, :].to(weight.dtype)
-    return ops.block_linear(x, m0, head.classifier.bias, block=geometry["block"], origin=geometry["origin"]), None
-
-
-# -- a CGA head guided by a CGA head ----------------------------------------------------------
+# -- a guided head guided by a guided head -------------------------------------------------------
 
 def block_windows(features: Tensor, geometry: dict) -> tuple[Tensor, list[int]]:
     """Origins (T, 3) in ``features``' coordinates of every block's window, D-major as the
@@ -165,77 +89,84 @@ def _fitting_blocks(features: Tensor, geometry: dict, counts: Sequence[int]) -> 
     return fit
 
 
-def _window_view(x: Tensor, geometry: dict, fit: Sequence[int]) -> Tensor:
-    """The windows of the first ``fit`` blocks per axis as one strided view
-    (B, C, fD, fH, fW, *window), no copy."""
+def _window_tiles(x: Tensor, geometry: dict, fit: Sequence[int]) -> Tensor:
+    """The windows of the first ``fit`` blocks per axis as tiles (B * fD * fH * fW, C, *window),
+    D-major, differentiable in ``x``."""
     start = [g - o for g, o in zip(geometry["origin"], geometry["offset"])]
     view = x[:, :, start[0]:, start[1]:, start[2]:]
     for axis, (w, b) in enumerate(zip(geometry["window"], geometry["block"])):
         view = view.unfold(2 + axis, w, b)
-    return view[:, :, :fit[0], :fit[1], :fit[2]]
+    view = view[:, :, :fit[0], :fit[1], :fit[2]]  # (B, C, fD, fH, fW, *window)
+    return view.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(-1, x.shape[1], *geometry["window"])
 
 
-def _guided_sums_in_place(features: Tensor, source_task: int, source: CGA, source_guidance: Tensor,
-                          source_m: Tensor, geometry: dict, fit: Sequence[int], acc: torch.dtype) -> Tensor:
-    """:func:`guided_window_sums` of the blocks whose windows lie inside ``features`` (the
-    first ``fit`` per axis), differentiable in ``features``, from strided views."""
-    b, c = features.shape[:2]
-    view = _window_view(features, geometry, fit)
+def _term_sums_over_tiles(head: nn.Module, source_task: int, tiles: Tensor, guidance_tiles: Tensor,
+                          maps: tuple, window: Sequence[int]) -> list[Tensor]:
+    """``head``'s term sums over each tile (T, C_i), its guidance being the preceding head's
+    positive probability over the tile with that tile's block maps (rows of ``maps``:
+    ``m0``/``m1`` (T, K, C), shared ``c0``/``c1``); the guidance is a constant."""
+    m0, c0, m1, c1 = maps
+    per_tile = lambda m: None if m is None else m[:, None, None, None]  # noqa: E731 (T, 1, 1, 1, K, C)
     with torch.no_grad():
-        g_view = _window_view(source_guidance, geometry, fit)
-        tiles = view.detach().permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(-1, c, *geometry["window"])
-        g_tiles = g_view.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(-1, 1, *geometry["window"])
-        m = source_m[:, :fit[0], :fit[1], :fit[2]].reshape(-1, *source_m.shape[-2:]).to(tiles.dtype)
-        scores = ops.cga_recalibrate(tiles, g_tiles, m, *cga_weights(source), variant=source.variant)
-        pt = positive_probability(source_task, scores.to(acc)).reshape(b, *fit, *geometry["window"])
-    values = view.to(acc)
-    guided = torch.einsum("bcijkxyz,bijkxyz->bijkc", values, pt)
-    return torch.stack([guided, values.sum((-3, -2, -1)).permute(0, 2, 3, 4, 1)], -2)
+        scores = apply_block_maps(tiles.detach(), (per_tile(m0), c0, per_tile(m1), c1), guidance_tiles,
+                                  block=window, origin=(0, 0, 0))
+        pt = positive_probability(source_task, scores.to(torch.promote_types(scores.dtype, torch.float32)))
+    return tile_term_sums(head.pooled_terms(tiles, pt))
 
 
-def guided_window_sums(features: Tensor, source_task: int, source: CGA, source_guidance: Tensor, source_m: Tensor,
-                       geometry: dict, batch: int) -> Tensor:
-    """Every block's window sums ``[sum Pt_b * F, sum F]`` (B, nD, nH, nW, 2, C), where
-    ``Pt_b`` is the guidance a tile of the block would have had: the positive probability
-    of the preceding CGA head ``source`` (of task ``source_task``, guided by
-    ``source_guidance``) over the window with that block's importance ``source_m``, not
-    the neighbouring blocks'. ``Pt_b`` is a constant (forward-only cross-task guidance).
-    Where gradients are enabled (training), the sums of the blocks whose windows lie
-    inside ``features`` (a crop's supervised blocks) are differentiable in ``features``
-    (strided views); the others, and all without gradient, are gathered ``batch`` windows
-    at a time."""
+def _map_rows(maps: tuple, samples: Sequence[int], which: Tensor) -> tuple:
+    """The per-block maps (``m0``, ``m1`` (B, nD, nH, nW, K, C)) of blocks ``which`` (D-major
+    numbers) of ``samples``, as rows (T, K, C); the shared biases as they are."""
+    def rows(m):
+        if m is None or m.dim() == 1:
+            return m
+        flat = m.reshape(m.shape[0], -1, *m.shape[-2:])
+        return torch.cat([flat[n, which.to(m.device)] for n in samples])
+    return tuple(rows(m) for m in maps)
+
+
+def guided_window_sums(features: Tensor, head: nn.Module, source_task: int, source_guidance: Tensor,
+                       source_maps: tuple, geometry: dict, batch: int) -> list[Tensor]:
+    """``head``'s term sums (``pooled_terms``) per block window, ``(B, nD, nH, nW, C_i)`` per
+    term, with the guidance a tile of the block would have had: the preceding guided head
+    (of task ``source_task``, guided by ``source_guidance``) over the window with that
+    block's maps ``source_maps``, not the neighbouring blocks'. Where gradients are enabled
+    (training), the sums of the blocks whose windows lie inside ``features`` (a crop's
+    supervised blocks) are differentiable in ``features``; the others, and all without
+    gradient, are gathered ``batch`` windows at a time."""
     origins, counts = block_windows(features, geometry)
-    weights = cga_weights(source)
-    acc = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
+    window = geometry["window"]
+    b = features.shape[0]
     fit = _fitting_blocks(features, geometry, counts) if torch.is_grad_enabled() else [0, 0, 0]
-    if list(fit) == list(counts):
-        return _guided_sums_in_place(features, source_task, source, source_guidance, source_m, geometry, fit, acc)
-    b, c = features.shape[:2]
-    out = torch.zeros((b, origins.shape[0], 2, c), dtype=acc, device=features.device)
-    # the windows gathered: those the strided views below do not give (all, without gradient)
     index = torch.cartesian_prod(*(torch.arange(n) for n in counts)).reshape(-1, 3)
-    gathered = (~(index < torch.tensor(fit)).all(1)).nonzero().flatten()
+    inside = (index < torch.tensor(fit)).all(1)
+    out: list[Tensor] | None = None
+    if bool(inside.any()):
+        which = inside.nonzero().flatten()  # the first fit blocks per axis, D-major as the tiles
+        tiles = _window_tiles(features, geometry, fit)
+        g_tiles = _window_tiles(source_guidance, geometry, fit)
+        maps = _map_rows(source_maps, range(b), which)
+        sums = _term_sums_over_tiles(head, source_task, tiles, g_tiles, maps, window)
+        if bool(inside.all()):
+            return [s.reshape(b, *counts, s.shape[-1]) for s in sums]
+        out = [s.new_zeros((b, index.shape[0], s.shape[-1])) for s in sums]
+        for o, s in zip(out, sums):
+            o[:, which.to(o.device)] = s.reshape(b, -1, s.shape[-1])
+    gathered = (~inside).nonzero().flatten()
     with torch.no_grad():
         for n in range(b):
-            m_all = source_m[n].reshape(-1, *source_m.shape[-2:])
             for start in range(0, gathered.numel(), batch):
                 which = gathered[start:start + batch]
                 part = origins[which].to(features.device)
-                f = ops.gather_tiles(features[n], part, geometry["window"])
-                g = ops.gather_tiles(source_guidance[n], part, geometry["window"])
-                scores = ops.cga_recalibrate(f, g, m_all[which.to(m_all.device)].to(f.dtype), *weights,
-                                             variant=source.variant)
-                pt = positive_probability(source_task, scores.to(acc))
-                flat = f.to(acc).flatten(2)
-                rows = which.to(out.device)
-                out[n, rows, 0] = torch.einsum("tcv,tv->tc", flat, pt.flatten(1)).to(acc)
-                out[n, rows, 1] = flat.sum(-1).to(acc)
-    out = out.reshape(b, *counts, 2, c)
-    if min(fit) > 0:  # the blocks inside get their gradient
-        inside = _guided_sums_in_place(features, source_task, source, source_guidance, source_m, geometry, fit, acc)
-        out = out.clone()
-        out[:, :fit[0], :fit[1], :fit[2]] = inside
-    return out
+                tiles = ops.gather_tiles(features[n], part, window)
+                g_tiles = ops.gather_tiles(source_guidance[n], part, window)
+                maps = _map_rows(source_maps, [n], which)
+                sums = _term_sums_over_tiles(head, source_task, tiles, g_tiles, maps, window)
+                if out is None:
+                    out = [s.new_zeros((b, index.shape[0], s.shape[-1])) for s in sums]
+                for o, s in zip(out, sums):
+                    o[n, which.to(o.device)] = s.to(o.dtype)
+    return [o.reshape(b, *counts, o.shape[-1]) for o in out]
 
 
 # -- the heads of a model ----------------------------------------------------------------------
@@ -245,20 +176,20 @@ def task_logits(model: OMNet, features: Tensor, tasks: Sequence[int], geometry: 
     """OM-Net's logits of ``tasks`` on the backbone's ``features`` (B, C, D, H, W), every
     head window-consistent, guidance between tasks as in ``OMNet.forward`` (the preceding
     task's positive probability, no gradient). Tasks before those asked for run without
-    gradient (the cross-task forward flow); ``batch`` windows at a time where a CGA head
-    guided by a CGA head pools its guidance without gradient."""
+    gradient (the cross-task forward flow); ``batch`` windows at a time where a guided head
+    guided by a guided head pools its guidance without gradient."""
     logits: dict[int, Tensor] = {}
     guidance: Tensor | None = None  # the guidance of the current task
-    previous: tuple | None = None  # (task, CGA head, its guidance, its m) of the preceding task
+    previous: tuple | None = None  # (task, its guidance, its block maps) of a preceding guided head
     for task in range(max(tasks) + 1):
         head = model.heads[task]
+        guided = getattr(head, "guided", False)
         with torch.set_grad_enabled(torch.is_grad_enabled() and task in tasks):
-            if isinstance(head, CGA) and previous is not None:
-                sums = guided_window_sums(features, *previous, geometry, batch)
-                logits[task], m = cga_from_sums(head, features, guidance, sums, geometry), None
-            else:
-                logits[task], m = head_logits(head, features, guidance if head.guided else None, geometry)
-        previous = (task, head, guidance, m) if isinstance(head, CGA) and m is not None else None
-        if task < 2 and model.heads[task + 1].guided:
+            sums = None
+            if guided and previous is not None and not declares(head, ("window_logits",)):
+                sums = guided_window_sums(features, head, *previous, geometry, batch)
+            logits[task], maps = head_window_logits(head, features, guidance if guided else None, geometry, sums)
+        previous = (task, guidance, maps) if guided and maps is not None else None
+        if task < 2 and getattr(model.heads[task + 1], "guided", False):
             guidance = positive_probability(task, logits[task].detach())
     return [logits[t] for t in tasks]

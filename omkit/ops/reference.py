@@ -122,6 +122,42 @@ def cga_recalibrate(features: Tensor, guidance: Tensor, m: Tensor, w_pos: Tensor
     return out
 
 
+def importance_from_sums(sums: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """``m`` (..., 2, C) of :func:`cga_pool` from the sums ``[sum Pt F, sum F]`` (..., 2, C) over
+    a tile (or a window): the same L1 normalisation, for statistics pooled elsewhere."""
+    z = torch.stack([sums[..., 0, :], sums[..., 1, :] - sums[..., 0, :]], -2)
+    return z / z.abs().sum(-1, keepdim=True).clamp_min(eps)
+
+
+def cga_block_maps(m: Tensor, w_pos: Tensor | None, b_pos: Tensor | None, w_neg: Tensor | None,
+                   b_neg: Tensor | None, w_out: Tensor | None = None, b_out: Tensor | None = None,
+                   variant: str = "full") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The CGA head with importance ``m`` (..., 2, C) as an affine map of one voxel's features F
+    and guidance Pt: ``S = m0 F + c0 + Pt (m1 F + c1)``; ``m0``, ``m1`` (..., K, C) per
+    importance, ``c0``, ``c1`` (K,) (the biases do not depend on ``m``), in float32 at least
+    (autocast off). Not a second copy of the variants' algebra: the map is read off
+    :func:`cga_recalibrate` (linear in F at fixed Pt, affine in Pt) at F = 0 and the C unit
+    vectors, with Pt = 0 and Pt = 1; differentiable in ``m`` and the weights. The C++
+    kernels fold the same map (``fold_cga_head``)."""
+    lead, c = m.shape[:-2], m.shape[-1]
+    dtype = torch.promote_types(m.dtype, torch.float32)
+    # one row per importance, and a last one (m = 0) for the biases, which hold for any m
+    flat_m = torch.cat([m.reshape(-1, 2, c).to(dtype), torch.zeros((1, 2, c), dtype=dtype, device=m.device)])
+    n = flat_m.shape[0]
+    weights = [None if w is None else w.to(dtype) for w in (w_pos, b_pos, w_neg, b_neg, w_out, b_out)]
+    # C + 1 voxels per row: the zero vector, then each unit vector
+    basis = torch.cat([torch.zeros((c, 1), dtype=dtype, device=m.device), torch.eye(c, dtype=dtype, device=m.device)], 1)
+    features = basis.expand(n, c, c + 1)[..., None, None]
+    with torch.autocast(m.device.type, enabled=False):
+        at = [cga_recalibrate(features, features.new_full((n, 1, c + 1, 1, 1), pt), flat_m, *weights, variant)[..., 0, 0]
+              for pt in (0.0, 1.0)]  # (n, K, C + 1) each
+    c0, c_both = at[0][-1, :, 0], at[1][-1, :, 0]
+    m0 = at[0][:-1, :, 1:] - at[0][:-1, :, :1]
+    m1 = at[1][:-1, :, 1:] - at[1][:-1, :, :1] - m0
+    k = m0.shape[1]
+    return m0.reshape(*lead, k, c), c0, m1.reshape(*lead, k, c), c_both - c0
+
+
 def cga_head(features: Tensor, guidance: Tensor, w_pos: Tensor | None, b_pos: Tensor | None, w_neg: Tensor | None,
              b_neg: Tensor | None, w_out: Tensor | None, b_out: Tensor | None, variant: str,
              eps: float) -> tuple[Tensor, Tensor, Tensor]:

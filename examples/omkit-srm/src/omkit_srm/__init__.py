@@ -1,0 +1,1 @@
+"""Example omkit plug-in package (see plugin.py)."""
