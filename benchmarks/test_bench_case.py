@@ -63,6 +63,7 @@ import torch
 import omkit
 from omkit.inference import (SegmentationPredictor, SpeedSettings, TileSettings, build_postprocessors, dilate,
                              postprocess)
+from omkit.inference.runners import TileRunner
 from omkit.labels import internal_regions
 from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
@@ -159,6 +160,9 @@ class OracleROICascade(SegmentationPredictor):
 class MonaiTilingPredictor(SegmentationPredictor):
     """The same networks, fusion and post-processing; MONAI cuts and blends the tiles."""
 
+    def runner(self):
+        return TileRunner(self.tiles)  # its mean probabilities, MONAI's cutting and blending
+
     def _run(self, image, tasks, reduce, out_channels, out_dtype, mask, tile_counts):
         from monai.inferers import sliding_window_inference
 
@@ -168,7 +172,7 @@ class MonaiTilingPredictor(SegmentationPredictor):
         channels = [omkit.labels.NUM_CLASSES_TASK[task] for task in tasks]
         probs = sliding_window_inference(
             image[None].to(self.sw_device), t.size, t.batch,
-            lambda batch: torch.cat(self._mean_probabilities(batch, tasks), 1),
+            lambda batch: torch.cat(self.runner().mean_probabilities(self.ensemble(), batch, tasks), 1),
             overlap=overlap, mode="constant", sw_device=self.sw_device, device=self.device,
         )
         tile_counts["monai"] = -1  # MONAI computes every tile of the box

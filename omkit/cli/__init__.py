@@ -24,6 +24,7 @@ COMMANDS = {
     "export": "export",
     "demo": "demo",
     "ablation": "ablation",
+    "bench": "bench",
 }
 
 
