@@ -191,7 +191,8 @@ class SegmentationPredictor:
         self.inference_note = (f"tile inference (auto), tiles {describe_box(self.tiles.size)} keeping "
                                f"{describe_box(self.tiles.keep)}: {why}")
         if problem is not None:  # a module off the fast path is said, not only recorded
-            warnings.warn(self.inference_note, DenseFallbackWarning, stacklevel=3)
+            # stacklevel: the caller of SegmentationPredictor(...), past __init__ and __post_init__
+            warnings.warn(self.inference_note, DenseFallbackWarning, stacklevel=4)
 
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
