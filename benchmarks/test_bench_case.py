@@ -171,9 +171,9 @@ class MonaiTilingPredictor(SegmentationPredictor):
         overlap = [1.0 - (s + 1e-3) / r for s, r in zip(t.stride, t.size)]
         channels = [omkit.labels.NUM_CLASSES_TASK[task] for task in tasks]
         probs = sliding_window_inference(
-            image[None].to(self.sw_device), t.size, t.batch,
+            image[None].to(self.device), t.size, t.batch,
             lambda batch: torch.cat(self.runner().mean_probabilities(self.ensemble(), batch, tasks), 1),
-            overlap=overlap, mode="constant", sw_device=self.sw_device, device=self.device,
+            overlap=overlap, mode="constant", sw_device=self.device, device=self.output_device,
         )
         tile_counts["monai"] = -1  # MONAI computes every tile of the box
         return reduce([p for p in probs.split(channels, 1)])[0].to(out_dtype)
@@ -210,7 +210,7 @@ def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
     # every row says how it infers: "dense" rows dense, the others tile by tile (the library's
     # default, "auto", would run them dense)
     extra_kw = {**extra_kw, "inference": "dense" if tiling == "dense" else "tiles"}
-    predictor = cls([model], tiles=tiles, sw_device=device, tta=tiling == "tta", **extra_kw)
+    predictor = cls([model], tiles=tiles, device=device, tta=tiling == "tta", **extra_kw)
     if cls is OracleROICascade:
         predictor.gt_whole_tumor = torch.as_tensor(internal_regions(case.label)["WT"])
     steps = build_postprocessors()

@@ -153,3 +153,14 @@ def test_real_tiny_models_predict_a_synthetic_case():
 def test_ensemble_members_must_share_an_architecture():
     with pytest.raises(ValueError, match="share an architecture"):
         SegmentationPredictor([PointwiseOMNet(0), MCNet(num_tasks=1, width=0.125)])
+
+
+def test_device_means_where_the_networks_run_everywhere():
+    model = omkit.create_model("omnet_cga", width=0.125)
+    predictor = SegmentationPredictor([model], device="cpu")
+    assert predictor.device == torch.device("cpu") and predictor.output_device == torch.device("cpu")
+    assert predictor.ensemble().device == predictor.device
+    # the MONAI-style pair still works, said to be deprecated: sw_device computes, device holds the maps
+    with pytest.warns(DeprecationWarning, match="device= is where the networks run"):
+        old = SegmentationPredictor([model], sw_device="cpu", device="meta")
+    assert old.device == torch.device("cpu") and old.output_device == torch.device("meta")

@@ -164,7 +164,7 @@ def test_inference_under_autocast_matches_float32(case, preset, device, precisio
     torch.manual_seed(0)
     model = omkit.create_model(preset, width=0.125).eval()
     expected, _ = _predict(model, case)  # float32 on the CPU: the reference result
-    result, decisions = _predict(model.to(device), case, sw_device=device, device="cpu", precision=precision)
+    result, decisions = _predict(model.to(device), case, device=device, output_device="cpu", precision=precision)
     _compare(result, expected)
     dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
     assert ("gather_tiles", "float32", "kernel") in decisions and ("stitch_tiles", "float32", "kernel") in decisions
@@ -178,7 +178,7 @@ def test_predictor_on_cuda_matches_cpu(case):
     torch.manual_seed(0)
     model = omkit.create_model("omnet_cga", width=0.125).eval()
     expected, _ = _predict(model, case)
-    result, decisions = _predict(model.to("cuda"), case, sw_device="cuda")
+    result, decisions = _predict(model.to("cuda"), case, device="cuda")
     assert decisions == {("cga", "float32", "kernel"), ("gather_tiles", "float32", "kernel"),
                          ("stitch_tiles", "float32", "kernel")}
     _compare(result, expected)

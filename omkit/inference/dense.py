@@ -265,17 +265,17 @@ def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Se
     :class:`~omkit.inference.runners.Ensemble`) with the geometry of ``tiles``: ``tasks`` over
     the blocks touching ``mask``, ensemble- (and flip-) mean softmax reduced by ``reduce``
     (which maps ``[(1, K, *region)]`` to ``(1, out_channels, *region)``) on the compute
-    device. Returns ``((out_channels, D, H, W)`` of ``out_dtype`` on ``ensemble.device``,
+    device. Returns ``((out_channels, D, H, W)`` of ``out_dtype`` on ``ensemble.output_device``,
     zero where no touched block lies, and the number of blocks (= tiles) computed)."""
     e = ensemble
     spatial = tuple(image.shape[1:])
-    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=e.device)
+    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=e.output_device)
     divisor = math.lcm(*(min_divisor(m) for m in e.models))
     region = dense_region(mask, tiles.size, tiles.keep, divisor)
     if region is None:
         return out, 0
-    volume = image.to(e.sw_device)
-    origins = torch.tensor([region.start], dtype=torch.long, device=e.sw_device)
+    volume = image.to(e.device)
+    origins = torch.tensor([region.start], dtype=torch.long, device=e.device)
     x = ops.gather_tiles(volume, origins, region.shape)  # zero outside the volume, as a tile reads
     sums: list[Tensor | None] = [None] * len(tasks)
     for model in (folded_model(m) for m in e.models):
@@ -285,7 +285,7 @@ def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Se
             if e.speed.channels_last:
                 xf = xf.contiguous(memory_format=torch.channels_last_3d)
             geometry = window_geometry(region, tiles.size, tiles.keep, flip)
-            with autocast(e.sw_device, e.precision):
+            with autocast(e.device, e.precision):
                 logits = member_logits(model, xf, tasks, geometry, settings, divisor, e.progress, tiles.batch)
             for i, lg in enumerate(logits):
                 prob = torch.softmax((lg.flip(axes) if flip else lg).float(), dim=1)
@@ -296,7 +296,7 @@ def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Se
     reduced = torch.where(kept, reduced, torch.zeros((), dtype=reduced.dtype, device=reduced.device))
     dst = tuple(slice(max(0, s), min(n, s + r)) for s, r, n in zip(region.start, region.shape, spatial))
     src = tuple(slice(d.start - s, d.stop - s) for d, s in zip(dst, region.start))
-    out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(e.device, out_dtype)
+    out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(e.output_device, out_dtype)
     return out, int(region.touched.sum())
 
 

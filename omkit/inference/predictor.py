@@ -94,9 +94,11 @@ class SegmentationPredictor:
     """Predict internal class maps of preprocessed (z-scored) images.
 
     ``models``: one model or an ensemble of the same architecture (all OM-Net
-    like, or all MC with the same number of tasks). ``sw_device``: where the
-    networks run (default: where the first model's parameters are);
-    ``device``: where stitched maps live (default: ``sw_device``); ``tta``:
+    like, or all MC with the same number of tasks). ``device``: where the
+    networks run (default: where the first model's parameters are), as in
+    :meth:`from_files` and ``omkit.Segmenter``; ``output_device``: where the
+    stitched maps live (default: ``device``). ``sw_device`` (deprecated, MONAI's
+    pair): where the networks run, ``device`` then meaning the output's device; ``tta``:
     test-time mirroring (:func:`omkit.inference.tta.mirror_flips`: ``True`` for
     the 8 flips of D, H, W, ``"H,W"`` for a subset of axes, None for none);
     ``flips`` is the resolved list; ``precision``: ``fp32``, or autocast to
@@ -115,7 +117,7 @@ class SegmentationPredictor:
     models: Sequence[nn.Module]
     tiles: TileSettings | None = None
     roi_dilation: float = ROI_DILATION
-    sw_device: torch.device | str | None = None
+    sw_device: torch.device | str | None = None  # deprecated: see the docstring
     device: torch.device | str | None = None
     progress: bool = False
     tta: bool | str | Sequence | None = None
@@ -125,6 +127,7 @@ class SegmentationPredictor:
     dense: DenseSettings = field(default_factory=DenseSettings)
     # what the networks read (omkit.data.features); None: what their input channels say
     input_features: str | None = None
+    output_device: torch.device | str | None = None
 
     INFERENCE_MODES = INFERENCE_MODES
 
@@ -144,11 +147,17 @@ class SegmentationPredictor:
             raise ValueError(f"ensemble members must share an architecture, got {sorted(kinds)}")
         self.kind, self.num_tasks = kinds.pop()
         self.input_features = input_features_of(self.models, self.input_features)
-        if self.sw_device is None:
-            self.sw_device = next(self.models[0].parameters()).device
-        self.sw_device = torch.device(self.sw_device)
-        self.device = torch.device(self.device) if self.device is not None else self.sw_device
-        check_precision(self.precision, self.sw_device)
+        if self.sw_device is not None:  # the deprecated MONAI-style pair: sw_device computes, device holds
+            warnings.warn("SegmentationPredictor(sw_device=...) is deprecated: device= is where the networks run "
+                          "(as in from_files and omkit.Segmenter), output_device= where the maps go",
+                          DeprecationWarning, stacklevel=3)
+            if self.output_device is None:
+                self.output_device = self.device
+            self.device = self.sw_device
+        self.device = torch.device(self.device if self.device is not None else next(self.models[0].parameters()).device)
+        self.output_device = torch.device(self.output_device) if self.output_device is not None else self.device
+        self.sw_device = self.device  # read by code written for the old pair
+        check_precision(self.precision, self.device)
         self._choose_inference(self.tiles if self.tiles is not None else TileSettings())
         for model in self.models:
             model.eval()
@@ -212,7 +221,7 @@ class SegmentationPredictor:
                 )
             models.append(model)
             metadata.append(meta)
-        predictor = cls(models, sw_device=device, **kw)
+        predictor = cls(models, device=device, **kw)
         predictor.metadata = metadata
         return predictor
 
@@ -220,7 +229,7 @@ class SegmentationPredictor:
     def ensemble(self) -> Ensemble:
         """The ensemble core the runners compute with (:mod:`.runners`)."""
         return Ensemble(self.models, self._calls, self.kind, self.flips, self.precision, self.speed,
-                        self.sw_device, self.device, self.progress)
+                        self.device, self.output_device, self.progress)
 
     def runner(self) -> Runner:
         """The runner of the resolved inference mode."""

@@ -10,7 +10,7 @@ the caller's ``reduce``::
 
     out, computed = runner.run(ensemble, image, tasks, reduce, out_channels, out_dtype, mask)
 
-``out`` (out_channels, D, H, W) of ``out_dtype`` on ``ensemble.device``, zero where
+``out`` (out_channels, D, H, W) of ``out_dtype`` on ``ensemble.output_device``, zero where
 nothing was computed; ``computed``: the tiles (dense: the blocks, one per tile the
 tile path would compute). Neither runner reads or writes the predictor.
 """
@@ -43,8 +43,8 @@ class Ensemble(NamedTuple):
     flips: Sequence[tuple[int, ...]]
     precision: str
     speed: SpeedSettings
-    sw_device: torch.device
-    device: torch.device
+    device: torch.device  # where the networks run
+    output_device: torch.device  # where the maps go
     progress: bool
 
 
@@ -74,7 +74,7 @@ class TileRunner:
         full = batch.shape[0] // len(flips)  # the padded batch: copy k of the flips is rows k*full ... k*full+count
         sums: list[Tensor | None] = [None] * len(tasks)
         for call in ensemble.calls:
-            with autocast(ensemble.sw_device, ensemble.precision):
+            with autocast(ensemble.device, ensemble.precision):
                 if ensemble.kind == "cascade":
                     logits = [call[t](batch) for t in tasks]
                 else:
@@ -105,7 +105,8 @@ class TileRunner:
         out = overlap_tile_inference(
             image, predictor, out_channels, origins=origins,
             tile_size=t.size, stride=t.stride, keep=t.keep, batch_size=t.batch,
-            out_dtype=out_dtype, sw_device=ensemble.sw_device, device=ensemble.device, progress=ensemble.progress,
+            out_dtype=out_dtype, sw_device=ensemble.device, device=ensemble.output_device,
+            progress=ensemble.progress,
         )
         return out, int(origins.shape[0])
 

@@ -177,7 +177,7 @@ class Segmenter:
         presets = [m.get("preset") for m in self.metadata] or ["?"]
         steps = ", ".join(name for name, _ in self.steps) or "none"
         return (f"Segmenter(models={len(self.predictor.models)} ({', '.join(map(str, presets))}), "
-                f"device={self.predictor.sw_device}, label_convention={self.label_convention!r}, "
+                f"device={self.predictor.device}, label_convention={self.label_convention!r}, "
                 f"postprocess=[{steps}])")
 
 
