@@ -12,7 +12,9 @@ returns the names of the checks that passed. What is checked:
 
 * attention (:func:`check_attention`): output shape and dtype; the same output twice
   in eval mode; gradients reach every parameter; guided modules: no gradient reaches
-  the guidance; bf16 autocast runs and stays finite. With a declared window pooling
+  the guidance; bf16 autocast runs and stays finite; where the export packages are
+  installed (``omkit[export]``), ``torch.export`` and ONNX with the ops lowered to their
+  references, run by onnxruntime, give the eager output (1e-4). With a declared window pooling
   (``omkit.models.window_protocol``): the declaration pooled over the whole input is
   the module's ``forward`` (1e-5), and pooled per window it is the module run on each
   window's tile (dense equals tiles, 1e-5, float64).
@@ -148,6 +150,8 @@ def check_attention(plugin, channels: int = 8, num_classes: int = 5, **options) 
     checks.run("deterministic", deterministic)
     checks.run("gradients", gradients)
     checks.run("bf16 autocast", bf16_autocast)
+    if onnx_available():
+        checks.run("ONNX export", lambda: _onnx_matches(build().eval(), guided, inputs()))
     declaration = GUIDED_DECLARATION if guided else UNGUIDED_DECLARATION
     if declares(build(), declaration):
         checks.run("declared pooling is the forward", lambda: _declaration_is_forward(build(torch.float64), guided,
@@ -155,6 +159,36 @@ def check_attention(plugin, channels: int = 8, num_classes: int = 5, **options) 
         checks.run("dense equals tiles", lambda: _dense_equals_tiles(build(torch.float64), guided,
                                                                      inputs(torch.float64)))
     return checks.passed
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX check runs: onnx, onnxscript and onnxruntime are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def _onnx_matches(module: nn.Module, guided: bool, xs) -> str | None:
+    """The module through ``torch.export`` and ONNX (omkit's ops lowered to their references,
+    as ``omkit export`` does), run by onnxruntime, against its eager output."""
+    import warnings
+
+    import onnxruntime
+
+    x, guidance = xs
+    args = (x, guidance) if guided else (x,)
+    with torch.no_grad():
+        want = module(*args)
+    with ops.use_backend("reference"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, args, strict=False)
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+    proto = onnx_program.model_proto.SerializeToString()
+    session = onnxruntime.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    got = torch.from_numpy(session.run(None, feeds)[0])
+    diff = _max_diff(got, want)
+    return None if diff <= 1e-4 else f"the ONNX graph run by onnxruntime differs from forward by {diff:.3g}"
 
 
 def _declaration_is_forward(module: nn.Module, guided: bool, xs) -> str | None:

@@ -21,7 +21,7 @@ import omkit
 from omkit.inference import SegmentationPredictor
 from omkit.inference.dense import DenseFallbackWarning
 from omkit.models.window_protocol import PooledChannelAttention, declares
-from omkit.testing import ConformanceError, check_attention, check_backbone
+from omkit.testing import ConformanceError, check_attention, check_backbone, onnx_available
 
 from conftest import TINY_WIDTH, PointwiseBackbone, centre_taps_only, plugin_fixture
 from test_dense_inference import TILES, assert_same, both, volume, windows_trained
@@ -152,8 +152,9 @@ def test_a_module_that_changes_forward_without_its_declaration_runs_tiles():
 @pytest.mark.parametrize("attention", ["se", "cga", "cga_minus", "cga_t", "cga_n", "eca_source_test", "srm_source_test"])
 def test_attention_passes_the_conformance_kit(attention):
     passed = check_attention(attention)
-    assert passed == ["shapes", "deterministic", "gradients", "bf16 autocast", "declared pooling is the forward",
-                      "dense equals tiles"]
+    export = ["ONNX export"] if onnx_available() else []
+    assert passed == ["shapes", "deterministic", "gradients", "bf16 autocast", *export,
+                      "declared pooling is the forward", "dense equals tiles"]
 
 
 def test_backbones_pass_the_conformance_kit():
