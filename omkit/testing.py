@@ -14,7 +14,9 @@ returns the names of the checks that passed. What is checked:
   in eval mode; gradients reach every parameter; guided modules: no gradient reaches
   the guidance; bf16 autocast runs and stays finite; where the export packages are
   installed (``omkit[export]``), ``torch.export`` and ONNX with the ops lowered to their
-  references, run by onnxruntime, give the eager output (1e-4). With a declared window pooling
+  references, run by onnxruntime, give the eager output (1e-4); where the class claims
+  ``compiles_fullgraph = True``, ``torch.compile(fullgraph=True)`` (graph capture with
+  AOTAutograd, no code generation) gives the eager output and input gradient. With a declared window pooling
   (``omkit.models.window_protocol``): the declaration pooled over the whole input is
   the module's ``forward`` (1e-5), and pooled per window it is the module run on each
   window's tile (dense equals tiles, 1e-5, float64).
@@ -80,7 +82,7 @@ class _Checks:
 
 
 def _max_diff(a: Tensor, b: Tensor) -> float:
-    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
 
 
 def _gradients(module: nn.Module, loss: Tensor) -> str | None:
@@ -152,6 +154,8 @@ def check_attention(plugin, channels: int = 8, num_classes: int = 5, **options) 
     checks.run("bf16 autocast", bf16_autocast)
     if onnx_available():
         checks.run("ONNX export", lambda: _onnx_matches(build().eval(), guided, inputs()))
+    if getattr(cls, "compiles_fullgraph", False) is True:
+        checks.run("torch.compile fullgraph", lambda: _compiles(build().eval(), guided, inputs()))
     declaration = GUIDED_DECLARATION if guided else UNGUIDED_DECLARATION
     if declares(build(), declaration):
         checks.run("declared pooling is the forward", lambda: _declaration_is_forward(build(torch.float64), guided,
@@ -189,6 +193,21 @@ def _onnx_matches(module: nn.Module, guided: bool, xs) -> str | None:
     got = torch.from_numpy(session.run(None, feeds)[0])
     diff = _max_diff(got, want)
     return None if diff <= 1e-4 else f"the ONNX graph run by onnxruntime differs from forward by {diff:.3g}"
+
+
+def _compiles(module: nn.Module, guided: bool, xs) -> str | None:
+    """``torch.compile(fullgraph=True)`` (AOTAutograd graphs, no code generation) against eager:
+    the output and the gradient reaching the features."""
+    x, guidance = xs
+    x = x.clone().requires_grad_(True)
+    args = (x, guidance) if guided else (x,)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    got, want = compiled(*args), module(*args)
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    diff = max(_max_diff(got, want), _max_diff(g_got, g_want) / max(1.0, float(g_want.abs().max())))
+    return None if diff <= TOLERANCE else f"compiled, it differs from eager by {diff:.3g}"
 
 
 def _declaration_is_forward(module: nn.Module, guided: bool, xs) -> str | None:
