@@ -107,34 +107,45 @@ def build_attention(name: str, channels: int) -> torch.nn.Module:
     return cls(channels, num_classes=NUM_CLASSES) if getattr(cls, "guided", False) else cls(channels)
 
 
+def attention_step(name: str, shape: Sequence[int], backward: bool = False, device: str | torch.device = "cpu",
+                   precision: str = "fp32") -> tuple[Callable[[], torch.Tensor], torch.nn.Module]:
+    """``(call, module)``: the registered attention ``name`` built as the heads build it, and
+    one call of it (forward, or forward + backward) on seeded features (and guidance) of
+    ``shape`` (B, C, D, H, W); what ``omkit bench attention`` and the attention benchmark time."""
+    device = torch.device(device)
+    b, c, *spatial = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((b, c, *spatial), generator=g).to(device).requires_grad_(backward)
+    guidance = torch.rand((b, 1, *spatial), generator=g).to(device)
+    torch.manual_seed(0)
+    module = build_attention(name, c).to(device).train(backward)
+    guided = bool(getattr(module, "guided", False))
+
+    def call() -> torch.Tensor:
+        with torch.set_grad_enabled(backward), autocast(device, precision):
+            out = module(x, guidance) if guided else module(x)
+        if backward:
+            out.float().square().mean().backward()
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+        return out
+
+    return call, module
+
+
 def bench_attention(names: Sequence[str], shape: Sequence[int] = SHAPES["paper"], backward: bool = False,
                     device: str | torch.device = "cpu", precision: str = "fp32", repeats: int = 10, warmup: int = 2,
                     progress: bool = False) -> list[dict]:
     """One row per attention module: each on the same seeded features (and guidance for
-    guided ones) of ``shape`` (B, C, D, H, W)."""
+    guided ones) of ``shape`` (B, C, D, H, W) (:func:`attention_step`)."""
     device = torch.device(device)
-    b, c, *spatial = shape
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn((b, c, *spatial), generator=g).to(device)
-    guidance = torch.rand((b, 1, *spatial), generator=g).to(device)
+    b, _, *spatial = shape
     voxels = b * int(torch.tensor(spatial).prod())
     rows = []
     bar = _progress_bar(len(names) * repeats, "omkit bench attention", progress)
     for name in names:
-        torch.manual_seed(0)
-        module = build_attention(name, c).to(device).train(backward)
+        call, module = attention_step(name, shape, backward, device, precision)
         guided = bool(getattr(module, "guided", False))
-        x = features.clone().requires_grad_(backward)
-
-        def call():
-            with torch.set_grad_enabled(backward), autocast(device, precision):
-                out = module(x, guidance) if guided else module(x)
-            if backward:
-                out.float().square().mean().backward()
-                module.zero_grad(set_to_none=True)
-                x.grad = None
-            return out
-
         row = {"name": name, "kind": "guided" if guided else "unguided", "shape": list(shape),
                "pass": "forward+backward" if backward else "forward", "precision": precision,
                "parameters": sum(p.numel() for p in module.parameters())}
