@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from omkit import ops
 from omkit.models.plugin_checks import describe
-from omkit.models.window_protocol import (GUIDED_DECLARATION, UNGUIDED_DECLARATION, declares,
+from omkit.models.window_protocol import (GUIDED_DECLARATION, UNGUIDED_DECLARATION, declares, guidance_weighted,
                                           head_window_logits, window_channel_scale)
 
 # the window geometry the dense check pools: blocks of 2 x 4 x 4 in windows of 4 x 8 x 8
@@ -158,6 +158,9 @@ def check_attention(plugin, channels: int = 8, num_classes: int = 5, **options) 
         checks.run("torch.compile fullgraph", lambda: _compiles(build().eval(), guided, inputs()))
     declaration = GUIDED_DECLARATION if guided else UNGUIDED_DECLARATION
     if declares(build(), declaration):
+        if guided and declares(build(), ("guided_terms",)):
+            checks.run("guided terms are the pooled terms",
+                       lambda: _guided_terms_match(build(torch.float64), inputs(torch.float64)))
         checks.run("declared pooling is the forward", lambda: _declaration_is_forward(build(torch.float64), guided,
                                                                                      inputs(torch.float64)))
         checks.run("dense equals tiles", lambda: _dense_equals_tiles(build(torch.float64), guided,
@@ -226,6 +229,19 @@ def _declaration_is_forward(module: nn.Module, guided: bool, xs) -> str | None:
             want = module(x)
     diff = _max_diff(got, want)
     return None if diff <= TOLERANCE else f"pooled over the whole input it differs from forward by {diff:.3g}"
+
+
+def _guided_terms_match(module: nn.Module, xs) -> str | None:
+    """A guided head's ``guided_terms`` weighted by the guidance against its ``pooled_terms``
+    (the window path pools the first, a tile's sums the second)."""
+    x, guidance = xs
+    with torch.no_grad():
+        want, got = module.pooled_terms(x, guidance), guidance_weighted(module.guided_terms(x), guidance)
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+        return (f"guided_terms weighted by the guidance give shapes {[tuple(g.shape) for g in got]}, "
+                f"pooled_terms {[tuple(w.shape) for w in want]}")
+    diff = max(_max_diff(g, w) for g, w in zip(got, want))
+    return None if diff <= TOLERANCE else f"guided_terms weighted by the guidance differ from pooled_terms by {diff:.3g}"
 
 
 def _unfused(module, x, guidance, geometry):

@@ -20,6 +20,7 @@ from torch import nn
 import omkit
 from omkit.inference import SegmentationPredictor
 from omkit.inference.dense import DenseFallbackWarning
+from omkit.models.attention import CGA
 from omkit.models.window_protocol import PooledChannelAttention, declares
 from omkit.testing import ConformanceError, check_attention, check_backbone, onnx_available
 
@@ -154,7 +155,8 @@ def test_attention_passes_the_conformance_kit(attention):
     passed = check_attention(attention)
     export = ["ONNX export"] if onnx_available() else []
     claimed = ["torch.compile fullgraph"] if attention in ("se", "cga", "cga_minus", "cga_t", "cga_n") else []
-    assert passed == ["shapes", "deterministic", "gradients", "bf16 autocast", *export, *claimed,
+    guided_terms = ["guided terms are the pooled terms"] if attention.startswith("cga") else []
+    assert passed == ["shapes", "deterministic", "gradients", "bf16 autocast", *export, *claimed, *guided_terms,
                       "declared pooling is the forward", "dense equals tiles"]
 
 
@@ -185,6 +187,17 @@ def test_the_kit_names_a_broken_plugin_and_the_check_in_one_line():
     with pytest.raises(ConformanceError, match=r"NoGradient: check 'gradients' failed: the output does not depend "
                                                "on unused"):
         check_attention(NoGradient)
+
+    class SquaresItsTerms(CGA):  # its window path would pool F * F, its tiles F
+        def guided_terms(self, features):
+            return (features * features,)
+
+        def pooled_terms(self, features, guidance):
+            return features * guidance, features
+
+    with pytest.raises(ConformanceError, match=r"SquaresItsTerms: check 'guided terms are the pooled terms' failed: "
+                                               "guided_terms weighted by the guidance differ from pooled_terms by"):
+        check_attention(SquaresItsTerms)
 
     class Misshapen(nn.Module):
         guided = False

@@ -18,7 +18,7 @@ from omkit import ops
 from omkit.ops import reference
 
 from .blocks import check_input, check_spatial_dims, conv
-from .window_protocol import PooledChannelAttention
+from .window_protocol import PooledChannelAttention, guidance_weighted
 
 
 class SE(PooledChannelAttention):
@@ -116,9 +116,14 @@ class CGA(nn.Module):
 
     # -- the window protocol (omkit.models.window_protocol) --
 
+    def guided_terms(self, features: torch.Tensor) -> tuple[torch.Tensor]:
+        """CSCI pooling pools ``F`` weighted by Pt and unweighted (``F * Pn`` is their
+        difference): the window op forms ``F * Pt`` itself."""
+        return (features,)
+
     def pooled_terms(self, features: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CSCI pooling's sums: ``F * Pt`` and ``F`` (``F * Pn`` is their difference)."""
-        return features * guidance.to(features.dtype), features
+        """CSCI pooling's sums: ``F * Pt`` and ``F``."""
+        return guidance_weighted(self.guided_terms(features), guidance)
 
     def block_maps(self, sums, count: int) -> tuple:
         """The head as an affine map of each voxel's features and guidance, per pooled

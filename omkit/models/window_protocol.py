@@ -26,7 +26,11 @@ ops (``omkit.ops.window_sums``, ``omkit.ops.block_linear``), and a module's own
     (``m0``, ``m1`` (..., K, C); ``c0``, ``c1`` (..., K)). It may add
     ``fused_window_logits(features, guidance, geometry) -> (logits, maps)``: the same
     computation fused for inference (CGA: the ``omkit::cga_windowed`` op), used
-    without gradient.
+    without gradient. A guided head whose terms are guidance-weighted copies of terms of
+    the features (CGA: ``F * Pt`` and ``F``) may declare ``guided_terms(features) ->
+    tuple of (B, C_i, *spatial)``: its ``pooled_terms`` are then each term times Pt, then
+    each term (:func:`guidance_weighted`), and the window op forms the products itself in
+    one pass (no product map, no concatenation, in the forward or the backward).
 
   A head of another kind declares ``window_logits(features, guidance, geometry) ->
   (logits, maps or None)`` itself (``PlainHead`` does, for any declared attention).
@@ -137,10 +141,28 @@ def _accumulate(dtype: torch.dtype) -> torch.dtype:
 
 def window_term_sums(terms: Sequence[Tensor], geometry: dict) -> list[Tensor]:
     """Each term's sums over every block's window, ``(B, nD, nH, nW, C_i)`` per term."""
-    acc = _accumulate(terms[0].dtype)
-    stacked = terms[0] if len(terms) == 1 else torch.cat([t.to(acc) for t in terms], 1)
-    sums = ops.window_sums(stacked, **geometry)[..., 0, :]
-    return list(sums.split([t.shape[1] for t in terms], -1))
+    # one window op a term: the op reads each once, where a concatenation would copy them all
+    return [ops.window_sums(t, **geometry)[..., 0, :] for t in terms]
+
+
+def guidance_weighted(terms: Sequence[Tensor], guidance: Tensor) -> tuple[Tensor, ...]:
+    """The pooled terms of a guided head that declares ``guided_terms``: each term times
+    the guidance, then each term."""
+    return (*(t * guidance.to(t.dtype) for t in terms), *terms)
+
+
+def guided_window_term_sums(terms: Sequence[Tensor], guidance: Tensor, geometry: dict) -> list[Tensor]:
+    """The window sums of :func:`guidance_weighted` ``(terms, guidance)``, ``(B, nD, nH, nW,
+    C_i)`` per pooled term, from one guided window op over the terms."""
+    sums = [ops.window_sums(t, guidance, **geometry) for t in terms]  # rows [sum Pt * x, sum x]
+    return [s[..., 0, :] for s in sums] + [s[..., 1, :] for s in sums]
+
+
+def head_window_term_sums(head: nn.Module, features: Tensor, guidance: Tensor, geometry: dict) -> list[Tensor]:
+    """A guided head's pooled-term sums over every block's window."""
+    if declares(head, ("guided_terms",)):
+        return guided_window_term_sums(head.guided_terms(features), guidance, geometry)
+    return window_term_sums(head.pooled_terms(features, guidance), geometry)
 
 
 def tile_term_sums(terms: Sequence[Tensor]) -> list[Tensor]:
@@ -173,7 +195,7 @@ def guided_head_window_logits(head: nn.Module, features: Tensor, guidance: Tenso
     if sums is None and not torch.is_grad_enabled() and declares(head, ("fused_window_logits",)):
         return head.fused_window_logits(features, guidance, geometry)
     if sums is None:
-        sums = window_term_sums(head.pooled_terms(features, guidance), geometry)
+        sums = head_window_term_sums(head, features, guidance, geometry)
     maps = head.block_maps(sums, math.prod(geometry["window"]))
     logits = apply_block_maps(features, maps, guidance, geometry["block"], geometry["origin"])
     return logits, tuple(None if m is None else m.detach() for m in maps)
