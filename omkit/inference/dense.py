@@ -75,6 +75,7 @@ from torch import Tensor, nn
 from omkit import ops
 from omkit.devices import autocast
 from omkit.models.blocks import fold_batch_norm
+from omkit.models.cache_blocked import cache_blocked_convolutions
 from omkit.models.omnet import MCNet
 from omkit.models.window_protocol import head_window_logits
 from omkit.models.windowed import check_windowed_model, task_logits
@@ -307,10 +308,12 @@ _FOLDED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDict
 def folded_model(model: nn.Module) -> nn.Module:
     """``model`` with its BatchNorms folded into the convolutions
     (``omkit.models.blocks.fold_batch_norm``: the same function, one pass over the whole
-    region's activations less per folded pair), made once per model and kept while it lives."""
+    region's activations less per folded pair) and its 3-D convolutions computing large CPU
+    inputs in cache-sized slabs (``omkit.models.cache_blocked``), made once per model and
+    kept while it lives."""
     folded = _FOLDED.get(model)
     if folded is None:
-        folded = _FOLDED[model] = fold_batch_norm(model)
+        folded = _FOLDED[model] = cache_blocked_convolutions(fold_batch_norm(model))
     return folded
 
 
