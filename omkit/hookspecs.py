@@ -71,7 +71,9 @@ def omkit_register_attention(registry):
     training when it declares how it pools (``omkit.models.window_protocol``):
     ``pooled_terms`` and ``channel_scale`` (SE-like; subclass
     ``omkit.models.window_protocol.PooledChannelAttention``) or ``pooled_terms`` and
-    ``block_maps`` (CGA-like). Undeclared, it runs tile inference.
+    ``block_maps`` (CGA-like; terms weighted by the guidance may be declared as
+    ``guided_terms`` instead, which the window op weights itself). Undeclared, it runs
+    tile inference.
     """
 
 
