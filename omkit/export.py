@@ -37,11 +37,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from omkit.data.features import model_input_channels
+from omkit.data.features import input_channels
 from omkit.fileio import atomic_path, atomic_write_text
 from omkit.labels import (BACKGROUND, CONVENTIONS, CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL,
                           NUM_CLASSES_TASK, TUMOR_CLASSES)
-from omkit.protocol import COARSE_TUMOR_THRESHOLD, PATCH_DIVISOR, ROI_DILATION, TILE_KEEP
+from omkit.model_card import ModelCard
+from omkit.protocol import COARSE_TUMOR_THRESHOLD, PATCH_DIVISOR, ROI_DILATION
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
@@ -101,7 +102,7 @@ def _omkit_version() -> str | None:
         return None
 
 
-def export_metadata(meta: dict, tile_size: Sequence[int], keep: Sequence[int], stride: Sequence[int] | None = None,
+def export_metadata(card: ModelCard, tile_size: Sequence[int], keep: Sequence[int], stride: Sequence[int] | None = None,
                     batch: int = 16, roi_dilation: float = ROI_DILATION, num_tasks: int = 3,
                     architecture: str = "onepass", export_format: str | None = None) -> dict:
     """Everything a runner needs besides the graph: what the input is, how to preprocess,
@@ -112,24 +113,24 @@ def export_metadata(meta: dict, tile_size: Sequence[int], keep: Sequence[int], s
         "export_format": export_format,
         "omkit_version": _omkit_version(),
         "torch_version": torch.__version__,
-        "preset": meta.get("preset"),
-        "width": meta.get("width"),
-        "model_kw": meta.get("model_kw", {}),
+        "preset": card.preset,
+        "width": card.width,
+        "model_kw": card.model_options,  # the runner's key before model cards (omkit.model_card: model_options)
         "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", model_input_channels(meta.get("model_kw", {})), *[int(s) for s in tile_size]],
+            "shape": ["batch", input_channels(card.input_features), *[int(s) for s in tile_size]],
             "dtype": "float32",
             "modalities": ["flair", "t1", "t1c", "t2"],
             # omkit.data.features: "mri" = the four modalities; "mri+asymmetry" = those, then each minus its
             # mirror image across the crop's centre along the left-right axis (H for axis-aligned volumes)
-            "features": meta.get("preprocessing", {}).get("input_features", "mri"),
+            "features": card.input_features,
             "axes": "(batch, modality, D, H, W); D = NIfTI axis 3 (Z, axial), H = axis 1 (X), W = axis 2 (Y)",
         },
         "outputs": {f"task{t + 1}": ["batch", NUM_CLASSES_TASK[t], *[int(s) for s in tile_size]]
                     for t in range(num_tasks)},
         "preprocessing": {
-            **meta.get("preprocessing", {"normalization": "zscore-nonzero", "crop": "brain-bbox"}),
+            **card.preprocessing,
             "brain_mask": "voxels where any modality is non-zero",
             "zscore": "per modality over the brain mask (float64 mean and population std), zero outside it",
         },
@@ -156,7 +157,7 @@ def export_metadata(meta: dict, tile_size: Sequence[int], keep: Sequence[int], s
                     "relabels the core classes inside the ROI (enhancing, else ncr_net); outside the brain: "
                     "background",
         },
-        "label_convention": meta.get("label_convention", "2018"),
+        "label_convention": card.label_convention,
         "label_conventions": {name: {"ncr_net": c.ncr_net, "edema": c.edema, "enhancing": c.enhancing}
                               for name, c in CONVENTIONS.items()},
     }
@@ -283,29 +284,35 @@ class PreparedExport:
 
 
 def prepare_export(model_path: str | os.PathLike, tile_size: Sequence[int] | None = None,
-                   keep: Sequence[int] = TILE_KEEP, stride: Sequence[int] | None = None, batch: int = 16,
+                   keep: Sequence[int] | None = None, stride: Sequence[int] | None = None, batch: int = 16,
                    roi_dilation: float = ROI_DILATION) -> PreparedExport:
     """Load the model file ``model_path`` (``omkit.checkpoint``) and trace its tile network.
-    The tile size defaults to the model's training patch size; ``keep``, ``stride``,
-    ``batch`` and ``roi_dilation`` are the runner's defaults, recorded in the metadata."""
+    The tile size and keep default to the paper's tiles of the model's card (its training
+    patch keeping ``TILE_KEEP``; a given size alone keeps in proportion); ``keep``,
+    ``stride``, ``batch`` and ``roi_dilation`` are the runner's defaults, recorded in the
+    metadata."""
     from omkit.checkpoint import load_model
+    from omkit.inference.settings import TileSettings
     from omkit.models.omnet import MCNet
 
-    model, meta = load_model(model_path, map_location="cpu")
+    model, card = load_model(model_path, map_location="cpu")
     if int(getattr(model, "spatial_dims", 3)) != 3:
         raise ValueError(f"{model_path}: only 3-D models export to tiles (this one has spatial_dims=2)")
-    tile_size = tuple(tile_size) if tile_size is not None else tuple(meta.get("patch_size", (16, 32, 32)))
-    tile_size, keep, stride = _check_tiles(tile_size, keep, stride)
+    if tile_size is None or keep is None:
+        size, kept = card.tiles_for("tiles")
+        tiles = TileSettings(size=tile_size, keep=keep).with_defaults(size, kept)
+        tile_size, keep = tiles.size, tiles.keep
+    tile_size, keep, stride = _check_tiles(tuple(tile_size), keep, stride)
     network = TileNetwork(model)
-    metadata = export_metadata(meta, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation,
+    metadata = export_metadata(card, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation,
                                num_tasks=network.num_tasks,
                                architecture="cascade" if isinstance(model, MCNet) else "onepass")
-    program = export_program(model, tile_size, model_input_channels(meta.get("model_kw", {})))
+    program = export_program(model, tile_size, input_channels(card.input_features))
     return PreparedExport(program, metadata, network.output_names)
 
 
 def export_model(model_path: str | os.PathLike, target: str | os.PathLike, export_format: str | None = None,
-                 tile_size: Sequence[int] | None = None, keep: Sequence[int] = TILE_KEEP,
+                 tile_size: Sequence[int] | None = None, keep: Sequence[int] | None = None,
                  stride: Sequence[int] | None = None, batch: int = 16, roi_dilation: float = ROI_DILATION,
                  force: bool = False) -> dict:
     """Export the model file ``model_path`` to ``target`` as ``export_format`` (``onnx`` or

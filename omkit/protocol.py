@@ -21,6 +21,12 @@ FAST_TILE_KEEP = (8, 24, 24)
 # three 2x2x2 max-poolings in FusionNet: every patch side must be divisible by 8
 PATCH_DIVISOR = 8
 
+
+def keep_for(size, keep, base=PATCH_SIZE) -> tuple[int, ...]:
+    """A kept centre for tiles of ``size`` in the proportion ``keep`` has to tiles of
+    ``base`` (TILE_KEEP and FAST_TILE_KEEP are for PATCH_SIZE)."""
+    return tuple(max(1, min(int(s), round(int(s) * k / b))) for s, k, b in zip(size, keep, base))
+
 # -- sampling and fusion (Sec. III-A) -------------------------------------------------
 # task 2's training patches are centred inside the whole tumor dilated by this many
 # voxels (a Euclidean ball) ...

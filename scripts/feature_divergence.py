@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from omkit.checkpoint import load_model
-from omkit.data.features import features_of_channels, left_right_axis, model_input_channels, network_input
+from omkit.data.features import left_right_axis, network_input
 from omkit.data.preprocess import preprocess_case
 from omkit.inference.dense import DenseSettings, backbone_features, dense_region, min_divisor
 from omkit.inference.pipeline import load_for_prediction
 from omkit.inference.sliding import tiles_touching
 from omkit.inference.tiling import keep_offset, tile_origins
+from omkit.model_card import ModelCard
 from omkit.models.blocks import fold_batch_norm
 from omkit.ops import gather_tiles
 from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, TILE_KEEP
@@ -41,7 +42,7 @@ from omkit.training.windows import WindowGrid
 
 def network_image(model, pre) -> torch.Tensor:
     """The case's network input (C, D, H, W), with the model's input features."""
-    features = features_of_channels(model_input_channels(getattr(model, "model_kw", {})))
+    features = ModelCard.of_model(model).input_features
     image = network_input(np.asarray(pre.image, dtype=np.float32), features, axis=left_right_axis(pre.affine))
     return torch.from_numpy(np.ascontiguousarray(image))
 
@@ -132,11 +133,11 @@ def main(argv=None) -> None:
     contexts = [tuple(int(v) for v in c.split(",")) for c in args.contexts.split("/")]
     torch.set_grad_enabled(False)
     for path in args.model:
-        model, meta = load_model(path)
-        steps = meta.get("training", {}).get("steps")
+        model, card = load_model(path)
+        steps = card.training.get("steps")
         results = [case_divergence(model, Path(c), args.tiles, contexts, np.random.default_rng(0)) for c in args.cases]
         dist = np.mean([r["tiles"]["by_distance"] for r in results], axis=0)
-        print(f"\n{path} ({steps} steps, mode {meta.get('train_mode', 'patches')}), {len(results)} cases\n")
+        print(f"\n{path} ({steps} steps, mode {card.train_mode}), {len(results)} cases\n")
         print("| distance to tile border (voxels) | " + " | ".join(str(d) for d in range(len(dist))) + " |")
         print("|---|" + "---:|" * len(dist))
         print("| relative feature difference | " + " | ".join(f"{v:.3f}" for v in dist) + " |")

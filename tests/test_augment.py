@@ -183,7 +183,7 @@ def test_a_third_party_transform_registers_keeps_the_contract_and_trains(with_pl
         torch.set_num_threads(threads)
     assert json.loads((run / "config.json").read_text())["config"]["augment"] == "mirror+invert(factor=2):0.5"
     _, meta = load_model(run / "model.pt")
-    assert meta["training"]["augment"] == "mirror+invert(factor=2):0.5"
+    assert meta.training["augment"] == "mirror+invert(factor=2):0.5"
     # a misspelt option is one line naming --augment, before anything is written
     bad = list(args)
     bad[bad.index("mirror+invert(factor=2):0.5")] = "mirror+invert(facter=2)"

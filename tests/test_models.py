@@ -184,8 +184,8 @@ def test_model_file_round_trip(tmp_path):
 
     model = omkit.create_model("omnet_se", width=TINY_WIDTH).eval()
     path = save_model(model, tmp_path / "model.pt")
-    loaded, meta = load_model(path)
-    assert meta["preset"] == "omnet_se" and meta["width"] == TINY_WIDTH
+    loaded, card = load_model(path)
+    assert card.preset == "omnet_se" and card.width == TINY_WIDTH and loaded.card is card
     x = torch.randn(1, 4, *TINY_PATCH)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).task3, model(x).task3)

@@ -126,7 +126,7 @@ def test_every_preset_builds_in_2d_and_its_model_file_round_trips(tmp_path):
         model = omkit.create_model(preset, width=TINY_WIDTH, spatial_dims=2).eval()
         path = save_model(model, tmp_path / f"{preset}.pt")
         loaded, meta = load_model(path)
-        assert meta["model_kw"]["spatial_dims"] == 2
+        assert meta.model_options["spatial_dims"] == 2
         with torch.no_grad():
             for a, b in zip(model(x), loaded(x)):
                 torch.testing.assert_close(a, b)

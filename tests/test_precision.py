@@ -117,7 +117,7 @@ def test_trainer_records_precision_and_trains(data_dir, tmp_path, device, precis
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["precision"] == precision and "amp" not in config
     _, meta = load_model(run / "model.pt")
-    assert meta["training"]["precision"] == precision
+    assert meta.training["precision"] == precision
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
     with open(run / "metrics.csv", newline="") as fh:
         losses = [float(row["loss_total"]) for row in csv.DictReader(fh)]

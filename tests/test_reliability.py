@@ -363,8 +363,11 @@ def test_a_crafted_model_file_is_refused_without_running_it(tmp_path, model_file
     ("width", "wide", "width must be a number"),
     ("width", float("nan"), "width must be a number"),
     ("width", 1e12, "width must be a number"),
-    ("model_kw", [1], "model_kw must map option names"),
-    ("model_kw", {"dropout": "high"}, "cannot build preset"),
+    ("model_options", [1], "model_options must map option names"),
+    ("model_options", {"dropout": "high"}, "cannot build preset"),
+    ("inference", {"mode": "fast"}, "inference must give a mode among auto, dense, tiles"),
+    ("train_windows", {"window": [16, 32]}, "train_windows.window must be three positive sizes"),
+    ("surprise", 1, "unknown field 'surprise'"),
     ("patch_size", "x", "patch_size must be three positive sizes"),
     ("label_convention", "1999", "label_convention must be 2018, 2023 or 2024"),
     ("format_version", 99, "format_version is 99"),
@@ -379,8 +382,10 @@ def test_malformed_model_metadata_is_one_line_naming_the_file(tmp_path, model_fi
     payload = torch.load(model_file, weights_only=True)
     if field in ("meta", "state_dict"):
         payload[field] = value
-    else:
+    elif field == "format_version":
         payload["meta"][field] = value
+    else:  # a field of the model card (omkit.model_card)
+        payload["meta"]["card"][field] = value
     path = tmp_path / "bad.pt"
     torch.save(payload, path)
     with pytest.raises(ModelFileError) as info:

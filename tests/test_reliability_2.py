@@ -188,7 +188,7 @@ def test_model_options_in_a_model_file_or_a_resumed_config_are_one_line(tmp_path
     from omkit.training import TrainConfig, train
 
     payload = torch.load(model_file, weights_only=True)
-    payload["meta"]["model_kw"] = {"levels": []}
+    payload["meta"]["card"]["model_options"] = {"levels": []}
     bad = tmp_path / "bad.pt"
     torch.save(payload, bad)
     for argv in (["predict", "-i", case_dirs[0].parent, "-o", tmp_path / "out", "-m", bad, "--device", "cpu"],

@@ -180,9 +180,9 @@ def test_run_folder_contents(data_dir, cache_dir, tmp_path):
     assert {"model", "optimizer", "scheduler", "scaler", "sampler", "rng", "state", "config"} <= set(ckpt)
     assert ckpt["state"]["finished"] and ckpt["state"]["stage"] == 3
     model, meta = load_model(run / "model.pt", expect_preset="omnet_cga")
-    assert meta["label_convention"] == "2018" and meta["patch_size"] == [8, 16, 16]
-    assert meta["preprocessing"]["normalization"] == "zscore-nonzero" and meta["width"] == 0.125
-    assert meta["training"]["steps"] == 6
+    assert meta.label_convention == "2018" and meta.patch_size == (8, 16, 16)
+    assert meta.preprocessing["normalization"] == "zscore-nonzero" and meta.width == 0.125
+    assert meta.training["steps"] == 6
     torch.testing.assert_close(model.state_dict(), ckpt["model"], rtol=0, atol=0)
     # an existing run folder is never overwritten silently
     with pytest.raises(FileExistsError, match="pass --force"):
@@ -279,7 +279,7 @@ def test_crafted_checkpoint_is_refused_without_running_it(data_dir, cache_dir, t
 def test_attention_plugin_and_model_options_without_a_preset(data_dir, cache_dir, tmp_path):
     run = train(config(data_dir, cache_dir, tmp_path / "run", preset="omnet", attention="se", max_steps=1))
     model, meta = load_model(run / "model.pt")
-    assert meta["model_kw"]["attention"] == "se"
+    assert meta.model_options["attention"] == "se"
     assert "SE" in {type(m).__name__ for m in model.modules()}
     assert json.loads((run / "config.json").read_text())["config"]["attention"] == "se"
     with pytest.raises(ValueError, match="--attention: unknown attention 'nope'"):
@@ -294,8 +294,8 @@ def test_asymmetry_input_is_trained_and_recorded(data_dir, cache_dir, tmp_path):
 
     run = train(config(data_dir, cache_dir, tmp_path / "run", input_features="mri+asymmetry", max_steps=1))
     model, meta = load_model(run / "model.pt")
-    assert meta["model_kw"]["in_channels"] == 8
-    assert meta["preprocessing"]["input_features"] == "mri+asymmetry"
+    assert meta.model_options["in_channels"] == 8
+    assert meta.input_features == "mri+asymmetry"
     assert model.backbone.in_channels == 8
     assert SegmentationPredictor.from_files([run / "model.pt"]).input_features == "mri+asymmetry"
 
@@ -378,7 +378,7 @@ def test_cli_train_2023_naming(tmp_path, cache_dir, capsys):
     assert cli_main(args) == 0
     assert "--recipe cpu-budget" not in capsys.readouterr().err  # no budget given: no hint
     model, meta = load_model(tmp_path / "run" / "model.pt")
-    assert meta["label_convention"] == "2023" and meta["training"]["seed"] == 3
+    assert meta.label_convention == "2023" and meta.training["seed"] == 3
     # a budget of minutes with the paper's recipe gets a one-line hint, and still trains
     assert cli_main(args[:-1] + ["-o", str(tmp_path / "budget"), "--max-minutes", "5", "--no-progress"]) == 0
     assert "use --recipe cpu-budget" in capsys.readouterr().err

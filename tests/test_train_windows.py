@@ -166,16 +166,17 @@ def test_auto_runs_dense_only_on_models_trained_for_it_and_says_why(tmp_path, ca
     assert tuple(dense.tiles.size) == (8, 16, 16) and tuple(dense.tiles.keep) == (4, 8, 8)
     tiled = SegmentationPredictor.from_files([patches])
     assert tiled.inference == "tiles" and "trained on patches" in tiled.inference_note
-    assert tuple(tiled.tiles.size) == (16, 32, 32) and tuple(tiled.tiles.keep) == (8, 24, 24)
+    # the card's recommended tiles: the training patch, keeping FAST_TILE_KEEP in proportion
+    assert tuple(tiled.tiles.size) == (8, 16, 16) and tuple(tiled.tiles.keep) == (4, 12, 12)
     # an explicit choice wins: the paper's tiles when asked for tiles, the given keep when given
-    assert tuple(SegmentationPredictor.from_files([patches], inference="tiles").tiles.keep) == (5, 20, 20)
+    assert tuple(SegmentationPredictor.from_files([patches], inference="tiles").tiles.keep) == (2, 10, 10)
     given = SegmentationPredictor.from_files([patches], tiles=TileSettings(keep=(4, 16, 16)))
     assert given.inference == "tiles" and tuple(given.tiles.keep) == (4, 16, 16)
     # an ensemble with one patch-trained member runs tiles
     assert SegmentationPredictor.from_files([windows, patches]).inference == "tiles"
     # omkit predict says which and why
     case = next(p for p in (tmp_path / "data").iterdir() if p.is_dir())
-    for model, said in ((windows, "dense inference (auto)"), (patches, "tile inference (auto), tiles 16 x 32 x 32")):
+    for model, said in ((windows, "dense inference (auto)"), (patches, "tile inference (auto), tiles 8 x 16 x 16")):
         assert main(["predict", "--no-progress", "-i", str(case), "-m", str(model), "-o", str(tmp_path / model.parent.name / "pred")]) == 0
         assert f"omkit predict: {said}" in capsys.readouterr().out
 
@@ -183,7 +184,7 @@ def test_auto_runs_dense_only_on_models_trained_for_it_and_says_why(tmp_path, ca
 def test_the_model_file_records_the_training_mode(tmp_path):
     from omkit.checkpoint import load_model
 
-    model, meta = load_model(_train(tmp_path, "windows"))
-    assert meta["train_mode"] == "windows" and model.train_mode == "windows"
-    assert meta["train_windows"] == {"window": [8, 16, 16], "block": [4, 8, 8], "blocks": [1, 2, 2],
+    model, card = load_model(_train(tmp_path, "windows"))
+    assert card.train_mode == "windows" and model.train_mode == "windows"
+    assert card.train_windows == {"window": [8, 16, 16], "block": [4, 8, 8], "blocks": [1, 2, 2],
                                      "context": [0, 4, 4]}

@@ -75,11 +75,11 @@ def run(args) -> int:
         raise CLIError(f"--count must be at least 1, got {args.count}")
     tiles = tile_settings(args, resolve=True)
     device = resolve_device(args.device)
-    model, meta = load_model(args.model, map_location=device)
+    model, card = load_model(args.model, map_location=device)
     heads = getattr(model, "heads", None)
     head = heads[args.task - 1] if heads is not None else None
     if head is None or not getattr(head, "guided", False):
-        raise CLIError(f"{args.model}: preset {meta.get('preset')!r} has no guided (CGA-like) head for task {args.task}")
+        raise CLIError(f"{args.model}: preset {card.preset!r} has no guided (CGA-like) head for task {args.task}")
     case = load_for_prediction(args.input, with_label=None)
     pre = preprocess_case(case)
     z = args.slice

@@ -34,7 +34,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from omkit.export import ExportDependencyError, export_model, format_of
 
-    tiles = tile_settings(args, resolve=True)
+    tiles = tile_settings(args)  # size and keep left open: the card's paper tiles
     try:
         export_format = format_of(args.output, args.format)
     except ValueError as exc:

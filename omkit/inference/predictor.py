@@ -46,14 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from omkit.data.brats import MODALITIES
-from omkit.data.features import (
-    DEFAULT_LEFT_RIGHT_AXIS,
-    MRI,
-    features_of_channels,
-    input_channels,
-    model_input_channels,
-    network_input,
-)
+from omkit.data.features import DEFAULT_LEFT_RIGHT_AXIS, MRI, network_input
 from omkit.devices import check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
@@ -206,21 +199,22 @@ class SegmentationPredictor:
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
                    expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
-        """Load the model files (``omkit.checkpoint``) of one model or an ensemble; the
-        files' metadata are kept as ``metadata`` (one dict per model)."""
+        """Load the model files (``omkit.checkpoint``) of one model or an ensemble; each
+        model carries its card (``model.card``, ``omkit.model_card``), whose recommended
+        settings fill in what the keywords leave open; ``metadata`` lists the cards."""
         from omkit.checkpoint import load_model, model_files
 
         models, metadata = [], []
         paths = model_files(paths)  # run folders and --fold all folders too
         for path in paths:
-            model, meta = load_model(path, map_location=device, expect_preset=expect_preset)
+            model, card = load_model(path, map_location=device, expect_preset=expect_preset)
             if models and _model_kind(model) != _model_kind(models[0]):
                 raise ValueError(
-                    f"{path}: preset {meta.get('preset')!r} cannot join an ensemble with {paths[0]} "
+                    f"{path}: preset {card.preset!r} cannot join an ensemble with {paths[0]} "
                     f"(members must share an architecture: {_model_kind(models[0])} vs {_model_kind(model)})"
                 )
             models.append(model)
-            metadata.append(meta)
+            metadata.append(card)
         predictor = cls(models, device=device, **kw)
         predictor.metadata = metadata
         return predictor

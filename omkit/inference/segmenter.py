@@ -17,6 +17,7 @@ does the work.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from omkit.data import Case, to_nifti_axes
 from omkit.labels import get_convention
+from omkit.model_card import ModelCard
 from omkit.protocol import ROI_DILATION
 
 from .dense import DenseSettings
@@ -105,10 +107,18 @@ class Segmenter:
                  metadata: Sequence[Mapping] = ()):
         self.predictor = predictor
         self.steps = resolve_postprocess(postprocess)
-        self.metadata = [dict(m) for m in metadata]
+        if metadata:
+            warnings.warn("Segmenter(metadata=...) is deprecated: the models' cards (model.card, omkit.model_card) "
+                          "are read from the predictor", DeprecationWarning, stacklevel=2)
+        self.cards = [ModelCard.of_model(m) for m in predictor.models]
         if label_convention is None:
-            label_convention = (self.metadata[0].get("label_convention") if self.metadata else None) or "2018"
+            label_convention = self.cards[0].label_convention
         self.label_convention = get_convention(label_convention).name
+
+    @property
+    def metadata(self) -> list:
+        """The models' cards (the name before cards)."""
+        return self.cards
 
     @classmethod
     def from_files(cls, models: str | os.PathLike | Sequence[str | os.PathLike], device: str = "auto",
@@ -140,8 +150,7 @@ class Segmenter:
                                                      roi_dilation=roi_dilation, tta=tta, inference=inference,
                                                      dense=dense if dense is not None else DenseSettings(),
                                                      **predictor_kw)
-        return cls(predictor, postprocess=postprocess, label_convention=label_convention,
-                   metadata=predictor.metadata)
+        return cls(predictor, postprocess=postprocess, label_convention=label_convention)
 
     # -- the one path ---------------------------------------------------------------------
     def segment_case(self, case: Case, return_probabilities: bool = False) -> CaseResult:
@@ -174,7 +183,7 @@ class Segmenter:
         return self.segment(image, affine=affine, spacing=spacing).labels
 
     def __repr__(self) -> str:
-        presets = [m.get("preset") for m in self.metadata] or ["?"]
+        presets = [card.preset for card in self.cards]
         steps = ", ".join(name for name, _ in self.steps) or "none"
         return (f"Segmenter(models={len(self.predictor.models)} ({', '.join(map(str, presets))}), "
                 f"device={self.predictor.device}, label_convention={self.label_convention!r}, "

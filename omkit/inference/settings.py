@@ -7,8 +7,9 @@ from typing import Sequence
 
 from torch import nn
 
-from omkit.data.features import features_of_channels, input_channels, model_input_channels
-from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, TILE_KEEP
+from omkit.data.features import input_channels
+from omkit.model_card import ModelCard
+from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, TILE_KEEP, keep_for
 
 from .tiling import check_geometry
 
@@ -52,31 +53,36 @@ class TileSettings:
 
     def with_defaults(self, size: Sequence[int], keep: Sequence[int]) -> "TileSettings":
         """These settings, ``size`` and ``keep`` filled in where they are None (``keep`` is
-        for tiles of ``PATCH_SIZE``: with another given size, in proportion to it)."""
+        for tiles of ``size``: with another given size, in proportion to it)."""
         if self.resolved:
             return self
         if self.size is not None and self.keep is None:  # the default keep, in proportion to the given size
-            keep = tuple(max(1, round(s * k / p)) for s, k, p in zip(self.size, keep, PATCH_SIZE))
+            keep = keep_for(self.size, keep, size)
         return TileSettings(size=self.size if self.size is not None else size,
                             keep=self.keep if self.keep is not None else keep, batch=self.batch)
 
 
 def trained_windows(model: nn.Module) -> dict | None:
     """The window grid a model was trained with window-consistently (``--train-mode
-    windows``, recorded in its model file), or None for a model trained on patches."""
-    if getattr(model, "train_mode", "patches") != "windows":
+    windows``, on its card), or None for a model trained on patches."""
+    card = ModelCard.of_model(model)
+    if card.train_mode != "windows":
         return None
-    return getattr(model, "train_windows", None) or {"window": list(PATCH_SIZE), "block": list(FAST_TILE_KEEP)}
+    return card.train_windows or {"window": list(PATCH_SIZE), "block": list(FAST_TILE_KEEP)}
 
 
 def default_tiles(tiles: TileSettings, mode: str, models: Sequence[nn.Module]) -> TileSettings:
-    """The tile geometry where ``tiles`` leaves it open: for dense inference of models
-    trained window-consistently, their training window and block; for the tiles that
-    ``auto`` chooses, the paper's tile keeping FAST_TILE_KEEP; else the paper's."""
-    grids = [trained_windows(m) for m in models]
-    if mode == "dense" and all(grids) and len({(tuple(g["window"]), tuple(g["block"])) for g in grids}) == 1:
-        return tiles.with_defaults(grids[0]["window"], grids[0]["block"])
-    return tiles.with_defaults(PATCH_SIZE, FAST_TILE_KEEP if mode == "auto" else TILE_KEEP)
+    """The tile geometry where ``tiles`` leaves it open, from the models' cards
+    (:meth:`omkit.model_card.ModelCard.tiles_for`): for dense inference of models trained
+    window-consistently, their training window and block; for the tiles that ``auto``
+    chooses, the card's recommended tiles; for ``tiles``, the paper's (the training patch
+    keeping ``TILE_KEEP``). Members whose cards disagree get the protocol's defaults."""
+    choices = {ModelCard.of_model(m).tiles_for(mode) for m in models}
+    if len(choices) == 1:
+        size, keep = choices.pop()
+    else:
+        size, keep = PATCH_SIZE, FAST_TILE_KEEP if mode == "auto" else TILE_KEEP
+    return tiles.with_defaults(size, keep)
 
 
 def describe_box(size: Sequence[int]) -> str:
@@ -110,14 +116,19 @@ class SpeedSettings:
 
 
 def input_features_of(models: Sequence[nn.Module], given: str | None) -> str:
-    """The feature set every model reads: ``given`` (checked against the models' input
-    channels), else the one their input channels name."""
-    channels = {model_input_channels(getattr(m, "model_kw", {})) for m in models}
+    """The feature set every model reads: its card's ``input_features``, or ``given``
+    where the caller names one (checked against the cards' input channels)."""
+    cards = [ModelCard.of_model(m) for m in models]
+    features = {card.input_features for card in cards}
+    channels = {input_channels(f) for f in features}
     if len(channels) != 1:
         raise ValueError(f"ensemble members must read the same input channels, got {sorted(channels)}")
-    count = channels.pop()
     if given is None:
-        return features_of_channels(count)
+        if len(features) != 1:
+            raise ValueError(f"ensemble members read different input features ({', '.join(sorted(features))}); "
+                             "name one with input_features")
+        return features.pop()
+    count = channels.pop()
     if input_channels(given) != count:
         raise ValueError(f"input_features {given!r} has {input_channels(given)} channels; the models read {count}")
     return given

@@ -20,6 +20,7 @@ from torch import nn
 
 from omkit.data.preprocess import PREPROCESSING
 from omkit.fileio import UnsafeFileError, atomic_torch_save, torch_load_weights_only
+from omkit.model_card import ModelCard, recommended_inference
 
 from . import windows
 from .curriculum import stages_record
@@ -112,19 +113,22 @@ def load_training_checkpoint(path: Path) -> dict:
 
 # -- the models a run writes ---------------------------------------------------------------
 
-def model_metadata(config, label_convention: str, state, stages, cases, held_out) -> dict:
-    """What ``model.pt`` and ``checkpoints/stageK.pt`` record beside the weights
-    (read by ``omkit predict`` and ``load_model``)."""
-    return {
-        "label_convention": label_convention,
-        "preprocessing": {**{k: v for k, v in PREPROCESSING.items() if k != "version"},
-                          "input_features": config.input_features},
-        "patch_size": list(config.patch_size),
+def model_card(config, model: nn.Module, label_convention: str, state, stages, cases, held_out) -> ModelCard:
+    """The card ``model.pt`` and ``checkpoints/stageK.pt`` carry beside the weights
+    (``omkit.model_card``; read back by ``load_model``)."""
+    grid = windows.grid_of(config).to_dict() if config.train_mode == "windows" else None
+    return ModelCard.of_model(
+        getattr(model, "module", model),
+        input_features=config.input_features,
+        label_convention=label_convention,
+        preprocessing={k: v for k, v in PREPROCESSING.items() if k != "version"},
+        patch_size=tuple(config.patch_size),
         # how the features were trained: dense inference matches them only for "windows"
         # (omkit.training.windows); --inference auto reads it
-        "train_mode": config.train_mode,
-        **({"train_windows": windows.grid_of(config).to_dict()} if config.train_mode == "windows" else {}),
-        "training": {
+        train_mode=config.train_mode,
+        train_windows=grid,
+        inference=recommended_inference(config.patch_size),
+        training={
             "epochs": state.epoch,
             "steps": state.global_step,
             "stage": state.stage + (0 if state.finished else 1),
@@ -139,4 +143,4 @@ def model_metadata(config, label_convention: str, state, stages, cases, held_out
             "precision": config.precision,
             "stopped_by": state.stopped_by,
         },
-    }
+    )

@@ -95,7 +95,7 @@ RECIPES["cpu-budget-windows"] = {
 # Upper limits of what a run may ask for: each far beyond the paper's and any
 # useful run, but short of an allocation failure or an overflow deep inside it,
 # so that a slip of the keyboard is a one-line error naming the flag.
-MAX_WIDTH = 4.0  # 4x the paper's 32-256 feature maps (a model of ~0.2 G parameters)
+from omkit.model_card import MAX_WIDTH  # noqa: E402 (4x the paper's 32-256 feature maps: a model of ~0.2 G parameters)
 MAX_PATCH_SIDE = 256  # voxels (BraTS volumes are 155 x 240 x 240)
 MAX_BATCH_VOXELS = 2**27  # batch_per_task x voxels of one patch: 2 GiB of float32 input per task and step
 MAX_PATCHES_PER_EPOCH = 10**7  # per task (the paper's: 200k-400k); the sampler draws them up front

@@ -35,7 +35,7 @@ from omkit.devices import autocast, check_precision, convolution_guard, resolve_
 from . import distributed, run_folder, windows
 from .checkpoints import (
     load_training_checkpoint,
-    model_metadata,
+    model_card,
     rng_state,
     save_training_checkpoint,
     set_rng_state,
@@ -195,8 +195,8 @@ class Trainer:
 
     def _snapshot(self, path: Path) -> None:
         if self.is_main:
-            save_model(self.model, path, **model_metadata(self.config, self.label_convention, self.state,
-                                                          self.stages, self.cases, self.held_out))
+            save_model(self.model, path, card=model_card(self.config, self.model, self.label_convention, self.state,
+                                                         self.stages, self.cases, self.held_out))
 
     # -- outputs ----------------------------------------------------------------------
     def _write_config(self) -> None:

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from omkit.checkpoint import TRAIN_MODES
+from omkit.model_card import TRAIN_MODES
 from omkit.protocol import PATCH_DIVISOR
 
 __all__ = ["TRAIN_MODES", "WindowGrid", "check_model", "forward_tasks", "grid_of"]
