@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.omkit-installed
 PYTEST_ARGS ?=
-# The install builds the fused ops (omkit._C); here a failed build is an error,
+# The install builds the fused ops (omkit.ops._C); here a failed build is an error,
 # while a plain `pip install .` falls back to pure Python.
 OMKIT_REQUIRE_EXTENSION ?= 1
 MAX_JOBS ?= 2
@@ -80,4 +80,4 @@ gpu-data:
 	$(PYTHON) scripts/gpu_data.py --cases $(GPU_DATA_CASES) --wheels $(GPU_WHEELS)
 
 clean:
-	rm -rf build *.egg-info demo_out .pytest_cache $(CMAKE_BUILD_DIR) omkit/_C*.so
+	rm -rf build *.egg-info demo_out .pytest_cache $(CMAKE_BUILD_DIR) omkit/ops/_C*.so

@@ -1,5 +1,5 @@
 """Build omkit: the Python package, its built-in plug-ins (plugins/ -> omkit.plugins)
-and, when a compiler is there, the fused torch ops in csrc/ as omkit._C.
+and, when a compiler is there, the fused torch ops in csrc/ as omkit.ops._C.
 
 The extension never stands in the way of an install: without torch at build
 time, without a working compiler, or with OMKIT_NO_EXTENSION=1, omkit installs
@@ -85,13 +85,13 @@ def extension_config():
         extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["-DWITH_CUDA"]
         extra["cxx"] = extra["cxx"] + ["-DWITH_CUDA"]
         archs = _cuda_code_targets()
-        if archs:  # recorded in the binary: omkit._C.build_info(), omkit info
+        if archs:  # recorded in the binary: omkit.ops._C.build_info(), omkit info
             extra["cxx"].append(f"-DOMKIT_CUDA_ARCHS={'+'.join(archs)}")
         extension_cls, kind = CUDAExtension, "CUDA + CPU"
     else:
         extension_cls, kind = CppExtension, "CPU (OpenMP)"
     extension = extension_cls(
-        name="omkit._C",
+        name="omkit.ops._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")]
         + [p for p in os.environ.get("OMKIT_EXTRA_INCLUDE_DIRS", "").split(os.pathsep) if p],
@@ -101,12 +101,12 @@ def extension_config():
     require = _flag("OMKIT_REQUIRE_EXTENSION")
 
     class OptionalBuildExtension(BuildExtension):
-        """Builds omkit._C, but a failed build leaves a working pure-Python install
+        """Builds omkit.ops._C, but a failed build leaves a working pure-Python install
         (unless OMKIT_REQUIRE_EXTENSION=1)."""
 
         def run(self):
             _report(
-                f"building omkit._C: {kind} kernels, {'debug -O0 -g' if debug else 'release -O3'}, "
+                f"building omkit.ops._C: {kind} kernels, {'debug -O0 -g' if debug else 'release -O3'}, "
                 f"torch {torch.__version__}" + (f", CUDA_HOME={CUDA_HOME}" if with_cuda else "")
             )
             try:
@@ -114,7 +114,7 @@ def extension_config():
             except Exception as exc:
                 if require:
                     raise
-                _report(f"WARNING: building omkit._C failed ({exc}); installing without it, "
+                _report(f"WARNING: building omkit.ops._C failed ({exc}); installing without it, "
                         "the ops fall back to their pure-PyTorch reference")
                 self.extensions = []
                 return

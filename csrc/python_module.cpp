@@ -1,4 +1,4 @@
-// Makes the op library importable as the Python extension module omkit._C.
+// Makes the op library importable as the Python extension module omkit.ops._C.
 // Importing it runs the static TORCH_LIBRARY registrations; the ops are reached
 // through torch.ops.omkit. The module has one function, build_info(), saying
 // what this binary was built with (omkit info, omkit selftest). Not part of the

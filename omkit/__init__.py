@@ -1,34 +1,38 @@
 """omkit: one-pass multi-task brain tumor segmentation (OM-Net + CGA, Zhou et al., TIP 2020)."""
-from .factory import (
-    count_parameters,
-    create_attention,
-    create_backbone,
-    get_preset,
-    list_attention,
-    list_backbones,
-    list_postprocessors,
-    list_presets,
-    list_samplers,
-)
 from .hookspecs import hookimpl
-from .models.build import create_model, list_models
-from .plugin_manager import get_plugins, setup_plugins
 from .registry import PluginError, UnknownNameError
 
 __version__ = "0.1.0"
 
+# The public names, each imported from its module on first use (PEP 562): `import omkit.ops`
+# or `import omkit.data` then loads neither the plug-in core nor the models, and
+# `import omkit` not the inference stack.
+_LAZY = {
+    **{name: "omkit.factory" for name in (
+        "count_parameters", "create_attention", "create_backbone", "get_preset", "list_attention",
+        "list_backbones", "list_postprocessors", "list_presets", "list_samplers")},
+    "create_model": "omkit.models.build",
+    "list_models": "omkit.models.build",
+    "get_plugins": "omkit.plugin_manager",
+    "setup_plugins": "omkit.plugin_manager",
+    "Segmenter": "omkit.inference.segmenter",
+}
 
-# imported on first use, so that `import omkit` does not load the inference stack
+
 def __getattr__(name: str):
-    if name == "Segmenter":
-        from .inference.segmenter import Segmenter
+    import importlib
 
-        return Segmenter
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later reads skip this function
+        return value
     if name == "nn":
-        import omkit.nn
-
-        return omkit.nn
+        return importlib.import_module("omkit.nn")
     raise AttributeError(f"module 'omkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | {"nn"})
 
 
 __all__ = [

@@ -79,7 +79,7 @@ fi
 rm -rf "$BUILD_DIR"
 mkdir -p "$BUILD_DIR"
 BUILD_LOG="$BUILD_DIR/build.log"
-say "building omkit._C with CUDA for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (MAX_JOBS=$MAX_JOBS)"
+say "building omkit.ops._C with CUDA for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (MAX_JOBS=$MAX_JOBS)"
 FORCE_CUDA=1 OMKIT_REQUIRE_EXTENSION=1 OMKIT_EXTRA_INCLUDE_DIRS="$WHEEL_INCLUDE" \
     "$VPY" setup.py -q build_ext --build-lib "$BUILD_DIR/lib" --build-temp "$BUILD_DIR/temp" \
     > "$BUILD_LOG" 2>&1 || { tail -n 60 "$BUILD_LOG" >&2; say "CUDA build failed (full log: $BUILD_LOG)" >&2; exit 1; }
@@ -88,6 +88,6 @@ after_build=$(date +%s)
 # Load the library into the CUDA torch (no GPU needed) and check the registrations;
 # omkit itself is not imported (the manifest and the references are loaded by path),
 # as the source tree may hold a CPU build for another torch.
-"$VPY" scripts/check_ops_registered.py "$BUILD_DIR"/lib/omkit/_C*.so
+"$VPY" scripts/check_ops_registered.py "$BUILD_DIR"/lib/omkit/ops/_C*.so
 end=$(date +%s)
 say "ok: venv $((after_venv - start)) s, build $((after_build - after_venv)) s, load check $((end - after_build)) s, total $((end - start)) s"

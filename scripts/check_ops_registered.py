@@ -70,8 +70,8 @@ def smoke_errors(manifest, reference) -> list[str]:
 
 
 def build_info_errors(path: str, cuda: bool) -> list[str]:
-    """What is wrong with the library's ``build_info()`` (it is importable as ``omkit._C``)."""
-    spec = importlib.util.spec_from_file_location("omkit._C", path)
+    """What is wrong with the library's ``build_info()`` (it is importable as ``omkit.ops._C``)."""
+    spec = importlib.util.spec_from_file_location("omkit.ops._C", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     info = module.build_info()

@@ -339,7 +339,7 @@ def step_build(check: Check, result: Step, log: Path, limit: float) -> None:
         result.why = f"built for TORCH_CUDA_ARCH_LIST={arch} with MAX_JOBS={env['MAX_JOBS']}"
     info = _build_info(check, log)
     if not info or not info.get("loaded"):
-        result.status, result.why = "fail", f"omkit._C does not load: {info and info.get('why_not')}"
+        result.status, result.why = "fail", f"omkit.ops._C does not load: {info and info.get('why_not')}"
         return
     build = info["build"] or {}
     result.details = _code(json.dumps(info, indent=2))

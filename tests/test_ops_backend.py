@@ -59,7 +59,7 @@ def test_unknown_backend_rejected():
 
 def test_missing_extension_warns_once_and_falls_back(monkeypatch):
     monkeypatch.setattr(_library.STATE, "loaded", False)
-    monkeypatch.setattr(_library.STATE, "load_error", "omkit._C is not built (test)")
+    monkeypatch.setattr(_library.STATE, "load_error", "omkit.ops._C is not built (test)")
     monkeypatch.setattr(_library.STATE, "warned", set())
     monkeypatch.setattr(_library.STATE, "backend", "auto")
     features, guidance, w = _inputs()
@@ -72,7 +72,7 @@ def test_missing_extension_warns_once_and_falls_back(monkeypatch):
         ops.gather_tiles(torch.zeros(1, 3, 3, 3), torch.zeros(1, 3, dtype=torch.long), (2, 2, 2))
     assert set(ops.backend_report().values()) == {"reference"}
     monkeypatch.setattr(_library.STATE, "backend", "kernel")
-    with pytest.raises(RuntimeError, match="OMKIT_OPS_BACKEND=kernel but omkit._C is not built"):
+    with pytest.raises(RuntimeError, match="OMKIT_OPS_BACKEND=kernel but omkit.ops._C is not built"):
         OF.cga(features, guidance, *w)
 
 

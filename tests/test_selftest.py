@@ -53,11 +53,11 @@ def test_selftest_fails_with_exit_status_1_when_a_kernel_disagrees(monkeypatch, 
 
 def test_selftest_without_the_extension_skips_with_the_reason(monkeypatch, capsys):
     monkeypatch.setattr(_library.STATE, "loaded", False)
-    monkeypatch.setattr(_library.STATE, "load_error", "omkit._C is not built (test)")
+    monkeypatch.setattr(_library.STATE, "load_error", "omkit.ops._C is not built (test)")
     assert cli_main(["selftest", "--device", "cpu", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
-    assert "compiled ops not loaded: omkit._C is not built (test)" in out
-    assert out.count("skip: omkit._C is not built (test)") == len(manifest.OPS)
+    assert "compiled ops not loaded: omkit.ops._C is not built (test)" in out
+    assert out.count("skip: omkit.ops._C is not built (test)") == len(manifest.OPS)
 
 
 @needs_extension

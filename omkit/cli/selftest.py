@@ -45,7 +45,7 @@ def describe(device) -> str:
     if info is None:
         built = f"compiled ops not loaded: {ops.load_error()}"
     else:
-        built = f"omkit._C built for torch {info.get('torch', '?')}"
+        built = f"omkit.ops._C built for torch {info.get('torch', '?')}"
         built += f", CUDA code {'+'.join(info['cuda_archs']) or '?'}" if info.get("cuda") else ", CPU kernels only"
     return f"device {where}; torch {torch.__version__}; {built}"
 

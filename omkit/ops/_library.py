@@ -70,12 +70,12 @@ STATE = _State()
 
 def _load() -> None:
     try:
-        from omkit import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+        from omkit.ops import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
     except ImportError as exc:
-        STATE.load_error = f"omkit._C is not built ({exc})"
+        STATE.load_error = f"omkit.ops._C is not built ({exc})"
         return
     except OSError as exc:  # built against another torch, missing shared library, ...
-        STATE.load_error = f"omkit._C failed to load ({exc})"
+        STATE.load_error = f"omkit.ops._C failed to load ({exc})"
         return
     STATE.loaded = True
     for op in OPS:
@@ -239,13 +239,13 @@ def call(op: str, *args):
 
 
 def build_info() -> dict | None:
-    """What the loaded library was built with (``omkit._C.build_info()``): ``torch`` (the
+    """What the loaded library was built with (``omkit.ops._C.build_info()``): ``torch`` (the
     version built against), ``cuda`` (has CUDA kernels), ``cuda_archs`` (the CUDA code
     targets compiled: ``sm_XY`` cubins, ``compute_XY`` PTX), ``debug``; None when the
     library is not loaded."""
     if not STATE.loaded:
         return None
-    from omkit import _C
+    from omkit.ops import _C
 
     info = dict(_C.build_info()) if hasattr(_C, "build_info") else {}
     info["cuda_archs"] = [a for a in str(info.get("cuda_archs", "")).split("+") if a]
