@@ -38,27 +38,37 @@ def tumor_components(labels: np.ndarray, connectivity: int = COMPONENT_CONNECTIV
 class RemoveSmallComponents:
     """Step 1: remove tumor components smaller than
     ``tau = min(max_voxels, fraction * V_max)`` voxels, ``V_max`` being the
-    largest component's volume (paper: min(2000, 0.1 V_max)); removed voxels
-    become normal tissue (they were predicted inside the brain)."""
+    largest component's volume (paper: min(2000, 0.1 V_max), on BraTS's 1 mm
+    isotropic voxels); removed voxels become normal tissue (they were predicted
+    inside the brain). ``max_volume_mm3``: the absolute limit as a volume instead,
+    converted with the voxel spacing the pipeline passes (for data of another
+    resolution); given, it replaces ``max_voxels``."""
 
     order = 10
     default_enabled = True
 
     def __init__(self, max_voxels: int = SMALL_COMPONENT_MAX_VOXELS, fraction: float = SMALL_COMPONENT_FRACTION,
-                 connectivity: int = COMPONENT_CONNECTIVITY):
-        if max_voxels < 0 or not 0 <= fraction <= 1:
-            raise ValueError(f"need max_voxels >= 0 and 0 <= fraction <= 1, got {max_voxels}, {fraction}")
+                 connectivity: int = COMPONENT_CONNECTIVITY, max_volume_mm3: float | None = None):
+        if max_voxels < 0 or not 0 <= fraction <= 1 or (max_volume_mm3 is not None and not max_volume_mm3 >= 0):
+            raise ValueError(f"need max_voxels >= 0, 0 <= fraction <= 1 and max_volume_mm3 >= 0, got {max_voxels}, "
+                             f"{fraction}, {max_volume_mm3}")
         self.max_voxels, self.fraction, self.connectivity = max_voxels, fraction, connectivity
+        self.max_volume_mm3 = max_volume_mm3
 
-    def threshold(self, sizes: np.ndarray) -> float:
-        return min(self.max_voxels, self.fraction * float(sizes.max())) if sizes.size else 0.0
+    def threshold(self, sizes: np.ndarray, spacing=None) -> float:
+        limit = self.max_voxels
+        if self.max_volume_mm3 is not None:
+            if spacing is None:
+                raise ValueError("remove_small_components: max_volume_mm3 needs the voxel spacing, which was not given")
+            limit = self.max_volume_mm3 / float(np.prod(spacing))
+        return min(limit, self.fraction * float(sizes.max())) if sizes.size else 0.0
 
-    def __call__(self, labels: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, labels: np.ndarray, image: np.ndarray | None = None, spacing=None) -> np.ndarray:
         components, count = tumor_components(labels, self.connectivity)
         if count == 0:
             return labels.copy()
         sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-        small = np.flatnonzero(sizes < self.threshold(sizes)) + 1
+        small = np.flatnonzero(sizes < self.threshold(sizes, spacing)) + 1
         out = labels.copy()
         out[np.isin(components, small)] = NORMAL
         return out

@@ -29,7 +29,7 @@ def test_every_command_is_read():
 
 @pytest.mark.parametrize("flag", ["-i", "-o", "--device", "--max-minutes", "--tile-size", "--tile-keep",
                                   "--tile-stride", "--tile-batch", "--roi-dilation", "--no-postprocess",
-                                  "--disable-step", "--samplers", "--lr", "--width", "--force", "--precision",
+                                  "--disable-step", "--enable-step", "--step-option", "--samplers", "--lr", "--width", "--force", "--precision",
                                   "--inference", "--dense-max-voxels", "--dense-halo"])
 def test_a_flag_means_one_setting_everywhere(flag):
     found = {name: options(p)[flag] for name, p in commands().items() if flag in options(p)}

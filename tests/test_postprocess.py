@@ -91,12 +91,20 @@ def test_registry_order_switches_and_third_party_steps():
     assert {"remove_small_components", "kmeans_edema_to_necrosis"} <= set(omkit.list_postprocessors())
     steps = build_postprocessors()
     assert [name for name, _ in steps] == ["remove_small_components", "kmeans_edema_to_necrosis"]
-    assert [n for n, _ in build_postprocessors(disable=["kmeans_edema_to_necrosis"])] == ["remove_small_components"]
-    assert build_postprocessors(enable=[]) == []
-    step = dict(build_postprocessors(options={"remove_small_components": {"max_voxels": 5}}))["remove_small_components"]
+    assert [n for n, _ in build_postprocessors(disable_steps=["kmeans_edema_to_necrosis"])] == ["remove_small_components"]
+    assert build_postprocessors(only=[]) == []
+    options = {"remove_small_components": {"max_voxels": 5}}
+    step = dict(build_postprocessors(step_options=options))["remove_small_components"]
     assert step.max_voxels == 5
     with pytest.raises(omkit.UnknownNameError, match="no_such_step"):
-        build_postprocessors(disable=["no_such_step"])
+        build_postprocessors(disable_steps=["no_such_step"])
+    # the keywords before one vocabulary still work, with a warning
+    with pytest.warns(DeprecationWarning, match=r"build_postprocessors\(disable=...\) is deprecated: use disable_steps="):
+        assert [n for n, _ in build_postprocessors(disable=["kmeans_edema_to_necrosis"])] == ["remove_small_components"]
+    with pytest.warns(DeprecationWarning, match="use only="):
+        assert build_postprocessors(enable=[]) == []
+    with pytest.warns(DeprecationWarning, match="use step_options="):
+        assert dict(build_postprocessors(options=options))["remove_small_components"].max_voxels == 5
 
     class EverythingEdema:
         order, default_enabled = 15, True
@@ -118,7 +126,7 @@ def test_registry_order_switches_and_third_party_steps():
         assert names == ["remove_small_components", "everything_edema", "kmeans_edema_to_necrosis"]
         labels = brain((4, 4, 4))
         labels[0, 0, 0] = ENHANCING
-        out = postprocess(labels, np.zeros((4, 4, 4, 4), np.float32), build_postprocessors(enable=["everything_edema"]))
+        out = postprocess(labels, np.zeros((4, 4, 4, 4), np.float32), build_postprocessors(only=["everything_edema"]))
         assert out[0, 0, 0] == EDEMA
     finally:
         omkit.setup_plugins()
@@ -157,6 +165,84 @@ def test_every_registered_step_keeps_the_contract(name):
     healthy = brain((8, 16, 16))
     assert np.array_equal(np.asarray(step(healthy, np.zeros((4, 8, 16, 16), np.float32))), healthy)
     # and the pipeline runs it by name
-    steps = build_postprocessors(enable=[name])
+    steps = build_postprocessors(only=[name])
     assert [n for n, _ in steps] == [name]
     assert np.array_equal(postprocess(labels, image, steps), out)
+
+
+# -- selecting steps from the command line, and the voxel spacing ------------------------------
+
+class OffByDefault:
+    """Registered but not run unless enabled: relabels enhancing tumor as necrosis."""
+
+    order, default_enabled = 30, False
+
+    def __init__(self, value=NCR_NET):
+        self.value = value
+
+    def __call__(self, labels, image, spacing=None):
+        self.seen_spacing = spacing
+        return np.where(labels == ENHANCING, self.value, labels).astype(np.uint8)
+
+
+class OffByDefaultPlugin:
+    @omkit.hookimpl
+    def omkit_register_postprocessors(self, registry):
+        registry.add("off_by_default_test", OffByDefault)
+
+
+def test_enable_step_and_step_option_on_the_command_line(tmp_path, capsys):
+    from omkit.checkpoint import save_model
+    from omkit.cli import main
+    from omkit.cli.options import add_postprocess_arguments, postprocess_steps
+    from omkit.data.synthetic import make_dataset
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_postprocess_arguments(parser)
+    try:
+        omkit.setup_plugins(extra_plugins={"off_test": OffByDefaultPlugin()})
+        args = parser.parse_args(["--enable-step", "off_by_default_test", "--disable-step", "kmeans_edema_to_necrosis",
+                                  "--step-option", "off_by_default_test.value=3",
+                                  "--step-option", "remove_small_components.max_volume_mm3=2000.5"])
+        steps = dict(postprocess_steps(args))
+        assert list(steps) == ["remove_small_components", "off_by_default_test"]
+        assert steps["off_by_default_test"].value == 3 and steps["remove_small_components"].max_volume_mm3 == 2000.5
+        bad = parser.parse_args(["--step-option", "remove_small_components=3"])
+        with pytest.raises(Exception, match=r"--step-option 'remove_small_components=3': expected NAME.KEY=VALUE"):
+            postprocess_steps(bad)
+        # end to end: omkit predict runs the enabled step, which receives the spacing
+        make_dataset(tmp_path / "data", num_cases=1, shape=(16, 40, 40))
+        save_model(omkit.create_model("omnet_cga", width=0.125), tmp_path / "model.pt")
+        seen = []
+        original = OffByDefault.__call__
+
+        def spy(self, labels, image, spacing=None):
+            seen.append(spacing)
+            return original(self, labels, image, spacing)
+
+        OffByDefault.__call__ = spy
+        try:
+            assert main(["predict", "--no-progress", "-m", str(tmp_path / "model.pt"), "-i", str(tmp_path / "data"),
+                         "-o", str(tmp_path / "out"), "--device", "cpu", "--tile-size", "8,16,16", "--tile-keep",
+                         "8,16,16", "--enable-step", "off_by_default_test"]) == 0
+        finally:
+            OffByDefault.__call__ = original
+        assert len(seen) == 1 and len(seen[0]) == 3 and all(s > 0 for s in seen[0])
+    finally:
+        omkit.setup_plugins()
+
+
+def test_the_small_component_limit_as_a_volume_follows_the_spacing():
+    labels = brain((20, 20, 20))
+    labels[2:12, 2:12, 2:12] = EDEMA  # 1000 voxels
+    labels[15:17, 15:17, 15:17] = EDEMA  # 8 voxels: 8 mm3 at 1 mm, 64 mm3 at 2 mm
+    volume = RemoveSmallComponents(fraction=1.0, max_volume_mm3=32)
+    kept_at_2mm = postprocess(labels, np.zeros((4, 20, 20, 20), np.float32), [("r", volume)], spacing=(2, 2, 2))
+    removed_at_1mm = postprocess(labels, np.zeros((4, 20, 20, 20), np.float32), [("r", volume)], spacing=(1, 1, 1))
+    assert kept_at_2mm[16, 16, 16] == EDEMA and removed_at_1mm[16, 16, 16] == NORMAL
+    # the paper's voxel limit is what it was, with or without a spacing
+    paper = RemoveSmallComponents()
+    assert np.array_equal(postprocess(labels, None, [("p", paper)], spacing=(2, 2, 2)), paper(labels))
+    with pytest.raises(ValueError, match="max_volume_mm3 needs the voxel spacing"):
+        volume(labels)

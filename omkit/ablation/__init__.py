@@ -50,7 +50,11 @@ class AblationConfig:
     val_cases: int = PAPER_VAL_CASES
     ensemble: int | None = None  # K-fold ensemble row of omnet_cga (hold-out only)
     postprocess: bool = True  # also score the post-processed maps (+p rows)
-    disable_steps: Sequence[str] = ()  # post-processing steps left out of the +p rows
+    # post-processing of the +p rows (omkit.inference.build_postprocessors): steps besides the
+    # default ones, steps left out, options per step
+    enable_steps: Sequence[str] = ()
+    disable_steps: Sequence[str] = ()
+    step_options: dict = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     # the training budget, the same for every row (omkit.training.TrainConfig fields)
@@ -71,7 +75,7 @@ class AblationConfig:
         from ..factory import list_presets
 
         self.rows = tuple(self.rows)
-        self.disable_steps = tuple(self.disable_steps)
+        self.enable_steps, self.disable_steps = tuple(self.enable_steps), tuple(self.disable_steps)
         unknown = [r for r in self.rows if r not in list_presets()]
         if unknown:
             raise ValueError(f"--rows: unknown preset(s) {', '.join(unknown)}; available: {', '.join(list_presets())}")
@@ -213,7 +217,8 @@ def _score_cases(models: Sequence[Path], cases: Sequence[Path], config: Ablation
 
     predictor = study_predictor(config, models)
     log(f"    {predictor.inference_note}")
-    steps = build_postprocessors(disable=config.disable_steps) if config.postprocess else []
+    steps = build_postprocessors(enable_steps=config.enable_steps, disable_steps=config.disable_steps,
+                                 step_options=config.step_options) if config.postprocess else []
     score_challenge = None
     if config.challenge:
         from ..challenge import challenge_scorer

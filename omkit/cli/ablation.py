@@ -9,6 +9,7 @@ from omkit.cli.options import (
     add_postprocess_arguments,
     add_tile_arguments,
     inference_settings,
+    step_selection,
     add_training_arguments,
     training_settings,
 )
@@ -58,7 +59,7 @@ def run(args) -> int:
     config = AblationConfig(
         input=args.input, output=args.output, rows=[r.strip() for r in args.rows.split(",") if r.strip()],
         folds=args.folds, val_cases=args.val_cases, ensemble=args.ensemble, postprocess=not args.no_postprocess,
-        disable_steps=args.disable_step, seed=seed, device=args.device, train=train, tiles=tiles,
+        **step_selection(args), seed=seed, device=args.device, train=train, tiles=tiles,
         roi_dilation=args.roi_dilation, label_convention=args.label_convention, challenge=args.challenge,
         inference=inference["inference"], dense=dense,
     )

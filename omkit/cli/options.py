@@ -116,15 +116,33 @@ def add_precision_argument(parser) -> None:
 def add_postprocess_arguments(parser) -> None:
     g = parser.add_argument_group("post-processing (the paper's two steps; omkit plugins lists the registered ones)")
     g.add_argument("--no-postprocess", action="store_true", help="skip every post-processing step")
+    g.add_argument("--enable-step", action="append", default=[], metavar="NAME",
+                   help="also run this registered post-processing step (one not on by default); repeatable")
     g.add_argument("--disable-step", action="append", default=[], metavar="NAME",
                    help="skip one post-processing step; repeatable")
+    g.add_argument("--step-option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="an option of a post-processing step, e.g. remove_small_components.max_voxels=500 "
+                        "(VALUE read as JSON where it parses); repeatable")
+
+
+def step_selection(args) -> dict:
+    """``--enable-step``, ``--disable-step`` and ``--step-option`` as the keywords of
+    ``omkit.inference.build_postprocessors`` (and ``AblationConfig``)."""
+    from omkit.inference.postprocess import parse_step_options
+
+    try:
+        options = parse_step_options(args.step_option)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return {"enable_steps": list(args.enable_step), "disable_steps": list(args.disable_step), "step_options": options}
 
 
 def postprocess_steps(args) -> list:
-    """The post-processing steps ``--no-postprocess`` / ``--disable-step`` leave."""
+    """The post-processing steps ``--no-postprocess``, ``--enable-step``, ``--disable-step``
+    and ``--step-option`` ask for."""
     from omkit.inference import build_postprocessors
 
-    return [] if args.no_postprocess else build_postprocessors(disable=args.disable_step)
+    return [] if args.no_postprocess else build_postprocessors(**step_selection(args))
 
 
 # -- test-time mirroring ------------------------------------------------------------------

@@ -78,7 +78,7 @@ def predict_case(case: Case, predictor: SegmentationPredictor, steps: Sequence[t
     result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=return_probabilities,
                                left_right_axis=left_right_axis(pre.affine))
     raw = result.labels.numpy()
-    post = postprocess(raw, pre.image, steps) if steps else raw
+    post = postprocess(raw, pre.image, steps, spacing=pre.spacing) if steps else raw
     raw_full = uncrop(raw, pre.bbox, pre.full_shape, fill=BACKGROUND)
     full = uncrop(post, pre.bbox, pre.full_shape, fill=BACKGROUND) if steps else raw_full
     probabilities = None

@@ -75,7 +75,7 @@ def resolve_postprocess(postprocess) -> list[tuple[str, Step]]:
         postprocess = [postprocess]
     postprocess = list(postprocess)
     if all(isinstance(item, str) for item in postprocess):
-        return build_postprocessors(enable=postprocess)
+        return build_postprocessors(only=postprocess)
     if all(isinstance(item, tuple) and len(item) == 2 and callable(item[1]) for item in postprocess):
         return postprocess
     raise ValueError("postprocess must be True, False, names of post-processing steps or (name, step) pairs, "
