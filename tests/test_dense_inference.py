@@ -377,7 +377,7 @@ def test_the_ablation_runner_predicts_with_the_dense_settings(workspace, tmp_pat
 
     monkeypatch.setattr(SegmentationPredictor, "from_files", staticmethod(from_files))
     with pytest.raises(RuntimeError, match="stop here"):
-        ablation._score_cases([workspace / "model.pt"], [], config, tmp_path, print)
+        ablation.run._score_cases([workspace / "model.pt"], [], config, tmp_path, print)
     assert seen["inference"] == "dense" and seen["dense"] == {"halo": DenseSettings().halo, "max_voxels": 100000}
     with pytest.raises(ValueError, match="dense halo must be a whole number >= 0"):
         ablation.AblationConfig(input="x", output="y", rows=["omnet"], dense={"halo": -2})
