@@ -13,7 +13,7 @@ MAX_JOBS ?= 2
 OP_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 CMAKE_BUILD_DIR ?= build-cmake
 
-# The GPU acceptance run (scripts/gpu_check.py; benchmarks/RESULTS.md, "GPU"): on a machine with an
+# The GPU acceptance run (scripts/gpu_check/, a package: python3 scripts/gpu_check; benchmarks/RESULTS.md, "GPU"): on a machine with an
 # NVIDIA GPU, with the machine's own torch (PYTHON), into GPU_CHECK_OUT; gpu-check-dry is what
 # runs without a GPU (CI). gpu-wheels and gpu-data fill the git-ignored folders that travel with
 # the checkout to a GPU machine without network.
@@ -64,10 +64,10 @@ cmake-test: $(STAMP)
 	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure
 
 gpu-check:
-	$(PYTHON) scripts/gpu_check.py $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+	$(PYTHON) scripts/gpu_check $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 gpu-check-dry: $(STAMP)
-	$(PY) scripts/gpu_check.py --dry-run $(GPU_CHECK_OUT)-dry $(GPU_CHECK_ARGS)
+	$(PY) scripts/gpu_check --dry-run $(GPU_CHECK_OUT)-dry $(GPU_CHECK_ARGS)
 
 # py3-none-any / cp312 manylinux wheels for the GPU machine's Python 3.12 (MONAI without its deps)
 gpu-wheels:

@@ -42,7 +42,7 @@ def baseline_for(kind: str, base: str, impl: str) -> str:
     return f"{base}-labels" if kind == "tiles" and impl.endswith("-labels") else base
 
 
-def _ratio_table(rows: dict, ratios: list[str], kind: str) -> list[str]:
+def ratio_table(rows: dict, ratios: list[str], kind: str) -> list[str]:
     header = ("| implementation | median (ms) | mean (ms) | stddev (ms) | rounds | effective GB/s (median) "
               "| % of copy bandwidth |")
     header += "".join(f" speed-up vs {b} |" for b in ratios)
@@ -61,7 +61,7 @@ def _ratio_table(rows: dict, ratios: list[str], kind: str) -> list[str]:
     return lines
 
 
-def _case_table(rows: dict, base: str) -> list[str]:
+def case_table(rows: dict, base: str) -> list[str]:
     lines = ["| variant | seconds per case | speed-up vs " + base + " | peak memory (MB) | tiles per task | "
              "Dice vs paper tiles (WT/TC/ET) | Dice vs ground truth (WT/TC/ET) |", "|---|---|---|---|---|---|---|"]
     reference = rows.get(base)
@@ -75,7 +75,7 @@ def _case_table(rows: dict, base: str) -> list[str]:
     return lines
 
 
-def _train_table(rows: dict, base: str) -> list[str]:
+def train_table(rows: dict, base: str) -> list[str]:
     lines = ["| preset | seconds per step | patches per step | patches/s | speed vs " + base + " | peak memory (MB) |",
              "|---|---|---|---|---|---|"]
     reference = rows.get(base)
@@ -243,11 +243,11 @@ def main(argv: list[str]) -> int:
         print(f"### {group}\n")
         ratios = [b for b in BASELINES[kind] if b in rows]
         if kind == "case":
-            lines = _case_table(rows, BASELINES["case"][0])
+            lines = case_table(rows, BASELINES["case"][0])
         elif kind == "train":
-            lines = _train_table(rows, BASELINES["train"][0])
+            lines = train_table(rows, BASELINES["train"][0])
         else:
-            lines = _ratio_table(rows, ratios, kind)
+            lines = ratio_table(rows, ratios, kind)
         print("\n".join(lines) + "\n")
     if args.goals:
         print("### goals\n\n" + "\n".join(goals_table(groups)) + "\n")

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py, the GPU acceptance run: its report (one row per step with
+"""scripts/gpu_check (a package), the GPU acceptance run: its report (one row per step with
 result, reason, seconds and log; the goals; the sizes that travel), a failing or
 stuck step that does not stop the run, the dry mode on this machine, and that its
 benchmark selections pick the rows the goals need. (CI also runs the whole dry
@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("omkit_gpu_check", ROOT / "scripts" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check" / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT / "scripts" / "gpu_check")])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
+    sys.modules[spec.name] = module  # its dataclasses and submodules look the package up
     spec.loader.exec_module(module)
     return module
 
@@ -85,7 +86,7 @@ def test_budget_spent_skips_the_rest(gpu_check, tmp_path, monkeypatch):
 def test_dry_run_on_this_machine(tmp_path):
     """The script itself, in its dry mode, on the cheap steps: the environment table, a row
     per step, the selftest's table in the details."""
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), str(tmp_path), "--dry-run",
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check"), str(tmp_path), "--dry-run",
                            "--steps", "setup,build,selftest"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = (tmp_path / "report.md").read_text()
