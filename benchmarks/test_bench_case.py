@@ -238,7 +238,7 @@ def test_case_inference(benchmark, device, case, case_dir, variant, tmp_path):
     benchmark.extra_info.update(peak.as_extra_info())
     benchmark.extra_info.update({
         "case": case.kind, "cropped_shape": list(case.image.shape[1:]), "width": WIDTH, "trained_weights": trained,
-        "tiles": result.tiles, "tile_size": list(tiles.size), "stride": list(tiles.stride),
+        "tiles": result.tile_counts, "tile_size": list(tiles.size), "stride": list(tiles.stride),
         "oracle_roi": cls is OracleROICascade, "tta_flips": len(predictor.flips),
         "setting": setting or None, "precision": predictor.precision, "device": device,
         "inference": predictor.inference,

@@ -63,11 +63,11 @@
     "(Tensor grad_out, Tensor? grad_m, Tensor? grad_l1_norm, Tensor features, Tensor guidance, Tensor m, "        \
     "Tensor l1_norm, Tensor? w_pos, Tensor? b_pos, Tensor? w_neg, Tensor? b_neg, Tensor? w_out, Tensor? b_out, "  \
     "str variant, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")                        \
-  X(gather_tiles, "(Tensor volume, Tensor origins, int[] roi_size) -> Tensor")                                    \
+  X(gather_tiles, "(Tensor volume, Tensor origins, int[] tile_size) -> Tensor")                                    \
   X(stitch_tiles_,                                                                                                \
-    "(Tensor(a!) out, Tensor tiles, Tensor origins, int[] keep_offset, int[] keep_size) -> ()")                   \
+    "(Tensor(a!) out, Tensor tiles, Tensor origins, int[] keep_offset, int[] tile_keep) -> ()")                   \
   X(stitch_tiles_argmax_,                                                                                         \
-    "(Tensor(a!) labels, Tensor tiles, Tensor origins, int[] keep_offset, int[] keep_size, Tensor? label_map) "   \
+    "(Tensor(a!) labels, Tensor tiles, Tensor origins, int[] keep_offset, int[] tile_keep, Tensor? label_map) "   \
     "-> ()")                                                                                                      \
   X(window_sums,                                                                                                  \
     "(Tensor x, Tensor? guidance, int[] window, int[] block, int[] offset, int[] origin) -> Tensor")              \

@@ -38,9 +38,9 @@ inline Tensor checked_origins(const Tensor& origins, int64_t num_tiles, at::Devi
   return origins.to(device, at::kLong).contiguous();
 }
 
-inline std::array<int64_t, 3> checked_roi(c10::IntArrayRef roi_size, const char* op) {
-  auto roi = as_triple(roi_size, op, "roi_size");
-  for (int64_t r : roi) TORCH_CHECK_VALUE(r >= 1, op, ": roi_size must be positive, got ", roi_size);
+inline std::array<int64_t, 3> checked_tile_size(c10::IntArrayRef tile_size, const char* op) {
+  auto roi = as_triple(tile_size, op, "tile_size");
+  for (int64_t r : roi) TORCH_CHECK_VALUE(r >= 1, op, ": tile_size must be positive, got ", tile_size);
   return roi;
 }
 
@@ -51,7 +51,7 @@ inline void check_gather_args(const Tensor& volume, const char* op) {
 // Checks out/tiles/keep for the stitch ops; `channels_out` < 0 skips the channel check
 // (the argmax variant reduces over the channels).
 inline void check_stitch_args(const Tensor& out, int64_t out_dims, const Tensor& tiles, int64_t channels_out,
-                              c10::IntArrayRef keep_offset, c10::IntArrayRef keep_size, const char* op) {
+                              c10::IntArrayRef keep_offset, c10::IntArrayRef tile_keep, const char* op) {
   TORCH_CHECK_VALUE(out.dim() == out_dims, op, ": the output must have ", out_dims, " dimensions, got shape ",
                     out.sizes());
   TORCH_CHECK_VALUE(tiles.dim() == 5, op, ": tiles must be (T, K, d, h, w), got shape ", tiles.sizes());
@@ -61,10 +61,10 @@ inline void check_stitch_args(const Tensor& out, int64_t out_dims, const Tensor&
   TORCH_CHECK(out.device() == tiles.device(), op, ": out is on ", out.device(), " but tiles are on ",
               tiles.device());
   auto ko = as_triple(keep_offset, op, "keep_offset");
-  auto ks = as_triple(keep_size, op, "keep_size");
+  auto ks = as_triple(tile_keep, op, "tile_keep");
   for (int a = 0; a < 3; ++a) {
     TORCH_CHECK_VALUE(ko[a] >= 0 && ks[a] >= 0 && ko[a] + ks[a] <= tiles.size(2 + a), op,
-                      ": the kept region (offset ", keep_offset, ", size ", keep_size,
+                      ": the kept region (offset ", keep_offset, ", size ", tile_keep,
                       ") must lie inside the tile ", tiles.sizes().slice(2));
   }
 }
@@ -116,11 +116,11 @@ struct TileKernels {
 namespace impl {
 
 Tensor gather_tiles(const TileKernels& kernels, const Tensor& volume, const Tensor& origins,
-                    c10::IntArrayRef roi_size);
+                    c10::IntArrayRef tile_size);
 void stitch_tiles_(const TileKernels& kernels, const Tensor& out, const Tensor& tiles, const Tensor& origins,
-                   c10::IntArrayRef keep_offset, c10::IntArrayRef keep_size);
+                   c10::IntArrayRef keep_offset, c10::IntArrayRef tile_keep);
 void stitch_tiles_argmax_(const TileKernels& kernels, const Tensor& labels, const Tensor& tiles,
-                          const Tensor& origins, c10::IntArrayRef keep_offset, c10::IntArrayRef keep_size,
+                          const Tensor& origins, c10::IntArrayRef keep_offset, c10::IntArrayRef tile_keep,
                           const std::optional<Tensor>& label_map);
 
 }  // namespace impl

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from omkit.data.features import input_channels
+from omkit.deprecation import renamed_keywords
 from omkit.fileio import atomic_path, atomic_write_text
 from omkit.labels import (BACKGROUND, CONVENTIONS, CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL,
                           NUM_CLASSES_TASK, TUMOR_CLASSES)
@@ -102,9 +103,10 @@ def _omkit_version() -> str | None:
         return None
 
 
-def export_metadata(card: ModelCard, tile_size: Sequence[int], keep: Sequence[int], stride: Sequence[int] | None = None,
-                    batch: int = 16, roi_dilation: float = ROI_DILATION, num_tasks: int = 3,
-                    architecture: str = "onepass", export_format: str | None = None) -> dict:
+@renamed_keywords(keep="tile_keep", stride="tile_stride", batch="tile_batch")
+def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequence[int],
+                    tile_stride: Sequence[int] | None = None, tile_batch: int = 16, roi_dilation: float = ROI_DILATION,
+                    num_tasks: int = 3, architecture: str = "onepass", export_format: str | None = None) -> dict:
     """Everything a runner needs besides the graph: what the input is, how to preprocess,
     where the tiles go, how the tasks fuse into labels, and how labels are written."""
     return {
@@ -136,10 +138,10 @@ def export_metadata(card: ModelCard, tile_size: Sequence[int], keep: Sequence[in
         },
         "tiles": {
             "size": [int(s) for s in tile_size],
-            "keep": [int(s) for s in keep],
-            "stride": [int(s) for s in (stride if stride is not None else keep)],
-            "keep_offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, keep)],
-            "batch": int(batch),
+            "keep": [int(s) for s in tile_keep],
+            "stride": [int(s) for s in (tile_stride if tile_stride is not None else tile_keep)],
+            "keep_offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, tile_keep)],
+            "batch": int(tile_batch),
             "placement": "kept centres start at the crop's first voxel and advance by stride; tiles read zero "
                          "outside the crop; only tiles whose kept centre touches the brain are needed",
         },
@@ -283,14 +285,16 @@ class PreparedExport:
         return metadata
 
 
-def prepare_export(model_path: str | os.PathLike, tile_size: Sequence[int] | None = None,
-                   keep: Sequence[int] | None = None, stride: Sequence[int] | None = None, batch: int = 16,
-                   roi_dilation: float = ROI_DILATION) -> PreparedExport:
-    """Load the model file ``model_path`` (``omkit.checkpoint``) and trace its tile network.
+@renamed_keywords(model_path="model", keep="tile_keep", stride="tile_stride", batch="tile_batch")
+def prepare_export(model: str | os.PathLike, tile_size: Sequence[int] | None = None,
+                   tile_keep: Sequence[int] | None = None, tile_stride: Sequence[int] | None = None,
+                   tile_batch: int = 16, roi_dilation: float = ROI_DILATION) -> PreparedExport:
+    """Load the model file ``model`` (``omkit.checkpoint``) and trace its tile network.
     The tile size and keep default to the paper's tiles of the model's card (its training
-    patch keeping ``TILE_KEEP``; a given size alone keeps in proportion); ``keep``,
-    ``stride``, ``batch`` and ``roi_dilation`` are the runner's defaults, recorded in the
-    metadata."""
+    patch keeping ``TILE_KEEP``; a given size alone keeps in proportion); ``tile_keep``,
+    ``tile_stride``, ``tile_batch`` and ``roi_dilation`` are the runner's defaults,
+    recorded in the metadata."""
+    model_path, keep, stride, batch = model, tile_keep, tile_stride, tile_batch
     from omkit.checkpoint import load_model
     from omkit.inference.settings import TileSettings
     from omkit.models.omnet import MCNet
@@ -304,18 +308,19 @@ def prepare_export(model_path: str | os.PathLike, tile_size: Sequence[int] | Non
         tile_size, keep = tiles.size, tiles.keep
     tile_size, keep, stride = _check_tiles(tuple(tile_size), keep, stride)
     network = TileNetwork(model)
-    metadata = export_metadata(card, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation,
+    metadata = export_metadata(card, tile_size, keep, stride, tile_batch=batch, roi_dilation=roi_dilation,
                                num_tasks=network.num_tasks,
                                architecture="cascade" if isinstance(model, MCNet) else "onepass")
     program = export_program(model, tile_size, input_channels(card.input_features))
     return PreparedExport(program, metadata, network.output_names)
 
 
-def export_model(model_path: str | os.PathLike, target: str | os.PathLike, export_format: str | None = None,
-                 tile_size: Sequence[int] | None = None, keep: Sequence[int] | None = None,
-                 stride: Sequence[int] | None = None, batch: int = 16, roi_dilation: float = ROI_DILATION,
+@renamed_keywords(model_path="model", keep="tile_keep", stride="tile_stride", batch="tile_batch")
+def export_model(model: str | os.PathLike, target: str | os.PathLike, export_format: str | None = None,
+                 tile_size: Sequence[int] | None = None, tile_keep: Sequence[int] | None = None,
+                 tile_stride: Sequence[int] | None = None, tile_batch: int = 16, roi_dilation: float = ROI_DILATION,
                  force: bool = False) -> dict:
-    """Export the model file ``model_path`` to ``target`` as ``export_format`` (``onnx`` or
+    """Export the model file ``model`` to ``target`` as ``export_format`` (``onnx`` or
     ``torch-export``; default from the suffix): :func:`prepare_export`, then
     :meth:`PreparedExport.save`. Returns the metadata."""
     export_format = format_of(target, export_format)
@@ -325,7 +330,8 @@ def export_model(model_path: str | os.PathLike, target: str | os.PathLike, expor
         from omkit.fileio import OutputExistsError
 
         raise OutputExistsError(None, None, str(target))
-    prepared = prepare_export(model_path, tile_size, keep, stride, batch=batch, roi_dilation=roi_dilation)
+    prepared = prepare_export(model, tile_size, tile_keep, tile_stride, tile_batch=tile_batch,
+                              roi_dilation=roi_dilation)
     return prepared.save(target, export_format, force=force)
 
 

@@ -100,7 +100,7 @@ def exported(tmp_path_factory):
             assert main(["export", "-m", str(model_path), "-o", str(pt2_path), "--format", "torch-export",
                          *TILE_FLAGS]) == 0
         else:  # the library, one trace for both files
-            prepared = prepare_export(model_path, tile_size=TINY_PATCH, keep=TINY_PATCH)
+            prepared = prepare_export(model_path, tile_size=TINY_PATCH, tile_keep=TINY_PATCH)
             prepared.save(onnx_path)
             prepared.save(pt2_path, "torch-export")
         model, _ = load_model(model_path)

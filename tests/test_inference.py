@@ -121,7 +121,7 @@ def test_cascade_matches_onepass_fusion_and_skips_tiles(num_tasks):
     assert torch.equal(cascade.labels, expected)
     assert cascade.roi.any()
     if num_tasks >= 2:
-        assert 0 < cascade.tiles["task2"] < cascade.tiles["task1"]
+        assert 0 < cascade.tile_counts["task2"] < cascade.tile_counts["task1"]
 
 
 def test_probabilities_give_the_same_labels():

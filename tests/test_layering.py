@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # itself, external packages, and the units listed here. The foundation may be
 # imported by every unit outside the kernel layer.
 FOUNDATION = {"omkit.protocol", "omkit.labels", "omkit.fileio", "omkit.morphology", "omkit.devices",
-              "omkit.registry", "omkit.hookspecs"}
+              "omkit.registry", "omkit.hookspecs", "omkit.deprecation"}
 ALLOWED: dict[str, set[str]] = {
     **{unit: set() for unit in FOUNDATION},
     # kernels: nothing of omkit but each other, the constants and the compiled library
-    "omkit.ops": {"omkit.protocol"},  # with the compiled op library, omkit.ops._C
+    "omkit.ops": {"omkit.protocol", "omkit.deprecation"},  # with the compiled op library, omkit.ops._C
     "omkit.functional": {"omkit.ops", "omkit.protocol"},
     "omkit.plugin_manager": {"omkit.hookspecs", "omkit.registry"},
     "omkit.factory": {"omkit.plugin_manager", "omkit.registry"},

@@ -166,7 +166,7 @@ def test_tile_argument_errors():
         torch.ops.omkit.gather_tiles(volume, origins.float(), [2, 2, 2])
     with pytest.raises(ValueError, match="origins must be"):
         torch.ops.omkit.gather_tiles(volume, origins[:, :2], [2, 2, 2])
-    with pytest.raises(ValueError, match="roi_size"):
+    with pytest.raises(ValueError, match="tile_size"):
         ops.gather_tiles(volume, origins, [2, 2])
     tiles = torch.zeros(3, 2, 3, 3, 3)
     with pytest.raises(ValueError, match="inside the tile"):

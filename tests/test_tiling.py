@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omkit.inference import gather_tiles, keep_offset, overlap_tile_inference, stitch_tiles, tile_origins
+from omkit.inference import keep_offset, overlap_tile_inference, tile_origins
+from omkit.ops.reference import gather_tiles, stitch_tiles
 from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
 
@@ -82,7 +83,7 @@ def test_identity_network_stitches_input_exactly(tile_size, stride, keep, batch_
         calls.append(batch.shape[0])
         return batch
 
-    out = overlap_tile_inference(volume, identity, 3, tile_size=tile_size, stride=stride, keep=keep, batch_size=batch_size)
+    out = overlap_tile_inference(volume, identity, 3, tile_size=tile_size, tile_stride=stride, tile_keep=keep, tile_batch=batch_size)
     assert torch.equal(out, volume)
     origins = tile_origins(volume.shape[1:], tile_size, stride, keep)
     assert sum(calls) == origins.shape[0] and max(calls) <= batch_size
@@ -97,7 +98,7 @@ def test_predictor_may_return_only_the_kept_centre():
     tile_size, stride, keep = (8, 16, 16), (4, 8, 8), (4, 8, 8)
     centre = keep_centre(tile_size, keep)
     out = overlap_tile_inference(volume, lambda b: b[(slice(None), slice(None)) + centre], 2,
-                                 tile_size=tile_size, stride=stride, keep=keep, batch_size=5)
+                                 tile_size=tile_size, tile_stride=stride, tile_keep=keep, tile_batch=5)
     assert torch.equal(out, volume)
 
 
@@ -118,4 +119,4 @@ def test_bad_geometry_is_an_error():
     with pytest.raises(ValueError, match="keep"):
         tile_origins((10, 10, 10), (4, 4, 4), (2, 2, 2), (5, 2, 2))
     with pytest.raises(ValueError, match="predictor returned"):
-        overlap_tile_inference(torch.zeros(1, 8, 8, 8), lambda b: b[:, :, :2], 1, tile_size=(4, 4, 4), stride=2, keep=2)
+        overlap_tile_inference(torch.zeros(1, 8, 8, 8), lambda b: b[:, :, :2], 1, tile_size=(4, 4, 4), tile_stride=2, tile_keep=2)

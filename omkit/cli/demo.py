@@ -153,7 +153,7 @@ def run(args) -> int:
             write_label_map(result.labels, case, pred_dir / f"{case.case_id}.nii.gz", case.convention, force=True)
         save_overlay(overlay_dir / f"{case.case_id}.png", case.image[0], result.labels, case.label, title=case.case_id,
                      force=True)
-        per_task = ", ".join(f"{task} {count}" for task, count in result.tiles.items())
+        per_task = ", ".join(f"{task} {count}" for task, count in result.tile_counts.items())
         unit = "blocks (one per paper tile)" if segmenter.predictor.inference == "dense" else "tiles"
         print(f"omkit demo: predicted {case.case_id} in {time.perf_counter() - t0:.1f} s "
               f"({segmenter.predictor.inference_note}; {unit} per task: {per_task})")

@@ -51,8 +51,8 @@ def slice_maps(model, image, z: int, task: int, tiles, device) -> tuple[np.ndarr
     with torch.no_grad():
         out = overlap_tile_inference(
             torch.as_tensor(image), features_and_guidance, channels + 1,
-            tile_size=tiles.size, stride=tiles.stride, keep=tiles.keep, batch_size=tiles.batch,
-            bbox=(slice(z, z + 1), slice(None), slice(None)), sw_device=device, device="cpu",
+            tile_size=tiles.size, tile_stride=tiles.stride, tile_keep=tiles.keep, tile_batch=tiles.batch,
+            bbox=(slice(z, z + 1), slice(None), slice(None)), device=device, output_device="cpu",
         )
     return out[:channels, z].numpy(), out[channels, z].numpy()
 

@@ -40,8 +40,8 @@ def run(args) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     try:
-        metadata = export_model(args.model, args.output, export_format, tile_size=tiles.size, keep=tiles.keep,
-                                stride=tiles.stride, batch=tiles.batch, roi_dilation=args.roi_dilation,
+        metadata = export_model(args.model, args.output, export_format, tile_size=tiles.size, tile_keep=tiles.keep,
+                                tile_stride=tiles.stride, tile_batch=tiles.batch, roi_dilation=args.roi_dilation,
                                 force=args.force)
     except ExportDependencyError as exc:
         raise CLIError(str(exc)) from None

@@ -4,6 +4,7 @@ space, write with the input's affine and header (atomically)."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,14 +25,20 @@ class CaseResult:
     """``labels``: post-processed internal classes of the full input volume
     ``(D, H, W)``; ``raw_labels``: the same before post-processing (the same
     array when no step ran); ``probabilities``: per task ``(K, D, H, W)``
-    float32 or None; ``tiles``: tiles computed per task."""
+    float32 or None; ``tile_counts``: tiles computed per task."""
 
     case: Case
     preprocessed: Preprocessed
     labels: np.ndarray
     raw_labels: np.ndarray
     probabilities: dict[str, np.ndarray] | None
-    tiles: dict[str, int]
+    tile_counts: dict[str, int]
+
+    @property
+    def tiles(self) -> dict[str, int]:
+        """The name of ``tile_counts`` before one vocabulary ("tiles" is a ``TileSettings``)."""
+        warnings.warn("CaseResult.tiles is deprecated: use CaseResult.tile_counts", DeprecationWarning, stacklevel=2)
+        return self.tile_counts
 
 
 def case_id_of(case_dir: str | os.PathLike) -> str:
@@ -84,7 +91,7 @@ def predict_case(case: Case, predictor: SegmentationPredictor, steps: Sequence[t
     probabilities = None
     if result.probabilities is not None:
         probabilities = {k: uncrop(v.numpy(), pre.bbox, pre.full_shape) for k, v in result.probabilities.items()}
-    return CaseResult(case, pre, full, raw_full, probabilities, result.tiles)
+    return CaseResult(case, pre, full, raw_full, probabilities, result.tile_counts)
 
 
 def write_label_map(labels: np.ndarray, case: Case, target: str | os.PathLike, label_convention: str,

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from omkit.data.brats import MODALITIES
 from omkit.data.features import DEFAULT_LEFT_RIGHT_AXIS, MRI, network_input
+from omkit.deprecation import renamed_keywords
 from omkit.devices import check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.models.omnet import MCNet
@@ -66,14 +67,20 @@ class Prediction(NamedTuple):
     """``labels``: internal classes uint8 ``(D, H, W)`` on the CPU; ``roi``: the
     dilated coarse tumor mask (task 2's ROI); ``probabilities``: per task
     (``"task1"``, ...) ``(K, D, H, W)`` float32 when asked for, else None (for
-    a cascade, zero where that task's network did not run); ``tiles``: tiles
+    a cascade, zero where that task's network did not run); ``tile_counts``: tiles
     computed per task (dense inference: the blocks computed, one per tile the
     tile path would compute)."""
 
     labels: Tensor
     roi: Tensor
     probabilities: dict[str, Tensor] | None
-    tiles: dict[str, int]
+    tile_counts: dict[str, int]
+
+    @property
+    def tiles(self) -> dict[str, int]:
+        """The name of ``tile_counts`` before one vocabulary ("tiles" is a ``TileSettings``)."""
+        warnings.warn("Prediction.tiles is deprecated: use Prediction.tile_counts", DeprecationWarning, stacklevel=2)
+        return self.tile_counts
 
 
 def _model_kind(model: nn.Module) -> tuple[str, int]:
@@ -197,15 +204,16 @@ class SegmentationPredictor:
             warnings.warn(self.inference_note, DenseFallbackWarning, stacklevel=4)
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
+    @renamed_keywords(paths="models")
+    def from_files(cls, models: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
                    expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
         """Load the model files (``omkit.checkpoint``) of one model or an ensemble; each
         model carries its card (``model.card``, ``omkit.model_card``), whose recommended
         settings fill in what the keywords leave open; ``metadata`` lists the cards."""
         from omkit.checkpoint import load_model, model_files
 
+        paths = model_files(models)  # run folders and --fold all folders too
         models, metadata = [], []
-        paths = model_files(paths)  # run folders and --fold all folders too
         for path in paths:
             model, card = load_model(path, map_location=device, expect_preset=expect_preset)
             if models and _model_kind(model) != _model_kind(models[0]):

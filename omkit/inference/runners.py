@@ -104,8 +104,8 @@ class TileRunner:
 
         out = overlap_tile_inference(
             image, predictor, out_channels, origins=origins,
-            tile_size=t.size, stride=t.stride, keep=t.keep, batch_size=t.batch,
-            out_dtype=out_dtype, sw_device=ensemble.device, device=ensemble.output_device,
+            tile_size=t.size, tile_stride=t.stride, tile_keep=t.keep, tile_batch=t.batch,
+            out_dtype=out_dtype, device=ensemble.device, output_device=ensemble.output_device,
             progress=ensemble.progress,
         )
         return out, int(origins.shape[0])

@@ -3,18 +3,20 @@
 prediction cropped to its kept centre on the compute device before it moves.
 
 In MONAI's ``sliding_window_inference`` terms: ``tile_size`` is its
-``roi_size``, ``batch_size`` its ``sw_batch_size`` (``sw_device``, ``device``
-and ``progress`` mean the same); ``stride`` and ``keep`` replace its
-``overlap`` because the paper keeps only each tile's centre instead of
-blending whole windows. ("ROI" in omkit means task 2's region, never a tile.)
+``roi_size``, ``tile_batch`` its ``sw_batch_size``, ``device`` its ``sw_device``
+(where the network runs) and ``output_device`` its ``device``; ``tile_stride`` and
+``tile_keep`` replace its ``overlap`` because the paper keeps only each tile's centre
+instead of blending whole windows. ("ROI" in omkit means task 2's region, never a tile.)
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from omkit.deprecation import renamed_keywords
 from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
 from .tiling import check_geometry, keep_centre, keep_offset, tile_origins
@@ -44,44 +46,53 @@ def tiles_touching(mask: Tensor, origins: Tensor, tile_size: Sequence[int], keep
     return origins[torch.tensor(selected, dtype=torch.long)] if selected else origins[:0]
 
 
+@renamed_keywords(stride="tile_stride", keep="tile_keep", batch_size="tile_batch")
 def overlap_tile_inference(
     inputs: Tensor,
     predictor: Callable[[Tensor], Tensor],
     out_channels: int,
     *,
     tile_size: Sequence[int] = PATCH_SIZE,
-    stride: Sequence[int] | None = None,
-    keep: Sequence[int] = TILE_KEEP,
-    batch_size: int = 16,
+    tile_stride: Sequence[int] | None = None,
+    tile_keep: Sequence[int] = TILE_KEEP,
+    tile_batch: int = 16,
     bbox: tuple[slice, slice, slice] | None = None,
     only_touching: Tensor | None = None,
     origins: Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
-    sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
+    output_device: torch.device | str | None = None,
     progress: bool = False,
+    sw_device: torch.device | str | None = None,
 ) -> Tensor:
     """Predict ``inputs (C, D, H, W)`` tile by tile and stitch the kept centres.
 
-    ``predictor`` maps a batch ``(B, C, *tile_size)`` on ``sw_device`` to
-    ``(B, out_channels, *tile_size)``, or to ``(B, out_channels, *keep)`` when it
+    ``predictor`` maps a batch ``(B, C, *tile_size)`` on ``device`` to
+    ``(B, out_channels, *tile_size)``, or to ``(B, out_channels, *tile_keep)`` when it
     already cropped the kept centre (``keep_centre``: cheaper when it reduces
     probabilities to labels, since only the centre is stitched); reduce there
     (probabilities, labels) before returning so that only what is kept travels. Tiles: ``origins`` if
     given, else those covering ``bbox`` (default: the whole volume), restricted
     to the ones whose kept centre touches ``only_touching`` when given. Voxels no
     computed tile covers stay zero. Returns ``(out_channels, D, H, W)`` of
-    ``out_dtype`` on ``device`` (default: the inputs' device). The inputs move
-    to ``sw_device`` once; tiles are cut there.
+    ``out_dtype`` on ``output_device`` (default: ``device``). The inputs move to
+    ``device`` (default: theirs) once; tiles are cut there. The MONAI-style pair
+    ``sw_device=`` (compute) with ``device=`` (output) still works, with a
+    ``DeprecationWarning``.
     """
     if inputs.dim() != 4:
         raise ValueError(f"inputs must be (C, D, H, W), got shape {tuple(inputs.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    tile_size, stride, keep = check_geometry(tile_size, stride, keep)
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+    if sw_device is not None:  # the MONAI-style pair: sw_device computes, device holds the output
+        warnings.warn("overlap_tile_inference(sw_device=...) is deprecated: device= is where the network runs, "
+                      "output_device= where the output goes", DeprecationWarning, stacklevel=3)
+        device, output_device = sw_device, (device if output_device is None else output_device)
+    tile_size, stride, keep = check_geometry(tile_size, tile_stride, tile_keep)
+    batch_size = tile_batch
     spatial = tuple(inputs.shape[1:])
-    device = torch.device(device) if device is not None else inputs.device
-    sw_device = torch.device(sw_device) if sw_device is not None else inputs.device
+    sw_device = torch.device(device) if device is not None else inputs.device
+    device = torch.device(output_device) if output_device is not None else sw_device
     if origins is None:
         origins = tile_origins(spatial, tile_size, stride, keep, bbox)
         if only_touching is not None:

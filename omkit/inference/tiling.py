@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from omkit.ops.reference import _triple, gather_tiles, stitch_tiles  # noqa: F401  (the contract's reference)
+from omkit.ops.reference import _triple
 from omkit.protocol import PATCH_SIZE, TILE_KEEP
 
 

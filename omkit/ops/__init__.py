@@ -38,6 +38,7 @@ from torch import Tensor
 
 import omkit.ops.manifest as manifest
 import omkit.ops.reference as reference
+from omkit.deprecation import renamed_keywords
 from omkit.ops._library import BACKENDS, backend_report, build_info, call, extension_loaded, fallbacks, get_backend
 from omkit.ops._library import load_error
 from omkit.ops._library import record_dispatch, set_backend, use_backend
@@ -110,28 +111,31 @@ def cga_recalibrate(features: Tensor, guidance: Tensor, m: Tensor, w_pos: Tensor
     return call("cga_recalibrate", features, guidance.detach(), m, w_pos, b_pos, w_neg, b_neg, w_out, b_out, variant)
 
 
-def gather_tiles(volume: Tensor, origins: Tensor, roi_size) -> Tensor:
+@renamed_keywords(roi_size="tile_size")
+def gather_tiles(volume: Tensor, origins: Tensor, tile_size) -> Tensor:
     """Tiles ``(T, C, d, h, w)`` cut out of ``volume (C, D, H, W)`` at ``origins``
     (int64 ``(T, 3)``, may be negative or run past the end); zero outside."""
-    return call("gather_tiles", volume, origins, _as_list3("roi_size", roi_size))
+    return call("gather_tiles", volume, origins, _as_list3("tile_size", tile_size))
 
 
-def stitch_tiles(out: Tensor, tiles: Tensor, origins: Tensor, keep_offset, keep_size) -> Tensor:
+@renamed_keywords(keep_size="tile_keep")
+def stitch_tiles(out: Tensor, tiles: Tensor, origins: Tensor, keep_offset, tile_keep) -> Tensor:
     """Write ``tiles[i, :, ko:ko+ks]`` into ``out (K, D, H, W)`` at ``origins[i] + ko``,
     clipped to the volume, in place (later tiles win where kept regions overlap);
     returns ``out``."""
-    call("stitch_tiles", out, tiles, origins, _as_list3("keep_offset", keep_offset), _as_list3("keep_size", keep_size))
+    call("stitch_tiles", out, tiles, origins, _as_list3("keep_offset", keep_offset), _as_list3("tile_keep", tile_keep))
     return out
 
 
+@renamed_keywords(keep_size="tile_keep")
 def stitch_tiles_argmax(
-    labels: Tensor, tiles: Tensor, origins: Tensor, keep_offset, keep_size, label_map: Tensor | None = None
+    labels: Tensor, tiles: Tensor, origins: Tensor, keep_offset, tile_keep, label_map: Tensor | None = None
 ) -> Tensor:
     """Like :func:`stitch_tiles` but reduces on the fly: ``labels (D, H, W)`` uint8
     gets ``label_map[argmax_k tiles[i, k]]`` (the class index when ``label_map`` is
     None) over each kept centre, so no float full-volume score map is needed.
     Ties and NaNs follow ``torch.argmax``. Returns ``labels``."""
-    ko, ks = _as_list3("keep_offset", keep_offset), _as_list3("keep_size", keep_size)
+    ko, ks = _as_list3("keep_offset", keep_offset), _as_list3("tile_keep", tile_keep)
     call("stitch_tiles_argmax", labels, tiles, origins, ko, ks, label_map)
     return labels
 

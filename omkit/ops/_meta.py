@@ -78,21 +78,21 @@ def _cga_backward_fake(grad_out, grad_m, grad_l1_norm, features, guidance, m, l1
 
 
 @torch.library.register_fake("omkit::gather_tiles")
-def _gather_tiles_fake(volume, origins, roi_size):
+def _gather_tiles_fake(volume, origins, tile_size):
     if volume.dim() != 4:
         raise ValueError(f"gather_tiles: volume must be (C, D, H, W), got shape {tuple(volume.shape)}")
     if origins.dim() != 2 or origins.shape[1] != 3:
         raise ValueError(f"gather_tiles: origins must be (T, 3), got shape {tuple(origins.shape)}")
-    return volume.new_empty((origins.shape[0], volume.shape[0], *roi_size))
+    return volume.new_empty((origins.shape[0], volume.shape[0], *tile_size))
 
 
 @torch.library.register_fake("omkit::stitch_tiles_")
-def _stitch_tiles_fake(out, tiles, origins, keep_offset, keep_size):
+def _stitch_tiles_fake(out, tiles, origins, keep_offset, tile_keep):
     return None
 
 
 @torch.library.register_fake("omkit::stitch_tiles_argmax_")
-def _stitch_tiles_argmax_fake(labels, tiles, origins, keep_offset, keep_size, label_map):
+def _stitch_tiles_argmax_fake(labels, tiles, origins, keep_offset, tile_keep, label_map):
     return None
 
 
