@@ -294,24 +294,22 @@ def prepare_export(model: str | os.PathLike, tile_size: Sequence[int] | None = N
     patch keeping ``TILE_KEEP``; a given size alone keeps in proportion); ``tile_keep``,
     ``tile_stride``, ``tile_batch`` and ``roi_dilation`` are the runner's defaults,
     recorded in the metadata."""
-    model_path, keep, stride, batch = model, tile_keep, tile_stride, tile_batch
     from omkit.checkpoint import load_model
     from omkit.inference.settings import TileSettings
     from omkit.models.omnet import MCNet
 
-    model, card = load_model(model_path, map_location="cpu")
-    if int(getattr(model, "spatial_dims", 3)) != 3:
-        raise ValueError(f"{model_path}: only 3-D models export to tiles (this one has spatial_dims=2)")
-    if tile_size is None or keep is None:
-        size, kept = card.tiles_for("tiles")
-        tiles = TileSettings(size=tile_size, keep=keep).with_defaults(size, kept)
-        tile_size, keep = tiles.size, tiles.keep
-    tile_size, keep, stride = _check_tiles(tuple(tile_size), keep, stride)
-    network = TileNetwork(model)
-    metadata = export_metadata(card, tile_size, keep, stride, tile_batch=batch, roi_dilation=roi_dilation,
-                               num_tasks=network.num_tasks,
-                               architecture="cascade" if isinstance(model, MCNet) else "onepass")
-    program = export_program(model, tile_size, input_channels(card.input_features))
+    network_model, card = load_model(model, map_location="cpu")
+    if int(getattr(network_model, "spatial_dims", 3)) != 3:
+        raise ValueError(f"{model}: only 3-D models export to tiles (this one has spatial_dims=2)")
+    if tile_size is None or tile_keep is None:
+        tiles = TileSettings(size=tile_size, keep=tile_keep).with_defaults(*card.tiles_for("tiles"))
+        tile_size, tile_keep = tiles.size, tiles.keep
+    tile_size, tile_keep, tile_stride = _check_tiles(tuple(tile_size), tile_keep, tile_stride)
+    network = TileNetwork(network_model)
+    metadata = export_metadata(card, tile_size, tile_keep, tile_stride, tile_batch=tile_batch,
+                               roi_dilation=roi_dilation, num_tasks=network.num_tasks,
+                               architecture="cascade" if isinstance(network_model, MCNet) else "onepass")
+    program = export_program(network_model, tile_size, input_channels(card.input_features))
     return PreparedExport(program, metadata, network.output_names)
 
 

@@ -76,7 +76,7 @@ def both(models, image, mask, **kw):
 
 
 def assert_same(tiles, dense, atol=1e-5):
-    assert dense.tiles == tiles.tiles
+    assert dense.tile_counts == tiles.tile_counts
     assert torch.equal(dense.roi, tiles.roi)
     assert dense.probabilities.keys() == tiles.probabilities.keys()
     for task, want in tiles.probabilities.items():
@@ -95,7 +95,7 @@ def test_dense_equals_tiles_with_a_pointwise_backbone(preset, where):
     tiles, dense = both([pointwise_model(preset)], image, mask)
     assert_same(tiles, dense)
     if where == "border":  # the check means something: a tumor found, every task (network) ran
-        assert tiles.roi.any() and min(tiles.tiles.values()) > 0
+        assert tiles.roi.any() and min(tiles.tile_counts.values()) > 0
 
 
 def test_dense_equals_tiles_for_an_ensemble_and_with_mirroring():
@@ -111,7 +111,7 @@ def test_dense_under_bf16_autocast_stays_with_tiles(preset):
     """Mixed precision: bfloat16 rounding apart (measured up to 1.5e-3), the same."""
     image, mask = volume("border")
     tiles, dense = both([pointwise_model(preset)], image, mask, precision="bf16")
-    assert dense.tiles == tiles.tiles
+    assert dense.tile_counts == tiles.tile_counts
     for task, want in tiles.probabilities.items():
         assert dense.probabilities[task].dtype == torch.float32
         torch.testing.assert_close(dense.probabilities[task], want, atol=1e-2, rtol=0)
@@ -223,7 +223,7 @@ def test_dense_is_close_to_tiles_with_fusionnet(case):
     geometry = TileSettings(size=(16, 32, 32), keep=(4, 8, 8), batch=8)
     tiles = SegmentationPredictor([model], tiles=geometry, inference="tiles").predict(image, mask, True)
     dense = SegmentationPredictor([model], tiles=geometry, inference="dense").predict(image, mask, True)
-    assert dense.tiles == tiles.tiles
+    assert dense.tile_counts == tiles.tile_counts
     for task, want in tiles.probabilities.items():
         got = dense.probabilities[task]
         assert got.dtype == torch.float32 and got.shape == want.shape == (want.shape[0], *mask.shape)
@@ -239,7 +239,7 @@ def test_dense_outputs_stay_where_tiles_compute(case):
     image, mask = case
     torch.manual_seed(0)
     tiles, dense = both([omkit.create_model("mc3", width=TINY_WIDTH)], image, mask)
-    assert dense.tiles == tiles.tiles
+    assert dense.tile_counts == tiles.tile_counts
     for task, want in tiles.probabilities.items():
         assert torch.equal(dense.probabilities[task].sum(0) == 0, want.sum(0) == 0), task
 

@@ -50,6 +50,7 @@ from omkit.data.features import DEFAULT_LEFT_RIGHT_AXIS, MRI, network_input
 from omkit.deprecation import renamed_keywords
 from omkit.devices import check_precision
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
+from omkit.model_card import ModelCard
 from omkit.models.omnet import MCNet
 
 from omkit.protocol import ROI_DILATION
@@ -209,11 +210,11 @@ class SegmentationPredictor:
                    expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
         """Load the model files (``omkit.checkpoint``) of one model or an ensemble; each
         model carries its card (``model.card``, ``omkit.model_card``), whose recommended
-        settings fill in what the keywords leave open; ``metadata`` lists the cards."""
+        settings fill in what the keywords leave open (:attr:`cards`)."""
         from omkit.checkpoint import load_model, model_files
 
         paths = model_files(models)  # run folders and --fold all folders too
-        models, metadata = [], []
+        models = []
         for path in paths:
             model, card = load_model(path, map_location=device, expect_preset=expect_preset)
             if models and _model_kind(model) != _model_kind(models[0]):
@@ -222,10 +223,17 @@ class SegmentationPredictor:
                     f"(members must share an architecture: {_model_kind(models[0])} vs {_model_kind(model)})"
                 )
             models.append(model)
-            metadata.append(card)
-        predictor = cls(models, device=device, **kw)
-        predictor.metadata = metadata
-        return predictor
+        return cls(models, device=device, **kw)
+
+    @property
+    def cards(self) -> list:
+        """The members' model cards (``omkit.model_card``), read from the models."""
+        return [ModelCard.of_model(m) for m in self.models]
+
+    @property
+    def metadata(self) -> list:
+        """The members' cards (the name before model cards)."""
+        return self.cards
 
     # -- the runners (tiles, dense) ----------------------------------------------
     def ensemble(self) -> Ensemble:

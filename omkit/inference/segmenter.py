@@ -25,7 +25,6 @@ import numpy as np
 
 from omkit.data import Case, to_nifti_axes
 from omkit.labels import get_convention
-from omkit.model_card import ModelCard
 from omkit.protocol import ROI_DILATION
 
 from .dense import DenseSettings
@@ -110,7 +109,7 @@ class Segmenter:
         if metadata:
             warnings.warn("Segmenter(metadata=...) is deprecated: the models' cards (model.card, omkit.model_card) "
                           "are read from the predictor", DeprecationWarning, stacklevel=2)
-        self.cards = [ModelCard.of_model(m) for m in predictor.models]
+        self.cards = predictor.cards
         if label_convention is None:
             label_convention = self.cards[0].label_convention
         self.label_convention = get_convention(label_convention).name

@@ -89,28 +89,27 @@ def overlap_tile_inference(
                       "output_device= where the output goes", DeprecationWarning, stacklevel=3)
         device, output_device = sw_device, (device if output_device is None else output_device)
     tile_size, stride, keep = check_geometry(tile_size, tile_stride, tile_keep)
-    batch_size = tile_batch
     spatial = tuple(inputs.shape[1:])
-    sw_device = torch.device(device) if device is not None else inputs.device
-    device = torch.device(output_device) if output_device is not None else sw_device
+    compute = torch.device(device) if device is not None else inputs.device
+    output = torch.device(output_device) if output_device is not None else compute
     if origins is None:
         origins = tile_origins(spatial, tile_size, stride, keep, bbox)
         if only_touching is not None:
             origins = tiles_touching(only_touching, origins, tile_size, keep)
     gather, stitch = tile_ops()
-    inputs = inputs.to(sw_device)
-    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=device)
+    inputs = inputs.to(compute)
+    out = torch.zeros((out_channels, *spatial), dtype=out_dtype, device=output)
     offset = keep_offset(tile_size, keep)
     centre = keep_centre(tile_size, keep)
     offset_t = torch.tensor(offset, dtype=torch.long)
-    starts = range(0, origins.shape[0], batch_size)
+    starts = range(0, origins.shape[0], tile_batch)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="tiles", unit="batch", leave=False)
     for start in starts:
-        batch_origins = origins[start : start + batch_size]
-        batch = gather(inputs, batch_origins.to(sw_device), tile_size)
+        batch_origins = origins[start : start + tile_batch]
+        batch = gather(inputs, batch_origins.to(compute), tile_size)
         pred = predictor(batch)
         if pred.shape[:2] != (batch.shape[0], out_channels) or tuple(pred.shape[2:]) not in (tile_size, keep):
             raise ValueError(
@@ -120,7 +119,7 @@ def overlap_tile_inference(
             )
         if tuple(pred.shape[2:]) != keep:
             pred = pred[(slice(None), slice(None)) + centre]
-        kept = pred.to(device, out_dtype)
+        kept = pred.to(output, out_dtype)
         # the cropped centres are tiles of size keep starting at origin + offset
-        stitch(out, kept.contiguous(), (batch_origins + offset_t).to(device), (0, 0, 0), keep)
+        stitch(out, kept.contiguous(), (batch_origins + offset_t).to(output), (0, 0, 0), keep)
     return out

@@ -19,7 +19,7 @@ kernel's reach of zero padding at the volume's ends, as the whole convolution pa
 through oneDNN directly when PyTorch has it (float32 and no autocast; otherwise the
 usual ``F.conv3d``). The slab results are written into one output: the same values up to
 float rounding (a different summation order inside oneDNN). On the benchmark case with a
-width-0.25 ECA OM-Net, dense inference went from 6.65 s to 5.19 s (``docs/RESULTS.md``).
+width-0.25 ECA OM-Net, dense inference went from 6.65 s to 5.19 s (``benchmarks/RESULTS.md``).
 
 Used on the dense path's own copy of a model (``omkit.inference.dense.folded_model``),
 never on a model a user holds: only modules whose type is exactly ``nn.Conv3d`` are
