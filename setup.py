@@ -41,6 +41,16 @@ def _sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
+def _op_spec():
+    """omkit/devices.py, loaded by its path (no torch at module level): the kernel backends and their sources."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("omkit_devices", os.path.join(HERE, "omkit", "devices.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cuda_code_targets() -> list:
     """The code targets nvcc will compile (sm_90, compute_90, ...), as torch's build derives
     them from TORCH_CUDA_ARCH_LIST or the visible GPUs; [] when torch cannot say."""
@@ -72,16 +82,19 @@ def extension_config():
 
     debug = _flag("DEBUG")
     with_cuda = _flag("FORCE_CUDA") or (torch.cuda.is_available() and CUDA_HOME is not None)
-    # csrc/*.cpp: the op list, the ops' device-independent bodies and the Python module stub;
-    # csrc/<backend>/: a backend's kernels and its registration (csrc/README.md).
-    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    # The shared sources (op list, device-independent bodies, Python module stub) and each kernel
+    # backend's folder (its kernels and registration), as omkit/devices.py lists them: the C++
+    # backends always, the CUDA ones with CUDA.
+    op_spec = _op_spec()
+    backends = [b for b in op_spec.KERNEL_BACKENDS if b.compiler == "cxx" or (with_cuda and b.compiler == "nvcc")]
+    sources = [path for pattern in op_spec.COMMON_SOURCES for path in _sources(pattern)]
+    sources += [path for backend in backends for pattern in backend.sources for path in _sources(pattern)]
     # OpenMP: at::parallel_for compiles its parallel region into this library, and
     # `omp simd` marks the vectorisable loops.
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags += ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     extra = {"cxx": cxx_flags}
     if with_cuda:
-        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["-DWITH_CUDA"]
         extra["cxx"] = extra["cxx"] + ["-DWITH_CUDA"]
         archs = _cuda_code_targets()

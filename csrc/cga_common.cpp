@@ -175,15 +175,16 @@ std::string dtype_name(at::ScalarType dtype) {
 
 }  // namespace
 
-void check_kernel_dtype(const CgaKernels& kernels, at::ScalarType dtype, const char* op) {
-  for (at::ScalarType supported : kernels.dtypes) {
+void check_dtype_supported(const char* device, c10::ArrayRef<at::ScalarType> dtypes, at::ScalarType dtype,
+                           const char* op) {
+  for (at::ScalarType supported : dtypes) {
     if (supported == dtype) return;
   }
   std::string names;
-  for (size_t i = 0; i < kernels.dtypes.size(); ++i) {
-    names += (i == 0 ? "" : (i + 1 == kernels.dtypes.size() ? " and " : ", ")) + dtype_name(kernels.dtypes[i]);
+  for (size_t i = 0; i < dtypes.size(); ++i) {
+    names += (i == 0 ? "" : (i + 1 == dtypes.size() ? " and " : ", ")) + dtype_name(dtypes[i]);
   }
-  TORCH_CHECK_TYPE(false, op, ": the ", kernels.device, " kernel supports ", names, ", got ", dtype);
+  TORCH_CHECK_TYPE(false, op, ": the ", device, " kernel supports ", names, ", got ", dtype);
 }
 
 std::tuple<Tensor, Tensor> flatten_features_guidance(const Tensor& features, const Tensor& guidance,

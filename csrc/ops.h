@@ -31,7 +31,7 @@
 //   origins[i] + ko, clipped, later tiles win; stitch_tiles_argmax_: labels (D, H, W)
 //   uint8 <- label_map[argmax_k tiles[i, k, ko:ko+ks]] (or the index itself when
 //   label_map is None), the class map without a float full-volume buffer.
-// * Window-consistent (dense) ops (contract: omkit/ops/reference.py, where the geometry is
+// * Window-consistent (dense) ops (contract: omkit/ops/window.py, where the geometry is
 //   described; WindowGeometry in cga_common.h):
 //   window_sums: x (B, C, D, H, W), guidance? -> (B, nD, nH, nW, R, C) sums over each block's
 //   window, rows [sum Pt x, sum x] (R = 2) or [sum x] (R = 1), in the accumulation dtype;

@@ -1,13 +1,12 @@
 // The bodies of the window-consistent ops (window_sums, block_linear, cga_windowed) and of the
 // first two's backward ops: argument checks, the geometry, and the ATen work on per-block tensors
-// (size B x blocks x K x C) around the backends' passes over the feature map (CgaKernels::
+// (size B x blocks x K x C) around the backends' passes over the feature map (WindowKernels::
 // window_sums, ::block_mix, ::window_sums_backward, ::block_mix_backward). Their contract is the
-// reference in omkit/ops/reference.py; the autograd formulas that call the backward ops are in
-// omkit/ops/_meta.py (cga_windowed is inference only).
+// reference in omkit/ops/window.py, with the autograd formulas that call the backward ops (cga_windowed is inference only).
 #include <ATen/ATen.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
-#include "cga_common.h"
+#include "window_common.h"
 
 namespace omkit {
 
@@ -97,7 +96,7 @@ Tensor bias_or_zeros(const std::optional<Tensor>& b, int64_t K, const Tensor& x,
 
 namespace impl {
 
-Tensor window_sums(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance,
+Tensor window_sums(const WindowKernels& kernels, const Tensor& x, const OptionalTensor& guidance,
                    c10::IntArrayRef window, c10::IntArrayRef block, c10::IntArrayRef offset,
                    c10::IntArrayRef origin) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -109,7 +108,7 @@ Tensor window_sums(const CgaKernels& kernels, const Tensor& x, const OptionalTen
   return z.permute({0, 3, 4, 5, 1, 2}).contiguous();
 }
 
-Tensor window_sums_backward(const CgaKernels& kernels, const Tensor& grad, const Tensor& x,
+Tensor window_sums_backward(const WindowKernels& kernels, const Tensor& grad, const Tensor& x,
                             const OptionalTensor& guidance, c10::IntArrayRef window, c10::IntArrayRef block,
                             c10::IntArrayRef offset, c10::IntArrayRef origin) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -128,7 +127,7 @@ Tensor window_sums_backward(const CgaKernels& kernels, const Tensor& grad, const
   return kernels.window_sums_backward(S, P, g, x.scalar_type());
 }
 
-Tensor block_linear(const CgaKernels& kernels, const Tensor& x, const OptionalTensor& guidance, const Tensor& m0,
+Tensor block_linear(const WindowKernels& kernels, const Tensor& x, const OptionalTensor& guidance, const Tensor& m0,
                     const OptionalTensor& c0, const OptionalTensor& m1, const OptionalTensor& c1,
                     c10::IntArrayRef block, c10::IntArrayRef origin) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -150,7 +149,7 @@ Tensor block_linear(const CgaKernels& kernels, const Tensor& x, const OptionalTe
   return kernels.block_mix(x.contiguous(), P, M0, M1, C0, C1, g);
 }
 
-Grads5 block_linear_backward(const CgaKernels& kernels, const Tensor& grad_out, const Tensor& x,
+Grads5 block_linear_backward(const WindowKernels& kernels, const Tensor& grad_out, const Tensor& x,
                              const OptionalTensor& guidance, const Tensor& m0, const OptionalTensor& c0,
                              const OptionalTensor& m1, const OptionalTensor& c1, c10::IntArrayRef block,
                              c10::IntArrayRef origin) {
@@ -181,7 +180,7 @@ Grads5 block_linear_backward(const CgaKernels& kernels, const Tensor& grad_out, 
   return {dx, grad_m0, grad_c0, grad_m1, grad_c1};
 }
 
-std::tuple<Tensor, Tensor> cga_windowed(const CgaKernels& kernels, const Tensor& features, const Tensor& guidance,
+std::tuple<Tensor, Tensor> cga_windowed(const WindowKernels& kernels, const Tensor& features, const Tensor& guidance,
                                         const OptionalTensor& w_pos, const OptionalTensor& b_pos,
                                         const OptionalTensor& w_neg, const OptionalTensor& b_neg,
                                         const OptionalTensor& w_out, const OptionalTensor& b_out,

@@ -1,5 +1,4 @@
 """omkit: one-pass multi-task brain tumor segmentation (OM-Net + CGA, Zhou et al., TIP 2020)."""
-from .hookspecs import hookimpl
 from .registry import PluginError, UnknownNameError
 
 __version__ = "0.1.0"
@@ -8,6 +7,7 @@ __version__ = "0.1.0"
 # or `import omkit.data` then loads neither the plug-in core nor the models, and
 # `import omkit` not the inference stack.
 _LAZY = {
+    "hookimpl": "omkit.hookspecs",  # pluggy: loaded by plug-ins, not by `import omkit.ops`
     **{name: "omkit.factory" for name in (
         "count_parameters", "create_attention", "create_backbone", "get_preset", "list_attention",
         "list_backbones", "list_postprocessors", "list_presets", "list_samplers")},

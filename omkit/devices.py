@@ -1,13 +1,55 @@
-"""Resolving a ``--device`` setting (the one rule for every command and the
-Python API): ``auto`` is CUDA when available, else the CPU; under torchrun
-(``LOCAL_RANK`` set) a bare ``cuda`` means this process's own GPU. And the
-``--precision`` setting (fp32, bf16, fp16) of training and inference: which
-autocast dtype it means and which devices can run it."""
+"""The device types omkit runs on and resolving a ``--device`` setting (the one rule for
+every command and the Python API): ``auto`` is the first accelerator available (CUDA),
+else the CPU; under torchrun (``LOCAL_RANK`` set) a bare ``cuda`` means this process's
+own GPU. And the ``--precision`` setting (fp32, bf16, fp16) of training and inference:
+which autocast dtype it means and which devices can run it.
+
+:data:`KERNEL_BACKENDS` is the one table of the device types omkit's compiled ops have
+kernels for: read by the ops' dispatch and autocast rules (``omkit.ops``), by the device
+setting here and by the build (``setup.py`` loads this file by its path: no torch, no omkit
+at module level).
+"""
 from __future__ import annotations
 
 import os
+from typing import Mapping, NamedTuple
 
-DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+
+class KernelBackend(NamedTuple):
+    device_type: str  # torch's device type of its tensors ("cpu", "cuda")
+    dispatch_key: str  # where its kernels register (torch.library dispatch key)
+    autocast_key: str  # where the ops' autocast rules register for this device type
+    sources: tuple[str, ...]  # globs, relative to the repository root
+    compiler: str  # "cxx" (always built) or "nvcc" (built when CUDA is available or forced)
+    # The feature dtypes its arithmetic passes take (the CGA and window kernel families:
+    # kCgaDtypes, kWindowDtypes in csrc/<device type>/); half types accumulate in float32.
+    # The tile kernels move raw elements of any dtype.
+    float_dtypes: tuple[str, ...]
+
+
+KERNEL_BACKENDS: tuple[KernelBackend, ...] = (
+    # bfloat16 is what torch.autocast gives on a CPU
+    KernelBackend("cpu", "CPU", "AutocastCPU", ("csrc/cpu/*.cpp",), "cxx", ("float32", "float64", "bfloat16")),
+    KernelBackend("cuda", "CUDA", "AutocastCUDA", ("csrc/cuda/*.cu", "csrc/cuda/*.cpp"), "nvcc",
+                  ("float32", "float64", "float16", "bfloat16")),
+)
+# device type -> dispatch key of its kernels
+DISPATCH_KEYS: Mapping[str, str] = {b.device_type: b.dispatch_key for b in KERNEL_BACKENDS}
+# device type -> dispatch key of the autocast rules
+AUTOCAST_KEYS: Mapping[str, str] = {b.device_type: b.autocast_key for b in KERNEL_BACKENDS}
+# The sources every backend shares: the op list, the ops' device-independent bodies, the Python module stub.
+COMMON_SOURCES: tuple[str, ...] = ("csrc/*.cpp",)
+
+# Device types besides the CPU, in the order ``auto`` tries them.
+ACCELERATORS: tuple[str, ...] = tuple(b.device_type for b in KERNEL_BACKENDS if b.device_type != "cpu")
+DEVICE_CHOICES = "cpu, " + ", ".join(f"{a}, {a}:N" for a in ACCELERATORS) + " or auto"
+
+
+def _available(device_type: str) -> bool:
+    import torch
+
+    module = getattr(torch, device_type, None)
+    return bool(module is not None and module.is_available())
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None):
@@ -19,14 +61,15 @@ def resolve_device(name: str = "auto", local_rank: int | None = None):
     if local_rank is None and os.environ.get("LOCAL_RANK") is not None:
         local_rank = int(os.environ["LOCAL_RANK"])
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = next((a for a in ACCELERATORS if _available(a)), "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if name == "cuda" and local_rank is not None:
-            name = f"cuda:{local_rank}"  # one GPU per torchrun process
+    kind, _, index = name.partition(":")
+    if kind in ACCELERATORS and (not index or index.isdigit()) and name.count(":") <= 1:
+        if not _available(kind):
+            raise ValueError(f"--device {name}: {kind.upper()} is not available on this machine")
+        if not index and local_rank is not None:
+            name = f"{kind}:{local_rank}"  # one accelerator per torchrun process
         return torch.device(name)
     raise ValueError(f"--device must be {DEVICE_CHOICES}, got {name!r}")
 
@@ -34,7 +77,10 @@ def resolve_device(name: str = "auto", local_rank: int | None = None):
 def is_valid_device_name(name: str) -> bool:
     """Whether ``name`` is spelled as a device setting (without checking the machine)."""
     name = str(name).strip().lower()
-    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    kind, colon, index = name.partition(":")
+    if not colon:
+        return name in ("auto", "cpu") or name in ACCELERATORS
+    return kind in ACCELERATORS and index.isdigit()
 
 
 # -- numeric precision ----------------------------------------------------------------------

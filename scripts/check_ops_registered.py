@@ -1,12 +1,14 @@
 """Load a built omkit op library and check that it registers exactly the ops of
 omkit/ops/manifest.py, each with the kernels it should have; then run each
-forward CGA op and the tile gather on CPU against its reference in
-omkit/ops/reference.py as a smoke test; and that the module's build_info() says
-what it was built with (CUDA kernels and their code targets, unless --no-cuda).
+forward CGA op and the tile gather on CPU against its reference as a smoke test;
+and that the module's build_info() says what it was built with (CUDA kernels and
+their code targets, unless --no-cuda).
 
-Runs where omkit may not be installed (a venv with another torch): the manifest
-and the references are loaded by their file paths, and omkit itself is never
-imported.
+Runs where omkit may not be installed (a venv with another torch, and torch's own
+dependencies only): the library is loaded first, then ``omkit.ops`` is imported
+from this source tree, which uses the library already loaded (never an in-tree
+build for another torch) and registers the ops' fake kernels, autograd and
+autocast rules against it.
 
 Usage: python scripts/check_ops_registered.py path/to/_C.so [--no-cuda]
 """
@@ -19,15 +21,7 @@ from pathlib import Path
 
 import torch
 
-OPS_DIR = Path(__file__).resolve().parent.parent / "omkit" / "ops"
-
-
-def load_by_path(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def registration_errors(manifest, devices) -> list[str]:
@@ -36,9 +30,10 @@ def registration_errors(manifest, devices) -> list[str]:
     expected = {op.qualname for op in manifest.OPS}
     errors = [f"not in the manifest: {name}" for name in sorted(registered - expected)]
     errors += [f"not registered: {name}" for name in sorted(expected - registered)]
-    errors += [f"no {manifest.KERNEL_BACKENDS[device]} kernel: {op.qualname}" for op in manifest.OPS
+    keys = manifest.DISPATCH_KEYS
+    errors += [f"no {keys[device]} kernel: {op.qualname}" for op in manifest.OPS
                for device in devices if op.qualname in registered
-               and not torch._C._dispatch_has_kernel_for_dispatch_key(op.qualname, manifest.KERNEL_BACKENDS[device])]
+               and not torch._C._dispatch_has_kernel_for_dispatch_key(op.qualname, keys[device])]
     return errors
 
 
@@ -46,14 +41,14 @@ def _outputs(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
-def smoke_errors(manifest, reference) -> list[str]:
+def smoke_errors(manifest) -> list[str]:
     """The forward CGA ops and gather_tiles on small CPU inputs against their references."""
     g = torch.Generator().manual_seed(0)
     features = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, generator=g)
     guidance = torch.rand(2, 1, 4, 5, 6, dtype=torch.float64, generator=g)
     shapes = ((2, 3), (2,), (2, 3), (2,), (2, 2), (2,))  # w_pos, b_pos, w_neg, b_neg, w_out, b_out
     weights = [torch.randn(*shape, dtype=torch.float64, generator=g) for shape in shapes]
-    m, _ = reference.cga_pool(features, guidance, 1e-12)
+    m, _ = manifest.op("cga_pool").reference(features, guidance, 1e-12)
     samples = {
         "cga_pool": (features, guidance, 1e-12),
         "cga_recalibrate": (features, guidance, m, *weights, "full"),
@@ -63,7 +58,7 @@ def smoke_errors(manifest, reference) -> list[str]:
     errors = []
     for schema, args in samples.items():
         got = _outputs(getattr(torch.ops.omkit, schema)(*args))
-        want = _outputs(getattr(reference, manifest.BY_SCHEMA[schema].reference)(*args))
+        want = _outputs(manifest.BY_SCHEMA[schema].reference(*args))
         if len(got) != len(want) or not all(torch.allclose(a, b) for a, b in zip(got, want)):
             errors.append(f"omkit::{schema} disagrees with its reference")
     return errors
@@ -91,16 +86,21 @@ def main(argv: list[str]) -> int:
     if len(paths) != 1:
         print("usage: check_ops_registered.py LIBRARY [--no-cuda]", file=sys.stderr)
         return 2
-    manifest = load_by_path("omkit_ops_manifest", OPS_DIR / "manifest.py")
-    reference = load_by_path("omkit_ops_reference", OPS_DIR / "reference.py")
-    devices = ["cpu"] if "--no-cuda" in argv else list(manifest.KERNEL_BACKENDS)
     torch.ops.load_library(paths[0])
-    errors = registration_errors(manifest, devices) + smoke_errors(manifest, reference)
+    sys.path.insert(0, str(ROOT))
+    import omkit.ops
+    from omkit.ops import manifest
+
+    if not omkit.ops.extension_loaded():
+        print(f"omkit.ops did not take the loaded library: {omkit.ops.load_error()}", file=sys.stderr)
+        return 1
+    devices = ["cpu"] if "--no-cuda" in argv else list(manifest.DISPATCH_KEYS)
+    errors = registration_errors(manifest, devices) + smoke_errors(manifest)
     errors += build_info_errors(paths[0], cuda="--no-cuda" not in argv)
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 1
-    keys = " and ".join(manifest.KERNEL_BACKENDS[d] for d in devices)
+    keys = " and ".join(manifest.DISPATCH_KEYS[d] for d in devices)
     print(f"{len(manifest.OPS)} ops registered with {keys} kernels in {paths[0]} (torch {torch.__version__})")
     return 0
 

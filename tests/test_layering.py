@@ -25,7 +25,8 @@ FOUNDATION = {"omkit.protocol", "omkit.labels", "omkit.fileio", "omkit.morpholog
 ALLOWED: dict[str, set[str]] = {
     **{unit: set() for unit in FOUNDATION},
     # kernels: nothing of omkit but each other, the constants and the compiled library
-    "omkit.ops": {"omkit.protocol", "omkit.deprecation"},  # with the compiled op library, omkit.ops._C
+    # (omkit.devices: the kernel backends' table)
+    "omkit.ops": {"omkit.protocol", "omkit.deprecation", "omkit.devices"},  # with the compiled op library, omkit.ops._C
     "omkit.functional": {"omkit.ops", "omkit.protocol"},
     "omkit.plugin_manager": {"omkit.hookspecs", "omkit.registry"},
     "omkit.factory": {"omkit.plugin_manager", "omkit.registry"},

@@ -40,7 +40,7 @@ def test_manifest_is_consistent():
     names = [op.name for op in manifest.OPS]
     assert len(set(names)) == len(names) and len({op.schema for op in manifest.OPS}) == len(names)
     for op in manifest.OPS:
-        assert set(op.dtypes) == set(manifest.KERNEL_BACKENDS), op.name
+        assert set(op.dtypes) == set(manifest.DISPATCH_KEYS), op.name
         assert op.inplace == op.schema.endswith("_"), op.name  # torch's naming of in-place ops
         assert op.autocast in manifest.AUTOCAST_POLICIES, op.name
         if op.backward_of is not None:
@@ -54,27 +54,37 @@ def test_manifest_is_consistent():
         manifest.op("nope")
 
 
-def test_manifest_loads_by_path_without_torch():
+def test_backend_table_loads_by_path_without_torch():
+    """setup.py reads the kernel backends from omkit/devices.py by its path, before torch or omkit."""
     code = (
         "import importlib.util, sys\n"
         "sys.modules['torch'] = None  # importing torch would fail\n"
-        f"spec = importlib.util.spec_from_file_location('m', {str(ROOT / 'omkit/ops/manifest.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('s', {str(ROOT / 'omkit/devices.py')!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        "print(' '.join(op.schema for op in m.OPS))\n"
+        "print(' '.join(b.device_type for b in m.KERNEL_BACKENDS))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [op.schema for op in manifest.OPS]
+    assert proc.stdout.split() == list(manifest.DISPATCH_KEYS)
 
 
-def test_reference_loads_by_path():
-    """scripts/check_ops_registered.py loads the references by path, without omkit."""
-    spec = importlib.util.spec_from_file_location("omkit_reference_by_path", ROOT / "omkit/ops/reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_each_op_lives_in_its_family_module():
+    """An op's reference, fake kernel and autograd formula are defined in the module that lists
+    its entry, and every family is in the manifest."""
+    import inspect
+
+    families = {family.__name__ for family in manifest.FAMILIES}
+    assert families == {"omkit.ops.cga", "omkit.ops.window", "omkit.ops.tiles"}
+    owner = {entry.name: family.__name__ for family in manifest.FAMILIES for entry in family.OPS}
+    assert set(owner) == set(manifest.BY_NAME)
     for op in manifest.OPS:
-        if op.reference:
-            assert callable(getattr(module, op.reference)), op.name
+        pieces = [op.fake, op.backward, op.setup_context] + ([op.reference] if op.backward_of is None else [])
+        for piece in filter(None, pieces):
+            home = inspect.getmodule(piece).__name__
+            # a reference may be shared within the op layer (cga_windowed's reference cuts tiles)
+            assert home == owner[op.name], f"{op.name}: {piece.__name__} is defined in {home}"
+        for function in op.functions:
+            assert getattr(ops, function).__module__ == owner[op.name], function
 
 
 def test_public_functions_and_references_exist():
@@ -82,7 +92,9 @@ def test_public_functions_and_references_exist():
         for name in op.functions:
             assert name in ops.__all__ and callable(getattr(ops, name)), name
         if op.reference:
-            assert callable(getattr(reference, op.reference)), op.name
+            # omkit.ops.reference names each op's reference after the op (cga's, with the op's three
+            # outputs, is cga_head; reference.cga is the public function's reference)
+            assert op.reference is (reference.cga_head if op.name == "cga" else getattr(reference, op.name)), op.name
 
 
 # ---- the compiled library and the C++ lists ----------------------------------------------------
@@ -104,7 +116,7 @@ def test_csrc_registers_only_through_the_op_list():
         for path, text in code.items() if path != "backend.h"
         for key, ns in re.findall(r"^OMKIT_REGISTER_BACKEND\((\w+),\s*(\w+)\)", text, re.M)
     }
-    assert registrations == {(device, key, device) for device, key in manifest.KERNEL_BACKENDS.items()}
+    assert registrations == {(device, key, device) for device, key in manifest.DISPATCH_KEYS.items()}
 
 
 @needs_extension
@@ -221,7 +233,8 @@ def test_every_public_function_dispatches_through_call(monkeypatch, backend):
         seen.append(name)
         return _library.call(name, *args)
 
-    monkeypatch.setattr(ops, "call", recording_call)
+    for family in manifest.FAMILIES:
+        monkeypatch.setattr(family, "call", recording_call)
     with ops.use_backend(backend):
         for op in manifest.OPS:
             for function in op.functions:
@@ -233,8 +246,8 @@ def test_every_public_function_dispatches_through_call(monkeypatch, backend):
 def test_reference_backend_runs_the_manifests_reference(monkeypatch):
     for op in FORWARD_OPS:
         hits = []
-        original = getattr(reference, op.reference)
-        monkeypatch.setitem(_library._REFERENCES, op.name, lambda *a, _f=original, _h=hits: _h.append(1) or _f(*a))
+        original = op.reference
+        monkeypatch.setitem(_library.STATE.references, op.name, lambda *a, _f=original, _h=hits: _h.append(1) or _f(*a))
         with ops.use_backend("reference"):
             _library.call(op.name, *_op_args(op.name))
         assert hits == [1], op.name
@@ -270,7 +283,7 @@ def test_ops_and_functional_import_graph_has_no_cycles_and_stays_inside():
     allowed_roots = set(sys.stdlib_module_names) | {"torch", "__future__"}
     for module, targets in graph.items():
         for target in targets:
-            inside = target in MODULES or target in {"omkit.ops._C", "omkit.protocol", "omkit.deprecation"}
+            inside = target in MODULES or target in {"omkit.ops._C", "omkit.protocol", "omkit.deprecation", "omkit.devices"}
             assert inside or target.split(".")[0] in allowed_roots, f"{module} imports {target}"
     assert "omkit.functional" not in set().union(*(graph[m] for m in graph if m.startswith("omkit.ops")))
 

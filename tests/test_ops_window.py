@@ -15,6 +15,7 @@ import torch
 from omkit import ops
 from omkit.models.attention import SE
 from omkit.ops import reference as R
+from omkit.ops import window as window_family
 
 pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason=f"compiled ops not built: {ops.load_error()}")
 
@@ -43,7 +44,7 @@ def _inputs(shape, device, dtype=torch.float64, batch=2, channels=5, seed=0):
 def _tiles(shape, geom):
     """(block index, block slices, window origin, kept slices inside the window) of every block."""
     window, block, offset, origin, blocks = R.window_geometry(shape, **geom)
-    for index, box in R._block_boxes(shape, block, origin, blocks):
+    for index, box in window_family._block_boxes(shape, block, origin, blocks):
         start = [s.start - o for s, o in zip(box, offset)]
         kept = tuple(slice(o, o + s.stop - s.start) for s, o in zip(box, offset))
         yield index, box, torch.tensor([start]), kept, window

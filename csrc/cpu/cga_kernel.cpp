@@ -452,24 +452,13 @@ Tensor mix_input_grad_cpu(const Tensor& G, const Tensor& P, const Tensor& M0, co
 
 namespace cpu {
 
-// window_kernel.cpp
-Tensor window_sums_cpu(const Tensor& x, const Tensor& P, const WindowGeometry& g);
-Tensor block_mix_cpu(const Tensor& x, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
-                     const Tensor& c1, const WindowGeometry& g);
-Tensor window_sums_backward_cpu(const Tensor& S, const Tensor& P, const WindowGeometry& g, at::ScalarType dtype);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> block_mix_backward_cpu(const Tensor& G, const Tensor& x,
-                                                                          const Tensor& P, const Tensor& M0,
-                                                                          const Tensor& M1, const WindowGeometry& g);
-
 // Every pass is written for these dtypes (OMKIT_DISPATCH_CGA_TYPES and the target clones;
-// bfloat16 accumulated in float32); omkit/ops/manifest.py says the same, and the ops check
+// bfloat16 accumulated in float32); omkit/devices.py says the same (KERNEL_BACKENDS), and the ops check
 // it before any pass runs.
 constexpr at::ScalarType kCgaDtypes[] = {at::kFloat, at::kDouble, at::kBFloat16};
 
 extern const CgaKernels kCgaKernels{"CPU",           kCgaDtypes,     pool_reduce_cpu, pool_expand_cpu,
-                                    mix_forward_cpu, mix_backward_cpu, mix_reduce_cpu, mix_input_grad_cpu,
-                                    window_sums_cpu, block_mix_cpu, window_sums_backward_cpu,
-                                    block_mix_backward_cpu};
+                                    mix_forward_cpu, mix_backward_cpu, mix_reduce_cpu, mix_input_grad_cpu};
 
 }  // namespace cpu
 

@@ -23,7 +23,7 @@
 
 #include <vector>
 
-#include "../cga_common.h"
+#include "../window_common.h"
 #include "cpu_simd.h"
 
 namespace omkit {
@@ -354,6 +354,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> block_mix_backward_cpu(const 
   });
   return {dx, dM0, dM1, dc0.sum(1), guided ? dc1.sum(1) : Tensor()};
 }
+
+// Every pass is written for these dtypes (half types accumulated in float32); omkit/ops/window.py
+// says the same (WINDOW_DTYPES), and the ops check it before any pass runs.
+constexpr at::ScalarType kWindowDtypes[] = {at::kFloat, at::kDouble, at::kBFloat16};
+
+extern const WindowKernels kWindowKernels{"CPU", kWindowDtypes, window_sums_cpu, block_mix_cpu,
+                                          window_sums_backward_cpu, block_mix_backward_cpu};
 
 }  // namespace cpu
 }  // namespace omkit

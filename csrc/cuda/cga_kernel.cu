@@ -279,23 +279,12 @@ Tensor mix_input_grad_cuda(const Tensor& G, const Tensor& P, const Tensor& M0, c
 
 namespace cuda {
 
-// window_kernel.cu
-Tensor window_sums_cuda(const Tensor& x, const Tensor& P, const WindowGeometry& g);
-Tensor block_mix_cuda(const Tensor& x, const Tensor& P, const Tensor& M0, const Tensor& M1, const Tensor& c0,
-                      const Tensor& c1, const WindowGeometry& g);
-Tensor window_sums_backward_cuda(const Tensor& S, const Tensor& P, const WindowGeometry& g, at::ScalarType dtype);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> block_mix_backward_cuda(const Tensor& G, const Tensor& x,
-                                                                           const Tensor& P, const Tensor& M0,
-                                                                           const Tensor& M1, const WindowGeometry& g);
-
 // Every pass is instantiated for these dtypes (AT_DISPATCH_FLOATING_TYPES_AND2, float accumulation
-// for the half types); omkit/ops/manifest.py says the same, and the ops check it before any pass runs.
+// for the half types); omkit/devices.py says the same (KERNEL_BACKENDS), and the ops check it first.
 constexpr at::ScalarType kCgaDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
 
 extern const CgaKernels kCgaKernels{"CUDA",           kCgaDtypes,        pool_reduce_cuda, pool_expand_cuda,
-                                    mix_forward_cuda, mix_backward_cuda, mix_reduce_cuda,  mix_input_grad_cuda,
-                                    window_sums_cuda, block_mix_cuda,    window_sums_backward_cuda,
-                                    block_mix_backward_cuda};
+                                    mix_forward_cuda, mix_backward_cuda, mix_reduce_cuda,  mix_input_grad_cuda};
 
 }  // namespace cuda
 

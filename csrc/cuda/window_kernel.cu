@@ -22,7 +22,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include "../cga_common.h"
+#include "../window_common.h"
 #include "cuda_utils.cuh"
 
 namespace omkit {
@@ -336,6 +336,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> block_mix_backward_cuda(const
   Tensor dc1 = guided ? R1.select(3, C).sum(1) : Tensor();
   return {dx, dM0, dM1, dc0, dc1};
 }
+
+// Every pass is written for these dtypes (half types accumulated in float32); omkit/ops/window.py
+// says the same (WINDOW_DTYPES), and the ops check it before any pass runs.
+constexpr at::ScalarType kWindowDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+
+extern const WindowKernels kWindowKernels{"CUDA", kWindowDtypes, window_sums_cuda, block_mix_cuda,
+                                          window_sums_backward_cuda, block_mix_backward_cuda};
 
 }  // namespace cuda
 }  // namespace omkit

@@ -42,7 +42,7 @@ def extension_status() -> dict:
                                      f"{', '.join(missing)}: rebuild with TORCH_CUDA_ARCH_LIST set for this GPU")
     status["kernel_dtypes"] = {
         device: sorted({d for op in ops.manifest.OPS if op.dtypes.get(device) for d in op.dtypes[device]})
-        for device in ops.manifest.KERNEL_BACKENDS
+        for device in ops.manifest.DISPATCH_KEYS
     }
     status["fallbacks"] = [f"{op} on {device} in {dtype}" for op, device, dtype in ops.fallbacks()]
     return status

@@ -6,7 +6,7 @@ Backends (``OMKIT_OPS_BACKEND`` environment variable, or :func:`set_backend` /
 :func:`use_backend`):
 
 * ``auto`` (default): the compiled kernel when the extension is loaded and has
-  one for the first argument's device and dtype (``omkit.ops.manifest``), else
+  one for the first argument's device and dtype (the op's entry), else
   the reference, with one warning per reason (a missing build once; a dtype the
   kernel does not take, e.g. float16 on a CPU, once per op, device and dtype), so
   a fallback is visible but not noisy; :func:`fallbacks` lists them;
@@ -28,20 +28,10 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-import omkit.ops.reference as reference
-from omkit.ops.manifest import BY_NAME, KERNEL_BACKENDS, OPS
+from omkit.ops.spec import AUTOCAST_KEYS, DISPATCH_KEYS, Op
 
 BACKENDS = ("auto", "kernel", "reference")
 ENV_VAR = "OMKIT_OPS_BACKEND"
-
-# op name -> device type -> the torch dtypes its kernel takes (None: any), from the manifest.
-_KERNEL_DTYPES = {
-    op.name: {device: None if names is None else frozenset(getattr(torch, n) for n in names)
-              for device, names in op.dtypes.items()}
-    for op in OPS
-}
-# op name -> its reference (the op's arguments and outputs); backward ops have none.
-_REFERENCES = {op.name: getattr(reference, op.reference) for op in OPS if op.reference}
 
 
 def _read_env_backend() -> str:
@@ -60,7 +50,12 @@ class _State:
     # computed once at load so the per-call decision is dict lookups that torch.compile can trace.
     kernels: dict = {}
     ops: dict = {}
-    autocast = None  # omkit.ops._autocast once the library is loaded
+    # from the manifest, at load: op name -> its entry, op name -> device type -> the torch dtypes
+    # its kernel takes (None: any), op name -> its reference (backward ops have none)
+    entries: dict = {}
+    kernel_dtypes: dict = {}
+    references: dict = {}
+    module = None  # omkit.ops._C once this module imported it
     fallbacks: set = set()  # (op, device type, dtype name) that ran the reference for want of a kernel
     recorders: list = []  # lists that record_dispatch() is filling
 
@@ -69,25 +64,48 @@ STATE = _State()
 
 
 def _load() -> None:
+    """Load the compiled library, unless one is loaded already (torch.ops.load_library of a
+    build under test, a C++ host): that one is used as it is."""
+    if torch._C._dispatch_has_kernel("omkit::cga"):
+        STATE.loaded = True
+        return
     try:
-        from omkit.ops import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+        from omkit.ops import _C  # importing runs the library's TORCH_LIBRARY registrations
     except ImportError as exc:
         STATE.load_error = f"omkit.ops._C is not built ({exc})"
         return
     except OSError as exc:  # built against another torch, missing shared library, ...
         STATE.load_error = f"omkit.ops._C failed to load ({exc})"
         return
+    STATE.module = _C
     STATE.loaded = True
-    for op in OPS:
+
+
+def register_ops(ops) -> None:
+    """Take the ops' entries (``omkit.ops.manifest.OPS``, which ``omkit.ops`` passes once its
+    families are imported): their dtypes and references for the dispatch, which backends
+    have kernels, and, with the library loaded, the fake kernels, autograd formulas and
+    autocast rules (``omkit.ops`` imports ``_meta`` and ``_autocast`` then)."""
+    for op in ops:
+        STATE.entries[op.name] = op
+        STATE.kernel_dtypes[op.name] = {
+            device: None if names is None else frozenset(getattr(torch, n) for n in names)
+            for device, names in op.dtypes.items()}
+        if op.reference is not None:
+            STATE.references[op.name] = op.reference
+    if not STATE.loaded:
+        return
+    missing = [op.qualname for op in ops if not torch._C._dispatch_has_kernel(op.qualname)]
+    if missing:
+        STATE.loaded = False
+        STATE.load_error = f"the loaded omkit op library lacks {', '.join(missing)} (built from other sources?)"
+        return
+    for op in ops:
         STATE.kernels[op.name] = frozenset(
-            device for device, key in KERNEL_BACKENDS.items()
+            device for device, key in DISPATCH_KEYS.items()
             if torch._C._dispatch_has_kernel_for_dispatch_key(op.qualname, key)
         )
         STATE.ops[op.name] = getattr(torch.ops.omkit, op.schema)
-    import omkit.ops._meta  # noqa: F401  fake kernels and autograd formulas (needs the library loaded)
-    import omkit.ops._autocast as autocast  # the autocast rules (needs the library loaded)
-
-    STATE.autocast = autocast
 
 
 def extension_loaded() -> bool:
@@ -135,7 +153,7 @@ def kernel_takes(op: str, device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``op``'s kernel for ``device_type`` takes ``dtype`` (the manifest's dtypes)."""
     if device_type == "meta":
         return True
-    allowed = _KERNEL_DTYPES[op].get(device_type, frozenset())
+    allowed = STATE.kernel_dtypes[op].get(device_type, frozenset())
     return allowed is None or dtype in allowed
 
 
@@ -209,16 +227,39 @@ def fallbacks() -> list[tuple[str, str, str]]:
     return sorted(STATE.fallbacks)
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` casts to on ``device_type`` now, or None when it is off there."""
+    if device_type not in AUTOCAST_KEYS or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _cast(value, device_type: str, dtype: torch.dtype):
+    if (isinstance(value, torch.Tensor) and value.is_floating_point() and value.device.type == device_type
+            and value.dtype != torch.float64 and value.dtype != dtype):
+        return value.to(dtype)
+    return value
+
+
+def cast_args(op: Op, device_type: str, dtype: torch.dtype, args: tuple) -> tuple:
+    """``args`` of ``op`` as its autocast rule passes them on under autocast to ``dtype`` on ``device_type``."""
+    if op.autocast == "keep":
+        return args
+    if op.autocast == "lower":
+        return tuple(_cast(a, device_type, dtype) for a in args)
+    raise ValueError(f"{op.name}: unknown autocast policy {op.autocast!r}")
+
+
 def autocast_args(op: str, args: tuple) -> tuple:
     """``args`` as op ``op``'s autocast rule passes them on, when ``torch.autocast`` is on
     for the first argument's device (unchanged otherwise)."""
-    if STATE.autocast is None or not isinstance(args[0], torch.Tensor):
+    if not STATE.loaded or not isinstance(args[0], torch.Tensor):
         return args
     device_type = args[0].device.type
-    dtype = STATE.autocast.autocast_dtype(device_type)
+    dtype = autocast_dtype(device_type)
     if dtype is None:
         return args
-    return STATE.autocast.cast_args(BY_NAME[op], device_type, dtype, args)
+    return cast_args(STATE.entries[op], device_type, dtype, args)
 
 
 def call(op: str, *args):
@@ -235,7 +276,7 @@ def call(op: str, *args):
             calls.append(decision)
     if kernel:
         return STATE.ops[op](*args)
-    return _REFERENCES[op](*args)
+    return STATE.references[op](*args)
 
 
 def build_info() -> dict | None:
@@ -245,9 +286,8 @@ def build_info() -> dict | None:
     library is not loaded."""
     if not STATE.loaded:
         return None
-    from omkit.ops import _C
-
-    info = dict(_C.build_info()) if hasattr(_C, "build_info") else {}
+    module = STATE.module  # None when the library was loaded by another route (torch.ops.load_library)
+    info = dict(module.build_info()) if hasattr(module, "build_info") else {}
     info["cuda_archs"] = [a for a in str(info.get("cuda_archs", "")).split("+") if a]
     return info
 
@@ -274,7 +314,7 @@ def backend_report() -> dict:
     ``"cuda-kernel"``, ``"cpu-kernel"`` or ``"reference"``."""
     report = {}
     cuda = torch.cuda.is_available()
-    for op in OPS:
+    for op in STATE.entries.values():
         if STATE.backend == "reference" or not STATE.loaded:
             report[op.name] = "reference"
         elif cuda and has_kernel(op.name, "cuda"):
