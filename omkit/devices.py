@@ -54,9 +54,12 @@ def _available(device_type: str) -> bool:
 
 def resolve_device(name: str = "auto", local_rank: int | None = None):
     """The ``torch.device`` that ``name`` means on this machine; a one-line
-    ``ValueError`` naming ``--device`` when it is malformed or unavailable."""
+    ``ValueError`` naming ``--device`` when it is malformed or unavailable. A
+    ``torch.device`` is taken as resolved already and returned as it is."""
     import torch
 
+    if isinstance(name, torch.device):
+        return name
     name = str(name).strip().lower()
     if local_rank is None and os.environ.get("LOCAL_RANK") is not None:
         local_rank = int(os.environ["LOCAL_RANK"])

@@ -48,7 +48,8 @@ from omkit.protocol import COARSE_TUMOR_THRESHOLD, PATCH_DIVISOR, ROI_DILATION
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 EXPORT_FORMAT = "omkit-export"
-EXPORT_FORMAT_VERSION = 1
+# 2: the architecture's options under "model_options" (the model card's name; 1 wrote "model_kw")
+EXPORT_FORMAT_VERSION = 2
 METADATA_KEY = "omkit"  # ONNX metadata prop / the .pt2's extra file omkit.json
 INPUT_NAME = "tiles"
 # the largest batch the exported programs are specialised for (torch.export needs a bound)
@@ -117,7 +118,7 @@ def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequen
         "torch_version": torch.__version__,
         "preset": card.preset,
         "width": card.width,
-        "model_kw": card.model_options,  # the runner's key before model cards (omkit.model_card: model_options)
+        "model_options": card.model_options,
         "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
         "input": {
             "name": INPUT_NAME,
@@ -380,4 +381,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise ValueError(f"{source}: omkit metadata is not JSON ({exc})") from None
     if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{source}: not omkit export metadata (no 'format': {EXPORT_FORMAT!r})")
+    version = metadata.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= EXPORT_FORMAT_VERSION:
+        raise ValueError(f"{source}: omkit export format_version {version!r} is not one this omkit reads "
+                         f"(1 to {EXPORT_FORMAT_VERSION}; a newer omkit wrote it?)")
+    if version == 1 and "model_kw" in metadata:  # read as the current version names it
+        metadata["model_options"] = metadata.pop("model_kw")
     return metadata

@@ -121,6 +121,19 @@ def get_convention(name: str | LabelConvention) -> LabelConvention:
         ) from None
 
 
+def output_convention(requested: str | LabelConvention | None = None, *, input_convention: str | None = None,
+                      model_convention: str | None = None) -> LabelConvention:
+    """The label convention omkit writes a prediction in: the one rule of ``omkit predict``,
+    ``omkit demo`` and ``omkit.Segmenter``. The convention asked for (``--label-convention``,
+    ``label_convention=``); else the input's, read from its file naming (a case named in the
+    2023 style gets 2023 labels beside it); else the one the model was trained with (arrays in
+    memory have no naming); else 2018."""
+    for choice in (requested, input_convention, model_convention):
+        if choice is not None:
+            return get_convention(choice)
+    return BRATS2018
+
+
 def convention_of(naming_convention: str, values) -> LabelConvention:
     """The convention a file naming implies, refined by the label values
     present: under the 2023+ naming, a map holding both 3 and 4 has the 2024

@@ -207,3 +207,20 @@ def test_export_errors_are_one_line(exported, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "pip install 'omkit[export]'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_metadata_versions(tmp_path):
+    """Format 2 names the architecture's options model_options (the card's word); a format-1
+    file's model_kw reads as model_options; a newer format is one line naming the file."""
+    from omkit.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, read_metadata, sidecar_path
+
+    target = tmp_path / "model.pt2"
+    target.write_bytes(b"")
+    for version, key in ((1, "model_kw"), (EXPORT_FORMAT_VERSION, "model_options")):
+        sidecar_path(target).write_text(json.dumps({"format": EXPORT_FORMAT, "format_version": version,
+                                                    key: {"attention": "cga"}}))
+        meta = read_metadata(target)
+        assert meta["model_options"] == {"attention": "cga"} and "model_kw" not in meta
+    sidecar_path(target).write_text(json.dumps({"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION + 1}))
+    with pytest.raises(ValueError, match=r"model\.json: omkit export format_version 3 is not one this omkit reads"):
+        read_metadata(target)

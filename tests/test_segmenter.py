@@ -133,3 +133,45 @@ def test_real_case_in_memory_equals_omkit_predict(sample_data, tmp_path):
     np.testing.assert_array_equal(result.labels, want)
     # post-processing ran and changed something: the comparison covers it too
     assert not np.array_equal(result.result.labels, result.result.raw_labels)
+
+
+def test_one_rule_for_the_output_label_convention(workspace):
+    """omkit.labels.output_convention: asked for, else the input's file naming, else the model's;
+    the Segmenter (arrays, cases read from files) and omkit predict / demo follow it."""
+    from omkit.data import load_case
+    from omkit.labels import output_convention
+
+    assert output_convention("2024", input_convention="2018", model_convention="2023").name == "2024"
+    assert output_convention(None, input_convention="2023", model_convention="2018").name == "2023"
+    assert output_convention(None, input_convention=None, model_convention="2023").name == "2023"
+    assert output_convention().name == "2018"
+    case = load_case(find_cases(workspace / "data")[0], with_label=False)  # 2018 file naming
+    in_memory = omkit.Segmenter.case_from(np.stack(list(read_volumes(find_cases(workspace / "data")[0]).values())))
+    seg = omkit.Segmenter.from_files(workspace / "model.pt", device="cpu", tiles=TILES)
+    model_convention = seg.cards[0].label_convention
+    assert seg.label_convention == model_convention == seg.convention_for(in_memory)
+    assert seg.convention_for(case) == case.convention == "2018"
+    asked = omkit.Segmenter.from_files(workspace / "model.pt", device="cpu", tiles=TILES, label_convention="2023")
+    assert asked.convention_for(case) == asked.convention_for(in_memory) == asked.label_convention == "2023"
+
+
+def test_the_predict_path_resolves_the_device_once(workspace, monkeypatch):
+    """--device is resolved by the predictor only (from_files, to load onto it); the CLI and the
+    Segmenter hand the setting on."""
+    import omkit.devices
+    import omkit.inference.predictor as predictor_module
+
+    resolved = []
+
+    def counting(name="auto", local_rank=None):
+        if not isinstance(name, torch.device):
+            resolved.append(name)
+        return omkit.devices.resolve_device(name, local_rank)
+
+    monkeypatch.setattr(predictor_module, "resolve_device", counting)
+    seg = omkit.Segmenter.from_files(workspace / "model.pt", device="auto", tiles=TILES)
+    assert resolved == ["auto"] and seg.predictor.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = Path(__file__).resolve().parents[1] / "omkit"
+    callers = sorted(p.relative_to(root).as_posix() for p in [*(root / "inference").glob("*.py"), root / "cli/predict.py"]
+                     if "resolve_device" in p.read_text())
+    assert callers == ["inference/predictor.py"]

@@ -141,9 +141,8 @@ def load_config(study: str | Path) -> AblationConfig:
 
 def study_predictor(config: AblationConfig, models: Sequence[Path]):
     """The predictor a study scores ``models`` with: its device, tiles, ROI dilation and inference."""
-    from ..devices import resolve_device
     from ..inference import SegmentationPredictor, TileSettings
 
-    return SegmentationPredictor.from_files([str(m) for m in models], device=resolve_device(config.device),
+    return SegmentationPredictor.from_files([str(m) for m in models], device=config.device,
                                             tiles=TileSettings(**config.tiles), roi_dilation=config.roi_dilation,
                                             inference=config.inference, dense=dict(config.dense))

@@ -148,9 +148,10 @@ def run(args) -> int:
         t0 = time.perf_counter()
         case = load_for_prediction(case_dir, with_label=True)
         result = segmenter.segment_case(case)
-        write_label_map(result.raw_labels, case, raw_dir / f"{case.case_id}.nii.gz", case.convention, force=True)
+        convention = segmenter.convention_for(case)
+        write_label_map(result.raw_labels, case, raw_dir / f"{case.case_id}.nii.gz", convention, force=True)
         if steps:
-            write_label_map(result.labels, case, pred_dir / f"{case.case_id}.nii.gz", case.convention, force=True)
+            write_label_map(result.labels, case, pred_dir / f"{case.case_id}.nii.gz", convention, force=True)
         save_overlay(overlay_dir / f"{case.case_id}.png", case.image[0], result.labels, case.label, title=case.case_id,
                      force=True)
         per_task = ", ".join(f"{task} {count}" for task, count in result.tile_counts.items())

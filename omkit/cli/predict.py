@@ -113,7 +113,6 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from omkit.data import CaseError, find_cases
-    from omkit.devices import check_precision, resolve_device
     from omkit.fileio import OutputExistsError, OutputWriteError, clean_stale_temporaries
     from omkit.inference.pipeline import (case_id_of, label_map_problem, load_for_prediction, write_label_map,
                                           write_probabilities)
@@ -163,12 +162,10 @@ def run(args) -> int:
             continue
         jobs.append((case_dir, paths, todo, replace))
     steps = postprocess_steps(args)
-    device = resolve_device(args.device)
-    check_precision(args.precision, device)
     # the one path from an image to labels, the one omkit.Segmenter users call
-    segmenter = Segmenter.from_files(args.model, device=device, expect_preset=args.expect_preset, tiles=tiles,
+    segmenter = Segmenter.from_files(args.model, device=args.device, expect_preset=args.expect_preset, tiles=tiles,
                                      roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
-                                     precision=args.precision, **inference)
+                                     label_convention=args.label_convention, precision=args.precision, **inference)
     main_process = int(os.environ.get("RANK", 0)) == 0
     progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
     written = []
@@ -178,9 +175,8 @@ def run(args) -> int:
         try:
             case = load_for_prediction(case_dir, with_label=None if "overlay" in todo else False)
             result = segmenter.segment_case(case, return_probabilities="probabilities" in todo)
-            convention = args.label_convention or case.convention
             if "labels" in todo:
-                write_label_map(result.labels, case, paths["labels"], convention,
+                write_label_map(result.labels, case, paths["labels"], segmenter.convention_for(case),
                                 force=args.force or "labels" in replace)
             if "probabilities" in todo:
                 write_probabilities(result.probabilities, paths["probabilities"], force=args.force)

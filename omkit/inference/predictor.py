@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from omkit.data.brats import MODALITIES
 from omkit.data.features import DEFAULT_LEFT_RIGHT_AXIS, MRI, network_input
 from omkit.deprecation import renamed_keywords
-from omkit.devices import check_precision
+from omkit.devices import check_precision, resolve_device
 from omkit.labels import BACKGROUND, NUM_CLASSES_TASK
 from omkit.model_card import ModelCard
 from omkit.models.omnet import MCNet
@@ -155,7 +155,9 @@ class SegmentationPredictor:
             if self.output_device is None:
                 self.output_device = self.device
             self.device = self.sw_device
-        self.device = torch.device(self.device if self.device is not None else next(self.models[0].parameters()).device)
+        # the one place a predict path resolves its --device (from_files resolves it here first, to load onto it)
+        self.device = (resolve_device(self.device) if self.device is not None
+                       else next(self.models[0].parameters()).device)
         self.output_device = torch.device(self.output_device) if self.output_device is not None else self.device
         self.sw_device = self.device  # read by code written for the old pair
         check_precision(self.precision, self.device)
@@ -206,13 +208,15 @@ class SegmentationPredictor:
 
     @classmethod
     @renamed_keywords(paths="models")
-    def from_files(cls, models: Sequence[str | os.PathLike], device: str | torch.device = "cpu",
+    def from_files(cls, models: Sequence[str | os.PathLike], device: str | torch.device = "auto",
                    expect_preset: str | None = None, **kw) -> "SegmentationPredictor":
-        """Load the model files (``omkit.checkpoint``) of one model or an ensemble; each
+        """Load the model files (``omkit.checkpoint``) of one model or an ensemble onto
+        ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``); each
         model carries its card (``model.card``, ``omkit.model_card``), whose recommended
         settings fill in what the keywords leave open (:attr:`cards`)."""
         from omkit.checkpoint import load_model, model_files
 
+        device = resolve_device(device)
         paths = model_files(models)  # run folders and --fold all folders too
         models = []
         for path in paths:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from omkit.data import Case, to_nifti_axes
-from omkit.labels import get_convention
+from omkit.labels import get_convention, output_convention
 from omkit.protocol import ROI_DILATION
 
 from .dense import DenseSettings
@@ -98,8 +98,10 @@ class Segmenter:
     Build one with :meth:`from_files`, or from a
     :class:`~omkit.inference.SegmentationPredictor` of models in memory.
     ``postprocess``: see :func:`resolve_postprocess`; ``label_convention``:
-    ``"2018"`` (4 = enhancing), ``"2023"`` or ``"2024"`` (3 = enhancing), default:
-    the one the (first) model was trained with.
+    ``"2018"`` (4 = enhancing), ``"2023"`` or ``"2024"`` (3 = enhancing), default
+    (:func:`omkit.labels.output_convention`): for a case read from files, the one of its
+    file naming (:meth:`convention_for`), for arrays the one the (first) model was trained
+    with (:attr:`label_convention`).
     """
 
     def __init__(self, predictor: SegmentationPredictor, postprocess=True, label_convention: str | None = None,
@@ -110,9 +112,17 @@ class Segmenter:
             warnings.warn("Segmenter(metadata=...) is deprecated: the models' cards (model.card, omkit.model_card) "
                           "are read from the predictor", DeprecationWarning, stacklevel=2)
         self.cards = predictor.cards
-        if label_convention is None:
-            label_convention = self.cards[0].label_convention
-        self.label_convention = get_convention(label_convention).name
+        self.requested_convention = get_convention(label_convention).name if label_convention is not None else None
+        # what arrays in memory (no file naming) are labelled in
+        self.label_convention = self.convention_for(None)
+
+    def convention_for(self, case: Case | None) -> str:
+        """The label convention this segmenter writes ``case``'s labels in (None: arrays in
+        memory): :func:`omkit.labels.output_convention` of the one asked for, the case's
+        file naming and the model's."""
+        naming = case.convention if case is not None and case.naming else None
+        return output_convention(self.requested_convention, input_convention=naming,
+                                 model_convention=self.cards[0].label_convention).name
 
     @property
     def metadata(self) -> list:
@@ -120,7 +130,7 @@ class Segmenter:
         return self.cards
 
     @classmethod
-    def from_files(cls, models: str | os.PathLike | Sequence[str | os.PathLike], device: str = "auto",
+    def from_files(cls, models: str | os.PathLike | Sequence[str | os.PathLike], device: Any = "auto",
                    tiles: TileSettings | Mapping | None = None, tta=None, postprocess=True,
                    label_convention: str | None = None, roi_dilation: float = ROI_DILATION,
                    expect_preset: str | None = None, inference: str = DEFAULT_INFERENCE,
@@ -136,12 +146,9 @@ class Segmenter:
         ``"tiles"`` (the paper's unless ``tiles`` says otherwise), with ``dense`` a :class:`DenseSettings`
         or its fields as a dict; further keywords go to
         :class:`SegmentationPredictor`."""
-        from omkit.devices import resolve_device
-
         paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
         if not paths:
             raise ValueError("Segmenter.from_files needs at least one model file")
-        device = resolve_device(device)
         if isinstance(tiles, Mapping):
             tiles = TileSettings(**tiles)
         predictor = SegmentationPredictor.from_files(paths, device=device, expect_preset=expect_preset,
