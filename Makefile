@@ -25,7 +25,7 @@ GPU_DATA_CASES ?= 2
 GPU_WHEEL_PACKAGES ?= "nibabel>=5,<6" hypothesis sortedcontainers typing_extensions packaging tqdm matplotlib \
 	contourpy cycler fonttools kiwisolver pillow pyparsing python-dateutil six
 
-.PHONY: install test demo bench bench-smoke cuda-build cmake-test clean gpu-check gpu-check-dry gpu-wheels gpu-data
+.PHONY: install test demo bench bench-smoke cuda-build cmake-test runner-check clean gpu-check gpu-check-dry gpu-wheels gpu-data
 
 $(STAMP): setup.py $(OP_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-smoke: $(STAMP)
 # Compile and link the CUDA kernels against torch 2.14.1+cu130 in a separate venv (no GPU needed).
 cuda-build:
 	MAX_JOBS=$(MAX_JOBS) bash scripts/check_cuda_build.sh
+
+# The exported runner installed as users install it (pip install ./runner, a venv without
+# omkit), against omkit predict's labels.
+runner-check: $(STAMP)
+	PY=$(PY) bash scripts/check_runner.sh
 
 # The libtorch (CMake) build of the ops and its C++ test.
 cmake-test: $(STAMP)

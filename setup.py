@@ -179,7 +179,7 @@ setup(
         # SimpleITK and plotly. Pinned: a new release may change the rules.
         "challenge": ["brats-evaluation==0.0.10"],
         # omkit export --format onnx (torch's exporter needs onnx and onnxscript); onnxruntime runs
-        # the file (examples/onnx_runner.py). Checked with torch 2.13: onnx 1.23, onnxscript 0.7,
+        # the file (runner/omkit_runner.py). Checked with torch 2.13: onnx 1.23, onnxscript 0.7,
         # onnxruntime 1.32.
         "export": ["onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2"],
     },

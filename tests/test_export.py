@@ -1,7 +1,7 @@
 """omkit export: ONNX (run by onnxruntime) and torch.export programs (loaded by plain
 PyTorch), both in a process that cannot import omkit, reproduce the PyTorch logits of
 omnet_cga, omnet_se and mc3 on synthetic and real-case tiles; the metadata travel with
-the files; examples/onnx_runner.py segments a case as omkit predict does."""
+the files; the runner (runner/omkit_runner.py) segments a case as omkit predict does."""
 from __future__ import annotations
 
 import json
@@ -171,27 +171,61 @@ def test_metadata_travel_with_the_files(exported):
         assert json.loads(extra["omkit.json"]) == pt2_meta
 
 
+RUNNER = REPO / "runner" / "omkit_runner.py"
+
+
+def run_runner(*args) -> subprocess.CompletedProcess:
+    """runner/omkit_runner.py in a fresh interpreter where `import omkit` fails."""
+    block = "import sys; sys.modules['omkit'] = None; sys.argv = sys.argv[1:]; import runpy; " \
+            f"runpy.run_path({str(RUNNER)!r}, run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", block, str(RUNNER), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def test_onnx_runner_segments_like_omkit_predict(exported, tmp_path):
-    """examples/onnx_runner.py (numpy, scipy, nibabel, onnxruntime; omkit blocked) writes the
-    label map `omkit predict --no-postprocess --inference tiles` writes (the runner predicts tiles)."""
+    """The runner (numpy, scipy, scikit-learn, nibabel, onnxruntime; omkit blocked) writes the
+    label map `omkit predict` writes with the same tiles and no post-processing."""
     make_dataset(tmp_path / "data", num_cases=1, shape=(16, 40, 40))
     case = find_cases(tmp_path / "data")[0]
     model = exported["omnet_cga"]
     assert main(["predict", "--no-progress", "-i", str(case), "-o", str(tmp_path / "pred"), "-m", str(model["model"]),
                  "--no-postprocess", "--inference", "tiles", "--label-convention", "2023", *TILE_FLAGS]) == 0
-    runner = REPO / "examples" / "onnx_runner.py"
-    block = "import sys; sys.modules['omkit'] = None; sys.argv = sys.argv[1:]; import runpy; " \
-            f"runpy.run_path({str(runner)!r}, run_name='__main__')"
     out = tmp_path / "runner.nii.gz"
-    run = subprocess.run([sys.executable, "-c", block, str(runner), "-m", str(model["onnx"]), "-i", str(case),
-                          "-o", str(out), "--label-convention", "2023"], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    run = run_runner("-m", model["onnx"], "-i", case, "-o", out, "--label-convention", "2023", "--no-postprocess")
     assert run.returncode == 0, run.stderr[-3000:]
     want = nib.load(str(tmp_path / "pred" / f"{case.name}.nii.gz"))
     got = nib.load(str(out))
     assert np.allclose(got.affine, want.affine)
     assert set(np.unique(np.asanyarray(want.dataobj)).tolist()) - {0}, "the check needs some tumor predicted"
     np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj))
+
+
+def test_exported_runner_gives_the_default_prediction(tmp_path):
+    """A model reading the image's asymmetry (as cpu-budget-precise trains), exported with the
+    defaults: the runner's labels equal `omkit predict`'s default labels (its tiles, both
+    post-processing steps), and with --tta those of `omkit predict --tta`."""
+    make_dataset(tmp_path / "data", num_cases=1, shape=(16, 40, 40))
+    case = find_cases(tmp_path / "data")[0]
+    torch.manual_seed(0)
+    model = save_model(omkit.create_model("omnet_cga", width=TINY_WIDTH, in_channels=8), tmp_path / "asym.pt",
+                       patch_size=TINY_PATCH)
+    assert main(["export", "-m", str(model), "-o", str(tmp_path / "asym.onnx")]) == 0
+    meta = read_metadata(tmp_path / "asym.onnx")
+    assert meta["input"]["features"] == "mri+asymmetry" and meta["inference"]["same_as_predict_default"]
+    assert [step["name"] for step in meta["postprocessing"]["steps"]] == ["remove_small_components",
+                                                                          "kmeans_edema_to_necrosis"]
+    for tta in ([], ["--tta"]):
+        pred = tmp_path / f"pred{len(tta)}"
+        assert main(["predict", "--no-progress", "-i", str(case), "-o", str(pred), "-m", str(model), *tta]) == 0
+        out = tmp_path / f"runner{len(tta)}.nii.gz"
+        run = run_runner("-m", tmp_path / "asym.onnx", "-i", case, "-o", out, *tta)
+        assert run.returncode == 0, run.stderr[-3000:]
+        want = np.asanyarray(nib.load(str(pred / f"{case.name}.nii.gz")).dataobj)
+        assert set(np.unique(want).tolist()) - {0}, "the check needs some tumor predicted"
+        np.testing.assert_array_equal(np.asanyarray(nib.load(str(out)).dataobj), want)
+    again = run_runner("-m", tmp_path / "asym.onnx", "-i", case, "-o", tmp_path / "runner0.nii.gz")
+    assert again.returncode != 0 and "exists; pass --force" in again.stderr
+    assert run_runner("--help").stdout.startswith("usage: omkit-runner")
 
 
 def test_export_errors_are_one_line(exported, tmp_path, capsys, monkeypatch):

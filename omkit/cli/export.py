@@ -4,12 +4,13 @@ Examples::
 
     omkit export -m runs/cga/model.pt -o cga.onnx                  # format from the suffix
     omkit export -m runs/cga/model.pt -o cga.pt2 --format torch-export
-    python examples/onnx_runner.py -m cga.onnx -i BraTS2018/Brats18_CBICA_ABM_1 -o seg.nii.gz
+    omkit-runner -m cga.onnx -i BraTS2018/Brats18_CBICA_ABM_1 -o seg.nii.gz   # pip install ./runner
 
 Writes the network that maps one batch of tiles ``(batch, 4, D, H, W)`` (dynamic
-batch, the tile size fixed: ``--tile-size``, default the paper's) to the tasks'
-logits, with omkit's fused ops lowered to standard operators. The metadata the
-runner needs (preset, tile geometry, preprocessing, fusion, label conventions;
+batch, the tile size fixed: ``--tile-size``, default the tiles ``omkit predict`` runs
+for the model) to the tasks' logits, with omkit's fused ops lowered to standard
+operators. The metadata the runner needs (preset, input features, tile geometry,
+preprocessing, fusion, post-processing steps, mirroring, label conventions;
 ``--tile-keep``, ``--tile-stride``, ``--tile-batch`` and ``--roi-dilation`` are
 recorded as its defaults) are ONNX metadata props, or ``FILE.json`` beside a ``.pt2``.
 ONNX needs ``pip install 'omkit[export]'`` (onnx, onnxscript; onnxruntime to run it).

@@ -15,13 +15,15 @@ program (``.pt2``).
   ``omkit.ops.use_backend("reference")`` (the pure-PyTorch formulas), and the
   result is checked to hold no ``omkit`` op, so the file runs with onnxruntime or
   plain PyTorch alone.
-* Metadata (:func:`export_metadata`: preset, tile geometry, label conventions,
-  preprocessing, fusion constants) travel with the file: ONNX metadata props
+* Metadata (:func:`export_metadata`, :mod:`.metadata`: preset, input features, tile
+  geometry, label conventions, preprocessing, fusion constants, post-processing,
+  mirroring) travel with the file: ONNX metadata props
   (key ``omkit``, a JSON document), and for a ``.pt2`` a JSON file beside it
   (``FILE.json``) and the same document inside it (``extra_files["omkit.json"]``).
 
-``examples/onnx_runner.py`` is a small runner (numpy, nibabel, scipy,
-onnxruntime) that segments a case folder with an exported ONNX file.
+``runner/omkit_runner.py`` (``pip install ./runner``: ``omkit-runner``) segments a case
+folder with an exported ONNX file as ``omkit predict`` does by default, with numpy, scipy,
+scikit-learn, nibabel and onnxruntime.
 """
 from __future__ import annotations
 
@@ -40,18 +42,14 @@ from torch import nn
 from omkit.data.features import input_channels
 from omkit.deprecation import renamed_keywords
 from omkit.fileio import atomic_path, atomic_write_text
-from omkit.labels import (BACKGROUND, CONVENTIONS, CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL,
-                          NUM_CLASSES_TASK, TUMOR_CLASSES)
-from omkit.model_card import ModelCard
-from omkit.protocol import COARSE_TUMOR_THRESHOLD, PATCH_DIVISOR, ROI_DILATION
+from omkit.protocol import PATCH_DIVISOR, ROI_DILATION
+
+from .metadata import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, INPUT_NAME, export_metadata, inference_record
+from .metadata import postprocessing_steps
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
-EXPORT_FORMAT = "omkit-export"
-# 2: the architecture's options under "model_options" (the model card's name; 1 wrote "model_kw")
-EXPORT_FORMAT_VERSION = 2
 METADATA_KEY = "omkit"  # ONNX metadata prop / the .pt2's extra file omkit.json
-INPUT_NAME = "tiles"
 # the largest batch the exported programs are specialised for (torch.export needs a bound)
 MAX_BATCH = 65536
 
@@ -93,77 +91,6 @@ class TileNetwork(nn.Module):
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(tiles)
         return tuple(outputs[t] for t in range(self.num_tasks))
-
-
-def _omkit_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("omkit")
-    except PackageNotFoundError:
-        return None
-
-
-@renamed_keywords(keep="tile_keep", stride="tile_stride", batch="tile_batch")
-def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequence[int],
-                    tile_stride: Sequence[int] | None = None, tile_batch: int = 16, roi_dilation: float = ROI_DILATION,
-                    num_tasks: int = 3, architecture: str = "onepass", export_format: str | None = None) -> dict:
-    """Everything a runner needs besides the graph: what the input is, how to preprocess,
-    where the tiles go, how the tasks fuse into labels, and how labels are written."""
-    return {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_FORMAT_VERSION,
-        "export_format": export_format,
-        "omkit_version": _omkit_version(),
-        "torch_version": torch.__version__,
-        "preset": card.preset,
-        "width": card.width,
-        "model_options": card.model_options,
-        "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", input_channels(card.input_features), *[int(s) for s in tile_size]],
-            "dtype": "float32",
-            "modalities": ["flair", "t1", "t1c", "t2"],
-            # omkit.data.features: "mri" = the four modalities; "mri+asymmetry" = those, then each minus its
-            # mirror image across the crop's centre along the left-right axis (H for axis-aligned volumes)
-            "features": card.input_features,
-            "axes": "(batch, modality, D, H, W); D = NIfTI axis 3 (Z, axial), H = axis 1 (X), W = axis 2 (Y)",
-        },
-        "outputs": {f"task{t + 1}": ["batch", NUM_CLASSES_TASK[t], *[int(s) for s in tile_size]]
-                    for t in range(num_tasks)},
-        "preprocessing": {
-            **card.preprocessing,
-            "brain_mask": "voxels where any modality is non-zero",
-            "zscore": "per modality over the brain mask (float64 mean and population std), zero outside it",
-        },
-        "tiles": {
-            "size": [int(s) for s in tile_size],
-            "keep": [int(s) for s in tile_keep],
-            "stride": [int(s) for s in (tile_stride if tile_stride is not None else tile_keep)],
-            "keep_offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, tile_keep)],
-            "batch": int(tile_batch),
-            "placement": "kept centres start at the crop's first voxel and advance by stride; tiles read zero "
-                         "outside the crop; only tiles whose kept centre touches the brain are needed",
-        },
-        "fusion": {
-            "classes": {"background": BACKGROUND, "normal": NORMAL, "ncr_net": NCR_NET, "edema": EDEMA,
-                        "enhancing": ENHANCING},
-            "tumor_classes": list(TUMOR_CLASSES),
-            "core_classes": list(CORE_CLASSES),
-            "non_tumor_classes": [BACKGROUND, NORMAL],
-            "coarse_tumor_threshold": COARSE_TUMOR_THRESHOLD,
-            "roi_dilation": float(roi_dilation),
-            "rule": "task 1: coarse tumor = sum of tumor-class probabilities > threshold; label = likeliest tumor "
-                    "class inside it, likeliest non-tumor class outside; ROI = coarse dilated by a Euclidean ball "
-                    "of roi_dilation voxels, within the brain; task 2 labels the ROI; task 3 (1 = enhancing) "
-                    "relabels the core classes inside the ROI (enhancing, else ncr_net); outside the brain: "
-                    "background",
-        },
-        "label_convention": card.label_convention,
-        "label_conventions": {name: {"ncr_net": c.ncr_net, "edema": c.edema, "enhancing": c.enhancing}
-                              for name, c in CONVENTIONS.items()},
-    }
 
 
 def _check_tiles(tile_size, keep, stride):
@@ -291,25 +218,37 @@ def prepare_export(model: str | os.PathLike, tile_size: Sequence[int] | None = N
                    tile_keep: Sequence[int] | None = None, tile_stride: Sequence[int] | None = None,
                    tile_batch: int = 16, roi_dilation: float = ROI_DILATION) -> PreparedExport:
     """Load the model file ``model`` (``omkit.checkpoint``) and trace its tile network.
-    The tile size and keep default to the paper's tiles of the model's card (its training
-    patch keeping ``TILE_KEEP``; a given size alone keeps in proportion); ``tile_keep``,
-    ``tile_stride``, ``tile_batch`` and ``roi_dilation`` are the runner's defaults,
-    recorded in the metadata."""
+    The tile size and keep default to the tiles ``omkit predict`` runs for the model by
+    default (its card's recommended tiles; a given size alone keeps in proportion);
+    ``tile_keep``, ``tile_stride``, ``tile_batch`` and ``roi_dilation`` are the runner's
+    defaults, and the default post-processing steps with their options are recorded in
+    the metadata, so that the runner gives ``omkit predict``'s default labels (for a
+    window-trained model, which predict runs dense, the metadata say that the runner's
+    tiles differ)."""
     from omkit.checkpoint import load_model
+    from omkit.inference import SegmentationPredictor
+    from omkit.inference.postprocess import build_postprocessors
     from omkit.inference.settings import TileSettings
     from omkit.models.omnet import MCNet
 
     network_model, card = load_model(model, map_location="cpu")
     if int(getattr(network_model, "spatial_dims", 3)) != 3:
         raise ValueError(f"{model}: only 3-D models export to tiles (this one has spatial_dims=2)")
+    # what `omkit predict` runs by default: the predictor's own choice (mode, and its tiles when it runs tiles)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the predictor says why it falls back to tiles; the metadata record it
+        default = SegmentationPredictor([network_model], device="cpu")
     if tile_size is None or tile_keep is None:
-        tiles = TileSettings(size=tile_size, keep=tile_keep).with_defaults(*card.tiles_for("tiles"))
+        recommended = (default.tiles.size, default.tiles.keep) if default.inference == "tiles" else card.tiles_for("auto")
+        tiles = TileSettings(size=tile_size, keep=tile_keep).with_defaults(*recommended)
         tile_size, tile_keep = tiles.size, tiles.keep
     tile_size, tile_keep, tile_stride = _check_tiles(tuple(tile_size), tile_keep, tile_stride)
     network = TileNetwork(network_model)
     metadata = export_metadata(card, tile_size, tile_keep, tile_stride, tile_batch=tile_batch,
                                roi_dilation=roi_dilation, num_tasks=network.num_tasks,
-                               architecture="cascade" if isinstance(network_model, MCNet) else "onepass")
+                               architecture="cascade" if isinstance(network_model, MCNet) else "onepass",
+                               postprocessing=postprocessing_steps(build_postprocessors()),
+                               inference=inference_record(default.inference, default.inference_note))
     program = export_program(network_model, tile_size, input_channels(card.input_features))
     return PreparedExport(program, metadata, network.output_names)
 
