@@ -1,10 +1,9 @@
 """Lesion-wise Dice and HD95 (BraTS 2023 rules, omkit.lesionwise): every rule
 on constructed volumes with hand-computed values.
 
-The organisers' reference code is not a package on PyPI (and its surface
-distance copy needs NumPy < 2), so it is not a test dependency; its agreement
-with omkit on random and real masks was checked by hand and is recorded in
-docs/RESULTS.md."""
+The organisers' reference code is not a package on PyPI (and needs NumPy < 2 and
+pandas < 2), so it is not a test dependency; tests/test_lesionwise_organisers.py
+compares omkit with it wherever it can run."""
 from __future__ import annotations
 
 import numpy as np
