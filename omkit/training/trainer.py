@@ -150,8 +150,11 @@ class Trainer:
                 net = nn.parallel.DistributedDataParallel(
                     net,
                     device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    # heads of tasks not yet in the curriculum get no gradient
-                    find_unused_parameters=set(tasks) != set(self.model_tasks),
+                    # Heads of tasks not yet in the curriculum get no gradient; and with it on, DDP never
+                    # rebuilds its gradient buckets after the first step, so each gradient's summation order
+                    # across processes is the same in a run resumed from a checkpoint as in one never
+                    # interrupted (bit-exact resume with more than two processes; two sum either way).
+                    find_unused_parameters=True,
                 )
             self.net, self._net_tasks = net, tasks
         return self.net

@@ -1,0 +1,106 @@
+"""Multi-node training: two torchrun launchers (``--nnodes 2``, c10d rendezvous on localhost,
+gloo), two processes each, stand for two nodes. Weights stay identical on all four ranks,
+only global rank 0 writes, a two-node run resumed on two nodes is bit-exact against one
+never interrupted, and a run resumes on one node.
+
+Resuming on another node count cannot be bit-exact: the global batch is the processes
+times ``--batch-per-task``, and each process draws its patches from its own stream, so
+the steps after the checkpoint see other patches. What the one-node resume checks
+instead: it starts from the checkpoint (its step count goes on from it, its weights move
+on from the checkpoint's), says in a warning that it is not bit-exact, keeps its two ranks identical and
+finishes the budget."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omkit.checkpoint import load_model
+from omkit.data import synthetic
+from omkit.training import weights_digest
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with the gloo backend is not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_on_nodes(nodes: int, data: Path, run: Path, cache: Path, max_steps: int, *options: str) -> list[str]:
+    """``nodes`` torchrun launchers of two processes each, joined by a c10d rendezvous; their stderr."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"omkit-{port}",
+        "-m", "omkit", "train", "--preset", "omnet_cga", "-i", str(data), "-o", str(run), "--device", "cpu",
+        "--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "1", "--cache-dir", str(cache),
+        "--stage-epochs", "0,0,1", "--patches-per-epoch", "40000", "--max-steps", str(max_steps),
+        "--checkpoint-every", "2", "--no-progress", "--threads", "1", *options,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(nodes)]
+    errors = []
+    try:
+        for launcher in launchers:
+            _, err = launcher.communicate(timeout=300)
+            errors.append(err)
+            assert launcher.returncode == 0, err[-3000:]
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                launcher.kill()
+    return errors
+
+
+def finished(run: Path, world_size: int, steps: int) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == world_size and metrics["steps"] == steps, metrics
+    assert metrics["stopped_by"].startswith("max_steps") or metrics["stopped_by"] == "finished", metrics["stopped_by"]
+    digests = {rank["weights_sha256"] for rank in metrics["processes"]}
+    assert len(metrics["processes"]) == world_size and len(digests) == 1 and metrics["weights_identical"]
+    model, _ = load_model(run / "model.pt")
+    assert weights_digest(model) == digests.pop()
+    return metrics
+
+
+def test_two_nodes_train_identically_and_resume_on_one(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    synthetic.make_dataset(data, num_cases=2, shape=(16, 32, 32), seed=52)
+
+    # two nodes, four ranks: identical weights, one set of outputs (global rank 0's)
+    train_on_nodes(2, data, tmp_path / "run", cache, 4)
+    finished(tmp_path / "run", 4, 4)
+    written = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {".omkit-lock", ".omkit-run", "checkpoints", "config.json", "metrics.json", "model.pt"} <= written <= {
+        ".omkit-lock", ".omkit-run", "checkpoints", "config.json", "loss_curve.png", "metrics.csv", "metrics.json",
+        "model.pt"}
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["world_size"] == 4 and len(checkpoint["rng"]["per_rank"]) == 4
+    shutil.copytree(tmp_path / "run", tmp_path / "two")
+
+    # resumed on two nodes: bit-exact against a two-node run never interrupted
+    train_on_nodes(2, data, tmp_path / "two", cache, 6, "--resume", "auto")
+    train_on_nodes(2, data, tmp_path / "straight", cache, 6)
+    assert finished(tmp_path / "two", 4, 6)["processes"][0]["weights_sha256"] == \
+        finished(tmp_path / "straight", 4, 6)["processes"][0]["weights_sha256"]
+
+    # resumed on one node (two ranks): from the checkpoint, said not to be bit-exact
+    (err,) = train_on_nodes(1, data, tmp_path / "run", cache, 6, "--resume", "auto")
+    assert "saved with 4 processes, resumed with 2" in err
+    finished(tmp_path / "run", 2, 6)
+    resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["world_size"] == 2 and resumed["state"]["global_step"] == 6
+    moved = [k for k, v in resumed["model"].items() if v.is_floating_point() and not torch.equal(v, checkpoint["model"][k])]
+    assert moved  # trained on from the checkpoint's weights
