@@ -48,8 +48,9 @@ ALLOWED: dict[str, set[str]] = {
     # what omkit knows of a model besides its weights (read back by everything that loads one)
     "omkit.model_card": FOUNDATION | {"omkit.data"},
     "omkit.checkpoint": FOUNDATION | {"omkit.models", "omkit.factory", "omkit.model_card"},
+    # (inference and metrics: validation during training scores held-out cases as predict does)
     "omkit.training": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.factory",
-                                    "omkit.plugin_manager", "omkit.model_card"},
+                                    "omkit.plugin_manager", "omkit.model_card", "omkit.inference", "omkit.metrics"},
     "omkit.inference": FOUNDATION | {"omkit.data", "omkit.models", "omkit.checkpoint", "omkit.ops",
                                      "omkit.plugin_manager", "omkit.factory", "omkit.model_card"},
     "omkit.export": FOUNDATION | {"omkit.data", "omkit.ops", "omkit.models", "omkit.checkpoint", "omkit.inference",

@@ -4,14 +4,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from omkit.cli.training_options import add_training_arguments, training_settings
 from omkit.cli.options import (
     add_device_argument,
     add_postprocess_arguments,
     add_tile_arguments,
     inference_settings,
     step_selection,
-    add_training_arguments,
-    training_settings,
 )
 
 

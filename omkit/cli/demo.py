@@ -34,16 +34,15 @@ import time
 from pathlib import Path
 
 from omkit.cli import CLIError
+from omkit.cli.training_options import add_training_arguments, training_settings
 from omkit.cli.options import (
     add_device_argument,
     add_postprocess_arguments,
     add_tile_arguments,
-    add_training_arguments,
     inference_settings,
     int_list,
     postprocess_steps,
     tile_settings,
-    training_settings,
 )
 
 SAMPLE_ENV = "OMKIT_SAMPLE_DATA"

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 from omkit.cli import CLIError
-from omkit.cli.options import ALL_FOLDS, add_device_argument, add_training_arguments, training_settings
+from omkit.cli.options import ALL_FOLDS, add_device_argument
+from omkit.cli.training_options import add_training_arguments, training_settings
 
 # below this --max-minutes, the paper's recipe earns a hint towards cpu-budget
 SHORT_BUDGET_MINUTES = 600

@@ -107,7 +107,7 @@ MAX_LR = 1e30
 MAX_WEIGHT_DECAY = 1e30
 MAX_PROCESSES = 256  # --workers, --threads
 INT_SETTINGS = ("epochs", "batch_per_task", "lr_step_epochs", "seed", "folds", "fold", "workers", "threads",
-                "max_steps", "checkpoint_every", "log_every")
+                "max_steps", "checkpoint_every", "log_every", "val_every")
 
 
 def recipe_settings(name: str) -> dict[str, Any]:
@@ -191,13 +191,15 @@ class TrainConfig:
     max_steps: int | None = None
     checkpoint_every: int = 500  # steps; also at every epoch end
     log_every: int = 10  # steps per metrics row
+    val_every: int | None = None  # steps between validations (omkit.training.validation)
+    val_input: str | None = None  # the validation cases (default: the fold's held-out cases)
     progress: bool = True
     recipe: str = "paper"  # which RECIPES entry the unset settings came from (a record; see from_recipe)
 
     # settings that may change when a run is resumed: they do not change what is computed
     RESUMABLE_OVERRIDES = frozenset(
         {"max_minutes", "max_steps", "workers", "threads", "progress", "checkpoint_every", "log_every", "device",
-         "cache_dir", "input", "output"}
+         "cache_dir", "input", "output", "val_every", "val_input"}
     )
 
     def __post_init__(self):
@@ -279,6 +281,8 @@ class TrainConfig:
             bad("threads", f"must be >= 1, got {self.threads}")
         if self.workers < 0:
             bad("workers", f"must be >= 0, got {self.workers}")
+        if self.val_every is not None and self.val_every < 1:
+            bad("val_every", f"must be >= 1, got {self.val_every}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             bad("checkpoint_every" if self.checkpoint_every < 1 else "log_every", "must be >= 1")
         if not is_valid_device_name(self.device):

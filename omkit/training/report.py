@@ -14,7 +14,7 @@ from .run_folder import LOSS_CURVE, METRICS_CSV, METRICS_JSON
 
 METRIC_FIELDS = (
     "step", "epoch", "stage", "lr", "loss_task1", "loss_task2", "loss_task3", "loss_total",
-    "patches", "patches_per_s", "elapsed_s",
+    "patches", "patches_per_s", "elapsed_s", "val_dice_wt", "val_dice_tc", "val_dice_et", "val_dice_mean",
 )
 
 
@@ -83,6 +83,14 @@ def plot_losses(rows: Sequence[dict], stage_starts: Sequence[int], path: Path, t
                     linestyle="-" if key != "loss_total" else ":")
     for start in stage_starts[1:]:
         ax.axvline(start, color="grey", linestyle="--", linewidth=0.8)
+    validated = [(r["step"], r["val_dice_mean"]) for r in rows if _clean(r.get("val_dice_mean")) is not None]
+    if validated:  # --val-every: the validation curve on its own axis
+        val_ax = ax.twinx()
+        val_ax.plot(*zip(*validated), color="black", marker="o", markersize=3, linewidth=1.0,
+                    label="validation Dice (mean WT/TC/ET)")
+        val_ax.set_ylabel("validation Dice")
+        val_ax.set_ylim(0, 1)
+        val_ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
     ax.set_title(title or "training loss")

@@ -31,6 +31,9 @@ class TrainState:
     window_patches: int = 0
     epoch_sums: list = field(default_factory=lambda: [0.0] * NUM_LOSSES)
     epoch_counts: list = field(default_factory=lambda: [0] * NUM_LOSSES)
+    # --val-every: one row per validation ({"step", "val_dice_wt", ...}) and the best mean Dice (best.pt)
+    validation: list = field(default_factory=list)
+    best_val: float | None = None
 
     def add_losses(self, values, patches: int) -> None:
         """One step's losses (NaN for a task without patches) and own patches."""

@@ -2,11 +2,10 @@
 tasks of the current curriculum stage, online data transfer, the optimiser and
 its schedule, budgets, metrics, checkpoints and the models a run writes.
 
-The parts live beside it: :mod:`.config` (the settings), :mod:`.curriculum`
-(stages, the plateau rule), :mod:`.data` (cases, samplers, regions, the patch
-source), :mod:`.optim` (model, optimiser, seeds), :mod:`.state` (where a run
-stands), :mod:`.checkpoints` (``last.pt``), :mod:`.distributed` (DDP),
-:mod:`.run_folder` (what a run folder holds) and :mod:`.report` (metrics files).
+The parts live beside it: :mod:`.config` (settings), :mod:`.curriculum` (stages, plateau
+rule), :mod:`.data` (cases, samplers, regions, patch source), :mod:`.optim` (model,
+optimiser, seeds), :mod:`.state` (where a run stands), :mod:`.checkpoints` (``last.pt``),
+:mod:`.distributed` (DDP), :mod:`.run_folder`, :mod:`.report` and :mod:`.validation`.
 
 An MC preset trains its independent networks side by side, each on its own
 task's patches (their losses share nothing, so one optimiser over all of them
@@ -50,6 +49,7 @@ from .preemption import Preempted, StopSignals
 from .report import metrics_row, progress_postfix, write_json, write_run_reports
 from .state import TrainState
 from .transfer import TransferRule, task_targets
+from .validation import Validation
 
 
 class Trainer:
@@ -111,6 +111,8 @@ class Trainer:
             self._checkpoint_step = self.state.global_step
         self.net, self._net_tasks = None, None
         self.signals = StopSignals()
+        self.validation = Validation(config, self.held_out, self.device, lambda: model_card(
+            config, self.model, self.label_convention, self.state, self.stages, self.cases, self.held_out))
 
     def _commit(self) -> None:
         """Make the run folder this run's, once: with ``--force`` the old run is
@@ -324,6 +326,8 @@ class Trainer:
                         bar.set_postfix_str(progress_postfix(row), refresh=False)
                         window_start = now
                     bar.update(1)
+                    if self.validation.after_step(self.model, state, self.run_dir, self.processes):
+                        self._net_for(stage.tasks).train()
                     stop = self._should_stop(session_start, base_elapsed)
                     if stop:
                         break
@@ -344,6 +348,7 @@ class Trainer:
         state.finished = state.stage >= len(self.stages)
         state.stopped_by = stop or "finished"
         self._commit()
+        self.validation.after_step(self.model, state, self.run_dir, self.processes, last=True)
         self._save_checkpoint()
         extra = distributed.consistency_report(self.processes, self.model, self.patches.pool(0, self.stages[0].tasks[0]))
         self._snapshot(self.run_dir / run_folder.MODEL)
