@@ -173,7 +173,11 @@ setup(
                  # omkit export: the ONNX parity tests run the file in onnxruntime
                  "onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2",
                  # tests/test_challenge.py compares omkit evaluate --challenge with the organisers' package
-                 "brats-evaluation==0.0.10"],
+                 "brats-evaluation==0.0.10",
+                 # omkit train --tensorboard
+                 "tensorboard>=2.14,<3"],
+        # omkit train --tensorboard: event files of the losses and validation scores
+        "tensorboard": ["tensorboard>=2.14,<3"],
         # omkit evaluate --challenge BraTS-*-2025: the organisers' scoring package (AGPL-3.0). Its
         # panoptica pins numpy<2.3 and connected-components-3d<4, and brings pandas, scikit-image,
         # SimpleITK and plotly. Pinned: a new release may change the rules.

@@ -89,3 +89,20 @@ def test_validation_needs_cases(data, tmp_path, capsys):
     code, out = _cli(_args(data / "data", tmp_path / "run", data / "cache", 2, "--val-every", "2", folds=False),
                      capsys)  # no fold held out, no --val-input
     assert code == 2 and "--val-every: no validation cases" in out.err
+
+
+def test_tensorboard_event_files(data, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    code, out = _cli(_args(data / "data", run, data / "cache", 3, "--val-every", "2", "--tensorboard"), capsys)
+    assert code == 0, out.err
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/task1", "loss/total", "lr", "validation/dice_mean", "validation/dice_wt"} <= tags
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("validation/dice_mean")] == [2, 3]
+    assert events.Scalars("validation/dice_mean")[0].value == pytest.approx(
+        float(_rows(run / "validation.csv")[0]["val_dice_mean"]), abs=1e-6)

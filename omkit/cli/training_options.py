@@ -84,6 +84,8 @@ _TRAINING_OPTIONS: list[tuple[str, str, dict, str]] = [
      "validation.csv) and keep the best model as best.pt"),
     ("run", "val_input", {"metavar": "DIR"},
      "the validation cases (a folder of BraTS case folders; default: the fold's held-out cases)"),
+    ("run", "tensorboard", {"action": "store_true", "default": None},
+     "also write TensorBoard event files into RUN/tensorboard (pip install 'omkit[tensorboard]')"),
 ]
 _GROUP_TITLES = {
     "run": "budget and run", "model": "model", "schedule": "curriculum and data transfer", "patches": "patches",

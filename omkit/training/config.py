@@ -6,6 +6,8 @@ is ``--transfer-core-threshold``). ``config.json`` in a run folder holds the
 resolved copy."""
 from __future__ import annotations
 
+import importlib.util
+
 import dataclasses
 import json
 import math
@@ -193,13 +195,14 @@ class TrainConfig:
     log_every: int = 10  # steps per metrics row
     val_every: int | None = None  # steps between validations (omkit.training.validation)
     val_input: str | None = None  # the validation cases (default: the fold's held-out cases)
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (the tensorboard extra)
     progress: bool = True
     recipe: str = "paper"  # which RECIPES entry the unset settings came from (a record; see from_recipe)
 
     # settings that may change when a run is resumed: they do not change what is computed
     RESUMABLE_OVERRIDES = frozenset(
         {"max_minutes", "max_steps", "workers", "threads", "progress", "checkpoint_every", "log_every", "device",
-         "cache_dir", "input", "output", "val_every", "val_input"}
+         "cache_dir", "input", "output", "val_every", "val_input", "tensorboard"}
     )
 
     def __post_init__(self):
@@ -283,6 +286,8 @@ class TrainConfig:
             bad("workers", f"must be >= 0, got {self.workers}")
         if self.val_every is not None and self.val_every < 1:
             bad("val_every", f"must be >= 1, got {self.val_every}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            bad("tensorboard", "needs the tensorboard package: pip install 'omkit[tensorboard]'")
         if self.checkpoint_every < 1 or self.log_every < 1:
             bad("checkpoint_every" if self.checkpoint_every < 1 else "log_every", "must be >= 1")
         if not is_valid_device_name(self.device):

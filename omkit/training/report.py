@@ -12,6 +12,8 @@ from omkit.fileio import atomic_path, atomic_write_text
 
 from .run_folder import LOSS_CURVE, METRICS_CSV, METRICS_JSON
 
+EVENTS = "tensorboard"  # the event files' folder in a run folder
+
 METRIC_FIELDS = (
     "step", "epoch", "stage", "lr", "loss_task1", "loss_task2", "loss_task3", "loss_total",
     "patches", "patches_per_s", "elapsed_s", "val_dice_wt", "val_dice_tc", "val_dice_et", "val_dice_mean",
@@ -123,3 +125,27 @@ def write_run_reports(run_dir: Path, state, config, world_size: int, extra: dict
     if state.rows:
         plot_losses(state.rows, state.stage_starts, run_dir / LOSS_CURVE,
                     title=f"{config.preset} (width {config.width:g})")
+    if getattr(config, "tensorboard", False):
+        write_events(run_dir / EVENTS, state)
+
+
+def write_events(folder: Path, state) -> None:
+    """What is not yet in the event files, as TensorBoard scalars against the step: of the
+    metrics rows ``loss/task1..3``, ``loss/total``, ``lr``, ``patches_per_s``; of the
+    ``--val-every`` rows ``validation/dice_wt|tc|et|mean``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows, validation = state.rows[state.events_written:], state.validation[state.val_events_written:]
+    if not rows and not validation:
+        return
+    losses = (*((f"loss_task{t}", f"loss/task{t}") for t in (1, 2, 3)), ("loss_total", "loss/total"), ("lr", "lr"),
+              ("patches_per_s", "patches_per_s"))
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for source, keys in ((rows, losses), (validation, [(f"val_dice_{r}", f"validation/dice_{r}")
+                                                           for r in ("wt", "tc", "et", "mean")])):
+            for row in source:
+                for key, tag in keys:
+                    value = _clean(row.get(key))
+                    if value is not None:
+                        writer.add_scalar(tag, float(value), int(row["step"]))
+    state.events_written, state.val_events_written = len(state.rows), len(state.validation)

@@ -34,6 +34,9 @@ class TrainState:
     # --val-every: one row per validation ({"step", "val_dice_wt", ...}) and the best mean Dice (best.pt)
     validation: list = field(default_factory=list)
     best_val: float | None = None
+    # --tensorboard: the metrics rows and validation rows already in the event files
+    events_written: int = 0
+    val_events_written: int = 0
 
     def add_losses(self, values, patches: int) -> None:
         """One step's losses (NaN for a task without patches) and own patches."""
