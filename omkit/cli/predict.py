@@ -26,8 +26,10 @@ only when it reads whole and has the case's shape.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -64,6 +66,14 @@ def add_arguments(parser):
                         help="a case that fails is reported at the end instead of stopping the others "
                              "(exit status 1 when any failed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shard", choices=("queue", "round-robin"), default="queue",
+                        help="under torchrun: queue (default): each process takes the next case no process has "
+                             "claimed (claims in OUT/.omkit-claims); round-robin: fixed shares (case i to rank i mod N)")
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="read each case only when the previous one is done (default: the next case is read "
+                             "in the background while the current one computes)")
+    parser.add_argument("--timings", metavar="FILE", help="write each process's seconds per stage (read, preprocess, "
+                                                          "network, postprocess, write) to FILE (JSON)")
     add_postprocess_arguments(parser)
     add_tile_arguments(parser, dense=True)
     add_tta_argument(parser)
@@ -101,6 +111,14 @@ def _case_failure(case_dir: Path, exc: BaseException) -> str:
     return text if text.startswith(str(case_dir)) else f"{case_dir}: {type(exc).__name__}: {text}"
 
 
+def _read_now(read, job) -> tuple:
+    """``(case, error)`` of reading ``job`` in this thread (``--no-prefetch``)."""
+    try:
+        return read(job), None
+    except Exception as exc:  # the case's failure, reported with it
+        return None, exc
+
+
 def output_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
     return {
         "labels": out_dir / f"{case_id}.nii.gz",
@@ -113,9 +131,10 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from omkit.data import CaseError, find_cases
-    from omkit.fileio import OutputExistsError, OutputWriteError, clean_stale_temporaries
+    from omkit.fileio import OutputExistsError, OutputWriteError, atomic_write_text, clean_stale_temporaries
     from omkit.inference.pipeline import (case_id_of, label_map_problem, load_for_prediction, write_label_map,
                                           write_probabilities)
+    from omkit.inference.cohort import CaseQueue, prefetched
     from omkit.inference.segmenter import Segmenter
     from omkit.registry import PluginError
     from omkit.viz import save_overlay
@@ -133,7 +152,9 @@ def run(args) -> int:
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     stop_after_failure = distributed and not args.skip_bad_cases
     all_cases = find_cases(args.input)
-    cases = shard(all_cases)  # before --skip-existing looks: every process sees another's outputs appear
+    # a shared queue under torchrun (its run id names the claims), else fixed shares
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") if distributed and args.shard == "queue" else None
+    cases = all_cases if run_id else shard(all_cases)  # before --skip-existing looks (others' outputs appear)
     clean_stale_temporaries(out_dir)  # left by a process killed while writing (a live writer's are kept)
     wanted = ["labels"] + (["probabilities"] if args.save_probabilities else []) + (["overlay"] if args.overlay else [])
     jobs, failures, already = [], [], 0
@@ -158,7 +179,8 @@ def run(args) -> int:
                 todo.insert(0, "labels")
                 replace.add("labels")
         if not todo:
-            already += 1
+            # with the queue every process sees every case: the first one counts those already done
+            already += 1 if not run_id or int(os.environ.get("RANK", 0)) == 0 else 0
             continue
         jobs.append((case_dir, paths, todo, replace))
     steps = postprocess_steps(args)
@@ -167,14 +189,34 @@ def run(args) -> int:
                                      roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
                                      label_convention=args.label_convention, precision=args.precision, **inference)
     main_process = int(os.environ.get("RANK", 0)) == 0
-    progress = tqdm(jobs, desc="predict", unit="case", disable=args.no_progress or not main_process or len(jobs) < 2)
+    queue = CaseQueue(out_dir, run_id, [case_id_of(job[0]) for job in jobs]) if run_id else None
+    by_id = {case_id_of(job[0]): job for job in jobs}
+    claimed = (by_id[key] for key in queue) if queue else jobs
+    progress = tqdm(total=len(jobs), desc="predict", unit="case",
+                    disable=args.no_progress or not main_process or len(jobs) < 2)
+    timings = dict.fromkeys(("read", "preprocess", "network", "postprocess", "write"), 0.0)
+
+    def read(job):
+        start = time.perf_counter()
+        case = load_for_prediction(job[0], with_label=None if "overlay" in job[2] else False)
+        timings["read"] += time.perf_counter() - start
+        return case
+
+    loaded = ((job, *_read_now(read, job)) for job in claimed) if args.no_prefetch else prefetched(claimed, read)
     written = []
-    for case_dir, paths, todo, replace in progress:
+    for (case_dir, paths, todo, replace), case, read_error in loaded:
+        progress.update(1)
         if stop_after_failure and failures:  # without --skip-bad-cases: stop here, the other processes go on
+            if queue:
+                queue.done(case_id_of(case_dir))
             break
         try:
-            case = load_for_prediction(case_dir, with_label=None if "overlay" in todo else False)
+            if read_error is not None:
+                raise read_error
             result = segmenter.segment_case(case, return_probabilities="probabilities" in todo)
+            for stage, seconds in result.timings.items():
+                timings[stage] += seconds
+            start = time.perf_counter()
             if "labels" in todo:
                 write_label_map(result.labels, case, paths["labels"], segmenter.convention_for(case),
                                 force=args.force or "labels" in replace)
@@ -183,6 +225,7 @@ def run(args) -> int:
             if "overlay" in todo:
                 save_overlay(paths["overlay"], case.image[0], result.labels, case.label, title=case.case_id,
                              force=args.force)
+            timings["write"] += time.perf_counter() - start
         except (KeyboardInterrupt, OutputExistsError, OutputWriteError, PluginError):  # every case would fail
             raise
         except Exception as exc:  # this case's failure, whatever it is
@@ -190,9 +233,20 @@ def run(args) -> int:
                 hint = "; --skip-bad-cases goes on with the other cases" if len(all_cases) > 1 else ""
                 raise CLIError(_case_failure(case_dir, exc) + hint) from exc
             failures.append(_case_failure(case_dir, exc))
+            if queue:
+                queue.done(case_id_of(case_dir))  # failed and reported: no other process takes it again
             continue
+        if queue:
+            queue.done(case_id_of(case_dir))
         written.append(case.case_id)
-    reports = gather_reports({"written": written, "already": already, "failed": failures})
+    progress.close()
+    reports = gather_reports({"written": written, "already": already, "failed": failures, "timings": timings})
+    if queue and main_process:
+        queue.remove()  # every process has finished (gather_reports waited for them)
+    if args.timings and main_process:
+        record = {"processes": [r["timings"] for r in reports], "shard": "queue" if queue else "round-robin",
+                  "prefetch": not args.no_prefetch}
+        atomic_write_text(Path(args.timings), json.dumps(record, indent=2) + "\n")
     failed = [f for r in reports for f in r["failed"]]
     if main_process:
         counts = [len(r["written"]) for r in reports]

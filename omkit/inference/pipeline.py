@@ -4,8 +4,9 @@ space, write with the input's affine and header (atomically)."""
 from __future__ import annotations
 
 import os
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +34,8 @@ class CaseResult:
     raw_labels: np.ndarray
     probabilities: dict[str, np.ndarray] | None
     tile_counts: dict[str, int]
+    # seconds spent on each stage: preprocess, network (with fusion), postprocess
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def tiles(self) -> dict[str, int]:
@@ -81,17 +84,22 @@ def predict_case(case: Case, predictor: SegmentationPredictor, steps: Sequence[t
     """The one path from a loaded case to label maps in the input's space:
     preprocess, predict (one pass, cascade or ensemble), post-process with
     ``steps`` (on the brain crop, with the z-scored image), uncrop."""
+    start = time.perf_counter()
     pre = preprocess_case(case)
+    preprocessed = time.perf_counter()
     result = predictor.predict(pre.image, pre.brain_mask, return_probabilities=return_probabilities,
                                left_right_axis=left_right_axis(pre.affine))
     raw = result.labels.numpy()
+    predicted = time.perf_counter()
     post = postprocess(raw, pre.image, steps, spacing=pre.spacing) if steps else raw
+    timings = {"preprocess": preprocessed - start, "network": predicted - preprocessed,
+               "postprocess": time.perf_counter() - predicted}
     raw_full = uncrop(raw, pre.bbox, pre.full_shape, fill=BACKGROUND)
     full = uncrop(post, pre.bbox, pre.full_shape, fill=BACKGROUND) if steps else raw_full
     probabilities = None
     if result.probabilities is not None:
         probabilities = {k: uncrop(v.numpy(), pre.bbox, pre.full_shape) for k, v in result.probabilities.items()}
-    return CaseResult(case, pre, full, raw_full, probabilities, result.tile_counts)
+    return CaseResult(case, pre, full, raw_full, probabilities, result.tile_counts, timings)
 
 
 def write_label_map(labels: np.ndarray, case: Case, target: str | os.PathLike, label_convention: str,
