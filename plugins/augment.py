@@ -77,9 +77,18 @@ def _spatial_keys(sample: dict) -> tuple[list[str], list[str]]:
 
 
 def _monai_moved(transform, sample: dict) -> dict:
-    """``sample`` through a MONAI dictionary transform (the label with a channel axis there)."""
+    """``sample`` through a MONAI dictionary transform (the label with a channel axis there).
+    MONAI's metadata tracking is off meanwhile: the same arrays, a quarter less time (the
+    affine resampling is the input pipeline's largest cost, benchmarks/RESULTS.md)."""
+    from monai.data import get_track_meta, set_track_meta
+
     data = {k: (v[None] if k == "label" else v) for k, v in sample.items() if v is not None}
-    moved = transform(data)
+    tracking = get_track_meta()
+    set_track_meta(False)
+    try:
+        moved = transform(data)
+    finally:
+        set_track_meta(tracking)
     out = dict(sample)
     for key in data:
         value = moved[key]

@@ -193,3 +193,25 @@ def test_a_third_party_transform_registers_keeps_the_contract_and_trains(with_pl
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--augment" in err and "transform 'invert' has no option 'facter'" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_monai_steps_run_without_metadata_and_give_the_same_arrays():
+    """Rotate and scale call MONAI with its metadata tracking off (faster): the arrays are those
+    of the tracked call, and the global setting is put back."""
+    import numpy as np
+    from monai.data import get_track_meta
+    from monai.transforms import Affined
+
+    from omkit.plugins.augment import Rotate
+
+    rng = np.random.default_rng(0)
+    sample = {"image": rng.standard_normal((4, 12, 20, 20)).astype(np.float32),
+              "label": rng.integers(0, 5, (12, 20, 20)).astype(np.uint8), "mirror": None}
+    assert get_track_meta()
+    moved = Rotate(15, (0, 1, 2))(sample, np.random.default_rng(3))
+    assert get_track_meta()
+    angles = [float(a) for a in np.random.default_rng(3).uniform(-np.radians(15), np.radians(15), 3)]
+    tracked = Affined(["image", "label"], rotate_params=angles, mode=["bilinear", "nearest"], padding_mode="zeros")(
+        {"image": sample["image"], "label": sample["label"][None]})
+    np.testing.assert_array_equal(moved["image"], np.asarray(tracked["image"]))
+    np.testing.assert_array_equal(moved["label"], np.asarray(tracked["label"])[0].round().astype(np.uint8))
