@@ -72,7 +72,9 @@ class Validation:
         per_region: dict[str, list[float]] = {"WT": [], "TC": [], "ET": []}
         with torch.no_grad():
             for pre in self._cases:
-                labels = predictor.predict(pre.image, pre.brain_mask, left_right_axis=left_right_axis(pre.affine))
+                # copies: the cache's arrays are read-only memory maps, which torch does not take as they are
+                labels = predictor.predict(np.array(pre.image), np.array(pre.brain_mask),
+                                           left_right_axis=left_right_axis(pre.affine))
                 pred, gt = internal_regions(labels.labels.numpy()), internal_regions(pre.label)
                 for region, values in per_region.items():
                     values.append(overlap_scores(pred[region], gt[region])["dice"])
