@@ -42,6 +42,19 @@ def sample_2023() -> Path:
     return SAMPLE_2023
 
 
+def cli_in_process(args, capsys):
+    """``(exit status, captured output)`` of ``omkit ARGS`` run in this process; torch's thread
+    count (which ``--threads`` sets) put back after it."""
+    from omkit.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        code = main(args)
+    finally:
+        torch.set_num_threads(threads)
+    return code, capsys.readouterr()
+
+
 def model_workspace(root: Path, shape=(16, 40, 40), preset: str = "omnet_cga") -> Path:
     """``root`` with one synthetic case under ``data/`` and a tiny random ``preset`` model
     file ``model.pt`` (seeded): what the command-line tests predict with."""

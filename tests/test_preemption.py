@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from omkit.cli import main as cli_main
 from omkit.data import synthetic
+
+from conftest import cli_in_process
 from omkit.training.preemption import EXIT_REQUEUE, StopSignals
 
 
@@ -27,15 +28,6 @@ def _args(data, run, cache, steps):
 
 def _weights(run):
     return torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
-
-
-def _cli(args, capsys):
-    threads = torch.get_num_threads()
-    try:
-        code = cli_main(args)
-    finally:
-        torch.set_num_threads(threads)
-    return code, capsys.readouterr()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
@@ -65,11 +57,11 @@ def test_sigterm_checkpoints_exits_75_and_resume_auto_continues_bit_exactly(tmp_
     step = int(stopped["steps"])
     assert 1 <= step < 10**6
     # the same command, now with --resume auto and a budget a few steps on, continues it
-    code, out = _cli(_args(data, run, cache, step + 3) + ["--resume", "auto"], capsys)
+    code, out = cli_in_process(_args(data, run, cache, step + 3) + ["--resume", "auto"], capsys)
     assert code == 0, out.err
     assert json.loads((run / "metrics.json").read_text())["steps"] == step + 3
     reference = tmp_path / "reference"
-    code, out = _cli(_args(data, reference, cache, step + 3), capsys)
+    code, out = cli_in_process(_args(data, reference, cache, step + 3), capsys)
     assert code == 0, out.err
     a, b = _weights(run), _weights(reference)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -79,15 +71,15 @@ def test_resume_auto_starts_a_fresh_run_and_keeps_a_finished_one(tmp_path, capsy
     data, cache = tmp_path / "data", tmp_path / "cache"
     synthetic.make_dataset(data, num_cases=2, shape=(16, 32, 32), seed=12)
     run = tmp_path / "run"
-    code, out = _cli(_args(data, run, cache, 2) + ["--resume", "auto"], capsys)
+    code, out = cli_in_process(_args(data, run, cache, 2) + ["--resume", "auto"], capsys)
     assert code == 0, out.err
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
     before = (run / "model.pt").read_bytes()
-    code, out = _cli(_args(data, run, cache, 2) + ["--resume", "auto"], capsys)
+    code, out = cli_in_process(_args(data, run, cache, 2) + ["--resume", "auto"], capsys)
     assert code == 0, out.err
     assert (run / "model.pt").read_bytes() == before  # nothing trained or rewritten
     with pytest.raises(SystemExit) as info:
-        _cli(_args(data, tmp_path / "other", cache, 2) + ["--resume", "sometimes"], capsys)
+        cli_in_process(_args(data, tmp_path / "other", cache, 2) + ["--resume", "sometimes"], capsys)
     assert info.value.code == 2 and "argument --resume: invalid choice: 'sometimes'" in capsys.readouterr().err
 
 

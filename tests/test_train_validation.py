@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from omkit.checkpoint import load_model
-from omkit.cli import main as cli_main
 from omkit.data import synthetic
+
+from conftest import cli_in_process
 
 
 def _args(data, run, cache, steps, *extra, folds=True):
@@ -19,15 +20,6 @@ def _args(data, run, cache, steps, *extra, folds=True):
             "--batch-per-task", "2", "--max-steps", str(steps), "--checkpoint-every", "100000", "--log-every", "1",
             "--cache-dir", str(cache), "--seed", "3", "--threads", "1", "--device", "cpu", "--no-progress",
             *(["--folds", "2", "--fold", "0"] if folds else []), *extra]
-
-
-def _cli(args, capsys):
-    threads = torch.get_num_threads()
-    try:
-        code = cli_main(args)
-    finally:
-        torch.set_num_threads(threads)
-    return code, capsys.readouterr()
 
 
 def _weights(run):
@@ -48,9 +40,9 @@ def data(tmp_path_factory):
 
 def test_validation_scores_keeps_the_best_and_changes_no_step(data, tmp_path, capsys):
     cache = data / "cache"
-    code, out = _cli(_args(data / "data", tmp_path / "watched", cache, 5, "--val-every", "2"), capsys)
+    code, out = cli_in_process(_args(data / "data", tmp_path / "watched", cache, 5, "--val-every", "2"), capsys)
     assert code == 0, out.err
-    code, out = _cli(_args(data / "data", tmp_path / "plain", cache, 5), capsys)
+    code, out = cli_in_process(_args(data / "data", tmp_path / "plain", cache, 5), capsys)
     assert code == 0, out.err
     watched, plain = _weights(tmp_path / "watched"), _weights(tmp_path / "plain")
     assert all(torch.equal(watched[k], plain[k]) for k in plain)  # validating changes no step
@@ -73,11 +65,11 @@ def test_validation_scores_keeps_the_best_and_changes_no_step(data, tmp_path, ca
 
 def test_validation_resumes_with_its_scores(data, tmp_path, capsys):
     cache = data / "cache"
-    code, out = _cli(_args(data / "data", tmp_path / "straight", cache, 4, "--val-every", "2"), capsys)
+    code, out = cli_in_process(_args(data / "data", tmp_path / "straight", cache, 4, "--val-every", "2"), capsys)
     assert code == 0, out.err
-    code, out = _cli(_args(data / "data", tmp_path / "resumed", cache, 2, "--val-every", "2"), capsys)
+    code, out = cli_in_process(_args(data / "data", tmp_path / "resumed", cache, 2, "--val-every", "2"), capsys)
     assert code == 0, out.err
-    code, out = _cli(_args(data / "data", tmp_path / "resumed", cache, 4, "--val-every", "2") + ["--resume", "auto"],
+    code, out = cli_in_process(_args(data / "data", tmp_path / "resumed", cache, 4, "--val-every", "2") + ["--resume", "auto"],
                      capsys)
     assert code == 0, out.err
     assert _rows(tmp_path / "resumed" / "validation.csv") == _rows(tmp_path / "straight" / "validation.csv")
@@ -86,7 +78,7 @@ def test_validation_resumes_with_its_scores(data, tmp_path, capsys):
 
 
 def test_validation_needs_cases(data, tmp_path, capsys):
-    code, out = _cli(_args(data / "data", tmp_path / "run", data / "cache", 2, "--val-every", "2", folds=False),
+    code, out = cli_in_process(_args(data / "data", tmp_path / "run", data / "cache", 2, "--val-every", "2", folds=False),
                      capsys)  # no fold held out, no --val-input
     assert code == 2 and "--val-every: no validation cases" in out.err
 
@@ -96,7 +88,7 @@ def test_tensorboard_event_files(data, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    code, out = _cli(_args(data / "data", run, data / "cache", 3, "--val-every", "2", "--tensorboard"), capsys)
+    code, out = cli_in_process(_args(data / "data", run, data / "cache", 3, "--val-every", "2", "--tensorboard"), capsys)
     assert code == 0, out.err
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
