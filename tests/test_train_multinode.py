@@ -104,3 +104,29 @@ def test_two_nodes_train_identically_and_resume_on_one(tmp_path):
     assert resumed["world_size"] == 2 and resumed["state"]["global_step"] == 6
     moved = [k for k, v in resumed["model"].items() if v.is_floating_point() and not torch.equal(v, checkpoint["model"][k])]
     assert moved  # trained on from the checkpoint's weights
+
+
+def test_two_nodes_predict_each_case_once(tmp_path):
+    """``omkit predict`` across two launchers: the shared queue (claims named by the rendezvous
+    id, the same on every node) hands each case to exactly one of the four processes."""
+    from omkit.checkpoint import save_model
+    import omkit
+
+    synthetic.make_dataset(tmp_path / "data", num_cases=6, shape=(16, 32, 32), seed=53)
+    torch.manual_seed(0)
+    model = save_model(omkit.create_model("omnet_cga", width=0.125), tmp_path / "model.pt", patch_size=(8, 16, 16))
+    port, out = free_port(), tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"omkit-{port}",
+               "-m", "omkit", "predict", "-i", str(tmp_path / "data"), "-o", str(out), "-m", str(model),
+               "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+    outputs = [launcher.communicate(timeout=300) for launcher in launchers]
+    assert all(launcher.returncode == 0 for launcher in launchers), [err[-2000:] for _, err in outputs]
+    summary = "".join(stdout for stdout, _ in outputs)
+    assert summary.count("wrote 6 case(s)") == 1 and "(4 processes: " in summary, summary
+    counts = summary.split("(4 processes: ")[1].split(")")[0].split(" + ")
+    assert sum(map(int, counts)) == 6  # each case written by exactly one process
+    assert sorted(p.name for p in out.iterdir()) == [f"Synth18_{i:03d}.nii.gz" for i in range(6)]
