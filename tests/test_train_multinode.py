@@ -36,13 +36,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rendezvous_store():
+    """``(port, store)``: the c10d rendezvous store, served by this process so that it outlives
+    both launchers (a launcher that hosts it may exit while the other still reads it); the
+    launchers join it with ``is_host=false``."""
+    port = free_port()
+    return port, torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+
+
+def rendezvous_flags(nodes: int, port: int) -> list[str]:
+    return ["--nnodes", str(nodes), "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"omkit-{port}", "--rdzv-conf", "is_host=false"]
+
+
 def train_on_nodes(nodes: int, data: Path, run: Path, cache: Path, max_steps: int, *options: str) -> list[str]:
     """``nodes`` torchrun launchers of two processes each, joined by a c10d rendezvous; their stderr."""
-    port = free_port()
+    port, store = rendezvous_store()
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node", "2",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"omkit-{port}",
-        "-m", "omkit", "train", "--preset", "omnet_cga", "-i", str(data), "-o", str(run), "--device", "cpu",
+        sys.executable, "-m", "torch.distributed.run", *rendezvous_flags(nodes, port), "-m", "omkit", "train", "--preset", "omnet_cga", "-i", str(data), "-o", str(run), "--device", "cpu",
         "--width", "0.125", "--patch-size", "8,16,16", "--batch-per-task", "1", "--cache-dir", str(cache),
         "--stage-epochs", "0,0,1", "--patches-per-epoch", "40000", "--max-steps", str(max_steps),
         "--checkpoint-every", "2", "--no-progress", "--threads", "1", *options,
@@ -60,6 +71,7 @@ def train_on_nodes(nodes: int, data: Path, run: Path, cache: Path, max_steps: in
         for launcher in launchers:
             if launcher.poll() is None:
                 launcher.kill()
+        del store
     return errors
 
 
@@ -115,15 +127,14 @@ def test_two_nodes_predict_each_case_once(tmp_path):
     synthetic.make_dataset(tmp_path / "data", num_cases=6, shape=(16, 32, 32), seed=53)
     torch.manual_seed(0)
     model = save_model(omkit.create_model("omnet_cga", width=0.125), tmp_path / "model.pt", patch_size=(8, 16, 16))
-    port, out = free_port(), tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"omkit-{port}",
-               "-m", "omkit", "predict", "-i", str(tmp_path / "data"), "-o", str(out), "-m", str(model),
+    (port, store), out = rendezvous_store(), tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_flags(2, port), "-m", "omkit", "predict", "-i", str(tmp_path / "data"), "-o", str(out), "-m", str(model),
                "--no-progress", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for _ in range(2)]
     outputs = [launcher.communicate(timeout=300) for launcher in launchers]
+    del store
     assert all(launcher.returncode == 0 for launcher in launchers), [err[-2000:] for _, err in outputs]
     summary = "".join(stdout for stdout, _ in outputs)
     assert summary.count("wrote 6 case(s)") == 1 and "(4 processes: " in summary, summary

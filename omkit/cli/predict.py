@@ -11,8 +11,9 @@ Examples::
 Writes ``OUT/<case-id>.nii.gz`` (uint8 labels in the chosen BraTS convention,
 the input's affine and header), and on request ``OUT/<case-id>_probabilities.npz``
 (per-task probabilities) and ``OUT/<case-id>_overlay.png`` (paper Fig. 7 style).
-Under torchrun the cases are split between the processes (each case is
-written by exactly one), which report to the first at the end.
+Under torchrun each process takes the next case no other has claimed
+(``omkit.inference.cohort``; ``--shard round-robin``: fixed shares); each case is
+written by exactly one, and they report to the first at the end.
 
 For a cohort: ``--skip-existing`` skips the cases whose outputs are there
 (a rerun after an interruption does only what is left), and
@@ -26,6 +27,7 @@ only when it reads whole and has the case's shape.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -203,12 +205,14 @@ def run(args) -> int:
         return case
 
     loaded = ((job, *_read_now(read, job)) for job in claimed) if args.no_prefetch else prefetched(claimed, read)
+    if queue:  # then what others gave back or left, each read when the case before is done
+        loaded = itertools.chain(loaded, ((by_id[key], *_read_now(read, by_id[key])) for key in queue.leftovers()))
     written = []
     for (case_dir, paths, todo, replace), case, read_error in loaded:
         progress.update(1)
         if stop_after_failure and failures:  # without --skip-bad-cases: stop here, the other processes go on
             if queue:
-                queue.done(case_id_of(case_dir))
+                queue.release()  # this case (read ahead) and any other claimed: the others take them
             break
         try:
             if read_error is not None:

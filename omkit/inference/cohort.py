@@ -6,7 +6,8 @@ queue of cases instead of fixed shares, and the next case read while the current
   exclusively and held under an OS lock (``flock``) while the case is worked on; ``<run>`` is
   torchrun's run id, the same on every node. When the case is done (written, or failed and
   reported), the claim says ``done``. A claim whose lock is free but that is not done was left
-  by a process that died: the next process to meet it takes the case over. So a slow process or
+  by a process that died (or given back by one that stopped at a failed case): another process
+  takes the case over; a process out of cases waits for the ones being worked on. So a slow process or
   a large case leaves no other process idle (``omkit predict`` splits round-robin without
   torchrun's run id, or with ``--shard round-robin``). The claims folder lives on the output's
   file system: every node of a multi-node run must see it, and it must support ``flock``.
@@ -19,17 +20,19 @@ import fcntl
 import os
 import shutil
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 CLAIMS = ".omkit-claims"
 DONE = "done"
+POLL_S = 0.2  # while the cases left are being worked on by other processes
 
 
 class CaseQueue:
     """The cases of ``keys`` (case ids, in the same order in every process) that this process
-    claims, one at a time: ``for key in queue: ...; queue.done(key)``."""
+    claims, one at a time: ``for key in chain(queue, queue.leftovers()): ...; queue.done(key)``."""
 
     def __init__(self, out_dir: Path, run_id: str, keys: Sequence[str]):
         self.folder = Path(out_dir) / CLAIMS / run_id
@@ -61,14 +64,34 @@ class CaseQueue:
         self._held[key] = fd
         return True
 
+    def _done(self, key: str) -> bool:
+        try:
+            return self._path(key).read_text(errors="replace").startswith(DONE)
+        except FileNotFoundError:
+            return False
+
     def __iter__(self) -> Iterator[str]:
+        """The first pass: every case no process has claimed yet, in order."""
         for key in self.keys:
             if self._claim(key):
                 yield key
-        # a last pass: cases whose claimer died after this process went by
-        for key in self.keys:
-            if key not in self._held and self._claim(key):
-                yield key
+
+    def leftovers(self) -> Iterator[str]:
+        """After the first pass, until every case is done: what is left unfinished (given back by a
+        process that stopped, or left by one that died), waiting while a live process works on a
+        case. Ask for the next one only once the current one is done (no read-ahead here), so a
+        process never waits while it holds a case another one waits for."""
+        while True:
+            pending = [key for key in self.keys if key not in self._held and not self._done(key)]
+            if not pending:
+                return
+            taken = False
+            for key in pending:
+                if self._claim(key):
+                    taken = True
+                    yield key
+            if not taken:
+                time.sleep(POLL_S)
 
     def done(self, key: str) -> None:
         """Mark ``key`` done (written or failed) and release its claim."""
@@ -76,6 +99,13 @@ class CaseQueue:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{DONE}\n".encode(), 0)
         os.close(fd)
+
+    def release(self) -> None:
+        """Give back every case claimed and not done (this process takes no more): the others
+        take them over."""
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
     def remove(self) -> None:
         """Delete this run's claims (when every process has finished)."""
