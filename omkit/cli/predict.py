@@ -152,6 +152,7 @@ def run(args) -> int:
     # under torchrun a failed case is this process's to report, not a reason to take the others down: it
     # stops taking cases (without --skip-bad-cases), the others finish theirs, and the first process reports
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    main_process = int(os.environ.get("RANK", 0)) == 0
     stop_after_failure = distributed and not args.skip_bad_cases
     all_cases = find_cases(args.input)
     # a shared queue under torchrun (its run id names the claims), else fixed shares
@@ -182,7 +183,7 @@ def run(args) -> int:
                 replace.add("labels")
         if not todo:
             # with the queue every process sees every case: the first one counts those already done
-            already += 1 if not run_id or int(os.environ.get("RANK", 0)) == 0 else 0
+            already += 1 if not run_id or main_process else 0
             continue
         jobs.append((case_dir, paths, todo, replace))
     steps = postprocess_steps(args)
@@ -190,7 +191,6 @@ def run(args) -> int:
     segmenter = Segmenter.from_files(args.model, device=args.device, expect_preset=args.expect_preset, tiles=tiles,
                                      roi_dilation=args.roi_dilation, tta=tta, postprocess=steps,
                                      label_convention=args.label_convention, precision=args.precision, **inference)
-    main_process = int(os.environ.get("RANK", 0)) == 0
     queue = CaseQueue(out_dir, run_id, [case_id_of(job[0]) for job in jobs]) if run_id else None
     by_id = {case_id_of(job[0]): job for job in jobs}
     claimed = (by_id[key] for key in queue) if queue else jobs

@@ -43,7 +43,7 @@ def validation_cases(config, held_out: Sequence[Path]) -> list[Path]:
 
 
 class Validation:
-    """What ``--val-every`` does for one run; :meth:`maybe_run` after every step."""
+    """What ``--val-every`` does for one run; :meth:`after_step` after every step."""
 
     def __init__(self, config, held_out: Sequence[Path], device: torch.device, card: Callable[[], object]):
         self.every = config.val_every
@@ -60,22 +60,23 @@ class Validation:
         done = bool(state.validation) and state.validation[-1]["step"] == state.global_step
         return not done and (last or state.global_step % self.every == 0)
 
-    def scores(self, model: torch.nn.Module) -> dict[str, float]:
-        """Mean Dice WT/TC/ET (and their mean) of ``model`` over the validation cases."""
+    def scores(self, model: torch.nn.Module, card) -> dict[str, float]:
+        """Mean Dice WT/TC/ET (and their mean) of ``model`` (whose card is ``card``) over the
+        validation cases."""
         from omkit.inference import SegmentationPredictor
 
         if self._cases is None:
             self._cases = [self.cache.load(case_dir, **self.settings) for case_dir in self.case_dirs]
         frozen = copy.deepcopy(model).eval()  # fresh: no inference cache keeps earlier weights
-        frozen.card = self.card()
+        frozen.card = card
         predictor = SegmentationPredictor([frozen], device=self.device)
         per_region: dict[str, list[float]] = {"WT": [], "TC": [], "ET": []}
         with torch.no_grad():
             for pre in self._cases:
                 # copies: the cache's arrays are read-only memory maps, which torch does not take as they are
-                labels = predictor.predict(np.array(pre.image), np.array(pre.brain_mask),
-                                           left_right_axis=left_right_axis(pre.affine))
-                pred, gt = internal_regions(labels.labels.numpy()), internal_regions(pre.label)
+                prediction = predictor.predict(np.array(pre.image), np.array(pre.brain_mask),
+                                               left_right_axis=left_right_axis(pre.affine))
+                pred, gt = internal_regions(prediction.labels.numpy()), internal_regions(pre.label)
                 for region, values in per_region.items():
                     values.append(overlap_scores(pred[region], gt[region])["dice"])
         out = {f"val_dice_{r.lower()}": float(np.mean(v)) for r, v in per_region.items()}
@@ -97,7 +98,8 @@ class Validation:
     def run(self, model: torch.nn.Module, state, run_dir: Path) -> dict[str, float]:
         """Score ``model`` now: a row of ``state.validation``, the metrics row of this step, and
         ``best.pt`` when the mean Dice is the best so far (main process only)."""
-        row = {"step": state.global_step, **self.scores(model)}
+        card = self.card()  # once: it describes the weights as they are now
+        row = {"step": state.global_step, **self.scores(model, card)}
         state.validation.append(row)
         if state.rows and state.rows[-1]["step"] == state.global_step:
             state.rows[-1].update({k: row[k] for k in FIELDS})
@@ -105,8 +107,8 @@ class Validation:
             state.rows.append({"step": state.global_step, **{k: row[k] for k in FIELDS}})
         if state.best_val is None or row["val_dice_mean"] > state.best_val:
             state.best_val = row["val_dice_mean"]
-            save_model(model, run_dir / BEST, card=self.card().replace(
-                training={**self.card().training, "best_step": state.global_step, "val_dice_mean": state.best_val}))
+            save_model(model, run_dir / BEST, card=card.replace(
+                training={**card.training, "best_step": state.global_step, "val_dice_mean": state.best_val}))
         lines = ["step," + ",".join(FIELDS)] + [
             f"{r['step']}," + ",".join(f"{r[k]:.6f}" for k in FIELDS) for r in state.validation]
         atomic_write_text(run_dir / VALIDATION_CSV, "\n".join(lines) + "\n")
