@@ -66,6 +66,8 @@ STATE = _State()
 def _load() -> None:
     """Load the compiled library, unless one is loaded already (torch.ops.load_library of a
     build under test, a C++ host): that one is used as it is."""
+    # one op stands for the library here (the manifest is not imported yet: its families import this
+    # module); register_ops then checks every op of the manifest
     if torch._C._dispatch_has_kernel("omkit::cga"):
         STATE.loaded = True
         return
