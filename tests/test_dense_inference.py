@@ -368,7 +368,7 @@ def test_the_ablation_runner_predicts_with_the_dense_settings(workspace, tmp_pat
     config = ablation.AblationConfig(input=str(workspace / "data"), output=str(tmp_path), rows=["omnet_cga"],
                                      tiles={"size": (8, 16, 16), "keep": (4, 8, 8)}, inference="dense",
                                      dense={"max_voxels": 100000})
-    assert config.dense == {"halo": DenseSettings().halo, "max_voxels": 100000}
+    assert config.dense == {"halo": DenseSettings().halo, "max_voxels": 100000, "max_memory": None}
     seen = {}
 
     def from_files(paths, **kw):
@@ -378,7 +378,7 @@ def test_the_ablation_runner_predicts_with_the_dense_settings(workspace, tmp_pat
     monkeypatch.setattr(SegmentationPredictor, "from_files", staticmethod(from_files))
     with pytest.raises(RuntimeError, match="stop here"):
         ablation.run._score_cases([workspace / "model.pt"], [], config, tmp_path, print)
-    assert seen["inference"] == "dense" and seen["dense"] == {"halo": DenseSettings().halo, "max_voxels": 100000}
+    assert seen["inference"] == "dense" and seen["dense"] == {"halo": DenseSettings().halo, "max_voxels": 100000, "max_memory": None}
     with pytest.raises(ValueError, match="dense halo must be a whole number >= 0"):
         ablation.AblationConfig(input="x", output="y", rows=["omnet"], dense={"halo": -2})
     with pytest.raises(ValueError, match="--inference must be auto, tiles or dense, got 'tile'"):

@@ -193,11 +193,15 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
                             "heads); tiles: predict tile by tile, keeping each tile's centre; auto: dense for models "
                             "trained with --train-mode windows, else tiles keeping "
                             f"{_format_default(FAST_TILE_KEEP)} (default {DEFAULT_INFERENCE}; it says which and why)")
+        g.add_argument("--max-memory", default=None, metavar="SIZE",
+                       help="dense: the most memory the process may hold (CPU: resident memory; CUDA: device "
+                            "memory), e.g. 2G or 1500M; the full-resolution layers then run in slabs along D with "
+                            "the same labels (default: the memory available now)")
         max_voxels = dense_fields["max_voxels"]
         g.add_argument("--dense-max-voxels", type=int, default=max_voxels, metavar="N",
                        help="dense: the most voxels per backbone call; a larger region goes through in slabs along "
-                            "D (default " + ("none: the whole region in one call" if max_voxels is None else
-                                             str(max_voxels)) + ")")
+                            "D, each with --dense-halo voxels of context: close to, not exactly, the whole region's "
+                            "values (default " + ("none" if max_voxels is None else str(max_voxels)) + ")")
         g.add_argument("--dense-halo", type=int, default=dense_fields["halo"], metavar="VOXELS",
                        help="dense: backbone context on each side of a slab, rounded up to a multiple of 8 "
                             f"(default {dense_fields['halo']})")
@@ -255,11 +259,16 @@ def _tiles(args, settings):
 
 def inference_settings(args) -> dict:
     """``inference`` and ``dense`` of :class:`omkit.inference.SegmentationPredictor` that
-    ``--inference``, ``--dense-max-voxels`` and ``--dense-halo`` give."""
+    ``--inference``, ``--max-memory``, ``--dense-max-voxels`` and ``--dense-halo`` give."""
     from omkit.inference import DenseSettings
+    from omkit.inference.memory import parse_size
 
     try:
-        dense = DenseSettings(halo=args.dense_halo, max_voxels=args.dense_max_voxels)
+        max_memory = None if args.max_memory is None else parse_size(args.max_memory)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        dense = DenseSettings(halo=args.dense_halo, max_voxels=args.dense_max_voxels, max_memory=max_memory)
     except ValueError as exc:
         raise CLIError(f"--dense-halo/--dense-max-voxels: {exc}") from None
     if args.inference == "dense" and args.tile_stride is not None and tuple(args.tile_stride) != tuple(args.tile_keep):

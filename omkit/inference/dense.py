@@ -13,11 +13,14 @@ tile that would have predicted it (``TileSettings.size``, the block
    task 2's ROI or the core), the union of their windows, padded at its end so that
    each side is divisible by the backbone's ``min_divisor``; the image reads zero
    outside the volume, as a tile does;
-2. the backbone once over the region, in one call, or (more than
-   :attr:`DenseSettings.max_voxels`) in slabs along D whose cores are multiples of
-   ``min_divisor`` (from the region's start, so pooling phases match), each with
-   :attr:`DenseSettings.halo` voxels of context on both sides, of which only the core
-   is kept;
+2. the backbone once over the region: in one call when it fits the memory budget
+   (:attr:`DenseSettings.max_memory`, else the memory available; ``.memory``), else
+   through the backbone's ``slab_forward`` (FusionNet: every level in slabs of planes
+   along D, the same values; ``omkit.models.slabs``) with the largest slabs that fit.
+   Or, when asked (:attr:`DenseSettings.max_voxels`), in context-limited slabs along D
+   whose cores are multiples of ``min_divisor`` (from the region's start, so pooling
+   phases match), each with :attr:`DenseSettings.halo` voxels of context on both
+   sides, of which only the core is kept (close to, not exactly, one call's values);
 3. the heads on the region's features (``omkit.models.windowed``, which
    window-consistent training runs too), each as it declares itself
    (``omkit.models.window_protocol``): attention states the per-voxel terms it pools
@@ -48,7 +51,7 @@ guided by an unguided one (a custom attention tuple) pools that head's dense
 guidance: close to, not exactly, its tiles'. A model whose backbone or heads do not
 declare the protocol runs tiles (``window_problem`` says which module and why).
 
-Slab seams (only with ``max_voxels``): a seam is exact when the halo covers the
+Context-limited slab seams (only with ``max_voxels``): a seam is exact when the halo covers the
 backbone's receptive field (FusionNet's spans about 180 voxels); short of that, the
 slabs' zero padding reaches the kept cores. Measured against one call, with a seam
 every 16 planes: a briefly trained width-0.25 OM-Net + CGA on a real BraTS case
@@ -65,6 +68,7 @@ their windows, which is where a mirrored tile's kept centre lies.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
@@ -77,9 +81,10 @@ from omkit.devices import autocast
 from omkit.models.blocks import fold_batch_norm
 from omkit.models.cache_blocked import cache_blocked_convolutions
 from omkit.models.omnet import MCNet
-from omkit.models.window_protocol import head_window_logits
+from omkit.models.window_protocol import declares, head_window_logits
 from omkit.models.windowed import check_windowed_model, task_logits
 
+from .memory import choose_slab_planes, dense_budget, meta_copy, parse_size, region_need, slab_candidates
 from .tiling import keep_offset
 
 # voxels of backbone context on each side of a slab; see the module docstring
@@ -101,16 +106,22 @@ class DenseSettings:
     """Dense inference (``SegmentationPredictor(inference="dense")``). ``halo``: voxels
     of backbone context on each side of a slab (rounded up to the backbone's
     ``min_divisor``); ``max_voxels``: the most voxels per backbone call, halos included
-    (the memory knob, like MONAI's ``sw_batch_size``), None: the whole region in one
-    call. On the command line: ``--dense-halo``, ``--dense-max-voxels``."""
+    (context-limited slabs: close to the whole region's values, see the module
+    docstring), None: the whole region in one call, or exact slabs within
+    ``max_memory``: the most bytes the process may hold (a number or a size such as
+    ``"2G"``; ``omkit.inference.memory``), None: the memory available. On the command
+    line: ``--dense-halo``, ``--dense-max-voxels``, ``--max-memory``."""
 
     halo: int = DEFAULT_HALO
     max_voxels: int | None = None
+    max_memory: int | str | None = None
 
     def __post_init__(self):
         self.halo = _whole("halo", self.halo, 0)
         if self.max_voxels is not None:
             self.max_voxels = _whole("max_voxels", self.max_voxels, 1)
+        if self.max_memory is not None:
+            self.max_memory = parse_size(self.max_memory, "dense max_memory")
 
 
 class Region(NamedTuple):
@@ -201,8 +212,7 @@ def dense_model_problem(models: Sequence[nn.Module]) -> str | None:
 
 def min_divisor(model: nn.Module) -> int:
     """The spatial divisor the model's backbone(s) need (1 when they declare none)."""
-    backbones = [net.backbone for net in model.networks] if isinstance(model, MCNet) else [model.backbone]
-    return math.lcm(*(int(getattr(b, "min_divisor", 1)) for b in backbones))
+    return math.lcm(*(int(getattr(b, "min_divisor", 1)) for b in backbones(model)))
 
 
 # -- the computation -----------------------------------------------------------------------
@@ -223,10 +233,13 @@ def slab_spans(depth: int, plane: int, settings: DenseSettings, divisor: int) ->
 
 
 def backbone_features(backbone: nn.Module, x: Tensor, settings: DenseSettings, divisor: int = 1,
-                      progress: bool = False) -> Tensor:
-    """The backbone's features of ``x (B, C, D, H, W)`` over the whole of it, in slabs
-    along D when it holds more than ``settings.max_voxels`` voxels (see
-    :func:`slab_spans`)."""
+                      progress: bool = False, planes: int | None = None) -> Tensor:
+    """The backbone's features of ``x (B, C, D, H, W)`` over the whole of it: with
+    ``planes``, its ``slab_forward`` (the same values, ``planes`` planes of temporaries at
+    a time); else in context-limited slabs along D when it holds more than
+    ``settings.max_voxels`` voxels (see :func:`slab_spans`)."""
+    if planes is not None and declares(backbone, ("slab_forward",)):
+        return backbone.slab_forward(x, planes)
     spans = slab_spans(x.shape[2], x.shape[3] * x.shape[4], settings, divisor)
     if len(spans) == 1:
         return backbone(x)
@@ -244,18 +257,19 @@ def backbone_features(backbone: nn.Module, x: Tensor, settings: DenseSettings, d
 
 
 def member_logits(model: nn.Module, x: Tensor, tasks: Sequence[int], geometry: dict, settings: DenseSettings,
-                  divisor: int, progress: bool = False, batch: int = 16) -> list[Tensor]:
-    """One model's logits of ``tasks`` over the region ``x (1, C, D, H, W)``. A CGA head
+                  divisor: int, progress: bool = False, batch: int = 16, planes: int | None = None) -> list[Tensor]:
+    """One model's logits of ``tasks`` over the region ``x (1, C, D, H, W)``, the backbone
+    in slabs of ``planes`` where given (:func:`backbone_features`). A CGA head
     guided by a CGA head (OM-Net + CGA's task 3) pools the guidance its tiles would have
     had (``omkit.models.windowed.guided_window_sums``); ``batch`` windows at a time."""
     if isinstance(model, MCNet):
         out = []
         for task in tasks:
             net = model.networks[task]
-            features = backbone_features(net.backbone, x, settings, divisor, progress)
+            features = backbone_features(net.backbone, x, settings, divisor, progress, planes)
             out.append(head_window_logits(net.head, features, None, geometry)[0])
         return out
-    features = backbone_features(model.backbone, x, settings, divisor, progress)
+    features = backbone_features(model.backbone, x, settings, divisor, progress, planes)
     return task_logits(model, features, tasks, geometry, batch)
 
 
@@ -275,11 +289,13 @@ def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Se
     region = dense_region(mask, tiles.size, tiles.keep, divisor)
     if region is None:
         return out, 0
+    models = [folded_model(m) for m in e.models]
+    planes = plan_slabs(models, region, settings, tiles, tasks, divisor, e.device, image.shape[0], len(e.flips))
     volume = image.to(e.device)
     origins = torch.tensor([region.start], dtype=torch.long, device=e.device)
     x = ops.gather_tiles(volume, origins, region.shape)  # zero outside the volume, as a tile reads
     sums: list[Tensor | None] = [None] * len(tasks)
-    for model in (folded_model(m) for m in e.models):
+    for model in models:
         for flip in e.flips:
             axes = [a + 2 for a in flip]
             xf = x.flip(axes) if flip else x
@@ -287,7 +303,7 @@ def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Se
                 xf = xf.contiguous(memory_format=torch.channels_last_3d)
             geometry = window_geometry(region, tiles.size, tiles.keep, flip)
             with autocast(e.device, e.precision):
-                logits = member_logits(model, xf, tasks, geometry, settings, divisor, e.progress, tiles.batch)
+                logits = member_logits(model, xf, tasks, geometry, settings, divisor, e.progress, tiles.batch, planes)
             for i, lg in enumerate(logits):
                 prob = torch.softmax((lg.flip(axes) if flip else lg).float(), dim=1)
                 sums[i] = prob if sums[i] is None else sums[i].add_(prob)
@@ -299,6 +315,42 @@ def run_dense(ensemble, tiles, settings: DenseSettings, image: Tensor, tasks: Se
     src = tuple(slice(d.start - s, d.stop - s) for d, s in zip(dst, region.start))
     out[(slice(None),) + dst] = reduced[(slice(None),) + src].to(e.output_device, out_dtype)
     return out, int(region.touched.sum())
+
+
+class DenseMemoryWarning(UserWarning):
+    """Dense inference's smallest slabs need more than its memory budget: it runs them
+    anyway; the message says how much it needs and has."""
+
+
+def backbones(model: nn.Module) -> list[nn.Module]:
+    return [net.backbone for net in model.networks] if isinstance(model, MCNet) else [model.backbone]
+
+
+def plan_slabs(models: Sequence[nn.Module], region: Region, settings: DenseSettings, tiles, tasks: Sequence[int],
+               divisor: int, device: torch.device, in_channels: int, flips: int = 1) -> int | None:
+    """The backbones' slab planes for ``region`` within the memory budget
+    (``omkit.inference.memory``): None for the whole region at once, also where
+    ``settings.max_voxels`` asks for context-limited slabs instead."""
+    if settings.max_voxels is not None:
+        return None
+    budget = dense_budget(device, settings.max_memory)
+    slabbed = all(declares(b, ("slab_forward",)) for m in models for b in backbones(m))
+    candidates = slab_candidates(region.shape[0]) if slabbed else [None]
+    geometry = window_geometry(region, tiles.size, tiles.keep)
+    runs = len(models) * flips
+
+    def need(planes: int | None) -> int:
+        return max(region_need(lambda x, p: member_logits(meta_copy(m), x, tasks, geometry, settings, divisor,
+                                                          batch=tiles.batch, planes=p),
+                               in_channels, region.shape, torch.float32, planes, runs) for m in models)
+
+    planes, fits = choose_slab_planes(need, candidates, budget)
+    if not fits:
+        warnings.warn(f"dense inference needs about {need(planes) / 2**30:.2f} GiB over a region of "
+                      f"{list(region.shape)} voxels and has {budget / 2**30:.2f} GiB planned (--max-memory, or the "
+                      "memory available); it may run out of memory: use tiles (--inference tiles)",
+                      DenseMemoryWarning, stacklevel=2)
+    return planes
 
 
 # a model -> the same with its BatchNorms folded into the convolutions, made once per model

@@ -9,6 +9,7 @@ from torch import nn
 
 from . import blocks
 from .blocks import ConvBNReLU, ResidualBlock, UpSum, check_input, check_spatial_dims, he_init, max_pool, scaled
+from .slabs import conv_reach, local_in_slabs, merge_in_place
 
 
 class FusionNet3D(nn.Module):
@@ -67,12 +68,15 @@ class FusionNet3D(nn.Module):
             self.decoders.append(nn.Sequential(*layers))
         he_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check(self, x: torch.Tensor) -> None:
         check_input(self, x, self.spatial_dims)
         if any(s % self.min_divisor for s in x.shape[2:]):
             raise ValueError(
                 f"FusionNet3D needs spatial sizes divisible by {self.min_divisor}, got {tuple(x.shape[2:])}"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         skips = []
         for enc in self.encoders:
             x = enc(x)
@@ -81,6 +85,28 @@ class FusionNet3D(nn.Module):
         x = self.bottom(x)
         for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = dec(up(x, skip))
+        return x
+
+    def slab_forward(self, x: torch.Tensor, planes: int) -> torch.Tensor:
+        """``forward``'s function (3-D, eval mode) holding about ``planes`` planes of each
+        level's temporaries at a time: every level runs in slabs along D
+        (``omkit.models.slabs``), and each decoder level writes its output over its skip
+        map. Whole-size maps: the input, one map per level (the skips), and the coarser
+        level's output while a decoder level runs. Without gradient only; with it
+        (training), ``forward``."""
+        self._check(x)
+        if self.spatial_dims != 3 or torch.is_grad_enabled():
+            return self(x)
+        skips = []
+        for enc in self.encoders:
+            x = local_in_slabs(enc, x, planes, conv_reach(enc))
+            skips.append(x)
+            x = self.pool(x)
+        x = local_in_slabs(self.bottom, x, planes, conv_reach(self.bottom))
+        for up, dec in zip(self.ups, self.decoders):
+            skip = skips.pop()  # dropped as soon as its level is done: the next level's skip is twice its size
+            x = merge_in_place(lambda c, s: dec(up(c, s)), x, skip, planes, conv_reach(dec),
+                               skip.shape[2] // x.shape[2])
         return x
 
 

@@ -8,6 +8,7 @@ from omkit import ops
 
 from .blocks import ConvBNReLU, check_spatial_dims, conv
 from .plugin_checks import call_plugin_module, mark_origin
+from .slabs import conv_reach, default_planes, local_in_slabs
 from .window_protocol import attention_problem, window_channel_scale
 
 
@@ -40,9 +41,14 @@ class PlainHead(nn.Module):
     def window_logits(self, features: torch.Tensor, guidance: torch.Tensor | None, geometry: dict) -> tuple:
         """The logits with the attention's channel scale pooled over each block's window,
         applied as per-block classifier weights (``omkit.ops.block_linear``); no maps."""
-        x = self.conv(features)
         if isinstance(self.attention, nn.Identity):
-            return self.classifier(x), None
+            if torch.is_grad_enabled():
+                return self.classifier(self.conv(features)), None
+            # without attention the head is local: in slabs, no whole-region map of its conv
+            planes = default_planes(features, self.classifier.in_channels)
+            return local_in_slabs(lambda f: self.classifier(self.conv(f)), features, planes,
+                                  conv_reach(self.conv)), None
+        x = self.conv(features)
         scale = window_channel_scale(self.attention, x, geometry)  # (B, nD, nH, nW, C)
         weight = self.classifier.weight.flatten(1)  # (K, C)
         m0 = weight * scale[..., None, :].to(weight.dtype)

@@ -39,7 +39,10 @@ ops (``omkit.ops.window_sums``, ``omkit.ops.block_linear``), and a module's own
   mode depends on a bounded neighbourhood only (no GroupNorm, InstanceNorm, global
   pooling or other statistic over the input's extent), and ``min_divisor``, the
   number every input side must be divisible by. Undeclared means not consistent: such
-  a model runs tile inference and trains on patches.
+  a model runs tile inference and trains on patches. A backbone may also declare
+  ``slab_forward(x, planes)``: ``forward``'s function without gradient, holding about
+  ``planes`` planes of temporaries at a time, which dense inference runs when the whole
+  region does not fit its memory budget (``omkit.inference.memory``).
 
 A declaration counts only where it is made by the class that defines ``forward`` or by
 a subclass of it: a subclass that changes ``forward`` and not the declaration would

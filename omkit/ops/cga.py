@@ -158,7 +158,8 @@ def cga_block_maps(m: Tensor, w_pos: Tensor | None, b_pos: Tensor | None, w_neg:
     # C + 1 voxels per row: the zero vector, then each unit vector
     basis = torch.cat([torch.zeros((c, 1), dtype=dtype, device=m.device), torch.eye(c, dtype=dtype, device=m.device)], 1)
     features = basis.expand(n, c, c + 1)[..., None, None]
-    with torch.autocast(m.device.type, enabled=False):
+    # (the meta device, where dense inference plans its memory, has no autocast of its own)
+    with torch.autocast("cpu" if m.device.type == "meta" else m.device.type, enabled=False):
         at = [cga_recalibrate_reference(features, features.new_full((n, 1, c + 1, 1, 1), pt), flat_m, *weights, variant)[..., 0, 0]
               for pt in (0.0, 1.0)]  # (n, K, C + 1) each
     c0, c_both = at[0][-1, :, 0], at[1][-1, :, 0]
