@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from itertools import product
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -213,3 +213,40 @@ def test_omkit_predict_max_memory(workspace, tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["-o", str(tmp_path / "c"), "--max-memory", "lots"]) == 2
     assert "--max-memory: expected a size such as 2G, 1500M or a number of bytes, got 'lots'" in capsys.readouterr().err
+
+
+def test_the_cuda_budget_is_the_free_device_memory_within_max_memory(monkeypatch):
+    """On CUDA: the device's free memory, and within ``max_memory`` less what PyTorch holds
+    there already (checked without a GPU: the two CUDA calls are stood in for)."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 << 30)
+    cuda = torch.device("cuda", 0)
+    assert memory.dense_budget(cuda, None) == int((8 << 30) * memory.SAFETY)
+    assert memory.dense_budget(cuda, 3 << 30) == int((2 << 30) * memory.SAFETY)
+    assert memory.dense_budget(cuda, 100 << 30) == int((8 << 30) * memory.SAFETY)
+
+
+def test_a_need_that_cannot_be_measured_keeps_the_whole_region_or_warns(case, monkeypatch):
+    """A plug-in op without a meta kernel: without --max-memory the whole region as before;
+    with it, the smallest slabs and a warning saying why."""
+    image, mask = case
+    torch.manual_seed(0)
+    model = omkit.create_model("omnet_cga", width=TINY_WIDTH)
+
+    def unmeasurable(*args, **kwargs):
+        raise NotImplementedError("no meta kernel for a plug-in op")
+
+    monkeypatch.setattr(dense_module, "region_need", unmeasurable)
+    used = []
+    real_slab_forward = FusionNet3D.slab_forward
+    monkeypatch.setattr(FusionNet3D, "slab_forward", lambda self, x, planes: used.append(planes)
+                        or real_slab_forward(self, x, planes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
+    assert used == []
+    with pytest.warns(dense_module.DenseMemoryWarning, match="could not measure what it needs on the meta device "
+                                                             r"\(NotImplementedError: no meta kernel"):
+        SegmentationPredictor([model], tiles=TILES, inference="dense",
+                              dense={"max_memory": "1G"}).predict(image, mask, True)
+    assert used and used[0] == memory.SLAB_PLANES[-1]

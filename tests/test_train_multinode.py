@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,6 @@ from omkit.training import weights_digest
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                        reason="torch.distributed with the gloo backend is not available"),
-    # Opt-in: on a loaded 2-core CI machine one launch of four processes through the c10d rendezvous
-    # hung once past its 300 s limit (it passes on an idle one); until that is understood it does not
-    # gate every change.
-    pytest.mark.skipif(os.environ.get("OMKIT_MULTINODE_TESTS") != "1",
-                       reason="multi-node launches are opt-in: set OMKIT_MULTINODE_TESTS=1"),
 ]
 
 
@@ -65,21 +61,52 @@ def train_on_nodes(nodes: int, data: Path, run: Path, cache: Path, max_steps: in
         "--stage-epochs", "0,0,1", "--patches-per-epoch", "40000", "--max-steps", str(max_steps),
         "--checkpoint-every", "2", "--no-progress", "--threads", "1", *options,
     ]
+    try:
+        outputs = launch(command, nodes)
+    finally:
+        del store
+    for returncode, _, err in outputs:
+        assert returncode == 0, err[-3000:]
+    return [err for _, _, err in outputs]
+
+
+def launch(command: list[str], count: int, timeout: float = 300) -> list[tuple[int, str, str]]:
+    """``count`` copies of ``command`` at once; each one's ``(returncode, stdout, stderr)``.
+    Their output goes to files, not pipes: a launcher whose pipe nobody reads while the test
+    waits for the other blocks on a full pipe, and the other then waits for it at torchrun's
+    exit barrier (a deadlock that a loaded machine's extra warnings made likely)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(nodes)]
-    errors = []
+    timeout = float(os.environ.get("MN_TIMEOUT", timeout))
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(count)]
+    launchers = [subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env) for out, err in files]
     try:
         for launcher in launchers:
-            _, err = launcher.communicate(timeout=300)
-            errors.append(err)
-            assert launcher.returncode == 0, err[-3000:]
+            launcher.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if os.environ.get("MN_DEBUG"):
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True, text=True).stdout
+            lines = [line for line in ps.splitlines() if "omkit" in line]
+            report = ["\n".join(lines)]
+            for line in lines:
+                pid = line.split()[0]
+                report.append(subprocess.run(["gdb", "-p", pid, "-batch", "-ex", "thread apply all bt 30"],
+                                             capture_output=True, text=True).stdout)
+            for out, err in files:
+                out.seek(0), err.seek(0)
+                report.append("OUT " + out.read() + "\nERR " + err.read())
+            Path(os.environ["MN_DEBUG"]).write_text("\n=========\n".join(report))
+        raise
     finally:
         for launcher in launchers:
             if launcher.poll() is None:
                 launcher.kill()
-        del store
-    return errors
+                launcher.wait()
+    results = []
+    for launcher, (out, err) in zip(launchers, files):
+        out.seek(0), err.seek(0)
+        results.append((launcher.returncode, out.read(), err.read()))
+        out.close(), err.close()
+    return results
 
 
 def finished(run: Path, world_size: int, steps: int) -> dict:
@@ -137,13 +164,12 @@ def test_two_nodes_predict_each_case_once(tmp_path):
     (port, store), out = rendezvous_store(), tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_flags(2, port), "-m", "omkit", "predict", "-i", str(tmp_path / "data"), "-o", str(out), "-m", str(model),
                "--no-progress", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(2)]
-    outputs = [launcher.communicate(timeout=300) for launcher in launchers]
-    del store
-    assert all(launcher.returncode == 0 for launcher in launchers), [err[-2000:] for _, err in outputs]
-    summary = "".join(stdout for stdout, _ in outputs)
+    try:
+        outputs = launch(command, 2)
+    finally:
+        del store
+    assert all(returncode == 0 for returncode, _, _ in outputs), [err[-2000:] for _, _, err in outputs]
+    summary = "".join(stdout for _, stdout, _ in outputs)
     assert summary.count("wrote 6 case(s)") == 1 and "(4 processes: " in summary, summary
     counts = summary.split("(4 processes: ")[1].split(")")[0].split(" + ")
     assert sum(map(int, counts)) == 6  # each case written by exactly one process

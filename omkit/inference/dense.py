@@ -344,7 +344,15 @@ def plan_slabs(models: Sequence[nn.Module], region: Region, settings: DenseSetti
                                                           batch=tiles.batch, planes=p),
                                in_channels, region.shape, torch.float32, planes, runs) for m in models)
 
-    planes, fits = choose_slab_planes(need, candidates, budget)
+    try:
+        planes, fits = choose_slab_planes(need, candidates, budget)
+    except Exception as exc:  # a plug-in's op with no meta kernel: nothing measured
+        if settings.max_memory is None:
+            return None  # as before budgets: the whole region
+        warnings.warn(f"dense inference could not measure what it needs on the meta device ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); it runs the smallest slabs, which may still exceed --max-memory",
+                      DenseMemoryWarning, stacklevel=2)
+        return candidates[-1]
     if not fits:
         warnings.warn(f"dense inference needs about {need(planes) / 2**30:.2f} GiB over a region of "
                       f"{list(region.shape)} voxels and has {budget / 2**30:.2f} GiB planned (--max-memory, or the "
