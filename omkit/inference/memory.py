@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten
 
 # the share of a budget planned for tensors: the rest is left to the allocators'
 # fragmentation and the backends' scratch buffers, which the meta device does not see
-SAFETY = 0.8
+SAFETY = 0.7
 # slab sizes tried, in planes along D, largest first (each rounded to the backbone's divisor)
 SLAB_PLANES = (64, 32, 16, 8, 4)
 
@@ -76,6 +76,24 @@ def return_freed_memory() -> None:
         pass
 
 
+# glibc's mallopt parameter: the size from which an allocation is its own mapping of the system's
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 4 << 20
+
+
+def map_large_allocations() -> None:
+    """Make glibc take every allocation of :data:`MMAP_THRESHOLD_BYTES` or more straight from
+    the system and give it back when freed (``mallopt``; nothing elsewhere). By default the
+    threshold grows up to 32 MiB, so slabs' maps of a few to tens of MB stay in the heap, and
+    after a dense run with slabs the heap held about 0.2 GiB more than its tensors (measured:
+    peak RSS 1.88 to 1.96 GiB, 1.72 GiB with this, full width, ``--max-memory 2G``). For the
+    rest of the process: a ``--max-memory`` run asks for it."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 def resident_bytes() -> int:
     """The process's resident memory now (0 where the system does not say)."""
     try:
@@ -94,6 +112,7 @@ def dense_budget(device: torch.device, max_memory: int | None) -> int | None:
             free = min(free, max_memory - torch.cuda.memory_allocated(device))
         return int(max(0, free) * SAFETY)
     if max_memory is not None:
+        map_large_allocations()
         return_freed_memory()
         return int(max(0, max_memory - resident_bytes()) * SAFETY)
     available = _meminfo("MemAvailable")
@@ -146,9 +165,17 @@ _META: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictio
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
+    """``model`` on the meta device, without the hooks its modules carry: a user's hook
+    observes real inputs (a meta tensor has no values to read), and tracing the memory is no
+    call of the model it should see."""
     copied = _META.get(model)
     if copied is None:
-        copied = _META[model] = copy.deepcopy(model).to("meta")
+        copied = copy.deepcopy(model).to("meta")
+        for module in copied.modules():
+            for hooks in (module._forward_pre_hooks, module._forward_hooks, module._backward_hooks,
+                          module._backward_pre_hooks):
+                hooks.clear()
+        _META[model] = copied
     return copied
 
 
