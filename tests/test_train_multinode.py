@@ -110,8 +110,9 @@ def launch(command: list[str], count: int, timeout: float = 300) -> list[tuple[i
     launchers = [subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env) for out, err in files]
     deadline = time.monotonic() + timeout
     try:
-        while any(launcher.poll() is None for launcher in launchers):
-            if any(launcher.returncode not in (None, 0) for launcher in launchers) or time.monotonic() > deadline:
+        while True:
+            codes = [launcher.poll() for launcher in launchers]  # every one, each time (not any()'s first)
+            if None not in codes or any(code not in (None, 0) for code in codes) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
     finally:
