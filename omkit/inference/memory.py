@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten
 
 # the share of a budget planned for tensors: the rest is left to the allocators'
 # fragmentation and the backends' scratch buffers, which the meta device does not see
-SAFETY = 0.7
+SAFETY = 0.8
 # slab sizes tried, in planes along D, largest first (each rounded to the backbone's divisor)
 SLAB_PLANES = (64, 32, 16, 8, 4)
 
