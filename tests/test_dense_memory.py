@@ -134,6 +134,15 @@ def test_the_slab_candidates_split_the_region():
     assert memory.choose_slab_planes(lambda p: 10**12, [None, 16, 8], None) == (None, True)
 
 
+def slab_sizes_used(monkeypatch) -> list:
+    """The ``planes`` of every ``FusionNet3D.slab_forward`` call from now on."""
+    used = []
+    real = FusionNet3D.slab_forward
+    monkeypatch.setattr(FusionNet3D, "slab_forward", lambda self, x, planes: used.append(planes)
+                        or real(self, x, planes))
+    return used
+
+
 @pytest.fixture(scope="module")
 def case():
     pre = preprocess_case(make_case((40, 40, 40), seed=0))
@@ -161,10 +170,7 @@ def test_a_budget_chooses_slabs_with_the_whole_regions_labels(case, monkeypatch)
     SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
     assert set(needs) == {None}  # the whole region fits: no slab is tried
     budget = needs[None] - 1
-    used = []
-    real_slab_forward = FusionNet3D.slab_forward
-    monkeypatch.setattr(FusionNet3D, "slab_forward", lambda self, x, planes: used.append(planes)
-                        or real_slab_forward(self, x, planes))
+    used = slab_sizes_used(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
@@ -237,10 +243,7 @@ def test_a_need_that_cannot_be_measured_keeps_the_whole_region_or_warns(case, mo
         raise NotImplementedError("no meta kernel for a plug-in op")
 
     monkeypatch.setattr(dense_module, "region_need", unmeasurable)
-    used = []
-    real_slab_forward = FusionNet3D.slab_forward
-    monkeypatch.setattr(FusionNet3D, "slab_forward", lambda self, x, planes: used.append(planes)
-                        or real_slab_forward(self, x, planes))
+    used = slab_sizes_used(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SegmentationPredictor([model], tiles=TILES, inference="dense").predict(image, mask, True)
