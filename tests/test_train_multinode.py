@@ -54,12 +54,13 @@ def rendezvous_flags(nodes: int, port: int) -> list[str]:
             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"omkit-{port}", "--rdzv-conf", "is_host=false"]
 
 
-# What the C++ runtime prints when a worker aborts on a joinable std::thread. Seen on a loaded
-# 2-core machine in 2 of about 25 runs of this file (5 launches each), in a process of the second
-# launcher about a second after the first DDP step; omkit starts no C++ thread, so the thread is
-# torch's (gloo's or DDP's). Two more runs timed out the same way before the output was kept. The
-# others then wait in gloo. A launch that ends so runs again once, from the state it started in,
-# with a warning; any other failure fails.
+# What the C++ runtime prints when a worker aborts as it exits. Seen on a loaded 2-core machine in
+# about 1 of 10 runs of the two-node test. A core dump shows the cause: at interpreter exit, gloo's
+# worker thread (ProcessGroupGloo::runLoop) destroys a finished all-gather whose tensors are Python
+# objects; taking the GIL during finalization ends that thread with a forced unwind through a
+# noexcept frame, so std::terminate. The run's outputs are written by then, but the launcher fails,
+# and the other launcher's ranks wait for it in gloo. A launch that ends so runs again once, from
+# the state it started in, with a warning; any other failure fails.
 TORCH_ABORT = "terminate called without an active exception"
 
 
