@@ -210,6 +210,11 @@ def dense_model_problem(models: Sequence[nn.Module]) -> str | None:
     return None
 
 
+def backbones(model: nn.Module) -> list[nn.Module]:
+    """The backbone of OM-Net, or of each network of the MC cascade."""
+    return [net.backbone for net in model.networks] if isinstance(model, MCNet) else [model.backbone]
+
+
 def min_divisor(model: nn.Module) -> int:
     """The spatial divisor the model's backbone(s) need (1 when they declare none)."""
     return math.lcm(*(int(getattr(b, "min_divisor", 1)) for b in backbones(model)))
@@ -322,10 +327,6 @@ class DenseMemoryWarning(UserWarning):
     anyway; the message says how much it needs and has."""
 
 
-def backbones(model: nn.Module) -> list[nn.Module]:
-    return [net.backbone for net in model.networks] if isinstance(model, MCNet) else [model.backbone]
-
-
 def plan_slabs(models: Sequence[nn.Module], region: Region, settings: DenseSettings, tiles, tasks: Sequence[int],
                divisor: int, device: torch.device, in_channels: int, flips: int = 1) -> int | None:
     """The backbones' slab planes for ``region`` within the memory budget
@@ -339,10 +340,14 @@ def plan_slabs(models: Sequence[nn.Module], region: Region, settings: DenseSetti
     geometry = window_geometry(region, tiles.size, tiles.keep)
     runs = len(models) * flips
 
+    needs: dict[int | None, int] = {}  # traced once per slab size: the warning reuses the plan's figure
+
     def need(planes: int | None) -> int:
-        return max(region_need(lambda x, p: member_logits(meta_copy(m), x, tasks, geometry, settings, divisor,
-                                                          batch=tiles.batch, planes=p),
-                               in_channels, region.shape, torch.float32, planes, runs) for m in models)
+        if planes not in needs:
+            needs[planes] = max(region_need(lambda x, p: member_logits(meta_copy(m), x, tasks, geometry, settings,
+                                                                       divisor, batch=tiles.batch, planes=p),
+                                            in_channels, region.shape, torch.float32, planes, runs) for m in models)
+        return needs[planes]
 
     try:
         planes, fits = choose_slab_planes(need, candidates, budget)

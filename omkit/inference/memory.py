@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_flatten
 # the share of a budget planned for tensors: the rest is left to the allocators'
 # fragmentation and the backends' scratch buffers, which the meta device does not see
 SAFETY = 0.8
-# slab sizes tried, in planes along D, largest first (each rounded to the backbone's divisor)
+# slab sizes tried, in planes along D, largest first (a backbone's slab_forward rounds them as its levels need)
 SLAB_PLANES = (64, 32, 16, 8, 4)
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
