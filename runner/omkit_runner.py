@@ -7,12 +7,13 @@ Needs numpy, scipy, scikit-learn, nibabel and onnxruntime only::
     omkit-runner -m cga.onnx -i BraTS2018/Brats18_CBICA_ABM_1 -o Brats18_CBICA_ABM_1.nii.gz
 
 Everything it needs besides the graph comes from the file's metadata (key ``omkit``):
-the input features, the tile geometry, the preprocessing, how the three tasks fuse, the
-post-processing steps with their options, mirroring, the label conventions. Its labels
-are those of ``omkit predict`` with the model's default settings (``--tta`` as
-``omkit predict --tta``) wherever predict runs tiles by default; for a model trained
-window-consistently, which predict runs dense, the metadata's ``inference`` says so and
-the runner says it in one line. The steps:
+the input features, the tile or dense geometry, the preprocessing, how the three tasks
+fuse, the post-processing steps with their options, mirroring, the label conventions. Its
+labels are those of ``omkit predict`` with the model's default settings (``--tta`` as
+``omkit predict --tta``): for a model trained window-consistently, which predict runs
+dense, ``omkit export`` writes the dense graph and the runner runs it as predict does; a
+file whose ``inference`` says otherwise (``omkit export --inference tiles`` of such a
+model) makes the runner say so in one line. The steps:
 
 1. read the four modalities (2018 names ``_flair/_t1/_t1ce/_t2`` or 2023 names
    ``-t2f/-t1n/-t1c/-t2w``, ``.nii`` or ``.nii.gz``) and put them in the network's
@@ -20,10 +21,12 @@ the runner says it in one line. The steps:
 2. brain mask (any modality non-zero), crop to its bounding box, z-score each
    modality inside the brain; for an ``mri+asymmetry`` model, each modality minus its
    mirror image across the crop along the left-right axis (from the affine);
-3. overlap tiles: only tiles whose kept centre touches the brain, in batches through
-   onnxruntime (with ``--tta``, every flip of each tile, the probabilities averaged);
-   softmax; each tile's kept centre reduced to labels (task 1: coarse tumor mask and
-   label; task 2 and 3: argmax) and stitched;
+3. a tile graph: overlap tiles, only tiles whose kept centre touches the brain, in batches
+   through onnxruntime (with ``--tta``, every flip of each tile, the probabilities
+   averaged); softmax; each tile's kept centre reduced to labels (task 1: coarse tumor
+   mask and label; task 2 and 3: argmax) and stitched. A dense graph: the region around
+   the brain's blocks (metadata ``dense``) in one call per flip, the probabilities
+   averaged, reduced to labels in the blocks that touch the brain;
 4. fusion: task 2 inside the coarse tumor mask dilated by ``roi_dilation`` voxels,
    task 3 inside the core it finds; background outside the brain;
 5. post-processing (unless ``--no-postprocess``): small tumor components removed, then
@@ -46,6 +49,8 @@ import numpy as np
 NAMINGS = {"2018": ("_", ("flair", "t1", "t1ce", "t2")), "2023": ("-", ("t2f", "t1n", "t1c", "t2w"))}
 T1C_CHANNEL = 2
 AXES = "DHW"
+# the newest omkit export metadata this runner reads (3: dense graphs)
+FORMAT_VERSION = 3
 
 
 def read_case(case_dir: Path):
@@ -161,6 +166,83 @@ def tile_probabilities(session, tiles: np.ndarray, flips, centre) -> list[np.nda
     return out
 
 
+def task_labels(probs: list[np.ndarray], fusion: dict) -> list[np.ndarray]:
+    """Per-voxel maps of probabilities ``(n, K, ...)`` per task: the coarse tumor mask and
+    task 1's label, then each further task's argmax."""
+    tumor, non_tumor = np.array(fusion["tumor_classes"]), np.array(fusion["non_tumor_classes"])
+    p1 = probs[0]
+    coarse = p1[:, tumor].sum(1) > fusion["coarse_tumor_threshold"]
+    label1 = np.where(coarse, tumor[p1[:, tumor].argmax(1)], non_tumor[p1[:, non_tumor].argmax(1)])
+    return [coarse, label1] + [p.argmax(1) for p in probs[1:]]
+
+
+def tile_maps(session, features: np.ndarray, mask: np.ndarray, tiles: dict, fusion: dict, flips,
+              batch: int, maps: np.ndarray) -> None:
+    """Fill ``maps`` (coarse, task-1 label, task-2 label, ...) over the crop tile by tile."""
+    size, keep, offset = tiles["size"], tiles["keep"], tiles["keep_offset"]
+    shape = features.shape[1:]
+    origins = tile_origins(shape, tiles, mask)
+    centre = tuple(slice(o, o + k) for o, k in zip(offset, keep))
+    for start in range(0, len(origins), batch):
+        chunk = origins[start:start + batch]
+        probs = tile_probabilities(session, np.stack([gather(features, o, size) for o in chunk]), flips, centre)
+        reduced = task_labels(probs, fusion)
+        for i, origin in enumerate(chunk):
+            dst, src = [], []
+            for o, off, k, n in zip(origin, offset, keep, shape):  # the kept centre, clipped to the crop
+                lo = o + off
+                a, b = max(lo, 0), min(lo + k, n)
+                dst.append(slice(a, b))
+                src.append(slice(a - lo, b - lo))
+            for m, values in enumerate(reduced):
+                maps[(m, *dst)] = values[(i, *src)]
+
+
+def dense_region(mask: np.ndarray, dense: dict):
+    """``(start, shape, kept)`` of the region a dense graph runs on (metadata ``dense.region``):
+    its first voxel in crop coordinates (negative before the crop), its sides, and the
+    voxels of the blocks that touch ``mask`` (bool, the region's shape)."""
+    window, block, offset, divisor = dense["window"], dense["block"], dense["offset"], dense["divisor"]
+    start, shape, blocks, first = [], [], [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        k0, k1 = int(hits[0]) // block[axis], int(hits[-1]) // block[axis]
+        n = k1 - k0 + 1
+        start.append(k0 * block[axis] - offset[axis])
+        shape.append(-(-((n - 1) * block[axis] + window[axis]) // divisor) * divisor)
+        blocks.append(n)
+        first.append(k0 * block[axis])
+    cells = np.zeros([n * b for n, b in zip(blocks, block)], dtype=bool)
+    src = tuple(slice(f, min(f + n * b, s)) for f, n, b, s in zip(first, blocks, block, mask.shape))
+    cells[tuple(slice(0, s.stop - s.start) for s in src)] = mask[src]
+    touched = cells.reshape(blocks[0], block[0], blocks[1], block[1], blocks[2], block[2]).any(axis=(1, 3, 5))
+    kept = np.zeros(shape, dtype=bool)
+    cube = touched
+    for axis in range(3):
+        cube = np.repeat(cube, block[axis], axis=axis)
+    kept[tuple(slice(o, o + n) for o, n in zip(offset, cube.shape))] = cube
+    return start, shape, kept
+
+
+def dense_maps(session, features: np.ndarray, mask: np.ndarray, dense: dict, fusion: dict, flips,
+               maps: np.ndarray) -> None:
+    """Fill ``maps`` over the crop from one dense graph call per flip over the brain's region."""
+    start, shape, kept = dense_region(mask, dense)
+    region = gather(features, start, shape)[None]
+    inputs = [i.name for i in session.get_inputs()]
+    total = None
+    for flip in flips:
+        flags = np.array([1 if a in flip else 0 for a in range(3)], dtype=np.int64)
+        logits = session.run(None, {inputs[0]: region, inputs[1]: flags})
+        probs = [softmax(lg.astype(np.float32)) for lg in logits]
+        total = probs if total is None else [t + p for t, p in zip(total, probs)]
+    probs = [t / len(flips) for t in total] if len(flips) > 1 else total
+    dst = tuple(slice(max(0, s), min(n, s + r)) for s, r, n in zip(start, shape, mask.shape))
+    src = tuple(slice(d.start - s, d.stop - s) for d, s in zip(dst, start))
+    for m, values in enumerate(task_labels(probs, fusion)):
+        maps[(m, *dst)] = np.where(kept, values[0], 0)[src]
+
+
 def dilate_ball(mask: np.ndarray, radius: float) -> np.ndarray:
     from scipy.ndimage import distance_transform_edt
 
@@ -238,10 +320,7 @@ def segment(session, metadata: dict, image_xyz: np.ndarray, label_convention: st
     """The label map ``(X, Y, Z)`` uint8 of an image ``(4, X, Y, Z)`` (FLAIR, T1, T1c, T2);
     ``affine``: the NIfTI affine (the left-right axis of an asymmetry model; default identity)."""
     tiles, fusion = metadata["tiles"], metadata["fusion"]
-    size, keep, offset = tiles["size"], tiles["keep"], tiles["keep_offset"]
-    batch = batch or tiles["batch"]
     classes = fusion["classes"]
-    tumor, non_tumor = np.array(fusion["tumor_classes"]), np.array(fusion["non_tumor_classes"])
     num_tasks = len(metadata["outputs"])
     steps = check_steps(metadata) if postprocess else []
     flips = mirror_flips(tta)
@@ -250,27 +329,12 @@ def segment(session, metadata: dict, image_xyz: np.ndarray, label_convention: st
     brain, box, crop, mask = preprocess(image)
     axis = left_right_axis(np.eye(4) if affine is None else affine)
     features = network_input(crop, metadata["input"].get("features", "mri"), axis)
-    shape = crop.shape[1:]
-    # per task, stitched uint8 maps: coarse tumor, task-1 label, task-2 label, task-3 label
-    maps = np.zeros((1 + num_tasks, *shape), dtype=np.uint8)
-    origins = tile_origins(shape, tiles, mask)
-    centre = tuple(slice(o, o + k) for o, k in zip(offset, keep))
-    for start in range(0, len(origins), batch):
-        chunk = origins[start:start + batch]
-        probs = tile_probabilities(session, np.stack([gather(features, o, size) for o in chunk]), flips, centre)
-        p1 = probs[0]
-        coarse = p1[:, tumor].sum(1) > fusion["coarse_tumor_threshold"]
-        label1 = np.where(coarse, tumor[p1[:, tumor].argmax(1)], non_tumor[p1[:, non_tumor].argmax(1)])
-        reduced = [coarse, label1] + [p.argmax(1) for p in probs[1:]]
-        for i, origin in enumerate(chunk):
-            dst, src = [], []
-            for o, off, k, n in zip(origin, offset, keep, shape):  # the kept centre, clipped to the crop
-                lo = o + off
-                a, b = max(lo, 0), min(lo + k, n)
-                dst.append(slice(a, b))
-                src.append(slice(a - lo, b - lo))
-            for m, values in enumerate(reduced):
-                maps[(m, *dst)] = values[(i, *src)]
+    # per task, uint8 maps over the crop: coarse tumor, task-1 label, task-2 label, task-3 label
+    maps = np.zeros((1 + num_tasks, *crop.shape[1:]), dtype=np.uint8)
+    if metadata.get("inference", {}).get("runner") == "dense":
+        dense_maps(session, features, mask, metadata["dense"], fusion, flips, maps)
+    else:
+        tile_maps(session, features, mask, tiles, fusion, flips, batch or tiles["batch"], maps)
 
     coarse, labels = maps[0].astype(bool), maps[1].copy()
     roi = dilate_ball(coarse, fusion["roi_dilation"]) & mask
@@ -315,6 +379,9 @@ def main(argv=None) -> int:
 
     session = ort.InferenceSession(args.model, providers=ort.get_available_providers())
     metadata = json.loads(session.get_modelmeta().custom_metadata_map["omkit"])
+    if metadata.get("format_version", 1) > FORMAT_VERSION:
+        raise SystemExit(f"{args.model}: omkit export format_version {metadata['format_version']} is newer than this "
+                         f"runner reads ({FORMAT_VERSION}); install the runner of the omkit that wrote it")
     inference = metadata.get("inference", {})
     if not inference.get("same_as_predict_default", True):
         print(f"omkit-runner: {args.model}: tiles; omkit predict runs this model {inference['predict_default']} "

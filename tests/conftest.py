@@ -3,6 +3,8 @@ $OMKIT_SAMPLE_DATA); tests that need them skip with a reason when absent."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,15 @@ def plugin_fixture(name: str, scope: str = "module", **kinds: dict):
         omkit.setup_plugins()
 
     return registered
+
+
+RUNNER = REPO / "runner" / "omkit_runner.py"
+
+
+def run_runner(*args) -> subprocess.CompletedProcess:
+    """runner/omkit_runner.py (the exported model's runner) in a fresh interpreter where
+    `import omkit` fails."""
+    block = "import sys; sys.modules['omkit'] = None; sys.argv = sys.argv[1:]; import runpy; " \
+            f"runpy.run_path({str(RUNNER)!r}, run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", block, str(RUNNER), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))

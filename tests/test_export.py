@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -22,7 +21,7 @@ from omkit.data import find_cases, load_case, preprocess_case
 from omkit.data.synthetic import make_dataset
 from omkit.export import prepare_export, read_metadata
 
-from conftest import REPO, SAMPLE_DATA, TINY_PATCH, TINY_WIDTH
+from conftest import SAMPLE_DATA, TINY_PATCH, TINY_WIDTH, run_runner
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -171,17 +170,6 @@ def test_metadata_travel_with_the_files(exported):
         assert json.loads(extra["omkit.json"]) == pt2_meta
 
 
-RUNNER = REPO / "runner" / "omkit_runner.py"
-
-
-def run_runner(*args) -> subprocess.CompletedProcess:
-    """runner/omkit_runner.py in a fresh interpreter where `import omkit` fails."""
-    block = "import sys; sys.modules['omkit'] = None; sys.argv = sys.argv[1:]; import runpy; " \
-            f"runpy.run_path({str(RUNNER)!r}, run_name='__main__')"
-    return subprocess.run([sys.executable, "-c", block, str(RUNNER), *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
 def test_onnx_runner_segments_like_omkit_predict(exported, tmp_path):
     """The runner (numpy, scipy, scikit-learn, nibabel, onnxruntime; omkit blocked) writes the
     label map `omkit predict` writes with the same tiles and no post-processing."""
@@ -256,5 +244,6 @@ def test_export_metadata_versions(tmp_path):
         meta = read_metadata(target)
         assert meta["model_options"] == {"attention": "cga"} and "model_kw" not in meta
     sidecar_path(target).write_text(json.dumps({"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION + 1}))
-    with pytest.raises(ValueError, match=r"model\.json: omkit export format_version 3 is not one this omkit reads"):
+    with pytest.raises(ValueError, match=rf"model\.json: omkit export format_version {EXPORT_FORMAT_VERSION + 1} is "
+                                         "not one this omkit reads"):
         read_metadata(target)

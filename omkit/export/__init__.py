@@ -1,22 +1,26 @@
-"""Export a trained model for deployment without omkit: the network that maps one
-batch of tiles to the three tasks' logits, as ONNX or as a ``torch.export``
-program (``.pt2``).
+"""Export a trained model for deployment without omkit, as ONNX or as a ``torch.export``
+program (``.pt2``): the graph that gives ``omkit predict``'s default labels.
 
-* The graph: ``tiles`` float32 ``(batch, 4, D, H, W)`` (FLAIR, T1, T1c, T2;
-  z-scored inside the brain; D the axial axis = NIfTI Z, H = X, W = Y) ->
-  ``task1`` ``(batch, 5, D, H, W)``, ``task2`` ``(batch, 5, D, H, W)``,
-  ``task3`` ``(batch, 2, D, H, W)`` logits (MC1 / MC2 models: their tasks
-  only). The batch axis is dynamic, the tile size fixed (``tile_size``; CGA and
-  SE heads pool over the whole tile, so keep the training patch size). An MC
-  model's graph runs its networks side by side on every tile; the runner's
-  fusion then gives what the cascade gives (each voxel's labels come from the
-  same tile either way).
+* A model trained window-consistently (``--train-mode windows``; predict runs it dense):
+  the dense graph (:mod:`.dense`), ``region`` float32 ``(1, C, D, H, W)`` (the sides
+  dynamic, multiples of the backbone's divisor) and ``flip`` int64 ``(3,)`` -> each
+  task's logits ``(1, K, D, H, W)`` over the region, in its frame. ``--inference
+  tiles`` writes such a model's tiles instead.
+* The others: the network that maps one batch of tiles ``tiles`` float32 ``(batch, C, D,
+  H, W)`` (FLAIR, T1, T1c, T2, then any further input features; z-scored inside the
+  brain; D the axial axis = NIfTI Z, H = X, W = Y) -> ``task1`` ``(batch, 5, D, H, W)``,
+  ``task2`` ``(batch, 5, D, H, W)``, ``task3`` ``(batch, 2, D, H, W)`` logits (MC1 / MC2
+  models: their tasks only). The batch axis is dynamic, the tile size fixed
+  (``tile_size``; CGA and SE heads pool over the whole tile, so keep the training patch
+  size). An MC model's graph runs its networks side by side on every tile; the runner's
+  fusion then gives what the cascade gives (each voxel's labels come from the same tile
+  either way).
 * omkit's ops are lowered to standard operators: the model is traced under
   ``omkit.ops.use_backend("reference")`` (the pure-PyTorch formulas), and the
   result is checked to hold no ``omkit`` op, so the file runs with onnxruntime or
   plain PyTorch alone.
-* Metadata (:func:`export_metadata`, :mod:`.metadata`: preset, input features, tile
-  geometry, label conventions, preprocessing, fusion constants, post-processing,
+* Metadata (:func:`export_metadata`, :mod:`.metadata`: preset, input features, tile or
+  dense geometry, label conventions, preprocessing, fusion constants, post-processing,
   mirroring) travel with the file: ONNX metadata props
   (key ``omkit``, a JSON document), and for a ``.pt2`` a JSON file beside it
   (``FILE.json``) and the same document inside it (``extra_files["omkit.json"]``).
@@ -44,14 +48,17 @@ from omkit.deprecation import renamed_keywords
 from omkit.fileio import atomic_path, atomic_write_text
 from omkit.protocol import PATCH_DIVISOR, ROI_DILATION
 
-from .metadata import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, INPUT_NAME, export_metadata, inference_record
+from .metadata import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, FLIP_NAME, INPUT_NAME, REGION_NAME, export_metadata,
+                       inference_record)
 from .metadata import postprocessing_steps
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 METADATA_KEY = "omkit"  # ONNX metadata prop / the .pt2's extra file omkit.json
-# the largest batch the exported programs are specialised for (torch.export needs a bound)
+# the largest batch and region side the exported programs are specialised for (torch.export needs bounds)
 MAX_BATCH = 65536
+MAX_REGION = 4096
+DENSE_AXES = ("D", "H", "W")  # the names of a dense graph's dynamic axes
 
 
 @contextlib.contextmanager
@@ -102,6 +109,14 @@ def _check_tiles(tile_size, keep, stride):
     return tile_size, keep, stride
 
 
+def _check_lowered(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    foreign = sorted({str(node.target) for node in program.graph.nodes
+                      if node.op == "call_function" and "omkit" in str(node.target)})
+    if foreign:
+        raise RuntimeError(f"the exported program still calls omkit ops: {', '.join(foreign)}")
+    return program
+
+
 def export_program(model: nn.Module, tile_size: Sequence[int], in_channels: int = 4) -> torch.export.ExportedProgram:
     """``torch.export`` of :class:`TileNetwork` (``model`` on the CPU, eval mode) with the
     batch axis dynamic and omkit's ops lowered to their PyTorch references."""
@@ -112,11 +127,28 @@ def export_program(model: nn.Module, tile_size: Sequence[int], in_channels: int 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with ops.use_backend("reference"), torch.no_grad(), _quiet_exporter():
         program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},), strict=False)
-    foreign = sorted({str(node.target) for node in program.graph.nodes
-                      if node.op == "call_function" and "omkit" in str(node.target)})
-    if foreign:
-        raise RuntimeError(f"the exported program still calls omkit ops: {', '.join(foreign)}")
-    return program
+    return _check_lowered(program)
+
+
+def export_dense_program(model: nn.Module, tile_size: Sequence[int], tile_keep: Sequence[int], in_channels: int = 4,
+                         divisor: int = 1) -> torch.export.ExportedProgram:
+    """``torch.export`` of :class:`~omkit.export.dense.DenseNetwork` (OM-Net ``model`` on the
+    CPU, eval mode): the region's sides dynamic (multiples of ``divisor``, at least a window,
+    at most :data:`MAX_REGION`), the flip an input, omkit's ops lowered to their references."""
+    from omkit import ops
+
+    from .dense import DenseNetwork
+
+    network = DenseNetwork(model, tile_size, tile_keep).eval()
+    # distinct sides a few blocks long: the trace must not take two sides or a side and a window for equal
+    sides = [-(-(w + (3 + a) * k + a) // divisor) * divisor for a, (w, k) in enumerate(zip(tile_size, tile_keep))]
+    example = (torch.zeros(1, in_channels, *sides), torch.zeros(3, dtype=torch.long))
+    dims = [torch.export.Dim(name, min=-(-w // divisor), max=MAX_REGION // divisor)
+            for name, w in zip(DENSE_AXES, tile_size)]
+    spatial = {2 + a: dim if divisor == 1 else divisor * dim for a, dim in enumerate(dims)}
+    with ops.use_backend("reference"), torch.no_grad(), _quiet_exporter():
+        program = torch.export.export(network, example, dynamic_shapes=(spatial, None), strict=False)
+    return _check_lowered(program)
 
 
 def _onnx_modules():
@@ -132,21 +164,23 @@ def _onnx_modules():
     return onnx
 
 
-def save_onnx(program: torch.export.ExportedProgram, output_names: Sequence[str], target: str | os.PathLike,
-              metadata: dict, force: bool = False) -> Path:
-    """Translate ``program`` to ONNX (torch's exporter, optimised graph), name the batch
-    axis ``batch``, attach ``metadata`` and write ``target`` atomically."""
+def save_onnx(program: torch.export.ExportedProgram, input_names: Sequence[str], output_names: Sequence[str],
+              target: str | os.PathLike, metadata: dict, axis_names: dict[int, str], force: bool = False) -> Path:
+    """Translate ``program`` to ONNX (torch's exporter, optimised graph), name the dynamic
+    axes of its first input (``axis_names``: axis -> name, wherever that size appears),
+    attach ``metadata`` and write ``target`` atomically."""
     onnx = _onnx_modules()
     with _quiet_exporter():
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME],
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=list(input_names),
                                          output_names=list(output_names), optimize=True, verbose=False)
     proto = onnx_program.model_proto
-    batch_symbol = str(next(n for n in program.graph.nodes if n.op == "placeholder"
-                            and n.name == program.graph_signature.user_inputs[0]).meta["val"].shape[0])
+    first = next(n for n in program.graph.nodes if n.op == "placeholder"
+                 and n.name == program.graph_signature.user_inputs[0]).meta["val"]
+    renamed = {str(first.shape[axis]): name for axis, name in axis_names.items()}
     for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == batch_symbol:
-                dim.dim_param = "batch"
+            if dim.dim_param in renamed:
+                dim.dim_param = renamed[dim.dim_param]
     foreign = sorted({node.domain for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
     if foreign:
         raise RuntimeError(f"the ONNX graph uses operators outside the standard domain: {', '.join(foreign)}")
@@ -195,71 +229,106 @@ def format_of(target: str | os.PathLike, export_format: str | None = None) -> st
 @dataclass
 class PreparedExport:
     """A traced model ready to be written in either format: the ``program``
-    (:func:`export_program`), its ``metadata`` (:func:`export_metadata`) and the names of
-    its outputs. :meth:`save` writes it; tracing once serves both formats."""
+    (:func:`export_program` or :func:`export_dense_program`), its ``metadata``
+    (:func:`export_metadata`) and the names of its inputs and outputs. :meth:`save` writes
+    it; tracing once serves both formats."""
 
     program: torch.export.ExportedProgram
     metadata: dict
     output_names: list[str]
+    input_names: tuple[str, ...] = (INPUT_NAME,)
+
+    @property
+    def dense(self) -> bool:
+        return self.metadata["inference"]["runner"] == "dense"
 
     def save(self, target: str | os.PathLike, export_format: str | None = None, force: bool = False) -> dict:
         """Write ``target`` as ``export_format`` (default: from the suffix); returns its metadata."""
         export_format = format_of(target, export_format)
         metadata = {**self.metadata, "export_format": export_format}
         if export_format == "onnx":
-            save_onnx(self.program, self.output_names, target, metadata, force=force)
+            axis_names = {2 + a: name for a, name in enumerate(DENSE_AXES)} if self.dense else {0: "batch"}
+            save_onnx(self.program, self.input_names, self.output_names, target, metadata, axis_names, force=force)
         else:
             save_torch_export(self.program, target, metadata, force=force)
         return metadata
 
 
+INFERENCE_CHOICES = ("auto", "tiles", "dense")
+
+
 @renamed_keywords(model_path="model", keep="tile_keep", stride="tile_stride", batch="tile_batch")
 def prepare_export(model: str | os.PathLike, tile_size: Sequence[int] | None = None,
                    tile_keep: Sequence[int] | None = None, tile_stride: Sequence[int] | None = None,
-                   tile_batch: int = 16, roi_dilation: float = ROI_DILATION) -> PreparedExport:
-    """Load the model file ``model`` (``omkit.checkpoint``) and trace its tile network.
-    The tile size and keep default to the tiles ``omkit predict`` runs for the model by
-    default (its card's recommended tiles; a given size alone keeps in proportion);
-    ``tile_keep``, ``tile_stride``, ``tile_batch`` and ``roi_dilation`` are the runner's
-    defaults, and the default post-processing steps with their options are recorded in
-    the metadata, so that the runner gives ``omkit predict``'s default labels (for a
-    window-trained model, which predict runs dense, the metadata say that the runner's
-    tiles differ)."""
+                   tile_batch: int = 16, roi_dilation: float = ROI_DILATION, inference: str = "auto") -> PreparedExport:
+    """Load the model file ``model`` (``omkit.checkpoint``) and trace the graph that gives
+    ``omkit predict``'s default labels: for a model predict runs dense by default (trained
+    window-consistently), the dense graph (:func:`export_dense_program`, the region and its
+    flip in, the logits over the region out); for the others, and with ``inference="tiles"``,
+    the tile network. The tile size and keep default to the tiles (or windows and blocks)
+    ``omkit predict`` runs for the model by default (a given size alone keeps in
+    proportion); ``tile_keep``, ``tile_stride``, ``tile_batch`` and ``roi_dilation`` are the
+    runner's defaults, and the default post-processing steps with their options are recorded
+    in the metadata. ``inference="dense"`` insists on the dense graph (a one-line error
+    where the model cannot have one)."""
     from omkit.checkpoint import load_model
     from omkit.inference import SegmentationPredictor
+    from omkit.inference.dense import min_divisor
     from omkit.inference.postprocess import build_postprocessors
     from omkit.inference.settings import TileSettings
     from omkit.models.omnet import MCNet
 
+    from .dense import dense_export_problem
+
+    if inference not in INFERENCE_CHOICES:
+        raise ValueError(f"export inference must be one of {', '.join(INFERENCE_CHOICES)}, got {inference!r}")
     network_model, card = load_model(model, map_location="cpu")
     if int(getattr(network_model, "spatial_dims", 3)) != 3:
         raise ValueError(f"{model}: only 3-D models export to tiles (this one has spatial_dims=2)")
-    # what `omkit predict` runs by default: the predictor's own choice (mode, and its tiles when it runs tiles)
+    # what `omkit predict` runs (by default, or with --inference as asked): the predictor's own choice
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the predictor says why it falls back to tiles; the metadata record it
         default = SegmentationPredictor([network_model], device="cpu")
+        chosen = default if inference == "auto" else SegmentationPredictor([network_model], device="cpu",
+                                                                           inference=inference)
+    problem = dense_export_problem(network_model)
+    dense, note = chosen.inference == "dense", chosen.inference_note
+    if dense and problem is not None:
+        if inference == "dense":
+            raise ValueError(f"{model}: dense export cannot express this model: {problem}")
+        dense, note = False, f"{note}; the file holds tiles: dense export cannot express this model: {problem}"
     if tile_size is None or tile_keep is None:
-        recommended = (default.tiles.size, default.tiles.keep) if default.inference == "tiles" else card.tiles_for("auto")
+        recommended = (chosen.tiles.size, chosen.tiles.keep) if dense or chosen.inference == "tiles" \
+            else card.tiles_for("auto")
         tiles = TileSettings(size=tile_size, keep=tile_keep).with_defaults(*recommended)
         tile_size, tile_keep = tiles.size, tiles.keep
     tile_size, tile_keep, tile_stride = _check_tiles(tuple(tile_size), tile_keep, tile_stride)
-    network = TileNetwork(network_model)
+    if dense and tuple(tile_stride) != tuple(tile_keep):
+        raise ValueError(f"the dense graph needs the tile stride equal to the kept centre, got stride "
+                         f"{list(tile_stride)} and keep {list(tile_keep)}")
+    channels = input_channels(card.input_features)
+    divisor = min_divisor(network_model)
     metadata = export_metadata(card, tile_size, tile_keep, tile_stride, tile_batch=tile_batch,
-                               roi_dilation=roi_dilation, num_tasks=network.num_tasks,
+                               roi_dilation=roi_dilation, num_tasks=int(getattr(network_model, "num_tasks", 3)),
                                architecture="cascade" if isinstance(network_model, MCNet) else "onepass",
                                postprocessing=postprocessing_steps(build_postprocessors()),
-                               inference=inference_record(default.inference, default.inference_note))
-    program = export_program(network_model, tile_size, input_channels(card.input_features))
-    return PreparedExport(program, metadata, network.output_names)
+                               inference=inference_record(default.inference, note, "dense" if dense else "tiles"),
+                               divisor=divisor)
+    if dense:
+        program = export_dense_program(network_model, tile_size, tile_keep, channels, divisor)
+        return PreparedExport(program, metadata, TileNetwork(network_model).output_names, (REGION_NAME, FLIP_NAME))
+    program = export_program(network_model, tile_size, channels)
+    return PreparedExport(program, metadata, TileNetwork(network_model).output_names)
 
 
 @renamed_keywords(model_path="model", keep="tile_keep", stride="tile_stride", batch="tile_batch")
 def export_model(model: str | os.PathLike, target: str | os.PathLike, export_format: str | None = None,
                  tile_size: Sequence[int] | None = None, tile_keep: Sequence[int] | None = None,
                  tile_stride: Sequence[int] | None = None, tile_batch: int = 16, roi_dilation: float = ROI_DILATION,
-                 force: bool = False) -> dict:
+                 force: bool = False, inference: str = "auto") -> dict:
     """Export the model file ``model`` to ``target`` as ``export_format`` (``onnx`` or
-    ``torch-export``; default from the suffix): :func:`prepare_export`, then
+    ``torch-export``; default from the suffix): :func:`prepare_export` (``inference``: the
+    graph, as there), then
     :meth:`PreparedExport.save`. Returns the metadata."""
     export_format = format_of(target, export_format)
     if export_format == "onnx":
@@ -269,7 +338,7 @@ def export_model(model: str | os.PathLike, target: str | os.PathLike, export_for
 
         raise OutputExistsError(None, None, str(target))
     prepared = prepare_export(model, tile_size, tile_keep, tile_stride, tile_batch=tile_batch,
-                              roi_dilation=roi_dilation)
+                              roi_dilation=roi_dilation, inference=inference)
     return prepared.save(target, export_format, force=force)
 
 

@@ -19,9 +19,12 @@ from omkit.protocol import COARSE_TUMOR_THRESHOLD, ROI_DILATION
 
 EXPORT_FORMAT = "omkit-export"
 # 2: the architecture's options under "model_options" (the model card's name; 1 wrote "model_kw"),
-# the post-processing steps, mirroring and the inference mode recorded
-EXPORT_FORMAT_VERSION = 2
+# the post-processing steps, mirroring and the inference mode recorded; 3: dense graphs (the
+# "dense" section, inference.runner "dense")
+EXPORT_FORMAT_VERSION = 3
 INPUT_NAME = "tiles"
+# the dense graph's inputs (omkit.export.dense)
+REGION_NAME, FLIP_NAME = "region", "flip"
 
 
 def _omkit_version() -> str | None:
@@ -41,22 +44,47 @@ def postprocessing_steps(steps: Sequence[tuple[str, object]]) -> list[dict]:
             for name, step in steps]
 
 
-def inference_record(predict_default: str, note: str) -> dict:
-    """What the file's tiles stand for: ``omkit predict``'s default mode for the model
-    (``tiles``, or ``dense`` for a window-trained model), and whether the runner, which runs
-    the exported tiles, gives the same labels."""
-    return {"runner": "tiles", "predict_default": predict_default, "same_as_predict_default": predict_default == "tiles",
-            "note": note}
+def inference_record(predict_default: str, note: str, runner: str = "tiles") -> dict:
+    """What the file's graph stands for: how the runner runs it (``runner``: ``tiles``, or
+    ``dense`` for the dense graph), ``omkit predict``'s default mode for the model
+    (``tiles``, or ``dense`` for a window-trained model), and whether the two give the
+    same labels; ``note`` says why where they differ."""
+    return {"runner": runner, "predict_default": predict_default,
+            "same_as_predict_default": predict_default == runner, "note": note}
+
+
+def _dense_section(channels: int, tile_size: Sequence[int], tile_keep: Sequence[int], divisor: int) -> dict:
+    return {
+        "inputs": {REGION_NAME: [1, channels, "D", "H", "W"], FLIP_NAME: [3]},
+        "window": [int(s) for s in tile_size],
+        "block": [int(k) for k in tile_keep],
+        "offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, tile_keep)],
+        "divisor": int(divisor),
+        "region": "per axis of the crop: the blocks (block voxels each, from the crop's first voxel on) that "
+                  "touch the brain, k0 to k1; the region starts offset voxels before block k0's start and spans "
+                  "(k1 - k0) * block + window voxels, rounded up to a multiple of divisor; it reads zero outside "
+                  "the crop",
+        "flip": "int64 (3,): 1 flips the region along D, H, W before the network (test-time mirroring); the "
+                "logits come back in the region's frame",
+        "outputs": "each task's logits (1, K, D, H, W) over the region; a voxel's prediction is kept only in "
+                   "the blocks that touch the brain",
+    }
 
 
 @renamed_keywords(keep="tile_keep", stride="tile_stride", batch="tile_batch")
 def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequence[int],
                     tile_stride: Sequence[int] | None = None, tile_batch: int = 16, roi_dilation: float = ROI_DILATION,
                     num_tasks: int = 3, architecture: str = "onepass", export_format: str | None = None,
-                    postprocessing: Sequence[dict] = (), inference: dict | None = None) -> dict:
+                    postprocessing: Sequence[dict] = (), inference: dict | None = None, divisor: int = 1) -> dict:
     """Everything a runner needs besides the graph: what the input is, how to preprocess,
-    where the tiles go, how the tasks fuse into labels, the post-processing steps
-    (:func:`postprocessing_steps`), mirroring, and how labels are written."""
+    where the tiles go (or, for a dense graph (``inference["runner"] == "dense"``), the
+    region and its blocks, ``divisor`` the backbone's), how the tasks fuse into labels, the
+    post-processing steps (:func:`postprocessing_steps`), mirroring, and how labels are
+    written."""
+    inference = dict(inference) if inference is not None else inference_record("tiles", "")
+    dense = inference["runner"] == "dense"
+    channels = input_channels(card.input_features)
+    spatial = ["D", "H", "W"] if dense else [int(s) for s in tile_size]
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -68,8 +96,8 @@ def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequen
         "model_options": card.model_options,
         "architecture": architecture,  # "onepass" (OM-Net) or "cascade" (MC)
         "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", input_channels(card.input_features), *[int(s) for s in tile_size]],
+            "name": REGION_NAME if dense else INPUT_NAME,
+            "shape": [1 if dense else "batch", channels, *spatial],
             "dtype": "float32",
             "modalities": ["flair", "t1", "t1c", "t2"],
             # omkit.data.features: "mri" = the four modalities; "mri+asymmetry" = those, then each minus its
@@ -80,8 +108,9 @@ def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequen
             "left_right_axis": "the NIfTI voxel axis a maximising |affine[0, a]| / ||affine[:3, a]|| "
                                "(ties: the first), as (D, H, W): NIfTI 0 -> H, 1 -> W, 2 -> D",
         },
-        "outputs": {f"task{t + 1}": ["batch", NUM_CLASSES_TASK[t], *[int(s) for s in tile_size]]
+        "outputs": {f"task{t + 1}": [1 if dense else "batch", NUM_CLASSES_TASK[t], *spatial]
                     for t in range(num_tasks)},
+        "dense": _dense_section(channels, tile_size, tile_keep, divisor) if dense else None,
         "preprocessing": {
             **card.preprocessing,
             "brain_mask": "voxels where any modality is non-zero",
@@ -119,9 +148,10 @@ def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequen
             "default": "none",
             "all": "every flip of the tile along D, H and W (8, the identity first), through the network as one "
                    "batch; each flip's logits flipped back, softmax, the probabilities averaged over the flips "
-                   "before the kept centre is reduced to labels",
+                   "before the kept centre is reduced to labels (a dense graph: one call per flip, its flip "
+                   "input set, the logits already in the region's frame)",
         },
-        "inference": dict(inference) if inference is not None else inference_record("tiles", ""),
+        "inference": inference,
         "label_convention": card.label_convention,
         "label_conventions": {name: {"ncr_net": c.ncr_net, "edema": c.edema, "enhancing": c.enhancing}
                               for name, c in CONVENTIONS.items()},
