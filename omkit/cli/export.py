@@ -35,7 +35,7 @@ def add_arguments(parser):
     parser.add_argument("--inference", choices=INFERENCE_CHOICES, default="auto",
                         help="the graph: dense (the region, as omkit predict --inference dense runs it; OM-Net with "
                              "plain, SE or CGA heads), tiles (a batch of tiles), auto: what omkit predict runs by "
-                             "default (dense for models trained with --train-mode windows; default auto)")
+                             "default: dense for models trained with --train-mode windows (default auto)")
     add_tile_arguments(parser)
 
 

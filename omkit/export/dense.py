@@ -125,26 +125,32 @@ def _uncells(cells: Tensor, shape: Sequence[int], start: Sequence[int]) -> Tenso
     return F.pad(x, [start[2], 0, start[1], 0, start[0], 0])
 
 
+def _affine(m: Tensor | None, c: Tensor | None, x: Tensor) -> Tensor:
+    """``m x + c`` for per-block ``m`` (..., K, C) and voxels ``x`` (..., C, V), a term
+    of a block map (``m``, the shared bias ``c`` (K,) or both may be None)."""
+    out = torch.matmul(m.to(x.dtype), x) if m is not None else torch.zeros((), dtype=x.dtype)
+    return out + c.to(x.dtype)[:, None] if c is not None else out
+
+
+def _map_scores(maps: Sequence[Tensor | None], x: Tensor, guidance: Tensor | None) -> Tensor:
+    """``S = m0 x + c0 + Pt (m1 x + c1)`` over voxels ``x`` (..., C, V), guidance (..., 1, V)."""
+    m0, c0, m1, c1 = maps
+    scores = _affine(m0, c0, x)
+    if m1 is not None or c1 is not None:
+        scores = scores + guidance * _affine(m1, c1, x)
+    return scores
+
+
 def apply_maps(features: Tensor, maps: Sequence[Tensor | None], guidance: Tensor | None, block: Sequence[int],
                offset: Sequence[int]) -> Tensor:
     """``S = m0 F + c0 + Pt (m1 F + c1)`` with each block's ``m0``, ``m1`` ``(B, nD, nH,
-    nW, K, C)`` (:func:`windows_per_axis` blocks), ``(B, K, D, H, W)``, zero
-    before the first block: ``omkit.ops.block_linear`` in reshapes and matrix products."""
-    m0, c0, m1, c1 = maps
-    shape = features.shape[2:]
-    cells = _cells(features, block, offset, (0, 0, 0))  # (B, nD, nH, nW, C, bD, bH, bW)
-    flat = cells.flatten(5)  # (B, nD, nH, nW, C, V)
-
-    def affine(m, c):
-        out = torch.matmul(m.to(flat.dtype), flat) if m is not None else 0
-        return out + c.to(flat.dtype)[:, None] if c is not None else out
-
-    scores = affine(m0, c0)
-    if m1 is not None or c1 is not None:
-        pt = _cells(guidance, block, offset, (0, 0, 0)).flatten(5)  # (B, nD, nH, nW, 1, V)
-        scores = scores + pt * affine(m1, c1)
-    scores = scores.reshape(*scores.shape[:5], *block)
-    return _uncells(scores, shape, offset)
+    nW, K, C)`` (:func:`windows_per_axis` blocks), ``(B, K, D, H, W)``, zero before the
+    first block: ``omkit.ops.block_linear`` in reshapes and matrix products."""
+    flat = _cells(features, block, offset, (0, 0, 0)).flatten(5)  # (B, nD, nH, nW, C, V)
+    guided = guidance is not None and (maps[2] is not None or maps[3] is not None)
+    pt = _cells(guidance, block, offset, (0, 0, 0)).flatten(5) if guided else None  # (B, nD, nH, nW, 1, V)
+    scores = _map_scores(maps, flat, pt)
+    return _uncells(scores.reshape(*scores.shape[:5], *block), features.shape[2:], offset)
 
 
 def guided_sums(head: nn.Module, features: Tensor, source_task: int, source_guidance: Tensor, source_maps: tuple,
@@ -170,10 +176,7 @@ def guided_sums(head: nn.Module, features: Tensor, source_task: int, source_guid
                *(slice(0, p) for p in part))
         f = f_cells[cut].reshape(-1, c, *part)  # (B * windows, C, *part): block t's shifted cells
         g = g_cells[cut].reshape(-1, 1, *part)
-        scores = torch.einsum("tkc,tcv->tkv", maps[0], f.flatten(2)) + c0[:, None]
-        if maps[1] is not None or c1 is not None:
-            guided = c1[:, None] if maps[1] is None else torch.einsum("tkc,tcv->tkv", maps[1], f.flatten(2)) + c1[:, None]
-            scores = scores + g.flatten(2) * guided
+        scores = _map_scores((maps[0], c0, maps[1], c1), f.flatten(2), g.flatten(2))
         pt = positive_probability(source_task, scores.reshape(-1, scores.shape[1], *part))
         sums = [t.flatten(2).sum(-1) for t in head.pooled_terms(f, pt)]
         totals = sums if totals is None else [a + s for a, s in zip(totals, sums)]
