@@ -582,6 +582,39 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(tmp_path,
     assert again.returncode == 0, again.stderr
 
 
+def test_the_other_ranks_of_a_resumed_run_leave_the_lock_to_rank_0(tmp_path, tiny_run, case_dirs, monkeypatch):
+    """Was: `torchrun ... omkit train --resume` on a loaded machine: a rank that started late checked the
+    run folder's lock after its own rank 0 had taken it, and exited 2 ("in use by another omkit process")."""
+    from omkit.training import distributed
+    from omkit.training.run_folder import RunLock
+
+    run, cache = _copy_run(tiny_run, tmp_path)
+
+    class AtTheBarrier(Exception):
+        """Past the folder checks: where the ranks meet after rank 0 claimed the folder."""
+
+    def barrier(processes):
+        raise AtTheBarrier
+
+    monkeypatch.setattr(distributed, "barrier", barrier)
+    monkeypatch.setattr(distributed, "stop", lambda processes: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    lock = RunLock(run).acquire()  # rank 0's, taken before a slow rank 1 gets to its checks
+    try:
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setattr(distributed, "start", lambda device: distributed.Processes(rank=1, world_size=2,
+                                                                                        local_rank=1))
+        with pytest.raises(AtTheBarrier):
+            _train_cli("-i", case_dirs[0].parent, "-o", run, "--resume", "--no-progress", cache=cache)
+        # rank 0 still fails fast when another process holds the folder
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setattr(distributed, "start", lambda device: distributed.Processes(rank=0, world_size=2))
+        _one_line_error(_train_cli("-i", case_dirs[0].parent, "-o", run, "--resume", "--no-progress", cache=cache),
+                        "in use by another omkit process")
+    finally:
+        lock.release()
+
+
 def test_a_non_finite_loss_stops_training_without_a_model(tmp_path, tiny_run, case_dirs):
     """Was: --lr 1e30 trained to the end and wrote a model.pt of NaN weights, exit 0."""
     import json as _json

@@ -70,9 +70,11 @@ def config_from_args(args):
     if args.no_progress:
         given["progress"] = False
     if args.resume:
+        from omkit.training.distributed import from_environment
         from omkit.training.run_folder import check_free
 
-        check_free(Path(args.output))  # "in use by pid ..." rather than "nothing to resume" for a run still starting
+        if from_environment()[0] == 0:  # the other ranks would find the lock of their own rank 0 (Trainer._setup)
+            check_free(Path(args.output))  # "in use by pid ..." rather than "nothing to resume" for a run starting
         config_path = Path(args.output) / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{args.output}: nothing to resume (no config.json)")

@@ -253,9 +253,12 @@ def stage_checkpoint(run: Path, stage: int) -> Path:
     return run / CHECKPOINTS / f"stage{stage}.pt"
 
 
-def check_resumable(run: Path, given: TrainConfig) -> None:
-    """``given`` may continue the run in ``run``: it has a checkpoint and the
-    settings that change what is computed are the saved ones."""
+def check_resumable(run: Path, given: TrainConfig, free: bool = False) -> None:
+    """``given`` may continue the run in ``run``: (with ``free``, no other process uses it,
+    :func:`check_free`), it has a checkpoint and the settings that change what is computed
+    are the saved ones."""
+    if free:
+        check_free(run)
     if not last_checkpoint(run).is_file():
         raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINTS}/{LAST}); --force starts over")
     saved = TrainConfig.load(run / CONFIG)

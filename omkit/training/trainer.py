@@ -69,9 +69,8 @@ class Trainer:
         self.rank, self.world_size = self.processes.rank, self.processes.world_size
         self.is_main = self.processes.is_main
         self.run_dir = run_folder.require_output(config)
-        if resume:  # fail fast; checked again under the folder's lock (run_folder.claim)
-            run_folder.check_free(self.run_dir)
-            run_folder.check_resumable(self.run_dir, config)
+        if resume:  # fail fast; checked again under the folder's lock (run_folder.claim, below)
+            run_folder.check_resumable(self.run_dir, config, free=self.is_main)  # the others would see that lock
         self.config = config
         self.device = resolve_device(config.device)
         check_precision(config.precision, self.device)
