@@ -176,6 +176,8 @@ def test_export_inference_choice(window_trained, tmp_path, capsys):
     meta = read_metadata(target)
     assert meta["inference"]["runner"] == "tiles" and not meta["inference"]["same_as_predict_default"]
     assert meta["dense"] is None and meta["input"]["shape"][0] == "batch"
+    run = run_runner("-m", target, "-i", window_trained["case"], "-o", tmp_path / "tiles.nii.gz")
+    assert run.returncode == 0 and "tiles; omkit predict runs this model dense by default" in run.stderr
     mc = save_model(omkit.create_model("mc3", width=TINY_WIDTH), tmp_path / "mc3.pt")
     assert main(["export", "-m", str(mc), "-o", str(tmp_path / "mc3.onnx"), "--inference", "dense"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
