@@ -119,8 +119,14 @@ def launch(command: list[str], count: int, timeout: float = 300) -> list[tuple[i
     finally:
         for launcher in launchers:
             if launcher.poll() is None:
-                launcher.kill()
-                launcher.wait()
+                # SIGTERM: torchrun stops its workers (each in a session of its own) before it exits; a
+                # worker left behind would wait in gloo and hold the run folder's lock against the next launch
+                launcher.terminate()
+                try:
+                    launcher.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    launcher.kill()
+                    launcher.wait()
     results = []
     for launcher, (out, err) in zip(launchers, files):
         out.seek(0), err.seek(0)
@@ -209,7 +215,7 @@ def test_the_launch_helper_stops_the_others_and_retries_only_a_torch_abort(tmp_p
     start = time.monotonic()
     outputs = launch([sys.executable, "-c", one_sleeps, str(tmp_path / "lock")], 2, timeout=120)
     assert time.monotonic() - start < 30
-    assert sorted(code for code, _, _ in outputs) == [-9, 3]
+    assert sorted(code for code, _, _ in outputs) == [-15, 3]  # stopped with SIGTERM (torchrun then stops its workers)
 
     script = ("import pathlib, sys\n"
               "marker, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
