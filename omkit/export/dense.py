@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omkit.inference.tiling import keep_offset
 from omkit.models.heads import PlainHead
 from omkit.models.omnet import OMNet, positive_probability
 from omkit.models.window_protocol import GUIDED_DECLARATION, UNGUIDED_DECLARATION, declares, who
@@ -196,7 +197,7 @@ class DenseNetwork(nn.Module):
         self.model = model
         self.num_tasks = len(model.heads)
         self.window, self.block = tuple(int(s) for s in size), tuple(int(k) for k in keep)
-        self.offset = tuple((w - b) // 2 for w, b in zip(self.window, self.block))
+        self.offset = keep_offset(self.window, self.block)
 
     @property
     def output_names(self) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 
 from omkit.data.features import input_channels
 from omkit.deprecation import renamed_keywords
+from omkit.inference.tiling import keep_offset
 from omkit.labels import (BACKGROUND, CONVENTIONS, CORE_CLASSES, EDEMA, ENHANCING, NCR_NET, NORMAL,
                           NUM_CLASSES_TASK, TUMOR_CLASSES)
 from omkit.model_card import ModelCard
@@ -58,7 +59,7 @@ def _dense_section(channels: int, tile_size: Sequence[int], tile_keep: Sequence[
         "inputs": {REGION_NAME: [1, channels, "D", "H", "W"], FLIP_NAME: [3]},
         "window": [int(s) for s in tile_size],
         "block": [int(k) for k in tile_keep],
-        "offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, tile_keep)],
+        "offset": list(keep_offset(tile_size, tile_keep)),
         "divisor": int(divisor),
         "region": "per axis of the crop: the blocks (block voxels each, from the crop's first voxel on) that "
                   "touch the brain, k0 to k1; the region starts offset voxels before block k0's start and spans "
@@ -120,7 +121,7 @@ def export_metadata(card: ModelCard, tile_size: Sequence[int], tile_keep: Sequen
             "size": [int(s) for s in tile_size],
             "keep": [int(s) for s in tile_keep],
             "stride": [int(s) for s in (tile_stride if tile_stride is not None else tile_keep)],
-            "keep_offset": [(int(r) - int(k)) // 2 for r, k in zip(tile_size, tile_keep)],
+            "keep_offset": list(keep_offset(tile_size, tile_keep)),
             "batch": int(tile_batch),
             "placement": "kept centres start at the crop's first voxel and advance by stride; tiles read zero "
                          "outside the crop; only tiles whose kept centre touches the brain are needed",
