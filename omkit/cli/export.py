@@ -36,7 +36,7 @@ def add_arguments(parser):
                         help="the graph: dense (the region, as omkit predict --inference dense runs it; OM-Net with "
                              "plain, SE or CGA heads), tiles (a batch of tiles), auto: what omkit predict runs by "
                              "default: dense for models trained with --train-mode windows (default auto)")
-    add_tile_arguments(parser)
+    add_tile_arguments(parser, mode_defaults=True)  # predict's defaults: the file gives its default labels
 
 
 def run(args) -> int:

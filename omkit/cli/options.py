@@ -170,11 +170,13 @@ def tta_setting(args):
 MAX_TILE_SIDE = 512
 MAX_TILE_BATCH_VOXELS = 2**27
 
-def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, **defaults) -> None:
+def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, mode_defaults: bool = False,
+                       **defaults) -> None:
     """``--tile-size``, ``--tile-keep``, ``--tile-stride``, ``--tile-batch`` (and
     ``--roi-dilation`` for commands that fuse the tasks; ``--inference``,
     ``--dense-max-voxels``, ``--dense-halo`` for commands that predict cases with
-    ``dense``); ``defaults`` (TileSettings fields) override the paper's."""
+    ``dense``; with ``dense`` or ``mode_defaults`` the help says the defaults that depend on
+    the inference mode); ``defaults`` (TileSettings fields) override the paper's."""
     from omkit.inference import DenseSettings, TileSettings
     from omkit.inference.predictor import DEFAULT_INFERENCE, INFERENCE_MODES
     from omkit.protocol import FAST_TILE_KEEP, PATCH_SIZE, ROI_DILATION, TILE_KEEP
@@ -208,7 +210,7 @@ def add_tile_arguments(parser, roi_dilation: bool = True, dense: bool = False, *
     # the paper's unless the command chooses by inference mode (dense: a default of None)
     size_default = "the paper's " + _format_default(PATCH_SIZE)
     keep_default = "the paper's " + _format_default(TILE_KEEP)
-    if dense:
+    if dense or mode_defaults:
         size_default += "; dense on a model trained with --train-mode windows: its training window"
         keep_default += ("; auto on a model trained on patches: " + _format_default(FAST_TILE_KEEP)
                          + "; dense on a model trained with --train-mode windows: its training block")
