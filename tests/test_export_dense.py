@@ -87,6 +87,21 @@ def test_dense_network_computes_dense_inference(preset, mask_name):
             assert diff < 1e-5, (preset, mask_name, flip, task, diff)
 
 
+def test_the_graphs_positive_probability_is_the_models():
+    """The graph's log-sum-exp form of the guidance equals the model's softmax sum, for both
+    tasks that guide, from small to saturating logits."""
+    from omkit.export.dense import positive_probability as graph_form
+    from omkit.models.omnet import positive_probability
+
+    g = torch.Generator().manual_seed(4)
+    for scale in (0.1, 3.0, 40.0):
+        logits = torch.randn(3, 5, 4, 6, 5, generator=g) * scale
+        for task in (0, 1):
+            want, got = positive_probability(task, logits), graph_form(task, logits)
+            assert got.shape == want.shape == (3, 1, 4, 6, 5)
+            assert float((want - got).abs().max()) < 1e-6, (scale, task)
+
+
 def test_dense_export_problem_names_what_it_cannot_express():
     assert dense_export_problem(random_model("omnet_cga")) is None
     assert "not MCNet" in dense_export_problem(omkit.create_model("mc3", width=TINY_WIDTH))

@@ -24,11 +24,16 @@ class TaskOutputs(NamedTuple):
     task3: Tensor | None
 
 
+def positive_classes(task: int) -> tuple[int, ...]:
+    """The classes of the category that guides the next task: tumor (all tumor classes)
+    after task 1, core (NCR/NET + enhancing) after task 2."""
+    return TUMOR_CLASSES if task == 0 else CORE_CLASSES
+
+
 def positive_probability(task: int, logits: Tensor) -> Tensor:
-    """Probability of the category that guides the next task (B, 1, ...):
-    tumor (all tumor classes) after task 1, core (NCR/NET + enhancing) after task 2."""
-    classes = TUMOR_CLASSES if task == 0 else CORE_CLASSES
-    return torch.softmax(logits, dim=1)[:, list(classes)].sum(dim=1, keepdim=True)
+    """Probability of the category that guides the next task (B, 1, ...)
+    (:func:`positive_classes`)."""
+    return torch.softmax(logits, dim=1)[:, list(positive_classes(task))].sum(dim=1, keepdim=True)
 
 
 def _backbone(name: str, in_channels: int, width: float, spatial_dims: int, backbone_kw: dict) -> nn.Module:
